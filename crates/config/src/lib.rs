@@ -1,0 +1,780 @@
+//! The launcher's configuration: one TOML file turned into a validated [`Config`].
+//!
+//! This crate owns the meaning of every key and every rule a value must satisfy. It does
+//! no I/O beyond the single read in [`load`]; [`parse_str`] is pure and is what the tests
+//! exercise. Validation never stops at the first problem: every unknown key, wrong type,
+//! missing key and conflicting value is collected, so an admin fixes the file in one go.
+//! Both `run` and `check` go through here, so they can never disagree about a config.
+
+mod reader;
+mod suggest;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use reader::{Reader, Table};
+
+/// A validated launcher configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub service: Service,
+    pub app: App,
+    pub database: Database,
+    pub prepare: Prepare,
+    /// Environment variable name -> where its secret value comes from.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// Plain (non-secret) variables for the app.
+    pub environment: BTreeMap<String, String>,
+    pub server: Server,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub user: String,
+    pub group: String,
+    /// As root: create the user and group when missing. When false they must exist.
+    pub create_user: bool,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    pub python: PathBuf,
+    pub source_dir: PathBuf,
+    pub settings_module: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Database {
+    Sqlite {
+        path: PathBuf,
+    },
+    Postgresql {
+        name: String,
+        user: Option<String>,
+        host: Option<String>,
+        port: Option<u16>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepare {
+    pub migrate: bool,
+    pub collectstatic: bool,
+    pub compilemessages: bool,
+    /// A step that produces no output for this long is considered hung and is stopped.
+    pub stall_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file read as root before the privilege drop.
+    File(PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/<id>`, placed there by systemd's `LoadCredential=`.
+    Credential(String),
+    /// Generated once, kept in `<data_dir>/secrets/<NAME>`.
+    Generate(GenerateKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerateKind {
+    /// 50 characters from Django's `get_random_secret_key` alphabet.
+    DjangoSecretKey,
+    /// 32 random bytes, url-safe base64: a key for Fernet (django-encrypted-model-fields).
+    FernetKey,
+}
+
+impl GenerateKind {
+    pub const ALL: [GenerateKind; 2] = [GenerateKind::DjangoSecretKey, GenerateKind::FernetKey];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenerateKind::DjangoSecretKey => "django-secret-key",
+            GenerateKind::FernetKey => "fernet-key",
+        }
+    }
+}
+
+impl fmt::Display for GenerateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// argv of the server; `command[0]` is an absolute path.
+    pub command: Vec<String>,
+}
+
+/// The variable the launcher always gives the app: the data directory.
+pub const DATA_DIR_VAR: &str = "BITPOLL_DATA_DIR";
+
+/// Variables the launcher sets itself; the config may not set them.
+pub const RESERVED_VARIABLES: &[&str] = &[
+    DATA_DIR_VAR,
+    "DJANGO_SETTINGS_MODULE",
+    "PYTHONPATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "BITPOLL_DB_ENGINE",
+    "BITPOLL_DB_PATH",
+    "BITPOLL_DB_NAME",
+    "BITPOLL_DB_USER",
+    "BITPOLL_DB_HOST",
+    "BITPOLL_DB_PORT",
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "CREDENTIALS_DIRECTORY",
+];
+
+/// Secrets the app cannot start without; a config that does not provide them is an error.
+pub const REQUIRED_SECRETS: &[(&str, GenerateKind)] = &[
+    ("BITPOLL_SECRET_KEY", GenerateKind::DjangoSecretKey),
+    ("BITPOLL_FIELD_ENCRYPTION_KEY", GenerateKind::FernetKey),
+];
+
+/// Variables that hold secrets and so must never be written into the config file itself
+/// (which is often world-readable, e.g. in the Nix store).
+pub const SECRET_VARIABLES: &[&str] = &[
+    "BITPOLL_SECRET_KEY",
+    "BITPOLL_FIELD_ENCRYPTION_KEY",
+    "BITPOLL_DB_PASSWORD",
+    "BITPOLL_EMAIL_HOST_PASSWORD",
+    "BITPOLL_AUTH_LDAP_BIND_PASSWORD",
+];
+
+/// Directories that are never acceptable as `service.data_dir`: the launcher changes the
+/// owner and mode of the data directory, and doing that to one of these would break the
+/// system.
+const FORBIDDEN_DATA_DIRS: &[&str] = &[
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/mnt", "/nix",
+    "/nix/store", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
+    "/var", "/var/lib", "/var/tmp", "/var/log", "/var/cache",
+];
+
+pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 300;
+
+/// One problem with the configuration, located by its key path (`secrets.X.file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, or empty for the whole file.
+    pub key: String,
+    pub message: String,
+    /// A sentence telling how to fix it, when there is more to say than the message.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else {
+            write!(f, "{}: {}", self.key, self.message)?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {} problem{}:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, render_problems(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem found, for callers that report them one by one (`check`).
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Read { source, .. } => vec![Problem {
+                key: String::new(),
+                message: format!("cannot read the file: {source}"),
+                hint: Some("check the path given with --config and its permissions".into()),
+            }],
+            ConfigError::Syntax { message, .. } => vec![Problem {
+                key: String::new(),
+                message: format!("invalid TOML: {message}"),
+                hint: None,
+            }],
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+        }
+    }
+}
+
+/// "a string", "an integer", "an array": the type name with its article.
+pub(crate) fn article(type_name: &str) -> String {
+    match type_name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
+        _ => format!("a {type_name}"),
+    }
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Read and validate the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text).map_err(|e| match e {
+        ParseError::Syntax(message) => ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message,
+        },
+        ParseError::Invalid(problems) => ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        },
+    })
+}
+
+/// Why a config text was refused, before a file name is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    Syntax(String),
+    Invalid(Vec<Problem>),
+}
+
+/// Parse and validate config text. Pure: no file system access.
+pub fn parse_str(text: &str) -> Result<Config, ParseError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        // toml's message already carries line and column and a caret excerpt.
+        ParseError::Syntax(e.to_string().trim_end().to_string())
+    })?;
+    let mut r = Reader::default();
+    let cfg = read_config(&mut r, &table);
+    match (cfg, r.into_problems()) {
+        (Some(cfg), problems) if problems.is_empty() => Ok(cfg),
+        (_, problems) => Err(ParseError::Invalid(problems)),
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "service",
+    "app",
+    "database",
+    "prepare",
+    "secrets",
+    "environment",
+    "server",
+];
+const SERVICE_KEYS: &[&str] = &["user", "group", "create_user", "data_dir"];
+const APP_KEYS: &[&str] = &["python", "source_dir", "settings_module"];
+const DATABASE_KEYS: &[&str] = &["engine", "path", "name", "user", "host", "port"];
+const PREPARE_KEYS: &[&str] = &[
+    "migrate",
+    "collectstatic",
+    "compilemessages",
+    "stall_timeout_sec",
+];
+const SERVER_KEYS: &[&str] = &["command"];
+const SECRET_SOURCE_KEYS: &[&str] = &["file", "credential", "generate"];
+
+/// All keys of all fixed tables, to tell an admin that a key lives in another table.
+fn table_of_key(key: &str) -> Option<&'static str> {
+    let tables: [(&str, &[&str]); 5] = [
+        ("service", SERVICE_KEYS),
+        ("app", APP_KEYS),
+        ("database", DATABASE_KEYS),
+        ("prepare", PREPARE_KEYS),
+        ("server", SERVER_KEYS),
+    ];
+    tables
+        .iter()
+        .find(|(_, keys)| keys.contains(&key))
+        .map(|(t, _)| *t)
+}
+
+fn read_config(r: &mut Reader, root: &toml::Table) -> Option<Config> {
+    r.unknown_keys("", root, TOP_KEYS);
+    let t = r.table(root, "", "service", true);
+    let service = read_service(r, t.as_ref());
+    let t = r.table(root, "", "app", true);
+    let app = read_app(r, t.as_ref());
+    let t = r.table(root, "", "database", false);
+    let database = read_database(r, t.as_ref(), service.as_ref());
+    let t = r.table(root, "", "prepare", false);
+    let prepare = read_prepare(r, t.as_ref());
+    let t = r.table(root, "", "secrets", false);
+    let secrets = read_secrets(r, t.as_ref());
+    let t = r.table(root, "", "environment", false);
+    let environment = read_environment(r, t.as_ref());
+    let t = r.table(root, "", "server", true);
+    let server = read_server(r, t.as_ref());
+
+    if let (Some(secrets), Some(environment)) = (&secrets, &environment) {
+        for name in secrets.keys() {
+            if environment.contains_key(name) {
+                r.problem(
+                    format!("environment.{name}"),
+                    "is also defined in [secrets]",
+                    Some("define each variable once: secrets in [secrets], plain values in [environment]".into()),
+                );
+            }
+        }
+        for (name, kind) in REQUIRED_SECRETS {
+            if !secrets.contains_key(*name) && !environment.contains_key(*name) {
+                r.problem(
+                    format!("secrets.{name}"),
+                    "is missing; the app cannot start without it",
+                    Some(format!(
+                        "add `{name} = {{ file = \"/path/to/key\" }}` or `{name} = {{ generate = \"{kind}\" }}` to [secrets]"
+                    )),
+                );
+            }
+        }
+    }
+
+    Some(Config {
+        service: service?,
+        app: app?,
+        database: database?,
+        prepare: prepare?,
+        secrets: secrets?,
+        environment: environment?,
+        server: server?,
+    })
+}
+
+fn read_service(r: &mut Reader, t: Option<&Table>) -> Option<Service> {
+    let t = t?;
+    r.unknown_keys("service", t, SERVICE_KEYS);
+    let user = r.string(t, "service", "user", true);
+    let user = user.and_then(|u| check_account_name(r, "service.user", &u).then_some(u));
+    let group = match r.string(t, "service", "group", false) {
+        Some(g) => check_account_name(r, "service.group", &g).then_some(g),
+        None => user.clone(),
+    };
+    let create_user = r.bool(t, "service", "create_user", true);
+    let data_dir = r
+        .string(t, "service", "data_dir", true)
+        .and_then(|d| absolute_path(r, "service.data_dir", &d));
+    if let Some(dir) = &data_dir {
+        if FORBIDDEN_DATA_DIRS.iter().any(|f| Path::new(f) == dir) {
+            r.problem(
+                "service.data_dir",
+                format!("{} is a system directory", dir.display()),
+                Some("the launcher owns and chmods the data directory; use a directory of its own such as /var/lib/bitpoll".into()),
+            );
+        }
+    }
+    Some(Service {
+        user: user?,
+        group: group?,
+        create_user: create_user?,
+        data_dir: data_dir?,
+    })
+}
+
+fn read_app(r: &mut Reader, t: Option<&Table>) -> Option<App> {
+    let t = t?;
+    r.unknown_keys("app", t, APP_KEYS);
+    let python = r
+        .string(t, "app", "python", true)
+        .and_then(|p| absolute_path(r, "app.python", &p));
+    let source_dir = r
+        .string(t, "app", "source_dir", true)
+        .and_then(|p| absolute_path(r, "app.source_dir", &p));
+    let settings_module = r
+        .string(t, "app", "settings_module", false)
+        .unwrap_or_else(|| "bitpoll.settings".to_string());
+    let module_ok = !settings_module.is_empty()
+        && settings_module
+            .split('.')
+            .all(|part| is_identifier(part, |c| c.is_ascii_alphanumeric() || c == '_'));
+    if !module_ok {
+        r.problem(
+            "app.settings_module",
+            format!("{settings_module:?} is not a dotted Python module name"),
+            Some("write it as Django's DJANGO_SETTINGS_MODULE, e.g. \"bitpoll.settings\"".into()),
+        );
+    }
+    Some(App {
+        python: python?,
+        source_dir: source_dir?,
+        settings_module: module_ok.then_some(settings_module)?,
+    })
+}
+
+fn read_database(
+    r: &mut Reader,
+    t: Option<&Table>,
+    service: Option<&Service>,
+) -> Option<Database> {
+    let empty = Table::new();
+    let t = t.unwrap_or(&empty);
+    r.unknown_keys("database", t, DATABASE_KEYS);
+    let engine = r
+        .string(t, "database", "engine", false)
+        .unwrap_or_else(|| "sqlite".to_string());
+    match engine.as_str() {
+        "sqlite" => {
+            for key in ["name", "user", "host", "port"] {
+                if t.contains_key(key) {
+                    r.problem(
+                        format!("database.{key}"),
+                        "only applies to engine = \"postgresql\"",
+                        Some("remove it, or set database.engine = \"postgresql\"".into()),
+                    );
+                }
+            }
+            let path = match r.string(t, "database", "path", false) {
+                Some(p) => absolute_path(r, "database.path", &p)?,
+                None => service?.data_dir.join("db.sqlite3"),
+            };
+            Some(Database::Sqlite { path })
+        }
+        "postgresql" => {
+            if t.contains_key("path") {
+                r.problem(
+                    "database.path",
+                    "only applies to engine = \"sqlite\"",
+                    Some("remove it; PostgreSQL is reached by name, host and port".into()),
+                );
+            }
+            let name = r.string(t, "database", "name", true);
+            let user = r.string(t, "database", "user", false);
+            let host = r.string(t, "database", "host", false);
+            let port = match r.integer(t, "database", "port") {
+                Some(Some(p)) => match u16::try_from(p) {
+                    Ok(p) if p > 0 => Some(Some(p)),
+                    _ => {
+                        r.problem("database.port", format!("{p} is not a TCP port"), None);
+                        None
+                    }
+                },
+                Some(None) => Some(None),
+                None => None,
+            };
+            Some(Database::Postgresql {
+                name: name?,
+                user,
+                host,
+                port: port?,
+            })
+        }
+        other => {
+            let hint = suggest::did_you_mean(other, &["sqlite", "postgresql"]);
+            r.problem(
+                "database.engine",
+                format!("unknown engine {other:?}"),
+                Some(hint.unwrap_or_else(|| "use \"sqlite\" or \"postgresql\"".into())),
+            );
+            None
+        }
+    }
+}
+
+fn read_prepare(r: &mut Reader, t: Option<&Table>) -> Option<Prepare> {
+    let empty = Table::new();
+    let t = t.unwrap_or(&empty);
+    r.unknown_keys("prepare", t, PREPARE_KEYS);
+    let migrate = r.bool(t, "prepare", "migrate", true);
+    let collectstatic = r.bool(t, "prepare", "collectstatic", true);
+    let compilemessages = r.bool(t, "prepare", "compilemessages", true);
+    let stall = match r.integer(t, "prepare", "stall_timeout_sec") {
+        Some(Some(s)) if (1..=86_400).contains(&s) => Some(Duration::from_secs(s as u64)),
+        Some(Some(s)) => {
+            r.problem(
+                "prepare.stall_timeout_sec",
+                format!("{s} is out of range"),
+                Some("use a number of seconds between 1 and 86400".into()),
+            );
+            None
+        }
+        Some(None) => Some(Duration::from_secs(DEFAULT_STALL_TIMEOUT_SECS)),
+        None => None,
+    };
+    Some(Prepare {
+        migrate: migrate?,
+        collectstatic: collectstatic?,
+        compilemessages: compilemessages?,
+        stall_timeout: stall?,
+    })
+}
+
+fn read_secrets(r: &mut Reader, t: Option<&Table>) -> Option<BTreeMap<String, SecretSource>> {
+    let empty = Table::new();
+    let t = t.unwrap_or(&empty);
+    let mut out = BTreeMap::new();
+    let mut ok = true;
+    for (name, value) in t {
+        let key = format!("secrets.{name}");
+        if !check_variable_name(r, &key, name) {
+            ok = false;
+            continue;
+        }
+        let Some(source) = value.as_table() else {
+            r.problem(
+                &key,
+                format!("must be a table with one source, not {}", crate::article(value.type_str())),
+                Some(format!(
+                    "write `{name} = {{ file = \"/path\" }}`, `{{ credential = \"id\" }}` or `{{ generate = \"django-secret-key\" }}`"
+                )),
+            );
+            ok = false;
+            continue;
+        };
+        r.unknown_keys(&key, source, SECRET_SOURCE_KEYS);
+        let given: Vec<&str> = SECRET_SOURCE_KEYS
+            .iter()
+            .copied()
+            .filter(|k| source.contains_key(*k))
+            .collect();
+        match given.as_slice() {
+            [] => {
+                r.problem(
+                    &key,
+                    "has no source",
+                    Some("give exactly one of file, credential or generate".into()),
+                );
+                ok = false;
+            }
+            [one] => {
+                let parsed = read_secret_source(r, &key, source, one);
+                match parsed {
+                    Some(s) => {
+                        out.insert(name.clone(), s);
+                    }
+                    None => ok = false,
+                }
+            }
+            many => {
+                r.problem(
+                    &key,
+                    format!("has {} sources ({})", many.len(), many.join(", ")),
+                    Some("give exactly one of file, credential or generate".into()),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn read_secret_source(r: &mut Reader, key: &str, t: &Table, which: &str) -> Option<SecretSource> {
+    let value = r.string(t, key, which, true)?;
+    let path = format!("{key}.{which}");
+    match which {
+        "file" => absolute_path(r, &path, &value).map(SecretSource::File),
+        "credential" => {
+            let valid = !value.is_empty()
+                && value != "."
+                && value != ".."
+                && !value.contains('/')
+                && value.len() <= 255
+                && value.chars().all(|c| !c.is_control());
+            if valid {
+                Some(SecretSource::Credential(value))
+            } else {
+                r.problem(
+                    path,
+                    format!("{value:?} is not a credential name"),
+                    Some("use the ID of a LoadCredential=ID:PATH line: no '/', not empty".into()),
+                );
+                None
+            }
+        }
+        "generate" => {
+            match GenerateKind::ALL.iter().find(|k| k.as_str() == value) {
+                Some(kind) => Some(SecretSource::Generate(*kind)),
+                None => {
+                    let names: Vec<&str> = GenerateKind::ALL.iter().map(|k| k.as_str()).collect();
+                    let hint = suggest::did_you_mean(&value, &names)
+                        .unwrap_or_else(|| format!("use one of: {}", names.join(", ")));
+                    r.problem(path, format!("unknown generator {value:?}"), Some(hint));
+                    None
+                }
+            }
+        }
+        _ => unreachable!("caller passes a key of SECRET_SOURCE_KEYS"),
+    }
+}
+
+fn read_environment(r: &mut Reader, t: Option<&Table>) -> Option<BTreeMap<String, String>> {
+    let empty = Table::new();
+    let t = t.unwrap_or(&empty);
+    let mut out = BTreeMap::new();
+    let mut ok = true;
+    for (name, value) in t {
+        let key = format!("environment.{name}");
+        if !check_variable_name(r, &key, name) {
+            ok = false;
+            continue;
+        }
+        if SECRET_VARIABLES.contains(&name.as_str()) {
+            r.problem(
+                &key,
+                "is a secret and must not be written into the config file",
+                Some(format!(
+                    "move it to [secrets]: `{name} = {{ file = \"/path/to/file\" }}` or a systemd credential"
+                )),
+            );
+            ok = false;
+            continue;
+        }
+        match value.as_str() {
+            Some(s) if s.contains('\0') => {
+                r.problem(&key, "contains a NUL byte", None);
+                ok = false;
+            }
+            Some(s) => {
+                out.insert(name.clone(), s.to_string());
+            }
+            None => {
+                r.problem(
+                    &key,
+                    format!("must be a string, not {}", crate::article(value.type_str())),
+                    Some(format!("quote the value: {name} = \"{value}\"")),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn read_server(r: &mut Reader, t: Option<&Table>) -> Option<Server> {
+    let t = t?;
+    r.unknown_keys("server", t, SERVER_KEYS);
+    let command = r.string_array(t, "server", "command", true)?;
+    match command.first() {
+        None => {
+            r.problem(
+                "server.command",
+                "is empty",
+                Some("give the server's argv, e.g. [\"/opt/bitpoll/venv/bin/gunicorn\", \"bitpoll.wsgi:application\"]".into()),
+            );
+            None
+        }
+        Some(program) if !Path::new(program).is_absolute() => {
+            r.problem(
+                "server.command",
+                format!("the program {program:?} is not an absolute path"),
+                Some("the launcher does not search PATH; write the full path of the server program".into()),
+            );
+            None
+        }
+        Some(_) if command.iter().any(|a| a.contains('\0')) => {
+            r.problem("server.command", "an argument contains a NUL byte", None);
+            None
+        }
+        Some(_) => Some(Server { command }),
+    }
+}
+
+fn check_account_name(r: &mut Reader, key: &str, name: &str) -> bool {
+    // The portable subset that useradd, systemd-sysusers and NixOS all accept.
+    let valid = !name.is_empty()
+        && name.len() <= 31
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !valid {
+        r.problem(
+            key,
+            format!("{name:?} is not a valid user or group name"),
+            Some("use lower-case letters, digits, '_' and '-', starting with a letter, at most 31 characters".into()),
+        );
+        return false;
+    }
+    if name == "root" {
+        r.problem(
+            key,
+            "must not be root",
+            Some("the app runs unprivileged; use a dedicated account such as \"bitpoll\"".into()),
+        );
+        return false;
+    }
+    true
+}
+
+fn check_variable_name(r: &mut Reader, key: &str, name: &str) -> bool {
+    let valid = is_identifier(name, |c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        r.problem(
+            key,
+            format!("{name:?} is not an environment variable name"),
+            Some("use letters, digits and '_', not starting with a digit".into()),
+        );
+        return false;
+    }
+    if RESERVED_VARIABLES.contains(&name) {
+        r.problem(
+            key,
+            "is set by the launcher itself",
+            Some("remove it; the launcher derives it from [service], [app] and [database]".into()),
+        );
+        return false;
+    }
+    true
+}
+
+fn is_identifier(s: &str, allowed: impl Fn(char) -> bool) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(allowed)
+}
+
+fn absolute_path(r: &mut Reader, key: &str, value: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(value);
+    if !path.is_absolute() {
+        r.problem(
+            key,
+            format!("{value:?} is not an absolute path"),
+            Some("write the full path starting with '/'".into()),
+        );
+        return None;
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        r.problem(
+            key,
+            format!("{value:?} contains '.' or '..'"),
+            Some("write the path without '.' and '..' components".into()),
+        );
+        return None;
+    }
+    if value.contains('\0') {
+        r.problem(key, "contains a NUL byte", None);
+        return None;
+    }
+    Some(path)
+}
+
+#[cfg(test)]
+mod tests;

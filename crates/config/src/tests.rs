@@ -1,0 +1,251 @@
+use super::*;
+
+const GOOD: &str = r#"
+[service]
+user = "bitpoll"
+create_user = true
+data_dir = "/var/lib/bitpoll"
+
+[app]
+python = "/opt/bitpoll/venv/bin/python"
+source_dir = "/opt/bitpoll/src"
+
+[prepare]
+compilemessages = false
+
+[secrets]
+BITPOLL_SECRET_KEY = { generate = "django-secret-key" }
+BITPOLL_FIELD_ENCRYPTION_KEY = { file = "/run/keys/bitpoll-fek" }
+BITPOLL_DB_PASSWORD = { credential = "db-password" }
+
+[environment]
+BITPOLL_ALLOWED_HOSTS = "polls.example.org"
+
+[server]
+command = ["/opt/bitpoll/venv/bin/gunicorn", "--bind", "127.0.0.1:3008", "bitpoll.wsgi:application"]
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse_str(text) {
+        Ok(cfg) => panic!("expected problems, got {cfg:#?}"),
+        Err(ParseError::Invalid(p)) => p,
+        Err(ParseError::Syntax(s)) => panic!("expected validation problems, got syntax error {s}"),
+    }
+}
+
+fn rendered(text: &str) -> String {
+    problems(text)
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn parses_a_complete_config_with_defaults() {
+    let cfg = parse_str(GOOD).unwrap();
+    assert_eq!(cfg.service.user, "bitpoll");
+    assert_eq!(cfg.service.group, "bitpoll", "group defaults to the user name");
+    assert!(cfg.service.create_user);
+    assert_eq!(cfg.app.settings_module, "bitpoll.settings");
+    assert_eq!(
+        cfg.database,
+        Database::Sqlite {
+            path: "/var/lib/bitpoll/db.sqlite3".into()
+        }
+    );
+    assert!(cfg.prepare.migrate && cfg.prepare.collectstatic && !cfg.prepare.compilemessages);
+    assert_eq!(cfg.prepare.stall_timeout, Duration::from_secs(DEFAULT_STALL_TIMEOUT_SECS));
+    assert_eq!(
+        cfg.secrets["BITPOLL_SECRET_KEY"],
+        SecretSource::Generate(GenerateKind::DjangoSecretKey)
+    );
+    assert_eq!(
+        cfg.secrets["BITPOLL_FIELD_ENCRYPTION_KEY"],
+        SecretSource::File("/run/keys/bitpoll-fek".into())
+    );
+    assert_eq!(
+        cfg.secrets["BITPOLL_DB_PASSWORD"],
+        SecretSource::Credential("db-password".into())
+    );
+    assert_eq!(cfg.environment["BITPOLL_ALLOWED_HOSTS"], "polls.example.org");
+    assert_eq!(cfg.server.command[0], "/opt/bitpoll/venv/bin/gunicorn");
+}
+
+#[test]
+fn unknown_keys_name_their_path_and_suggest_the_right_one() {
+    let text = GOOD.replace("compilemessages = false", "compilemessage = false\nmigrat = true");
+    let out = rendered(&text);
+    assert!(out.contains("prepare.compilemessage: unknown key (did you mean `compilemessages`?)"), "{out}");
+    assert!(out.contains("prepare.migrat: unknown key (did you mean `migrate`?)"), "{out}");
+}
+
+#[test]
+fn a_key_in_the_wrong_table_says_where_it_belongs() {
+    let text = GOOD.replace("create_user = true", "create_user = true\nstall_timeout_sec = 10");
+    let out = rendered(&text);
+    assert!(
+        out.contains("service.stall_timeout_sec: unknown key (`stall_timeout_sec` belongs in the [prepare] table)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_top_level_table_is_reported() {
+    let out = rendered(&format!("{GOOD}\n[servr]\nx = 1\n"));
+    assert!(out.contains("servr: unknown table (did you mean `server`?)"), "{out}");
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = r#"
+[service]
+user = "Bad User"
+data_dir = "relative/dir"
+[app]
+python = 3
+source_dir = "/src"
+settings_module = "bitpoll..settings"
+[prepare]
+migrate = "yes"
+stall_timeout_sec = 0
+[secrets]
+BITPOLL_SECRET_KEY = { file = "/a", generate = "django-secret-key" }
+BITPOLL_FIELD_ENCRYPTION_KEY = { generate = "fernet" }
+[environment]
+DEBUG = 1
+[server]
+command = []
+"#;
+    let out = rendered(text);
+    for want in [
+        "service.user: \"Bad User\" is not a valid user or group name",
+        "service.data_dir: \"relative/dir\" is not an absolute path",
+        "app.python: must be a string, not an integer",
+        "app.settings_module: \"bitpoll..settings\" is not a dotted Python module name",
+        "prepare.migrate: must be true or false, not a string",
+        "prepare.stall_timeout_sec: 0 is out of range",
+        "secrets.BITPOLL_SECRET_KEY: has 2 sources (file, generate)",
+        "secrets.BITPOLL_FIELD_ENCRYPTION_KEY.generate: unknown generator \"fernet\" (did you mean `fernet-key`?)",
+        "environment.DEBUG: must be a string, not an integer (quote the value: DEBUG = \"1\")",
+        "server.command: is empty",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(problems(text).len() >= 10);
+}
+
+#[test]
+fn missing_required_sections_and_keys_are_reported() {
+    let out = rendered("[service]\nuser = \"bitpoll\"\n");
+    for want in [
+        "service.data_dir: is missing",
+        "app: is missing (add a [app] section)",
+        "server: is missing",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn rejects_root_as_the_service_user() {
+    let out = rendered(&GOOD.replace("user = \"bitpoll\"", "user = \"root\""));
+    assert!(out.contains("service.user: must not be root"), "{out}");
+}
+
+#[test]
+fn rejects_a_system_directory_as_data_dir() {
+    let out = rendered(&GOOD.replace("/var/lib/bitpoll\"", "/var/lib\""));
+    assert!(out.contains("service.data_dir: /var/lib is a system directory"), "{out}");
+}
+
+#[test]
+fn rejects_dot_dot_in_paths() {
+    let out = rendered(&GOOD.replace("/var/lib/bitpoll\"", "/var/lib/bitpoll/../../etc\""));
+    assert!(out.contains("service.data_dir: \"/var/lib/bitpoll/../../etc\" contains '.' or '..'"), "{out}");
+}
+
+#[test]
+fn secrets_in_plain_environment_are_refused() {
+    let text = GOOD.replace(
+        "BITPOLL_ALLOWED_HOSTS = \"polls.example.org\"",
+        "BITPOLL_DB_PASSWORD = \"hunter2\"",
+    );
+    let out = rendered(&text);
+    assert!(
+        out.contains("environment.BITPOLL_DB_PASSWORD: is a secret and must not be written into the config file"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "a secret value leaked into an error: {out}");
+}
+
+#[test]
+fn reserved_variables_cannot_be_overridden() {
+    let text = GOOD.replace(
+        "BITPOLL_ALLOWED_HOSTS = \"polls.example.org\"",
+        "BITPOLL_DATA_DIR = \"/elsewhere\"",
+    );
+    assert!(rendered(&text).contains("environment.BITPOLL_DATA_DIR: is set by the launcher itself"));
+}
+
+#[test]
+fn required_secrets_must_be_configured() {
+    let text = GOOD.replace("BITPOLL_SECRET_KEY = { generate = \"django-secret-key\" }\n", "");
+    let out = rendered(&text);
+    assert!(
+        out.contains("secrets.BITPOLL_SECRET_KEY: is missing; the app cannot start without it (add `BITPOLL_SECRET_KEY = { file = \"/path/to/key\" }` or `BITPOLL_SECRET_KEY = { generate = \"django-secret-key\" }` to [secrets])"),
+        "{out}"
+    );
+}
+
+#[test]
+fn credential_names_cannot_escape_the_credentials_directory() {
+    let text = GOOD.replace("credential = \"db-password\"", "credential = \"../etc/shadow\"");
+    assert!(rendered(&text).contains("secrets.BITPOLL_DB_PASSWORD.credential: \"../etc/shadow\" is not a credential name"));
+}
+
+#[test]
+fn server_program_must_be_absolute() {
+    let text = GOOD.replace("\"/opt/bitpoll/venv/bin/gunicorn\", \"--bind\"", "\"gunicorn\", \"--bind\"");
+    assert!(rendered(&text).contains("server.command: the program \"gunicorn\" is not an absolute path"));
+}
+
+#[test]
+fn postgresql_needs_a_name_and_rejects_a_path() {
+    let text = format!("{GOOD}\n[database]\nengine = \"postgresql\"\npath = \"/x\"\nport = 70000\n");
+    let out = rendered(&text);
+    assert!(out.contains("database.name: is missing"), "{out}");
+    assert!(out.contains("database.path: only applies to engine = \"sqlite\""), "{out}");
+    assert!(out.contains("database.port: 70000 is not a TCP port"), "{out}");
+}
+
+#[test]
+fn postgresql_config_is_read() {
+    let text = format!(
+        "{GOOD}\n[database]\nengine = \"postgresql\"\nname = \"bitpoll\"\nhost = \"/run/postgresql\"\nport = 5432\n"
+    );
+    let cfg = parse_str(&text).unwrap();
+    assert_eq!(
+        cfg.database,
+        Database::Postgresql {
+            name: "bitpoll".into(),
+            user: None,
+            host: Some("/run/postgresql".into()),
+            port: Some(5432)
+        }
+    );
+}
+
+#[test]
+fn syntax_errors_carry_a_location() {
+    match parse_str("[service\nuser = 1") {
+        Err(ParseError::Syntax(msg)) => assert!(msg.contains("line 1"), "{msg}"),
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+#[test]
+fn load_names_the_file_in_every_error() {
+    let err = load(Path::new("/nonexistent/bitpoll.toml")).unwrap_err();
+    assert!(err.to_string().starts_with("cannot read config file /nonexistent/bitpoll.toml"), "{err}");
+}

@@ -1,0 +1,272 @@
+//! The app's environment, built from scratch.
+//!
+//! Nothing of the launcher's own environment reaches the app unless it is on the short
+//! allowlist below. The inputs are explicit arguments (the inherited environment is a
+//! slice, not read here), so the result is a pure function of them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use launcher_config::{Config, DATA_DIR_VAR, Database};
+
+use crate::secret::SecretValue;
+
+/// Who the environment is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The preparation child: its output is piped to the launcher, it must not notify
+    /// systemd and does not get passed sockets.
+    Prepare,
+    /// The server, exec'd in place of the launcher: it inherits the launcher's PID, so
+    /// systemd's notify socket and socket activation variables are valid for it.
+    Server,
+}
+
+/// Inherited variables that pass through to the app unchanged.
+const ALLOWLIST: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "TZ",
+    "TZDIR",
+    // NixOS: glibc finds its locales through this.
+    "LOCALE_ARCHIVE",
+    "INVOCATION_ID",
+    "RUNTIME_DIRECTORY",
+    "STATE_DIRECTORY",
+    "CACHE_DIRECTORY",
+    "LOGS_DIRECTORY",
+    "CONFIGURATION_DIRECTORY",
+];
+
+/// Inherited variables that only make sense for the process holding the launcher's PID
+/// and standard streams.
+const SERVER_ONLY: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+];
+
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+pub const DEFAULT_LANG: &str = "C.UTF-8";
+
+/// Variables that differ on every start without changing what preparation does; left out
+/// of stamp fingerprints.
+pub const VOLATILE: &[&str] = &[
+    "INVOCATION_ID",
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+];
+
+/// Everything the environment is built from.
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    pub secrets: &'a [(String, SecretValue)],
+    /// The launcher's own environment (only allowlisted entries are used).
+    pub inherited: &'a [(String, String)],
+    /// The service user's name and home directory.
+    pub user: &'a str,
+    pub home: &'a Path,
+}
+
+/// The environment, sorted by name. Later sources win: allowlisted inherited variables,
+/// the launcher's own variables, `[environment]`, then the secrets. Config validation
+/// already refuses overlaps between the last three.
+pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
+    let cfg = inputs.config;
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in inputs.inherited {
+        let allowed = ALLOWLIST.contains(&k.as_str())
+            || (purpose == Purpose::Server && SERVER_ONLY.contains(&k.as_str()));
+        if allowed {
+            env.insert(k.clone(), v.clone());
+        }
+    }
+    let path = env.get("PATH").cloned().unwrap_or_else(|| DEFAULT_PATH.to_string());
+    // The interpreter's directory first, as a virtualenv's activate script would do, so
+    // tools installed beside it are found.
+    let path = match cfg.app.python.parent() {
+        Some(bin) if !path.split(':').any(|p| Path::new(p) == bin) => {
+            format!("{}:{path}", bin.display())
+        }
+        _ => path,
+    };
+    env.insert("PATH".into(), path);
+    env.entry("LANG".into()).or_insert_with(|| DEFAULT_LANG.into());
+
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    set("HOME", inputs.home.display().to_string());
+    set("USER", inputs.user.to_string());
+    set("LOGNAME", inputs.user.to_string());
+    set("PYTHONPATH", cfg.app.source_dir.display().to_string());
+    set("DJANGO_SETTINGS_MODULE", cfg.app.settings_module.clone());
+    set("PYTHONUNBUFFERED", "1".into());
+    set(DATA_DIR_VAR, cfg.service.data_dir.display().to_string());
+    match &cfg.database {
+        Database::Sqlite { path } => {
+            set("BITPOLL_DB_ENGINE", "sqlite".into());
+            set("BITPOLL_DB_PATH", path.display().to_string());
+        }
+        Database::Postgresql {
+            name,
+            user,
+            host,
+            port,
+        } => {
+            set("BITPOLL_DB_ENGINE", "postgresql".into());
+            set("BITPOLL_DB_NAME", name.clone());
+            if let Some(user) = user {
+                set("BITPOLL_DB_USER", user.clone());
+            }
+            if let Some(host) = host {
+                set("BITPOLL_DB_HOST", host.clone());
+            }
+            if let Some(port) = port {
+                set("BITPOLL_DB_PORT", port.to_string());
+            }
+        }
+    }
+    for (k, v) in &cfg.environment {
+        env.insert(k.clone(), v.clone());
+    }
+    for (k, v) in inputs.secrets {
+        env.insert(k.clone(), v.expose().to_string());
+    }
+    env.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        launcher_config::parse_str(
+            r#"
+[service]
+user = "bitpoll"
+data_dir = "/var/lib/bitpoll"
+[app]
+python = "/opt/venv/bin/python"
+source_dir = "/opt/src"
+[secrets]
+BITPOLL_SECRET_KEY = { generate = "django-secret-key" }
+BITPOLL_FIELD_ENCRYPTION_KEY = { file = "/run/keys/fek" }
+[environment]
+BITPOLL_ALLOWED_HOSTS = "polls.example.org"
+[server]
+command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn inherited() -> Vec<(String, String)> {
+        [
+            ("PATH", "/usr/bin:/bin"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LISTEN_FDS", "1"),
+            ("LISTEN_PID", "42"),
+            ("JOURNAL_STREAM", "8:1234"),
+            ("INVOCATION_ID", "abc"),
+            ("CREDENTIALS_DIRECTORY", "/run/credentials/bitpoll.service"),
+            ("SUDO_USER", "admin"),
+            ("LD_PRELOAD", "/tmp/evil.so"),
+            ("PYTHONSTARTUP", "/root/.pythonrc"),
+            ("BITPOLL_DATA_DIR", "/wrong"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn build_for(purpose: Purpose) -> BTreeMap<String, String> {
+        let cfg = config();
+        let secret = crate::secret::from_bytes(b"s3cr3t-value-xyz".to_vec()).unwrap();
+        let secrets = vec![("BITPOLL_SECRET_KEY".to_string(), secret)];
+        let inherited = inherited();
+        let inputs = Inputs {
+            config: &cfg,
+            secrets: &secrets,
+            inherited: &inherited,
+            user: "bitpoll",
+            home: Path::new("/var/lib/bitpoll"),
+        };
+        build(&inputs, purpose).into_iter().collect()
+    }
+
+    #[test]
+    fn server_environment_is_built_from_scratch() {
+        let env = build_for(Purpose::Server);
+        let want: BTreeMap<String, String> = [
+            ("BITPOLL_ALLOWED_HOSTS", "polls.example.org"),
+            ("BITPOLL_DATA_DIR", "/var/lib/bitpoll"),
+            ("BITPOLL_DB_ENGINE", "sqlite"),
+            ("BITPOLL_DB_PATH", "/var/lib/bitpoll/db.sqlite3"),
+            ("BITPOLL_SECRET_KEY", "s3cr3t-value-xyz"),
+            ("DJANGO_SETTINGS_MODULE", "bitpoll.settings"),
+            ("HOME", "/var/lib/bitpoll"),
+            ("INVOCATION_ID", "abc"),
+            ("JOURNAL_STREAM", "8:1234"),
+            ("LANG", "C.UTF-8"),
+            ("LISTEN_FDS", "1"),
+            ("LISTEN_PID", "42"),
+            ("LOGNAME", "bitpoll"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("PATH", "/opt/venv/bin:/usr/bin:/bin"),
+            ("PYTHONPATH", "/opt/src"),
+            ("PYTHONUNBUFFERED", "1"),
+            ("USER", "bitpoll"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env, want);
+    }
+
+    #[test]
+    fn preparation_gets_no_notify_socket_passed_fds_or_journal_stream() {
+        let env = build_for(Purpose::Prepare);
+        for k in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "JOURNAL_STREAM"] {
+            assert!(!env.contains_key(k), "{k} leaked into the preparation environment");
+        }
+        assert_eq!(env["BITPOLL_DATA_DIR"], "/var/lib/bitpoll");
+    }
+
+    #[test]
+    fn dangerous_inherited_variables_never_pass() {
+        for purpose in [Purpose::Prepare, Purpose::Server] {
+            let env = build_for(purpose);
+            for k in ["LD_PRELOAD", "PYTHONSTARTUP", "SUDO_USER", "CREDENTIALS_DIRECTORY"] {
+                assert!(!env.contains_key(k), "{k} passed for {purpose:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn path_defaults_when_the_launcher_has_none() {
+        let cfg = config();
+        let inputs = Inputs {
+            config: &cfg,
+            secrets: &[],
+            inherited: &[],
+            user: "bitpoll",
+            home: Path::new("/var/lib/bitpoll"),
+        };
+        let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).into_iter().collect();
+        assert_eq!(env["PATH"], format!("/opt/venv/bin:{DEFAULT_PATH}"));
+    }
+}

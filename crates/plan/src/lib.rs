@@ -1,0 +1,56 @@
+//! Pure planning for the launcher: given the validated config and facts observed on the
+//! system, decide what to do. Nothing here touches the file system, the process table or
+//! the environment; every input is an argument, so every decision is unit-tested.
+//!
+//! - [`env`]: the app's environment, built from scratch from explicit inputs;
+//! - [`secret`]: the rules a secret value must pass, and generation from given random bytes;
+//! - [`stamp`]: fingerprints of a preparation step's inputs and the run/skip decision;
+//! - [`layout`]: the data directory tree with its modes.
+
+pub mod env;
+pub mod layout;
+pub mod secret;
+pub mod stamp;
+
+/// A preparation step, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Step {
+    Migrate,
+    Collectstatic,
+    Compilemessages,
+}
+
+impl Step {
+    pub const ALL: [Step; 3] = [Step::Migrate, Step::Collectstatic, Step::Compilemessages];
+
+    /// The Django management command, also the name used in logs and stamps.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Migrate => "migrate",
+            Step::Collectstatic => "collectstatic",
+            Step::Compilemessages => "compilemessages",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The steps the config enables, in run order.
+    pub fn enabled(prepare: &launcher_config::Prepare) -> Vec<Step> {
+        Step::ALL
+            .into_iter()
+            .filter(|s| match s {
+                Step::Migrate => prepare.migrate,
+                Step::Collectstatic => prepare.collectstatic,
+                Step::Compilemessages => prepare.compilemessages,
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

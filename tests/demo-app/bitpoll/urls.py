@@ -1,0 +1,9 @@
+from django.urls import path
+
+from bitpoll.poll import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("healthz", views.healthz, name="healthz"),
+    path("whoami", views.whoami, name="whoami"),
+]

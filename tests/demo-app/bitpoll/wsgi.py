@@ -1,0 +1,8 @@
+"""WSGI entry point: gunicorn runs ``bitpoll.wsgi:application``."""
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bitpoll.settings")
+
+application = get_wsgi_application()
