@@ -1,0 +1,37 @@
+//! Everything the launcher asks of the kernel: accounts, the data directory tree, secret
+//! files, the privilege drop and exec.
+//!
+//! This is the only crate of the workspace that may contain `unsafe`; each block carries a
+//! `SAFETY:` comment. Functions here do one system-level thing each and report failures as
+//! typed errors naming the path, user or call involved. They make no policy decisions
+//! beyond the safety rules they enforce (no symlink following inside the data directory,
+//! no chown of a tree owned by someone else); what to do is decided by the caller.
+
+pub mod account;
+pub mod exec;
+pub mod files;
+pub mod privs;
+pub mod tree;
+
+pub use nix::unistd::{Gid, Uid};
+
+/// True when the effective user is root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Fill `buf` from the kernel's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// Number of threads of this process, from /proc/self/status.
+pub fn thread_count() -> std::io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
+}

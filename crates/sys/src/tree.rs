@@ -1,0 +1,259 @@
+//! The data directory tree: create what is missing, set exact owner and mode, never follow
+//! a symlink inside it and never touch a tree that belongs to another user.
+//!
+//! Every directory is opened with `O_NOFOLLOW` relative to its parent's descriptor and then
+//! changed through that descriptor (`fchown`, `fchmod`), so a symlink planted by the
+//! service user cannot redirect a root-owned operation elsewhere. Nothing is recursive:
+//! only the directories of the layout are inspected on each start.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open, openat};
+use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
+use nix::unistd::{Gid, Uid, fchown};
+
+use launcher_plan::layout::DirSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("the parent directory {0} of the data directory does not exist; create it, or point service.data_dir elsewhere")]
+    ParentMissing(PathBuf),
+    #[error("{path} is a symbolic link; the launcher never follows links in the data directory: replace it with a real directory (or point service.data_dir at the link's target)")]
+    Symlink { path: PathBuf },
+    #[error("{path} exists but is not a directory; move it away so the launcher can create the directory")]
+    NotADirectory { path: PathBuf },
+    #[error("{path} is owned by {owner} (uid {uid}), not by the service user; refusing to take over another user's files: if it really belongs to the service, run `chown -R {user}: {path}` once, otherwise choose another service.data_dir")]
+    ForeignOwner {
+        path: PathBuf,
+        uid: u32,
+        owner: String,
+        user: String,
+    },
+    #[error("{path} is owned by uid {uid}, but the launcher runs unprivileged as uid {me}; run it as root once, or `chown {me} {path}`")]
+    NotOwnedBySelf { path: PathBuf, uid: u32, me: u32 },
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+}
+
+/// The opened tree; holds a descriptor per directory for later `*at` calls.
+#[derive(Debug)]
+pub struct DataTree {
+    pub path: PathBuf,
+    dirs: Vec<(&'static str, OwnedFd)>,
+}
+
+impl DataTree {
+    /// The descriptor of a directory of the layout ("" for the data directory itself).
+    pub fn dir(&self, name: &str) -> BorrowedFd<'_> {
+        self.dirs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, fd)| fd.as_fd())
+            .unwrap_or_else(|| panic!("{name:?} is not a directory of the layout"))
+    }
+
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        if name.is_empty() {
+            self.path.clone()
+        } else {
+            self.path.join(name)
+        }
+    }
+}
+
+/// A change made to the tree, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+/// Who must own the tree.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: Uid,
+    pub gid: Gid,
+    /// True when the launcher runs as root and may chown; false when it runs as the
+    /// service user itself and can only verify and chmod what it owns.
+    pub privileged: bool,
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// Create or repair the tree `layout` (parents first, `layout[0]` is the data dir itself).
+pub fn ensure(data_dir: &Path, layout: &[DirSpec], owner: Owner, user_name: &str) -> Result<(DataTree, Vec<Change>), TreeError> {
+    let mut changes = Vec::new();
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    let name = data_dir.file_name().ok_or_else(|| TreeError::NotADirectory {
+        path: data_dir.to_path_buf(),
+    })?;
+    // The path up to the data directory belongs to the admin (root); it may contain links.
+    let parent_fd = open(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
+        Errno::ENOENT => TreeError::ParentMissing(parent.to_path_buf()),
+        source => TreeError::Io {
+            op: "open",
+            path: parent.to_path_buf(),
+            source,
+        },
+    })?;
+    let mut dirs: Vec<(&'static str, OwnedFd)> = Vec::with_capacity(layout.len());
+    for spec in layout {
+        let (at, rel, path): (BorrowedFd<'_>, &std::ffi::OsStr, PathBuf) = if spec.name.is_empty() {
+            (parent_fd.as_fd(), name, data_dir.to_path_buf())
+        } else {
+            let root = &dirs[0].1;
+            (root.as_fd(), std::ffi::OsStr::new(spec.name), data_dir.join(spec.name))
+        };
+        let fd = open_or_create(at, rel, &path, &mut changes)?;
+        fix_owner_and_mode(&fd, &path, spec.mode, owner, user_name, &mut changes)?;
+        dirs.push((spec.name, fd));
+    }
+    Ok((
+        DataTree {
+            path: data_dir.to_path_buf(),
+            dirs,
+        },
+        changes,
+    ))
+}
+
+fn open_or_create(at: BorrowedFd<'_>, rel: &std::ffi::OsStr, path: &Path, changes: &mut Vec<Change>) -> Result<OwnedFd, TreeError> {
+    match openat(at, rel, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(classify(at, rel, path, e)),
+    }
+    // Created private first; owner and final mode are set through the descriptor below.
+    match mkdirat(at, rel, Mode::from_bits_truncate(0o700)) {
+        Ok(()) => changes.push(Change {
+            path: path.to_path_buf(),
+            what: "created".into(),
+        }),
+        Err(Errno::EEXIST) => {}
+        Err(source) => {
+            return Err(TreeError::Io {
+                op: "create directory",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    openat(at, rel, DIR_FLAGS, Mode::empty()).map_err(|e| classify(at, rel, path, e))
+}
+
+/// Turn an open failure into the precise reason: a link, a file, or an I/O error.
+fn classify(at: BorrowedFd<'_>, rel: &std::ffi::OsStr, path: &Path, e: Errno) -> TreeError {
+    use nix::sys::stat::{SFlag, fstatat};
+    let kind = fstatat(at, rel, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
+    match (e, kind) {
+        (_, Ok(k)) if k == SFlag::S_IFLNK => TreeError::Symlink {
+            path: path.to_path_buf(),
+        },
+        (Errno::ENOTDIR, _) | (Errno::ELOOP, _) => TreeError::NotADirectory {
+            path: path.to_path_buf(),
+        },
+        (source, _) => TreeError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+fn fix_owner_and_mode(fd: &OwnedFd, path: &Path, mode: u32, owner: Owner, user_name: &str, changes: &mut Vec<Change>) -> Result<(), TreeError> {
+    let st = fstat(fd).map_err(|source| TreeError::Io {
+        op: "stat",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let uid = Uid::from_raw(st.st_uid);
+    let gid = Gid::from_raw(st.st_gid);
+    if owner.privileged {
+        if uid != owner.uid && !uid.is_root() {
+            let name = nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| format!("uid {uid}"));
+            return Err(TreeError::ForeignOwner {
+                path: path.to_path_buf(),
+                uid: uid.as_raw(),
+                owner: name,
+                user: user_name.to_string(),
+            });
+        }
+        if uid != owner.uid || gid != owner.gid {
+            fchown(fd, Some(owner.uid), Some(owner.gid)).map_err(|source| TreeError::Io {
+                op: "chown",
+                path: path.to_path_buf(),
+                source,
+            })?;
+            changes.push(Change {
+                path: path.to_path_buf(),
+                what: format!("owner {uid}:{gid} -> {}:{}", owner.uid, owner.gid),
+            });
+        }
+    } else if uid != owner.uid {
+        return Err(TreeError::NotOwnedBySelf {
+            path: path.to_path_buf(),
+            uid: uid.as_raw(),
+            me: owner.uid.as_raw(),
+        });
+    }
+    let current = st.st_mode & 0o7777;
+    if current != mode {
+        fchmod(fd, Mode::from_bits_truncate(mode)).map_err(|source| TreeError::Io {
+            op: "chmod",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        changes.push(Change {
+            path: path.to_path_buf(),
+            what: format!("mode {current:04o} -> {mode:04o}"),
+        });
+    }
+    Ok(())
+}
+
+/// Give a root-owned regular file directly inside the data directory to the service user
+/// (a database left behind by a tool run as root). Links are never followed; files owned
+/// by anyone else are left alone and reported.
+pub fn adopt_root_owned_file(tree: &DataTree, name: &str, owner: Owner) -> Result<Option<Change>, TreeError> {
+    use nix::sys::stat::SFlag;
+    let path = tree.path.join(name);
+    let fd = match openat(tree.dir(""), name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err(TreeError::Symlink { path }),
+        Err(source) => return Err(TreeError::Io { op: "open", path, source }),
+    };
+    let st = fstat(&fd).map_err(|source| TreeError::Io {
+        op: "stat",
+        path: path.clone(),
+        source,
+    })?;
+    let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+    if !regular || !owner.privileged || st.st_uid != 0 {
+        return Ok(None);
+    }
+    fchown(&fd, Some(owner.uid), Some(owner.gid)).map_err(|source| TreeError::Io {
+        op: "chown",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(Change {
+        path,
+        what: format!("owner 0:{} -> {}:{}", st.st_gid, owner.uid, owner.gid),
+    }))
+}

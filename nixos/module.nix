@@ -1,0 +1,349 @@
+# services.bitpoll: Bitpoll started by bitpoll-launcher.
+#
+# The unit's ExecStart is `bitpoll-launcher run --config <launcher.toml>`. The
+# launcher starts as root (inside the hardening of ./hardening.toml), checks
+# the declared user, prepares the data directory, loads secrets (systemd
+# credentials or generated once), runs migrate and collectstatic as the
+# service user, drops every privilege and execs gunicorn, which keeps the
+# main PID and reports READY=1 (Type=notify, NotifyAccess=main).
+#
+# The data directory is created by tmpfiles and made writable with
+# ReadWritePaths=, not StateDirectory=: for a unit without User= systemd
+# chowns a StateDirectory tree back to root:root on every start whenever its
+# top is owned by someone else, undoing the launcher's ownership (and making
+# the SQLite database read-only for the service user, Bitpoll issue #199).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib)
+    mkEnableOption
+    mkPackageOption
+    mkOption
+    mkIf
+    mkDefault
+    types
+    literalExpression
+    optional
+    optionals
+    optionalAttrs
+    mapAttrs
+    mapAttrsToList
+    ;
+
+  cfg = config.services.bitpoll;
+  settingsFormat = pkgs.formats.toml { };
+
+  # The one hardening list, shared with `bitpoll-launcher unit`.
+  hardening = (builtins.fromTOML (builtins.readFile ./hardening.toml)).Service;
+
+  python = cfg.package.python;
+
+  # host:port for gunicorn and nginx; IPv6 literals need brackets.
+  hostPort =
+    addr: port: if lib.hasInfix ":" addr then "[${addr}]:${toString port}" else "${addr}:${toString port}";
+  bind = hostPort cfg.listenAddress cfg.port;
+
+  # gunicorn >= 25.1 opens a control socket under $HOME by default; older
+  # versions (nixpkgs 25.05 ships 23.x) do not know the option and would exit.
+  gunicornVersion = cfg.package.gunicornVersion or "0";
+  controlSocketArgs = optionals (lib.versionAtLeast gunicornVersion "25.1") [ "--no-control-socket" ];
+
+  configFile = settingsFormat.generate "bitpoll-launcher.toml" cfg.settings;
+
+  nginxTls =
+    let
+      vhost = config.services.nginx.virtualHosts.${cfg.nginx.hostName} or { };
+    in
+    (vhost.forceSSL or false) || (vhost.onlySSL or false) || (vhost.addSSL or false);
+in
+{
+  options.services.bitpoll = {
+    enable = mkEnableOption "Bitpoll, a web application for polls and finding dates";
+
+    package = mkPackageOption pkgs "bitpoll" {
+      extraDescription = ''
+        It must provide `share/bitpoll` (manage.py, the app, compiled
+        translations, a settings_local.py reading BITPOLL_* variables) and
+        `passthru.python`, the interpreter environment with Django and gunicorn
+        (`passthru.gunicornVersion` selects gunicorn options).
+      '';
+    };
+
+    launcherPackage = mkPackageOption pkgs "bitpoll-launcher" { };
+
+    user = mkOption {
+      type = types.str;
+      default = "bitpoll";
+      description = "The unprivileged user the application runs as (declared by this module).";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "bitpoll";
+      description = ''
+        The service group (declared by this module). nginx joins it to read
+        the collected static files when {option}`services.bitpoll.nginx.enable` is set.
+      '';
+    };
+
+    dataDir = mkOption {
+      type = types.path;
+      default = "/var/lib/bitpoll";
+      description = ''
+        Persistent state: the SQLite database, collected static files (static/),
+        uploads (media/), generated secrets (secrets/, mode 0700) and the
+        launcher's stamps (state/). Created by tmpfiles as
+        `0750 user:group`; the launcher creates and checks the rest.
+      '';
+    };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      description = "Address gunicorn binds to. Keep it on loopback behind nginx.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 3008;
+      description = "TCP port gunicorn binds to (above 1023: the server has no capabilities).";
+    };
+
+    workers = mkOption {
+      type = types.ints.positive;
+      default = 2;
+      description = "Number of gunicorn worker processes.";
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = literalExpression ''
+        {
+          database = {
+            engine = "postgresql";
+            name = "bitpoll";
+            user = "bitpoll";
+          };
+          prepare.stall_timeout_sec = 600;
+        }
+      '';
+      description = ''
+        The launcher's TOML configuration, written to `/etc/bitpoll/launcher.toml`
+        and passed to `bitpoll-launcher run --config`. The module fills
+        `service`, `app`, `prepare`, `secrets`, `environment` and `server` from
+        the other options (each a default you can override here); `database`
+        is left to the launcher's default (SQLite at `<dataDir>/db.sqlite3`)
+        unless set. See docs/nixos.md for every key.
+      '';
+    };
+
+    secretFiles = mkOption {
+      # Strings, not paths: a path literal would be copied into the store.
+      type = types.attrsOf types.str;
+      default = { };
+      example = literalExpression ''
+        {
+          BITPOLL_SECRET_KEY = "/run/keys/bitpoll-secret-key";
+          BITPOLL_FIELD_ENCRYPTION_KEY = "/run/agenix/bitpoll-field-encryption-key";
+          BITPOLL_DB_PASSWORD = "/run/keys/bitpoll-db-password";
+        }
+      '';
+      description = ''
+        Secrets as files outside the Nix store, by the environment variable the
+        application reads. Each is handed to the unit with
+        `LoadCredential=<VAR>:<path>` and referenced in the launcher config as
+        `{ credential = "<VAR>"; }`, so the files may stay root-only (0400).
+        BITPOLL_SECRET_KEY and BITPOLL_FIELD_ENCRYPTION_KEY that are not given
+        here are generated once by the launcher into `<dataDir>/secrets/`.
+        Keep the field encryption key: it encrypts stored CalDAV URLs.
+      '';
+    };
+
+    environment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        BITPOLL_ALLOWED_HOSTS = "polls.example.org";
+        BITPOLL_BASE_URL = "https://polls.example.org";
+        BITPOLL_SECURE_COOKIES = "true";
+        BITPOLL_LANGUAGE_CODE = "en-us";
+        BITPOLL_TIME_ZONE = "Europe/Berlin";
+      };
+      description = ''
+        Plain (non-secret) variables for the application, written to the
+        launcher config's `[environment]`. With nginx enabled,
+        BITPOLL_ALLOWED_HOSTS defaults to the virtual host name, and
+        BITPOLL_BASE_URL / BITPOLL_SECURE_COOKIES follow its TLS setting.
+      '';
+    };
+
+    nginx = {
+      enable = mkEnableOption "an nginx virtual host proxying to gunicorn and serving /static/ from the data directory";
+
+      hostName = mkOption {
+        type = types.str;
+        example = "polls.example.org";
+        description = ''
+          Name of the nginx virtual host. Add TLS on the same virtual host,
+          e.g. `services.nginx.virtualHosts."''${hostName}".enableACME = true;`
+          and `forceSSL = true;`.
+        '';
+      };
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Open TCP 80 and 443 when nginx is enabled, otherwise the gunicorn
+        {option}`services.bitpoll.port` (only useful with a non-loopback
+        {option}`services.bitpoll.listenAddress`).
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.port > 1023;
+        message = "services.bitpoll.port must be above 1023: gunicorn runs without CAP_NET_BIND_SERVICE.";
+      }
+      {
+        assertion = lib.all (p: lib.hasPrefix "/" p && !(lib.hasPrefix "${builtins.storeDir}/" p)) (
+          builtins.attrValues cfg.secretFiles
+        );
+        message = "services.bitpoll.secretFiles must be absolute paths outside the Nix store (the store is world-readable).";
+      }
+    ];
+
+    services.bitpoll.settings = {
+      service = {
+        user = mkDefault cfg.user;
+        group = mkDefault cfg.group;
+        # NixOS declares the user (below); the launcher only verifies it.
+        create_user = mkDefault false;
+        data_dir = mkDefault (toString cfg.dataDir);
+      };
+      app = {
+        python = mkDefault "${python}/bin/python";
+        source_dir = mkDefault "${cfg.package}/share/bitpoll";
+        settings_module = mkDefault "bitpoll.settings";
+      };
+      prepare = {
+        migrate = mkDefault true;
+        collectstatic = mkDefault true;
+        # The package compiles the .mo files at build time; the store is read-only.
+        compilemessages = mkDefault false;
+        stall_timeout_sec = mkDefault 300;
+      };
+      secrets =
+        mapAttrs (name: _: { credential = name; }) cfg.secretFiles
+        // optionalAttrs (!(cfg.secretFiles ? BITPOLL_SECRET_KEY)) {
+          BITPOLL_SECRET_KEY = mkDefault { generate = "django-secret-key"; };
+        }
+        // optionalAttrs (!(cfg.secretFiles ? BITPOLL_FIELD_ENCRYPTION_KEY)) {
+          BITPOLL_FIELD_ENCRYPTION_KEY = mkDefault { generate = "fernet-key"; };
+        };
+      environment = mapAttrs (_: mkDefault) cfg.environment;
+      server.command = mkDefault (
+        [
+          "${python}/bin/gunicorn"
+          "--bind"
+          bind
+          "--workers"
+          (toString cfg.workers)
+        ]
+        ++ controlSocketArgs
+        ++ [
+          "--preload"
+          "bitpoll.wsgi:application"
+        ]
+      );
+    };
+
+    services.bitpoll.environment = mkIf cfg.nginx.enable {
+      BITPOLL_ALLOWED_HOSTS = mkDefault cfg.nginx.hostName;
+      BITPOLL_BASE_URL = mkDefault "${if nginxTls then "https" else "http"}://${cfg.nginx.hostName}";
+      BITPOLL_SECURE_COOKIES = mkDefault (if nginxTls then "true" else "false");
+    };
+
+    users.users.${cfg.user} = {
+      isSystemUser = true;
+      group = cfg.group;
+      home = toString cfg.dataDir;
+      description = "Bitpoll service user";
+    };
+    users.groups.${cfg.group} = { };
+    users.users.${config.services.nginx.user} = mkIf cfg.nginx.enable {
+      extraGroups = [ cfg.group ];
+    };
+
+    systemd.tmpfiles.settings."10-bitpoll".${toString cfg.dataDir}.d = {
+      inherit (cfg) user group;
+      mode = "0750";
+    };
+
+    # For admins: `bitpoll-launcher check --config /etc/bitpoll/launcher.toml`
+    # and `bitpoll-launcher manage --config /etc/bitpoll/launcher.toml -- ARGS`.
+    environment.etc."bitpoll/launcher.toml".source = configFile;
+    environment.systemPackages = [ cfg.launcherPackage ];
+
+    systemd.services.bitpoll = {
+      description = "Bitpoll (polls and date finding)";
+      documentation = [ "https://github.com/fsinfuhh/Bitpoll" ];
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ] ++ optional config.services.postgresql.enable "postgresql.service";
+
+      unitConfig.RequiresMountsFor = [ (toString cfg.dataDir) ];
+
+      serviceConfig = hardening // {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = "${lib.getExe cfg.launcherPackage} run --config ${configFile}";
+        Restart = "on-failure";
+        RestartSec = "5s";
+        # Migrations can take long; the launcher extends the timeout
+        # (EXTEND_TIMEOUT_USEC) while they make progress and fails on a stall.
+        TimeoutStartSec = "5min";
+        ReadWritePaths = [ (toString cfg.dataDir) ];
+        LoadCredential = mapAttrsToList (name: path: "${name}:${toString path}") cfg.secretFiles;
+      };
+    };
+
+    services.nginx = mkIf cfg.nginx.enable {
+      enable = true;
+      virtualHosts.${cfg.nginx.hostName} = {
+        locations."/" = {
+          proxyPass = "http://${bind}";
+          recommendedProxySettings = true;
+        };
+        locations."/static/" = {
+          alias = "${toString cfg.dataDir}/static/";
+          extraConfig = ''
+            expires 7d;
+            add_header Cache-Control "public";
+          '';
+        };
+      };
+    };
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall (
+      if cfg.nginx.enable then
+        [
+          80
+          443
+        ]
+      else
+        [ cfg.port ]
+    );
+  };
+
+  meta.maintainers = [ ];
+}

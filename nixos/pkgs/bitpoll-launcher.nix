@@ -1,0 +1,53 @@
+# bitpoll-launcher: the privileged launcher (this repository's Rust workspace).
+#
+# Installs the binary and nixos/hardening.toml as
+# $out/share/bitpoll-launcher/hardening.toml, where `bitpoll-launcher unit`
+# looks for it by default (relative to the binary).
+{
+  lib,
+  rustPlatform,
+}:
+
+let
+  root = ../..;
+  fs = lib.fileset;
+  cargoToml = lib.importTOML (root + "/Cargo.toml");
+in
+rustPlatform.buildRustPackage {
+  pname = "bitpoll-launcher";
+  inherit (cargoToml.workspace.package) version;
+
+  # Only what cargo needs, so doc or Nix edits do not rebuild the binary.
+  src = fs.toSource {
+    inherit root;
+    fileset = fs.unions [
+      (root + "/Cargo.toml")
+      (root + "/Cargo.lock")
+      (root + "/src")
+      (root + "/crates")
+      (fs.maybeMissing (root + "/tests"))
+      (fs.maybeMissing (root + "/benches"))
+      (fs.maybeMissing (root + "/build.rs"))
+      (fs.maybeMissing (root + "/clippy.toml"))
+      (fs.maybeMissing (root + "/rustfmt.toml"))
+      (root + "/nixos/hardening.toml")
+    ];
+  };
+
+  cargoLock.lockFile = root + "/Cargo.lock";
+
+  # The workspace's integration tests need root and a running systemd; the
+  # pure crates are tested by the flake's `checks.tests`.
+  doCheck = false;
+
+  postInstall = ''
+    install -Dm0644 nixos/hardening.toml $out/share/bitpoll-launcher/hardening.toml
+  '';
+
+  meta = {
+    description = "Privileged launcher that prepares and starts Bitpoll under systemd";
+    license = lib.licenses.mit;
+    mainProgram = "bitpoll-launcher";
+    platforms = lib.platforms.linux;
+  };
+}

@@ -1,0 +1,169 @@
+"""Deployment settings for a read-only install of Bitpoll (the Nix package).
+
+Bitpoll's settings.py ends with ``from .settings_local import *``. In the Nix
+store nothing can be edited, so everything deployment-specific is read from
+BITPOLL_* environment variables, which bitpoll-launcher sets (it builds the
+server's environment from its TOML config and secrets). docs/nixos.md lists
+the contract; keep the two in sync.
+
+Required: BITPOLL_DATA_DIR, BITPOLL_SECRET_KEY, BITPOLL_FIELD_ENCRYPTION_KEY.
+Everything else has a default. A missing or malformed variable raises
+ImproperlyConfigured naming the variable, so `manage.py check` and the
+launcher's `check` report it instead of a traceback deep inside Django.
+
+Only names without a leading underscore end up in Django's settings (the
+star import), so every helper here starts with one.
+"""
+
+import base64 as _base64
+import binascii as _binascii
+import os as _os
+
+from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+# The directory holding manage.py, bitpoll/ and locale/ (read-only).
+_SOURCE_DIR = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+
+
+def _required(name):
+    value = _os.environ.get(name, "")
+    if not value.strip():
+        raise _ImproperlyConfigured(
+            f"{name} is not set; bitpoll-launcher sets it from its config "
+            "(see docs/nixos.md, 'Environment contract')"
+        )
+    return value.strip()
+
+
+def _optional(name, default=None):
+    value = _os.environ.get(name, "").strip()
+    return value if value else default
+
+
+def _bool(name, default=False):
+    value = _os.environ.get(name)
+    if value is None:
+        return default
+    value = value.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise _ImproperlyConfigured(
+        f"{name}={value!r} is not a boolean; use one of true/false, yes/no, on/off, 1/0"
+    )
+
+
+def _list(name):
+    return [item.strip() for item in _os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _fernet_key(name):
+    key = _required(name)
+    try:
+        raw = _base64.urlsafe_b64decode(key.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, _binascii.Error):
+        raw = b""
+    if len(raw) != 32:
+        raise _ImproperlyConfigured(
+            f"{name} is not a Fernet key (32 url-safe base64-encoded bytes); "
+            "generate one with: python -c "
+            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        )
+    return key
+
+
+# --- Data and secrets -------------------------------------------------------
+
+DATA_DIR = _required("BITPOLL_DATA_DIR")
+
+SECRET_KEY = _required("BITPOLL_SECRET_KEY")
+
+# Encrypts stored CalDAV URLs. Losing it makes them unreadable: never rotate it
+# by regenerating while a database exists.
+FIELD_ENCRYPTION_KEY = _fernet_key("BITPOLL_FIELD_ENCRYPTION_KEY")
+
+DEBUG = _bool("BITPOLL_DEBUG", False)
+
+# Empty means every request is answered with 400 (Django's default).
+ALLOWED_HOSTS = _list("BITPOLL_ALLOWED_HOSTS")
+
+# --- Database ---------------------------------------------------------------
+
+_engine = _optional("BITPOLL_DB_ENGINE", "sqlite").lower()
+if _engine in ("sqlite", "sqlite3"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _optional("BITPOLL_DB_PATH", _os.path.join(DATA_DIR, "db.sqlite3")),
+        }
+    }
+elif _engine in ("postgresql", "postgres"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _optional("BITPOLL_DB_NAME", "bitpoll"),
+            "USER": _optional("BITPOLL_DB_USER", ""),
+            "PASSWORD": _optional("BITPOLL_DB_PASSWORD", ""),
+            # Empty host: the local Unix socket (peer authentication).
+            "HOST": _optional("BITPOLL_DB_HOST", ""),
+            "PORT": _optional("BITPOLL_DB_PORT", ""),
+        }
+    }
+else:
+    raise _ImproperlyConfigured(
+        f"BITPOLL_DB_ENGINE={_engine!r} is not supported; use 'sqlite' or 'postgresql'"
+    )
+
+# --- Files ------------------------------------------------------------------
+
+# collectstatic writes here; nginx serves it as /static/.
+STATIC_ROOT = _optional("BITPOLL_STATIC_ROOT", _os.path.join(DATA_DIR, "static"))
+STATIC_PRECOMPILER_ROOT = STATIC_ROOT
+MEDIA_ROOT = _optional("BITPOLL_MEDIA_ROOT", _os.path.join(DATA_DIR, "media"))
+
+# The .mo files are compiled when the package is built (the store is read-only).
+LOCALE_PATHS = (_os.path.join(_SOURCE_DIR, "locale"),)
+
+# --- Site -------------------------------------------------------------------
+
+# Set only when given, so settings.py's defaults stay in force otherwise.
+if _optional("BITPOLL_LANGUAGE_CODE"):
+    LANGUAGE_CODE = _optional("BITPOLL_LANGUAGE_CODE")
+if _optional("BITPOLL_TIME_ZONE"):
+    TIME_ZONE = _optional("BITPOLL_TIME_ZONE")
+if _optional("BITPOLL_BASE_URL"):
+    BASE_URL = _optional("BITPOLL_BASE_URL").rstrip("/")
+if _optional("BITPOLL_SITE_NAME"):
+    SITE_NAME = _optional("BITPOLL_SITE_NAME")
+
+# Served over HTTPS (TLS ends at the reverse proxy): cookies only over HTTPS.
+# gunicorn trusts X-Forwarded-Proto from 127.0.0.1 (forwarded_allow_ips), so
+# request.is_secure() is right behind a local nginx without further settings.
+SESSION_COOKIE_SECURE = _bool("BITPOLL_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- What settings.py expects settings_local to define ----------------------
+
+INSTALLED_APPS_LOCAL = []
+MIDDLEWARE_LOCAL = []
+PIPELINE_LOCAL = {}
+
+# --- Logging ----------------------------------------------------------------
+
+# Warnings and errors (including the tracebacks of 500 responses, which Django
+# otherwise only mails to ADMINS) go to stderr, i.e. the journal.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler"},
+    },
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
+    "loggers": {
+        "django": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+    },
+}

@@ -1,0 +1,71 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const RUN_EXIT_CODES: &str = "\
+Exit status (run never returns on success: it becomes the server):
+  1    a preparation step failed, or the server could not be executed
+  2    the configuration file is missing or invalid
+  3    the system is not as required (account, data directory, secrets)
+  4    privileges could not be dropped for good
+  128+N  stopped by signal N during preparation (143 = SIGTERM)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bitpoll-launcher",
+    version,
+    about = "Prepare and start Bitpoll (a Django app) as a systemd service",
+    long_about = "bitpoll-launcher is the ExecStart of the Bitpoll unit. As root it creates or verifies \
+the service account and data directory, loads secrets, runs migrate, collectstatic and \
+compilemessages as the service user (skipping what has nothing to do), drops every privilege \
+and executes the server in its own place, so the server keeps the PID and reports READY=1."
+)]
+pub struct Cli {
+    /// Least severe log level to emit.
+    #[arg(long, global = true, value_enum, default_value = "info", env = "BITPOLL_LAUNCHER_LOG")]
+    pub log_level: LogLevel,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Prepare the app and exec the server (the unit's ExecStart).
+    #[command(after_help = RUN_EXIT_CODES)]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The launcher's TOML configuration.
+    #[arg(long, short, value_name = "FILE", env = "BITPOLL_LAUNCHER_CONFIG")]
+    pub config: PathBuf,
+
+    /// Run every enabled preparation step even when its stamp says nothing changed.
+    #[arg(long)]
+    pub force_prepare: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(l: LogLevel) -> tracing::Level {
+        match l {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}

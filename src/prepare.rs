@@ -1,0 +1,561 @@
+//! Preparation: decide which of migrate, collectstatic and compilemessages have something
+//! to do, run those in one Python process as the service user, and keep systemd informed.
+//!
+//! The driver (prepare.py, embedded) starts Django once and runs the steps in order. Its
+//! output is read as it comes: every line goes to the log with the step it belongs to, any
+//! output counts as progress and keeps systemd's start timeout extended, and a step that is
+//! silent for `prepare.stall_timeout_sec` is stopped with a clear error instead of being
+//! killed by an opaque timeout. A step's stamp is written only after the driver reported
+//! that step finished.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tracing::{info, warn};
+
+use launcher_config::{Config, Database};
+use launcher_plan::Step;
+use launcher_plan::layout::{STAMP_FILE_MODE, STATE_DIR, STATIC_DIR, stamp_file_name};
+use launcher_plan::stamp::{self, Decision, Stamp};
+use launcher_sys::privs::Target;
+use launcher_sys::tree::{DataTree, Owner};
+
+use crate::notify;
+
+const DRIVER: &str = include_str!("prepare.py");
+const MARK: &str = "\x1ebitpoll-launcher ";
+const TAIL_LINES: usize = 20;
+/// How much longer than the stall limit systemd's timeout is kept, so the launcher's own
+/// stall detection always fires first and explains itself.
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(15);
+const EXTEND_EVERY: Duration = Duration::from_secs(2);
+/// Time a stopped driver gets to exit after SIGTERM before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// What preparation works with.
+pub struct Context<'a> {
+    pub cfg: &'a Config,
+    pub tree: &'a DataTree,
+    pub owner: Owner,
+    /// The preparation environment (see launcher_plan::env).
+    pub env: Vec<(String, String)>,
+    pub secret_names: Vec<String>,
+    /// The identity the driver runs as.
+    pub target: Target,
+}
+
+/// One step with its decision and the fingerprint its stamp will carry.
+#[derive(Debug)]
+pub struct Planned {
+    pub step: Step,
+    pub decision: Decision,
+    pub fingerprint: String,
+}
+
+/// Decide every enabled step.
+pub fn plan(ctx: &Context<'_>, force: bool) -> anyhow::Result<Vec<Planned>> {
+    let steps = Step::enabled(&ctx.cfg.prepare);
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let python = python_identity(&ctx.cfg.app.python);
+    let source = SourceTree::scan(&ctx.cfg.app.source_dir)
+        .with_context(|| format!("cannot read the app source {}", ctx.cfg.app.source_dir.display()))?;
+    let secret_names: Vec<&str> = ctx.secret_names.iter().map(String::as_str).collect();
+    let state = ctx.tree.dir(STATE_DIR);
+    let mut planned = Vec::new();
+    for step in steps {
+        let fingerprint = stamp::fingerprint(&stamp::FingerprintInputs {
+            step,
+            python: &python,
+            source_digest: &source.digest,
+            settings_module: &ctx.cfg.app.settings_module,
+            env: &ctx.env,
+            secret_names: &secret_names,
+        });
+        let stored = launcher_sys::files::read_state(state, &stamp_file_name(step));
+        let witness = witness(ctx, step, &source);
+        let decision = stamp::decide(step, stored.as_deref(), &fingerprint, &witness, force);
+        planned.push(Planned {
+            step,
+            decision,
+            fingerprint,
+        });
+    }
+    Ok(planned)
+}
+
+/// The current state of a step's output (see launcher_plan::stamp).
+fn witness(ctx: &Context<'_>, step: Step, source: &SourceTree) -> String {
+    match step {
+        Step::Migrate => match &ctx.cfg.database {
+            Database::Sqlite { path } => match file_identity(ctx.tree, path) {
+                Some(id) => format!("sqlite {} {id}", path.display()),
+                None => format!("sqlite {} absent", path.display()),
+            },
+            Database::Postgresql { name, host, port, .. } => format!(
+                "postgresql {name}@{}:{}",
+                host.as_deref().unwrap_or("local"),
+                port.map_or("default".into(), |p| p.to_string())
+            ),
+        },
+        Step::Collectstatic => {
+            let root = static_root(ctx.cfg);
+            let dir = std::fs::symlink_metadata(&root)
+                .map(|m| format!("{}:{}", m.dev(), m.ino()))
+                .unwrap_or_else(|_| "absent".into());
+            let manifest = root.join("staticfiles.json").is_file();
+            format!("static {} {dir} manifest={manifest}", root.display())
+        }
+        Step::Compilemessages => format!(
+            "catalogs po={} mo-up-to-date={}",
+            source.po_files, source.fresh_mo_files
+        ),
+    }
+}
+
+/// Where collected static files go: the app's BITPOLL_STATIC_ROOT, or <data_dir>/static.
+pub fn static_root(cfg: &Config) -> PathBuf {
+    cfg.environment
+        .get("BITPOLL_STATIC_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.service.data_dir.join(STATIC_DIR))
+}
+
+/// "dev:ino" of a file; inside the data directory looked up without following links.
+fn file_identity(tree: &DataTree, path: &Path) -> Option<String> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) if parent == tree.path => {
+            launcher_sys::files::identity_at(tree.dir(""), name.to_str()?)
+        }
+        _ => std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| format!("{}:{}", m.dev(), m.ino())),
+    }
+}
+
+/// The interpreter and its installed packages: the path as configured (a Nix store path
+/// changes with any dependency), the resolved binary, and the modification times of the
+/// environment's site-packages directories (pip install/upgrade changes them).
+fn python_identity(python: &Path) -> String {
+    let mut id = python.display().to_string();
+    if let Ok(real) = std::fs::canonicalize(python) {
+        if let Ok(m) = std::fs::metadata(&real) {
+            id.push_str(&format!(" {} {}:{} {} {}", real.display(), m.dev(), m.ino(), m.size(), m.mtime()));
+        }
+    }
+    if let Some(prefix) = python.parent().and_then(Path::parent) {
+        if let Ok(entries) = std::fs::read_dir(prefix.join("lib")) {
+            let mut dirs: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path().join("site-packages"))
+                .filter(|p| p.is_dir())
+                .collect();
+            dirs.sort();
+            for dir in dirs {
+                if let Ok(m) = std::fs::metadata(&dir) {
+                    id.push_str(&format!(" {}@{}.{}", dir.display(), m.mtime(), m.mtime_nsec()));
+                }
+            }
+        }
+    }
+    id
+}
+
+/// A digest of the app source: every file's relative path, size, mode and modification
+/// time, skipping bytecode, compiled catalogs (which compilemessages writes) and hidden
+/// directories. Also counts translation catalogs and their up-to-date compiled forms.
+struct SourceTree {
+    digest: String,
+    po_files: usize,
+    fresh_mo_files: usize,
+}
+
+impl SourceTree {
+    fn scan(root: &Path) -> std::io::Result<SourceTree> {
+        let mut entries = Vec::new();
+        let mut po_files = 0;
+        let mut fresh_mo_files = 0;
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') || name == "__pycache__" || name == "node_modules" {
+                    continue;
+                }
+                let path = entry.path();
+                let meta = std::fs::symlink_metadata(&path)?;
+                if meta.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if name.ends_with(".pyc") || name.ends_with(".mo") {
+                    continue;
+                }
+                if name.ends_with(".po") {
+                    po_files += 1;
+                    let mo = path.with_extension("mo");
+                    if std::fs::metadata(&mo).is_ok_and(|m| m.mtime() >= meta.mtime()) {
+                        fresh_mo_files += 1;
+                    }
+                }
+                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+                let link = if meta.file_type().is_symlink() {
+                    std::fs::read_link(&path).map(|t| t.display().to_string()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                entries.push(format!("{rel}\0{}\0{:o}\0{}.{}\0{link}", meta.size(), meta.mode(), meta.mtime(), meta.mtime_nsec()));
+            }
+        }
+        entries.sort();
+        let mut h = Sha256::new();
+        for e in &entries {
+            h.update(e.as_bytes());
+            h.update(b"\n");
+        }
+        let digest = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(SourceTree {
+            digest,
+            po_files,
+            fresh_mo_files,
+        })
+    }
+}
+
+/// Why preparation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("cannot start the preparation process {python}: {source}")]
+    Spawn {
+        python: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", failure_text(.step, .status, .tail))]
+    Failed {
+        step: Option<Step>,
+        status: String,
+        tail: Vec<String>,
+    },
+    #[error("preparation step {step} made no progress (no output) for {secs} s and was stopped; if it legitimately works silently that long, raise prepare.stall_timeout_sec{}", tail_text(.tail))]
+    Stalled {
+        step: String,
+        secs: u64,
+        tail: Vec<String>,
+    },
+    #[error("stopped by signal {signal} during preparation step {step}; the step's stamp was not written, so it runs again on the next start")]
+    Interrupted { signal: i32, step: String },
+    #[error("cannot record that step {step} finished: {source}")]
+    Stamp {
+        step: Step,
+        #[source]
+        source: launcher_sys::files::WriteError,
+    },
+    #[error("preparation I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; last output:\n    {}", tail.join("\n    "))
+    }
+}
+
+fn failure_text(step: &Option<Step>, status: &str, tail: &[String]) -> String {
+    let what = match step {
+        Some(step) => format!("preparation step {step} failed ({status})"),
+        None => format!("Django could not start before the first preparation step ({status}); check the settings and the app's environment"),
+    };
+    format!("{what}{}", tail_text(tail))
+}
+
+/// Run the planned steps that must run. Returns after all finished.
+pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<(), PrepareError> {
+    let steps: Vec<Step> = planned
+        .iter()
+        .filter(|p| matches!(p.decision, Decision::Run(_)))
+        .map(|p| p.step)
+        .collect();
+    if steps.is_empty() {
+        return Ok(());
+    }
+    // Stamps of the steps about to run go first: a step interrupted half-way must never
+    // be skipped next time on the strength of an older success.
+    for step in &steps {
+        launcher_sys::files::remove_state(ctx.tree.dir(STATE_DIR), &ctx.tree.path_of(STATE_DIR), &stamp_file_name(*step))
+            .map_err(|source| PrepareError::Stamp { step: *step, source })?;
+    }
+    // A single-threaded runtime: the driver is forked from a process with one thread, so
+    // the privilege drop between fork and exec is safe. It is gone when this returns.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(supervise(ctx, planned, &steps))
+}
+
+async fn supervise(ctx: &Context<'_>, planned: &[Planned], steps: &[Step]) -> Result<(), PrepareError> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    let python = ctx.cfg.app.python.display().to_string();
+    let mut cmd = std::process::Command::new(&ctx.cfg.app.python);
+    cmd.arg("-c")
+        .arg(DRIVER)
+        .args(steps.iter().map(|s| s.name()))
+        .current_dir(&ctx.cfg.app.source_dir)
+        .env_clear()
+        .envs(ctx.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    launcher_sys::privs::drop_in_child(&mut cmd, ctx.target.clone());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| PrepareError::Spawn { python, source })?;
+    let pid = child.id();
+    info!(phase = "prepare", steps = %names(steps), pid, "preparation started: {}", names(steps));
+
+    let stall = ctx.cfg.prepare.stall_timeout;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let (mut out_buf, mut err_buf) = ([0u8; 8192], [0u8; 8192]);
+    let (mut out_line, mut err_line) = (Vec::new(), Vec::new());
+    let (mut out_open, mut err_open) = (true, true);
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+    let mut current: Option<Step> = None;
+    let mut done: Vec<Step> = Vec::new();
+    let mut step_started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut last_extend: Option<Instant> = None;
+    let mut exited: Option<(ExitStatus, Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+
+    let mut events = Events {
+        ctx,
+        planned,
+        steps,
+        current: &mut current,
+        done: &mut done,
+        tail: &mut tail,
+        step_started: &mut step_started,
+    };
+
+    loop {
+        tokio::select! {
+            r = stdout.read(&mut out_buf), if out_open => match r {
+                Ok(0) | Err(_) => { out_open = false; events.flush(&mut out_line, "stdout")?; }
+                Ok(n) => { last_progress = Instant::now(); events.feed(&out_buf[..n], &mut out_line, "stdout")?; }
+            },
+            r = stderr.read(&mut err_buf), if err_open => match r {
+                Ok(0) | Err(_) => { err_open = false; events.flush(&mut err_line, "stderr")?; }
+                Ok(n) => { last_progress = Instant::now(); events.feed(&err_buf[..n], &mut err_line, "stderr")?; }
+            },
+            status = child.wait(), if exited.is_none() => {
+                exited = Some((status?, Instant::now()));
+            },
+            _ = tick.tick() => {
+                if let Some((_, at)) = exited {
+                    // Output still buffered in a pipe held open by a grandchild: stop waiting.
+                    if at.elapsed() > Duration::from_secs(2) { out_open = false; err_open = false; }
+                } else {
+                    let silent = last_progress.elapsed();
+                    if silent >= stall {
+                        let step = events.current_name();
+                        warn!(phase = "prepare", step = %step, silent_sec = silent.as_secs(), "no progress for {} s, stopping the preparation process", silent.as_secs());
+                        stop(&mut child).await;
+                        return Err(PrepareError::Stalled { step, secs: silent.as_secs(), tail: events.tail.iter().cloned().collect() });
+                    }
+                    if last_extend.is_none_or(|t| t.elapsed() >= EXTEND_EVERY) {
+                        notify::extend_timeout(stall - silent + TIMEOUT_MARGIN);
+                        last_extend = Some(Instant::now());
+                    }
+                }
+            },
+            _ = sigterm.recv() => return interrupted(&mut child, &events, libc_sig::TERM).await,
+            _ = sigint.recv() => return interrupted(&mut child, &events, libc_sig::INT).await,
+        }
+        if let (Some((status, _)), false, false) = (exited, out_open, err_open) {
+            return events.finish(status);
+        }
+    }
+}
+
+mod libc_sig {
+    pub const TERM: i32 = 15;
+    pub const INT: i32 = 2;
+}
+
+async fn interrupted(child: &mut tokio::process::Child, events: &Events<'_, '_>, signal: i32) -> Result<(), PrepareError> {
+    let step = events.current_name();
+    warn!(phase = "prepare", step = %step, signal, "stop requested during preparation, stopping the preparation process");
+    notify::status(&format!("Stopping: interrupted during {step}"));
+    stop(child).await;
+    Err(PrepareError::Interrupted { signal, step })
+}
+
+/// SIGTERM the driver, give it a moment, then SIGKILL; always reaped.
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+fn names(steps: &[Step]) -> String {
+    steps.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// Turns driver output into log records, markers into stamps.
+struct Events<'c, 'a> {
+    ctx: &'c Context<'a>,
+    planned: &'c [Planned],
+    steps: &'c [Step],
+    current: &'c mut Option<Step>,
+    done: &'c mut Vec<Step>,
+    tail: &'c mut VecDeque<String>,
+    step_started: &'c mut Instant,
+}
+
+impl Events<'_, '_> {
+    fn current_name(&self) -> String {
+        self.current.map_or_else(|| "setup".to_string(), |s| s.name().to_string())
+    }
+
+    fn feed(&mut self, bytes: &[u8], line: &mut Vec<u8>, stream: &'static str) -> Result<(), PrepareError> {
+        for &b in bytes {
+            if b == b'\n' {
+                self.flush(line, stream)?;
+            } else {
+                line.push(b);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, line: &mut Vec<u8>, stream: &'static str) -> Result<(), PrepareError> {
+        let text = String::from_utf8_lossy(line).trim_end().to_string();
+        line.clear();
+        if text.is_empty() {
+            return Ok(());
+        }
+        if let Some(marker) = text.strip_prefix(MARK) {
+            return self.marker(marker);
+        }
+        let step = self.current_name();
+        info!(phase = "prepare", step = %step, stream, "{text}");
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text);
+        Ok(())
+    }
+
+    fn marker(&mut self, marker: &str) -> Result<(), PrepareError> {
+        let mut parts = marker.split(' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("setup-done"), Some(ms), _) => {
+                let ms: u64 = ms.parse().unwrap_or(0);
+                info!(phase = "prepare", step = "setup", duration_ms = ms, "Django started in {ms} ms");
+            }
+            (Some("step-begin"), Some(name), _) => {
+                if let Some(step) = Step::from_name(name) {
+                    *self.current = Some(step);
+                    *self.step_started = Instant::now();
+                    let n = self.steps.iter().position(|s| *s == step).map_or(0, |i| i + 1);
+                    notify::status(&format!("Preparing: {step} ({n}/{})", self.steps.len()));
+                    info!(phase = "prepare", step = %step, "step {step} started");
+                }
+            }
+            (Some("step-done"), Some(name), ms) => {
+                if let Some(step) = Step::from_name(name) {
+                    let ms: u64 = ms.and_then(|m| m.parse().ok()).unwrap_or_else(|| self.step_started.elapsed().as_millis() as u64);
+                    self.write_stamp(step)?;
+                    self.done.push(step);
+                    info!(phase = "prepare", step = %step, duration_ms = ms, "step {step} finished in {ms} ms");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn write_stamp(&self, step: Step) -> Result<(), PrepareError> {
+        let planned = self.planned.iter().find(|p| p.step == step).expect("only planned steps run");
+        // The witness is taken after the step: it describes the output this run produced.
+        let source = SourceTree::scan(&self.ctx.cfg.app.source_dir)?;
+        let stamp = Stamp {
+            step,
+            fingerprint: planned.fingerprint.clone(),
+            witness: witness(self.ctx, step, &source),
+            finished: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let owner = self.ctx.owner.privileged.then_some((self.ctx.owner.uid, self.ctx.owner.gid));
+        launcher_sys::files::write_atomic(
+            self.ctx.tree.dir(STATE_DIR),
+            &self.ctx.tree.path_of(STATE_DIR),
+            &stamp_file_name(step),
+            stamp.render().as_bytes(),
+            STAMP_FILE_MODE,
+            owner,
+            true,
+        )
+        .map_err(|source| PrepareError::Stamp { step, source })
+    }
+
+    fn finish(&mut self, status: ExitStatus) -> Result<(), PrepareError> {
+        if status.success() && self.done.len() == self.steps.len() {
+            return Ok(());
+        }
+        let step = if self.current.is_some() {
+            // The step that began but did not finish, or the last one if all "finished"
+            // and the driver failed on exit.
+            self.steps.iter().copied().find(|s| !self.done.contains(s)).or(*self.current)
+        } else {
+            None
+        };
+        Err(PrepareError::Failed {
+            step,
+            status: describe(status),
+            tail: self.tail.iter().cloned().collect(),
+        })
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Evidence that the app's database already holds data, for the Fernet-key guard.
+pub fn database_evidence(cfg: &Config, tree: &DataTree) -> Option<String> {
+    if launcher_sys::files::read_state(tree.dir(STATE_DIR), &stamp_file_name(Step::Migrate)).is_some() {
+        return Some(format!("{} records an earlier migration", tree.path_of(STATE_DIR).join(stamp_file_name(Step::Migrate)).display()));
+    }
+    match &cfg.database {
+        Database::Sqlite { path } => std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.len() > 0)
+            .map(|m| format!("{} exists, {} bytes", path.display(), m.len())),
+        Database::Postgresql { .. } => None,
+    }
+}
