@@ -24,7 +24,13 @@ and executes the server in its own place, so the server keeps the PID and report
 )]
 pub struct Cli {
     /// Least severe log level to emit.
-    #[arg(long, global = true, value_enum, default_value = "info", env = "BITPOLL_LAUNCHER_LOG")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "info",
+        env = "BITPOLL_LAUNCHER_LOG"
+    )]
     pub log_level: LogLevel,
 
     #[command(subcommand)]

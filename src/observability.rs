@@ -15,7 +15,9 @@ pub fn init(level: crate::cli::LogLevel) {
             let layer = layer
                 .with_field_prefix(None)
                 .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string());
-            tracing_subscriber::registry().with(layer.with_filter(level)).init();
+            tracing_subscriber::registry()
+                .with(layer.with_filter(level))
+                .init();
             return;
         }
     }

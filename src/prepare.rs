@@ -65,11 +65,15 @@ pub fn plan(ctx: &Context<'_>, force: bool) -> anyhow::Result<Vec<Planned>> {
         return Ok(Vec::new());
     }
     let python = python_identity(&ctx.cfg.app.python);
-    let source = SourceTree::scan(&ctx.cfg.app.source_dir)
-        .with_context(|| format!("cannot read the app source {}", ctx.cfg.app.source_dir.display()))?;
+    let source = SourceTree::scan(&ctx.cfg.app.source_dir).with_context(|| {
+        format!(
+            "cannot read the app source {}",
+            ctx.cfg.app.source_dir.display()
+        )
+    })?;
     let secret_names: Vec<&str> = ctx.secret_names.iter().map(String::as_str).collect();
     let state = ctx.tree.dir(STATE_DIR);
-    let mut planned = Vec::new();
+    let mut planned: Vec<Planned> = Vec::new();
     for step in steps {
         let fingerprint = stamp::fingerprint(&stamp::FingerprintInputs {
             step,
@@ -82,6 +86,9 @@ pub fn plan(ctx: &Context<'_>, force: bool) -> anyhow::Result<Vec<Planned>> {
         let stored = launcher_sys::files::read_state(state, &stamp_file_name(step));
         let witness = witness(ctx, step, &source);
         let decision = stamp::decide(step, stored.as_deref(), &fingerprint, &witness, force);
+        if step == Step::Compilemessages && matches!(decision, Decision::Run(_)) {
+            check_catalog_dirs_writable(ctx, &source)?;
+        }
         planned.push(Planned {
             step,
             decision,
@@ -89,6 +96,40 @@ pub fn plan(ctx: &Context<'_>, force: bool) -> anyhow::Result<Vec<Planned>> {
         });
     }
     Ok(planned)
+}
+
+/// compilemessages writes each .mo beside its .po; fail before starting Django when the
+/// service user cannot write there, with the two ways out.
+fn check_catalog_dirs_writable(ctx: &Context<'_>, source: &SourceTree) -> anyhow::Result<()> {
+    let t = &ctx.target;
+    let blocked: Vec<String> = source
+        .po_dirs
+        .iter()
+        .filter(|dir| {
+            std::fs::metadata(dir).is_ok_and(|m| {
+                let mode = m.mode();
+                let bit = if m.uid() == t.uid.as_raw() {
+                    0o200
+                } else if t.groups.iter().any(|g| g.as_raw() == m.gid())
+                    || m.gid() == t.gid.as_raw()
+                {
+                    0o020
+                } else {
+                    0o002
+                };
+                mode & bit == 0
+            })
+        })
+        .map(|d| d.display().to_string())
+        .collect();
+    if blocked.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "compilemessages writes .mo files next to the .po files, but the service user (uid {}) cannot write {}: compile the catalogs when the app is built or deployed (`manage.py compilemessages`) and set prepare.compilemessages = false, or make those directories writable by the service user",
+        t.uid,
+        blocked.join(", ")
+    )
 }
 
 /// The current state of a step's output (see launcher_plan::stamp).
@@ -99,7 +140,9 @@ fn witness(ctx: &Context<'_>, step: Step, source: &SourceTree) -> String {
                 Some(id) => format!("sqlite {} {id}", path.display()),
                 None => format!("sqlite {} absent", path.display()),
             },
-            Database::Postgresql { name, host, port, .. } => format!(
+            Database::Postgresql {
+                name, host, port, ..
+            } => format!(
                 "postgresql {name}@{}:{}",
                 host.as_deref().unwrap_or("local"),
                 port.map_or("default".into(), |p| p.to_string())
@@ -147,7 +190,14 @@ fn python_identity(python: &Path) -> String {
     let mut id = python.display().to_string();
     if let Ok(real) = std::fs::canonicalize(python) {
         if let Ok(m) = std::fs::metadata(&real) {
-            id.push_str(&format!(" {} {}:{} {} {}", real.display(), m.dev(), m.ino(), m.size(), m.mtime()));
+            id.push_str(&format!(
+                " {} {}:{} {} {}",
+                real.display(),
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime()
+            ));
         }
     }
     if let Some(prefix) = python.parent().and_then(Path::parent) {
@@ -160,7 +210,12 @@ fn python_identity(python: &Path) -> String {
             dirs.sort();
             for dir in dirs {
                 if let Ok(m) = std::fs::metadata(&dir) {
-                    id.push_str(&format!(" {}@{}.{}", dir.display(), m.mtime(), m.mtime_nsec()));
+                    id.push_str(&format!(
+                        " {}@{}.{}",
+                        dir.display(),
+                        m.mtime(),
+                        m.mtime_nsec()
+                    ));
                 }
             }
         }
@@ -175,6 +230,8 @@ struct SourceTree {
     digest: String,
     po_files: usize,
     fresh_mo_files: usize,
+    /// Directories holding .po files: compilemessages writes the .mo files there.
+    po_dirs: Vec<PathBuf>,
 }
 
 impl SourceTree {
@@ -182,6 +239,7 @@ impl SourceTree {
         let mut entries = Vec::new();
         let mut po_files = 0;
         let mut fresh_mo_files = 0;
+        let mut po_dirs = Vec::new();
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir)? {
@@ -202,18 +260,33 @@ impl SourceTree {
                 }
                 if name.ends_with(".po") {
                     po_files += 1;
+                    if !po_dirs.contains(&dir) {
+                        po_dirs.push(dir.clone());
+                    }
                     let mo = path.with_extension("mo");
                     if std::fs::metadata(&mo).is_ok_and(|m| m.mtime() >= meta.mtime()) {
                         fresh_mo_files += 1;
                     }
                 }
-                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
                 let link = if meta.file_type().is_symlink() {
-                    std::fs::read_link(&path).map(|t| t.display().to_string()).unwrap_or_default()
+                    std::fs::read_link(&path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
                 } else {
                     String::new()
                 };
-                entries.push(format!("{rel}\0{}\0{:o}\0{}.{}\0{link}", meta.size(), meta.mode(), meta.mtime(), meta.mtime_nsec()));
+                entries.push(format!(
+                    "{rel}\0{}\0{:o}\0{}.{}\0{link}",
+                    meta.size(),
+                    meta.mode(),
+                    meta.mtime(),
+                    meta.mtime_nsec()
+                ));
             }
         }
         entries.sort();
@@ -223,10 +296,12 @@ impl SourceTree {
             h.update(b"\n");
         }
         let digest = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        po_dirs.sort();
         Ok(SourceTree {
             digest,
             po_files,
             fresh_mo_files,
+            po_dirs,
         })
     }
 }
@@ -252,7 +327,9 @@ pub enum PrepareError {
         secs: u64,
         tail: Vec<String>,
     },
-    #[error("stopped by signal {signal} during preparation step {step}; the step's stamp was not written, so it runs again on the next start")]
+    #[error(
+        "stopped by signal {signal} during preparation step {step}; the step's stamp was not written, so it runs again on the next start"
+    )]
     Interrupted { signal: i32, step: String },
     #[error("cannot record that step {step} finished: {source}")]
     Stamp {
@@ -275,7 +352,9 @@ fn tail_text(tail: &[String]) -> String {
 fn failure_text(step: &Option<Step>, status: &str, tail: &[String]) -> String {
     let what = match step {
         Some(step) => format!("preparation step {step} failed ({status})"),
-        None => format!("Django could not start before the first preparation step ({status}); check the settings and the app's environment"),
+        None => format!(
+            "Django could not start before the first preparation step ({status}); check the settings and the app's environment"
+        ),
     };
     format!("{what}{}", tail_text(tail))
 }
@@ -293,16 +372,29 @@ pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<(), PrepareErro
     // Stamps of the steps about to run go first: a step interrupted half-way must never
     // be skipped next time on the strength of an older success.
     for step in &steps {
-        launcher_sys::files::remove_state(ctx.tree.dir(STATE_DIR), &ctx.tree.path_of(STATE_DIR), &stamp_file_name(*step))
-            .map_err(|source| PrepareError::Stamp { step: *step, source })?;
+        launcher_sys::files::remove_state(
+            ctx.tree.dir(STATE_DIR),
+            &ctx.tree.path_of(STATE_DIR),
+            &stamp_file_name(*step),
+        )
+        .map_err(|source| PrepareError::Stamp {
+            step: *step,
+            source,
+        })?;
     }
     // A single-threaded runtime: the driver is forked from a process with one thread, so
     // the privilege drop between fork and exec is safe. It is gone when this returns.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(supervise(ctx, planned, &steps))
 }
 
-async fn supervise(ctx: &Context<'_>, planned: &[Planned], steps: &[Step]) -> Result<(), PrepareError> {
+async fn supervise(
+    ctx: &Context<'_>,
+    planned: &[Planned],
+    steps: &[Step],
+) -> Result<(), PrepareError> {
     use tokio::signal::unix::{SignalKind, signal};
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -322,7 +414,9 @@ async fn supervise(ctx: &Context<'_>, planned: &[Planned], steps: &[Step]) -> Re
     launcher_sys::privs::drop_in_child(&mut cmd, ctx.target.clone());
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| PrepareError::Spawn { python, source })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| PrepareError::Spawn { python, source })?;
     let pid = child.id();
     info!(phase = "prepare", steps = %names(steps), pid, "preparation started: {}", names(steps));
 
@@ -396,7 +490,11 @@ mod libc_sig {
     pub const INT: i32 = 2;
 }
 
-async fn interrupted(child: &mut tokio::process::Child, events: &Events<'_, '_>, signal: i32) -> Result<(), PrepareError> {
+async fn interrupted(
+    child: &mut tokio::process::Child,
+    events: &Events<'_, '_>,
+    signal: i32,
+) -> Result<(), PrepareError> {
     let step = events.current_name();
     warn!(phase = "prepare", step = %step, signal, "stop requested during preparation, stopping the preparation process");
     notify::status(&format!("Stopping: interrupted during {step}"));
@@ -407,16 +505,26 @@ async fn interrupted(child: &mut tokio::process::Child, events: &Events<'_, '_>,
 /// SIGTERM the driver, give it a moment, then SIGKILL; always reaped.
 async fn stop(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
-    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
 }
 
 fn names(steps: &[Step]) -> String {
-    steps.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+    steps
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Turns driver output into log records, markers into stamps.
@@ -432,10 +540,16 @@ struct Events<'c, 'a> {
 
 impl Events<'_, '_> {
     fn current_name(&self) -> String {
-        self.current.map_or_else(|| "setup".to_string(), |s| s.name().to_string())
+        self.current
+            .map_or_else(|| "setup".to_string(), |s| s.name().to_string())
     }
 
-    fn feed(&mut self, bytes: &[u8], line: &mut Vec<u8>, stream: &'static str) -> Result<(), PrepareError> {
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        line: &mut Vec<u8>,
+        stream: &'static str,
+    ) -> Result<(), PrepareError> {
         for &b in bytes {
             if b == b'\n' {
                 self.flush(line, stream)?;
@@ -469,20 +583,31 @@ impl Events<'_, '_> {
         match (parts.next(), parts.next(), parts.next()) {
             (Some("setup-done"), Some(ms), _) => {
                 let ms: u64 = ms.parse().unwrap_or(0);
-                info!(phase = "prepare", step = "setup", duration_ms = ms, "Django started in {ms} ms");
+                info!(
+                    phase = "prepare",
+                    step = "setup",
+                    duration_ms = ms,
+                    "Django started in {ms} ms"
+                );
             }
             (Some("step-begin"), Some(name), _) => {
                 if let Some(step) = Step::from_name(name) {
                     *self.current = Some(step);
                     *self.step_started = Instant::now();
-                    let n = self.steps.iter().position(|s| *s == step).map_or(0, |i| i + 1);
+                    let n = self
+                        .steps
+                        .iter()
+                        .position(|s| *s == step)
+                        .map_or(0, |i| i + 1);
                     notify::status(&format!("Preparing: {step} ({n}/{})", self.steps.len()));
                     info!(phase = "prepare", step = %step, "step {step} started");
                 }
             }
             (Some("step-done"), Some(name), ms) => {
                 if let Some(step) = Step::from_name(name) {
-                    let ms: u64 = ms.and_then(|m| m.parse().ok()).unwrap_or_else(|| self.step_started.elapsed().as_millis() as u64);
+                    let ms: u64 = ms
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or_else(|| self.step_started.elapsed().as_millis() as u64);
                     self.write_stamp(step)?;
                     self.done.push(step);
                     info!(phase = "prepare", step = %step, duration_ms = ms, "step {step} finished in {ms} ms");
@@ -494,7 +619,11 @@ impl Events<'_, '_> {
     }
 
     fn write_stamp(&self, step: Step) -> Result<(), PrepareError> {
-        let planned = self.planned.iter().find(|p| p.step == step).expect("only planned steps run");
+        let planned = self
+            .planned
+            .iter()
+            .find(|p| p.step == step)
+            .expect("only planned steps run");
         // The witness is taken after the step: it describes the output this run produced.
         let source = SourceTree::scan(&self.ctx.cfg.app.source_dir)?;
         let stamp = Stamp {
@@ -505,7 +634,11 @@ impl Events<'_, '_> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let owner = self.ctx.owner.privileged.then_some((self.ctx.owner.uid, self.ctx.owner.gid));
+        let owner = self
+            .ctx
+            .owner
+            .privileged
+            .then_some((self.ctx.owner.uid, self.ctx.owner.gid));
         launcher_sys::files::write_atomic(
             self.ctx.tree.dir(STATE_DIR),
             &self.ctx.tree.path_of(STATE_DIR),
@@ -525,7 +658,11 @@ impl Events<'_, '_> {
         let step = if self.current.is_some() {
             // The step that began but did not finish, or the last one if all "finished"
             // and the driver failed on exit.
-            self.steps.iter().copied().find(|s| !self.done.contains(s)).or(*self.current)
+            self.steps
+                .iter()
+                .copied()
+                .find(|s| !self.done.contains(s))
+                .or(*self.current)
         } else {
             None
         };
@@ -548,8 +685,15 @@ fn describe(status: ExitStatus) -> String {
 
 /// Evidence that the app's database already holds data, for the Fernet-key guard.
 pub fn database_evidence(cfg: &Config, tree: &DataTree) -> Option<String> {
-    if launcher_sys::files::read_state(tree.dir(STATE_DIR), &stamp_file_name(Step::Migrate)).is_some() {
-        return Some(format!("{} records an earlier migration", tree.path_of(STATE_DIR).join(stamp_file_name(Step::Migrate)).display()));
+    if launcher_sys::files::read_state(tree.dir(STATE_DIR), &stamp_file_name(Step::Migrate))
+        .is_some()
+    {
+        return Some(format!(
+            "{} records an earlier migration",
+            tree.path_of(STATE_DIR)
+                .join(stamp_file_name(Step::Migrate))
+                .display()
+        ));
     }
     match &cfg.database {
         Database::Sqlite { path } => std::fs::symlink_metadata(path)

@@ -51,6 +51,8 @@ impl Phase {
 
 pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let started = Instant::now();
+    // Files the preparation and the app create are not readable by others.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
 
     let phase = Phase::begin("config", "Reading configuration");
     let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
@@ -74,17 +76,22 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         gid: account.gid,
         privileged,
     };
-    let (tree, changes) = tree::ensure(&cfg.service.data_dir, TREE, owner, &account.user)
-        .or_exit(exit::SYSTEM)?;
+    let (tree, changes) =
+        tree::ensure(&cfg.service.data_dir, TREE, owner, &account.user).or_exit(exit::SYSTEM)?;
     for change in &changes {
         info!(phase = "directories", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
     }
     if let launcher_config::Database::Sqlite { path } = &cfg.database {
         if path.parent() == Some(tree.path.as_path()) {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             for suffix in ["", "-journal", "-wal", "-shm"] {
                 let file = format!("{name}{suffix}");
-                if let Some(change) = tree::adopt_root_owned_file(&tree, &file, owner).or_exit(exit::SYSTEM)? {
+                if let Some(change) =
+                    tree::adopt_root_owned_file(&tree, &file, owner).or_exit(exit::SYSTEM)?
+                {
                     info!(phase = "directories", path = %change.path.display(), "{}: {} (it was left behind by a tool run as root)", change.path.display(), change.what);
                 }
             }
@@ -100,12 +107,22 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let phase = Phase::begin("secrets", "Loading secrets");
     let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
     let evidence = prepare::database_evidence(&cfg, &tree);
-    let loaded = secrets::load(&cfg, &tree, owner, credentials_dir.as_deref(), evidence.as_deref())
-        .or_exit(exit::SYSTEM)?;
+    let loaded = secrets::load(
+        &cfg,
+        &tree,
+        owner,
+        credentials_dir.as_deref(),
+        evidence.as_deref(),
+    )
+    .or_exit(exit::SYSTEM)?;
     for s in &loaded {
         info!(phase = "secrets", secret = %s.name, "secret {}: {}", s.name, s.origin);
     }
-    phase.end(&format!("{} secret{} loaded", loaded.len(), if loaded.len() == 1 { "" } else { "s" }));
+    phase.end(&format!(
+        "{} secret{} loaded",
+        loaded.len(),
+        if loaded.len() == 1 { "" } else { "s" }
+    ));
     let secret_values: Vec<(String, launcher_plan::secret::SecretValue)> =
         loaded.into_iter().map(|s| (s.name, s.value)).collect();
 
@@ -135,11 +152,18 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let planned = prepare::plan(&ctx, args.force_prepare).or_exit(exit::SYSTEM)?;
     for p in &planned {
         match &p.decision {
-            Decision::Skip { finished } => info!(phase = "prepare", step = %p.step, skipped = true, "step {} skipped: nothing changed since it succeeded (at {})", p.step, finished),
-            Decision::Run(reason) => info!(phase = "prepare", step = %p.step, skipped = false, "step {} runs: {reason}", p.step),
+            Decision::Skip { finished } => {
+                info!(phase = "prepare", step = %p.step, skipped = true, "step {} skipped: nothing changed since it succeeded at {}", p.step, utc(*finished))
+            }
+            Decision::Run(reason) => {
+                info!(phase = "prepare", step = %p.step, skipped = false, "step {} runs: {reason}", p.step)
+            }
         }
     }
-    let to_run = planned.iter().filter(|p| matches!(p.decision, Decision::Run(_))).count();
+    let to_run = planned
+        .iter()
+        .filter(|p| matches!(p.decision, Decision::Run(_)))
+        .count();
     prepare::execute(&ctx, &planned).map_err(|e| {
         let code = match &e {
             prepare::PrepareError::Interrupted { signal, .. } => 128 + *signal as u8,
@@ -150,7 +174,10 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     phase.end(&if to_run == 0 {
         "preparation: nothing to do".to_string()
     } else {
-        format!("preparation finished ({to_run} of {} steps ran)", planned.len())
+        format!(
+            "preparation finished ({to_run} of {} steps ran)",
+            planned.len()
+        )
     });
     drop(ctx);
 
@@ -173,6 +200,27 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     Err(Exit::new(exit::RUNTIME, err))
 }
 
+/// Seconds since the epoch as "YYYY-MM-DD HH:MM:SS UTC".
+fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn preflight(cfg: &Config) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let executable = |p: &Path| {
@@ -180,14 +228,20 @@ fn preflight(cfg: &Config) -> anyhow::Result<()> {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if !executable(&cfg.app.python) {
-        problems.push(format!("app.python: {} is not an executable file", cfg.app.python.display()));
+        problems.push(format!(
+            "app.python: {} is not an executable file",
+            cfg.app.python.display()
+        ));
     }
     if !cfg.app.source_dir.join("manage.py").is_file() {
         problems.push(format!("app.source_dir: {} has no manage.py; point it at the directory holding the app's manage.py", cfg.app.source_dir.display()));
     }
     let server = Path::new(&cfg.server.command[0]);
     if !executable(server) {
-        problems.push(format!("server.command: {} is not an executable file", server.display()));
+        problems.push(format!(
+            "server.command: {} is not an executable file",
+            server.display()
+        ));
     }
     if problems.is_empty() {
         Ok(())
@@ -200,10 +254,15 @@ fn account(cfg: &Config, privileged: bool) -> anyhow::Result<Account> {
     let svc = &cfg.service;
     if !privileged {
         let account = launcher_sys::account::verify_current(&svc.user, &svc.group)?;
-        info!(phase = "account", "not running as root: using the current user {} as is; creating accounts and changing owners is skipped", account.user);
+        info!(
+            phase = "account",
+            "not running as root: using the current user {} as is; creating accounts and changing owners is skipped",
+            account.user
+        );
         return Ok(account);
     }
-    let (account, created) = launcher_sys::account::ensure(&svc.user, &svc.group, &svc.data_dir, svc.create_user)?;
+    let (account, created) =
+        launcher_sys::account::ensure(&svc.user, &svc.group, &svc.data_dir, svc.create_user)?;
     if created.group {
         info!(phase = "account", group = %account.group, "created system group {} (gid {})", account.group, account.gid);
     }
@@ -218,7 +277,9 @@ fn account(cfg: &Config, privileged: bool) -> anyhow::Result<Account> {
 fn drop_privileges(target: &Target, cwd: &Path) -> anyhow::Result<()> {
     let threads = launcher_sys::thread_count().context("cannot count threads")?;
     if threads != 1 {
-        anyhow::bail!("{threads} threads are running at the privilege drop; refusing to drop privileges in a multi-threaded process");
+        anyhow::bail!(
+            "{threads} threads are running at the privilege drop; refusing to drop privileges in a multi-threaded process"
+        );
     }
     launcher_sys::privs::drop_to(target)?;
     launcher_sys::privs::verify(target)?;
@@ -226,4 +287,14 @@ fn drop_privileges(target: &Target, cwd: &Path) -> anyhow::Result<()> {
         format!("the service user cannot enter the app source {}; make it readable (a+rX) for the service user", cwd.display())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_epoch_seconds() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_635_566), "2026-11-25 19:39:26 UTC");
+    }
 }

@@ -20,7 +20,11 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "secret {} ({}): {}", self.name, self.source, self.message)
+        write!(
+            f,
+            "secret {} ({}): {}",
+            self.name, self.source, self.message
+        )
     }
 }
 
@@ -54,8 +58,12 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::File(p) => write!(f, "file {}", p.display()),
             Origin::Credential(p) => write!(f, "credential {}", p.display()),
-            Origin::Generated { path, new: true } => write!(f, "newly generated into {}", path.display()),
-            Origin::Generated { path, new: false } => write!(f, "generated earlier, kept in {}", path.display()),
+            Origin::Generated { path, new: true } => {
+                write!(f, "newly generated into {}", path.display())
+            }
+            Origin::Generated { path, new: false } => {
+                write!(f, "generated earlier, kept in {}", path.display())
+            }
         }
     }
 }
@@ -141,8 +149,18 @@ fn generated(
         secret::check_kind(kind, &value).map_err(|e| format!("{} {e}", path.display()))?;
         Ok(value)
     };
-    if let Some(bytes) = files::read_generated(dir, &dir_path, name, owner.uid).map_err(|e| e.to_string())? {
-        return existing(bytes).map(|v| (v, Origin::Generated { path: path.clone(), new: false }));
+    if let Some(bytes) =
+        files::read_generated(dir, &dir_path, name, owner.uid).map_err(|e| e.to_string())?
+    {
+        return existing(bytes).map(|v| {
+            (
+                v,
+                Origin::Generated {
+                    path: path.clone(),
+                    new: false,
+                },
+            )
+        });
     }
     if kind == GenerateKind::FernetKey {
         if let Some(evidence) = database_exists {
@@ -162,11 +180,21 @@ fn generated(
         return Err(format!("cannot read random bytes from /dev/urandom: {e}"));
     }
     let chown = owner.privileged.then_some((owner.uid, owner.gid));
-    match files::write_atomic(dir, &dir_path, name, value.expose().as_bytes(), SECRET_FILE_MODE, chown, false) {
+    match files::write_atomic(
+        dir,
+        &dir_path,
+        name,
+        value.expose().as_bytes(),
+        SECRET_FILE_MODE,
+        chown,
+        false,
+    ) {
         Ok(()) => Ok((value, Origin::Generated { path, new: true })),
         // Another launcher won the race: use what it wrote.
         Err(WriteError::Exists { .. }) => {
-            match files::read_generated(dir, &dir_path, name, owner.uid).map_err(|e| e.to_string())? {
+            match files::read_generated(dir, &dir_path, name, owner.uid)
+                .map_err(|e| e.to_string())?
+            {
                 Some(bytes) => existing(bytes).map(|v| (v, Origin::Generated { path, new: false })),
                 None => Err(format!("{} vanished while being created", path.display())),
             }

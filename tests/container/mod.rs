@@ -811,7 +811,7 @@ fn teardown(name: &str, pid1: Option<u32>) -> Vec<String> {
                 problems.push(format!("poweroff: {e}"));
             }
         }
-        let mut gone = wait_until(Duration::from_secs(10), || !alive(&mut child));
+        let mut gone = wait_until(Duration::from_secs(5), || !alive(&mut child));
         // Then SIGKILL its PID 1 (the kernel kills the whole PID namespace with it; nspawn
         // exits), and last nspawn itself.
         let pid1 = pid1.filter(|p| pid_alive(*p));
@@ -882,7 +882,7 @@ fn teardown(name: &str, pid1: Option<u32>) -> Vec<String> {
 
     // nspawn cannot remove its propagate dir when the host has no systemd.
     let propagate = Path::new(PROPAGATE_ROOT).join(name);
-    if propagate.exists() {
+    if propagate.exists() && mounts_under(&propagate).is_empty() {
         if let Err(e) = fs::remove_dir_all(&propagate) {
             problems.push(format!("rm {}: {e}", propagate.display()));
         }
@@ -918,7 +918,8 @@ pub fn cleanup_stale() -> Vec<String> {
 fn cleanup_stale_locked() -> Vec<String> {
     let mut cleaned = Vec::new();
     for name in known_names() {
-        if is_stale(&name) {
+        // (A container of ours torn down meanwhile has a name but no traces any more.)
+        if is_stale(&name) && !leftovers(&name).is_empty() {
             let t = Instant::now();
             let problems = teardown(&name, None);
             log(

@@ -153,9 +153,31 @@ pub const SECRET_VARIABLES: &[&str] = &[
 /// owner and mode of the data directory, and doing that to one of these would break the
 /// system.
 const FORBIDDEN_DATA_DIRS: &[&str] = &[
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/mnt", "/nix",
-    "/nix/store", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
-    "/var", "/var/lib", "/var/tmp", "/var/log", "/var/cache",
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/mnt",
+    "/nix",
+    "/nix/store",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/tmp",
+    "/var/log",
+    "/var/cache",
 ];
 
 pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 300;
@@ -423,11 +445,7 @@ fn read_app(r: &mut Reader, t: Option<&Table>) -> Option<App> {
     })
 }
 
-fn read_database(
-    r: &mut Reader,
-    t: Option<&Table>,
-    service: Option<&Service>,
-) -> Option<Database> {
+fn read_database(r: &mut Reader, t: Option<&Table>, service: Option<&Service>) -> Option<Database> {
     let empty = Table::new();
     let t = t.unwrap_or(&empty);
     r.unknown_keys("database", t, DATABASE_KEYS);
@@ -602,18 +620,16 @@ fn read_secret_source(r: &mut Reader, key: &str, t: &Table, which: &str) -> Opti
                 None
             }
         }
-        "generate" => {
-            match GenerateKind::ALL.iter().find(|k| k.as_str() == value) {
-                Some(kind) => Some(SecretSource::Generate(*kind)),
-                None => {
-                    let names: Vec<&str> = GenerateKind::ALL.iter().map(|k| k.as_str()).collect();
-                    let hint = suggest::did_you_mean(&value, &names)
-                        .unwrap_or_else(|| format!("use one of: {}", names.join(", ")));
-                    r.problem(path, format!("unknown generator {value:?}"), Some(hint));
-                    None
-                }
+        "generate" => match GenerateKind::ALL.iter().find(|k| k.as_str() == value) {
+            Some(kind) => Some(SecretSource::Generate(*kind)),
+            None => {
+                let names: Vec<&str> = GenerateKind::ALL.iter().map(|k| k.as_str()).collect();
+                let hint = suggest::did_you_mean(&value, &names)
+                    .unwrap_or_else(|| format!("use one of: {}", names.join(", ")));
+                r.problem(path, format!("unknown generator {value:?}"), Some(hint));
+                None
             }
-        }
+        },
         _ => unreachable!("caller passes a key of SECRET_SOURCE_KEYS"),
     }
 }
@@ -678,7 +694,10 @@ fn read_server(r: &mut Reader, t: Option<&Table>) -> Option<Server> {
             r.problem(
                 "server.command",
                 format!("the program {program:?} is not an absolute path"),
-                Some("the launcher does not search PATH; write the full path of the server program".into()),
+                Some(
+                    "the launcher does not search PATH; write the full path of the server program"
+                        .into(),
+                ),
             );
             None
         }

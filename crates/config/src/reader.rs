@@ -1,6 +1,6 @@
 //! Typed access to a TOML table that records problems instead of stopping at the first.
 
-use crate::{suggest, table_of_key, Problem};
+use crate::{Problem, suggest, table_of_key};
 
 pub type Table = toml::Table;
 
@@ -22,7 +22,12 @@ impl Reader {
         self.problems
     }
 
-    pub fn problem(&mut self, key: impl Into<String>, message: impl Into<String>, hint: Option<String>) {
+    pub fn problem(
+        &mut self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         self.problems.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -100,8 +105,13 @@ impl Reader {
             Some(other) => {
                 self.problem(
                     join(prefix, key),
-                    format!("must be true or false, not {}", crate::article(other.type_str())),
-                    Some(format!("write `{key} = true` or `{key} = false` without quotes")),
+                    format!(
+                        "must be true or false, not {}",
+                        crate::article(other.type_str())
+                    ),
+                    Some(format!(
+                        "write `{key} = true` or `{key} = false` without quotes"
+                    )),
                 );
                 None
             }
@@ -116,7 +126,10 @@ impl Reader {
             Some(other) => {
                 self.problem(
                     join(prefix, key),
-                    format!("must be an integer, not {}", crate::article(other.type_str())),
+                    format!(
+                        "must be an integer, not {}",
+                        crate::article(other.type_str())
+                    ),
                     Some(format!("write the number without quotes: {key} = 300")),
                 );
                 None
@@ -126,7 +139,13 @@ impl Reader {
     }
 
     /// An array of strings.
-    pub fn string_array(&mut self, t: &Table, prefix: &str, key: &str, required: bool) -> Option<Vec<String>> {
+    pub fn string_array(
+        &mut self,
+        t: &Table,
+        prefix: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<Vec<String>> {
         let path = join(prefix, key);
         match t.get(key) {
             Some(toml::Value::Array(items)) => {
@@ -137,7 +156,10 @@ impl Reader {
                         None => {
                             self.problem(
                                 format!("{path}[{i}]"),
-                                format!("must be a string, not {}", crate::article(item.type_str())),
+                                format!(
+                                    "must be a string, not {}",
+                                    crate::article(item.type_str())
+                                ),
                                 Some("quote every argument".into()),
                             );
                             return None;
@@ -149,8 +171,13 @@ impl Reader {
             Some(other) => {
                 self.problem(
                     path,
-                    format!("must be an array of strings, not {}", crate::article(other.type_str())),
-                    Some(format!("write {key} = [\"/path/to/program\", \"arg\", ...]")),
+                    format!(
+                        "must be an array of strings, not {}",
+                        crate::article(other.type_str())
+                    ),
+                    Some(format!(
+                        "write {key} = [\"/path/to/program\", \"arg\", ...]"
+                    )),
                 );
                 None
             }
@@ -159,7 +186,9 @@ impl Reader {
                     self.problem(
                         path,
                         "is missing",
-                        Some(format!("add `{key} = [\"/path/to/program\", ...]` to [{prefix}]")),
+                        Some(format!(
+                            "add `{key} = [\"/path/to/program\", ...]` to [{prefix}]"
+                        )),
                     );
                 }
                 None

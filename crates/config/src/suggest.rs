@@ -39,7 +39,10 @@ mod tests {
     #[test]
     fn suggests_the_nearest_key_for_a_typo() {
         let known = ["migrate", "collectstatic", "compilemessages"];
-        assert_eq!(did_you_mean("migrat", &known).as_deref(), Some("did you mean `migrate`?"));
+        assert_eq!(
+            did_you_mean("migrat", &known).as_deref(),
+            Some("did you mean `migrate`?")
+        );
         assert_eq!(
             did_you_mean("colectstatic", &known).as_deref(),
             Some("did you mean `collectstatic`?")

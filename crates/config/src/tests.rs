@@ -45,7 +45,10 @@ fn rendered(text: &str) -> String {
 fn parses_a_complete_config_with_defaults() {
     let cfg = parse_str(GOOD).unwrap();
     assert_eq!(cfg.service.user, "bitpoll");
-    assert_eq!(cfg.service.group, "bitpoll", "group defaults to the user name");
+    assert_eq!(
+        cfg.service.group, "bitpoll",
+        "group defaults to the user name"
+    );
     assert!(cfg.service.create_user);
     assert_eq!(cfg.app.settings_module, "bitpoll.settings");
     assert_eq!(
@@ -55,7 +58,10 @@ fn parses_a_complete_config_with_defaults() {
         }
     );
     assert!(cfg.prepare.migrate && cfg.prepare.collectstatic && !cfg.prepare.compilemessages);
-    assert_eq!(cfg.prepare.stall_timeout, Duration::from_secs(DEFAULT_STALL_TIMEOUT_SECS));
+    assert_eq!(
+        cfg.prepare.stall_timeout,
+        Duration::from_secs(DEFAULT_STALL_TIMEOUT_SECS)
+    );
     assert_eq!(
         cfg.secrets["BITPOLL_SECRET_KEY"],
         SecretSource::Generate(GenerateKind::DjangoSecretKey)
@@ -68,21 +74,36 @@ fn parses_a_complete_config_with_defaults() {
         cfg.secrets["BITPOLL_DB_PASSWORD"],
         SecretSource::Credential("db-password".into())
     );
-    assert_eq!(cfg.environment["BITPOLL_ALLOWED_HOSTS"], "polls.example.org");
+    assert_eq!(
+        cfg.environment["BITPOLL_ALLOWED_HOSTS"],
+        "polls.example.org"
+    );
     assert_eq!(cfg.server.command[0], "/opt/bitpoll/venv/bin/gunicorn");
 }
 
 #[test]
 fn unknown_keys_name_their_path_and_suggest_the_right_one() {
-    let text = GOOD.replace("compilemessages = false", "compilemessage = false\nmigrat = true");
+    let text = GOOD.replace(
+        "compilemessages = false",
+        "compilemessage = false\nmigrat = true",
+    );
     let out = rendered(&text);
-    assert!(out.contains("prepare.compilemessage: unknown key (did you mean `compilemessages`?)"), "{out}");
-    assert!(out.contains("prepare.migrat: unknown key (did you mean `migrate`?)"), "{out}");
+    assert!(
+        out.contains("prepare.compilemessage: unknown key (did you mean `compilemessages`?)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("prepare.migrat: unknown key (did you mean `migrate`?)"),
+        "{out}"
+    );
 }
 
 #[test]
 fn a_key_in_the_wrong_table_says_where_it_belongs() {
-    let text = GOOD.replace("create_user = true", "create_user = true\nstall_timeout_sec = 10");
+    let text = GOOD.replace(
+        "create_user = true",
+        "create_user = true\nstall_timeout_sec = 10",
+    );
     let out = rendered(&text);
     assert!(
         out.contains("service.stall_timeout_sec: unknown key (`stall_timeout_sec` belongs in the [prepare] table)"),
@@ -93,7 +114,10 @@ fn a_key_in_the_wrong_table_says_where_it_belongs() {
 #[test]
 fn unknown_top_level_table_is_reported() {
     let out = rendered(&format!("{GOOD}\n[servr]\nx = 1\n"));
-    assert!(out.contains("servr: unknown table (did you mean `server`?)"), "{out}");
+    assert!(
+        out.contains("servr: unknown table (did you mean `server`?)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -156,13 +180,19 @@ fn rejects_root_as_the_service_user() {
 #[test]
 fn rejects_a_system_directory_as_data_dir() {
     let out = rendered(&GOOD.replace("/var/lib/bitpoll\"", "/var/lib\""));
-    assert!(out.contains("service.data_dir: /var/lib is a system directory"), "{out}");
+    assert!(
+        out.contains("service.data_dir: /var/lib is a system directory"),
+        "{out}"
+    );
 }
 
 #[test]
 fn rejects_dot_dot_in_paths() {
     let out = rendered(&GOOD.replace("/var/lib/bitpoll\"", "/var/lib/bitpoll/../../etc\""));
-    assert!(out.contains("service.data_dir: \"/var/lib/bitpoll/../../etc\" contains '.' or '..'"), "{out}");
+    assert!(
+        out.contains("service.data_dir: \"/var/lib/bitpoll/../../etc\" contains '.' or '..'"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -176,7 +206,10 @@ fn secrets_in_plain_environment_are_refused() {
         out.contains("environment.BITPOLL_DB_PASSWORD: is a secret and must not be written into the config file"),
         "{out}"
     );
-    assert!(!out.contains("hunter2"), "a secret value leaked into an error: {out}");
+    assert!(
+        !out.contains("hunter2"),
+        "a secret value leaked into an error: {out}"
+    );
 }
 
 #[test]
@@ -185,12 +218,17 @@ fn reserved_variables_cannot_be_overridden() {
         "BITPOLL_ALLOWED_HOSTS = \"polls.example.org\"",
         "BITPOLL_DATA_DIR = \"/elsewhere\"",
     );
-    assert!(rendered(&text).contains("environment.BITPOLL_DATA_DIR: is set by the launcher itself"));
+    assert!(
+        rendered(&text).contains("environment.BITPOLL_DATA_DIR: is set by the launcher itself")
+    );
 }
 
 #[test]
 fn required_secrets_must_be_configured() {
-    let text = GOOD.replace("BITPOLL_SECRET_KEY = { generate = \"django-secret-key\" }\n", "");
+    let text = GOOD.replace(
+        "BITPOLL_SECRET_KEY = { generate = \"django-secret-key\" }\n",
+        "",
+    );
     let out = rendered(&text);
     assert!(
         out.contains("secrets.BITPOLL_SECRET_KEY: is missing; the app cannot start without it (add `BITPOLL_SECRET_KEY = { file = \"/path/to/key\" }` or `BITPOLL_SECRET_KEY = { generate = \"django-secret-key\" }` to [secrets])"),
@@ -200,23 +238,41 @@ fn required_secrets_must_be_configured() {
 
 #[test]
 fn credential_names_cannot_escape_the_credentials_directory() {
-    let text = GOOD.replace("credential = \"db-password\"", "credential = \"../etc/shadow\"");
-    assert!(rendered(&text).contains("secrets.BITPOLL_DB_PASSWORD.credential: \"../etc/shadow\" is not a credential name"));
+    let text = GOOD.replace(
+        "credential = \"db-password\"",
+        "credential = \"../etc/shadow\"",
+    );
+    assert!(rendered(&text).contains(
+        "secrets.BITPOLL_DB_PASSWORD.credential: \"../etc/shadow\" is not a credential name"
+    ));
 }
 
 #[test]
 fn server_program_must_be_absolute() {
-    let text = GOOD.replace("\"/opt/bitpoll/venv/bin/gunicorn\", \"--bind\"", "\"gunicorn\", \"--bind\"");
-    assert!(rendered(&text).contains("server.command: the program \"gunicorn\" is not an absolute path"));
+    let text = GOOD.replace(
+        "\"/opt/bitpoll/venv/bin/gunicorn\", \"--bind\"",
+        "\"gunicorn\", \"--bind\"",
+    );
+    assert!(
+        rendered(&text)
+            .contains("server.command: the program \"gunicorn\" is not an absolute path")
+    );
 }
 
 #[test]
 fn postgresql_needs_a_name_and_rejects_a_path() {
-    let text = format!("{GOOD}\n[database]\nengine = \"postgresql\"\npath = \"/x\"\nport = 70000\n");
+    let text =
+        format!("{GOOD}\n[database]\nengine = \"postgresql\"\npath = \"/x\"\nport = 70000\n");
     let out = rendered(&text);
     assert!(out.contains("database.name: is missing"), "{out}");
-    assert!(out.contains("database.path: only applies to engine = \"sqlite\""), "{out}");
-    assert!(out.contains("database.port: 70000 is not a TCP port"), "{out}");
+    assert!(
+        out.contains("database.path: only applies to engine = \"sqlite\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("database.port: 70000 is not a TCP port"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -247,5 +303,9 @@ fn syntax_errors_carry_a_location() {
 #[test]
 fn load_names_the_file_in_every_error() {
     let err = load(Path::new("/nonexistent/bitpoll.toml")).unwrap_err();
-    assert!(err.to_string().starts_with("cannot read config file /nonexistent/bitpoll.toml"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("cannot read config file /nonexistent/bitpoll.toml"),
+        "{err}"
+    );
 }

@@ -94,7 +94,10 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
             env.insert(k.clone(), v.clone());
         }
     }
-    let path = env.get("PATH").cloned().unwrap_or_else(|| DEFAULT_PATH.to_string());
+    let path = env
+        .get("PATH")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
     // The interpreter's directory first, as a virtualenv's activate script would do, so
     // tools installed beside it are found.
     let path = match cfg.app.python.parent() {
@@ -104,7 +107,8 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
         _ => path,
     };
     env.insert("PATH".into(), path);
-    env.entry("LANG".into()).or_insert_with(|| DEFAULT_LANG.into());
+    env.entry("LANG".into())
+        .or_insert_with(|| DEFAULT_LANG.into());
 
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
@@ -240,8 +244,16 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
     #[test]
     fn preparation_gets_no_notify_socket_passed_fds_or_journal_stream() {
         let env = build_for(Purpose::Prepare);
-        for k in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "JOURNAL_STREAM"] {
-            assert!(!env.contains_key(k), "{k} leaked into the preparation environment");
+        for k in [
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "JOURNAL_STREAM",
+        ] {
+            assert!(
+                !env.contains_key(k),
+                "{k} leaked into the preparation environment"
+            );
         }
         assert_eq!(env["BITPOLL_DATA_DIR"], "/var/lib/bitpoll");
     }
@@ -250,7 +262,12 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
     fn dangerous_inherited_variables_never_pass() {
         for purpose in [Purpose::Prepare, Purpose::Server] {
             let env = build_for(purpose);
-            for k in ["LD_PRELOAD", "PYTHONSTARTUP", "SUDO_USER", "CREDENTIALS_DIRECTORY"] {
+            for k in [
+                "LD_PRELOAD",
+                "PYTHONSTARTUP",
+                "SUDO_USER",
+                "CREDENTIALS_DIRECTORY",
+            ] {
                 assert!(!env.contains_key(k), "{k} passed for {purpose:?}");
             }
         }

@@ -20,11 +20,26 @@ pub const MEDIA_DIR: &str = "media";
 /// The tree, parents first. The data directory and static/ are group-readable so a web
 /// server in the service group can serve static files; secrets/ is the user's alone.
 pub const TREE: &[DirSpec] = &[
-    DirSpec { name: "", mode: 0o750 },
-    DirSpec { name: STATIC_DIR, mode: 0o750 },
-    DirSpec { name: MEDIA_DIR, mode: 0o750 },
-    DirSpec { name: STATE_DIR, mode: 0o750 },
-    DirSpec { name: SECRETS_DIR, mode: 0o700 },
+    DirSpec {
+        name: "",
+        mode: 0o750,
+    },
+    DirSpec {
+        name: STATIC_DIR,
+        mode: 0o750,
+    },
+    DirSpec {
+        name: MEDIA_DIR,
+        mode: 0o750,
+    },
+    DirSpec {
+        name: STATE_DIR,
+        mode: 0o750,
+    },
+    DirSpec {
+        name: SECRETS_DIR,
+        mode: 0o700,
+    },
 ];
 
 /// Mode of generated secret files.
@@ -51,6 +66,9 @@ mod tests {
         assert_eq!(TREE[0].name, "");
         let secrets = TREE.iter().find(|d| d.name == SECRETS_DIR).unwrap();
         assert_eq!(secrets.mode, 0o700);
-        assert!(TREE.iter().all(|d| d.mode & 0o007 == 0), "nothing is world-accessible");
+        assert!(
+            TREE.iter().all(|d| d.mode & 0o007 == 0),
+            "nothing is world-accessible"
+        );
     }
 }

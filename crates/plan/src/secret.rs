@@ -226,16 +226,37 @@ mod tests {
             (b"\n", SecretProblem::Empty),
             (b"ab\0cd", SecretProblem::ContainsNul),
             (b"\xff\xfe", SecretProblem::NotUtf8),
-            (b"django-insecure-abc", SecretProblem::KnownSample("a key from Django's startproject template, marked insecure")),
-            (b"this+is+an+example+key+please+generate+one+=\n", SecretProblem::KnownSample("upstream Bitpoll's sample FIELD_ENCRYPTION_KEY")),
-            (b"BnEAJ5eEXb4HfYbaCPuW5RKQSoO02Uhz1RH93eQz0GM=", SecretProblem::KnownSample("the FIELD_ENCRYPTION_KEY of upstream Bitpoll's Docker configuration")),
+            (
+                b"django-insecure-abc",
+                SecretProblem::KnownSample(
+                    "a key from Django's startproject template, marked insecure",
+                ),
+            ),
+            (
+                b"this+is+an+example+key+please+generate+one+=\n",
+                SecretProblem::KnownSample("upstream Bitpoll's sample FIELD_ENCRYPTION_KEY"),
+            ),
+            (
+                b"BnEAJ5eEXb4HfYbaCPuW5RKQSoO02Uhz1RH93eQz0GM=",
+                SecretProblem::KnownSample(
+                    "the FIELD_ENCRYPTION_KEY of upstream Bitpoll's Docker configuration",
+                ),
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(from_bytes(input.to_vec()).unwrap_err(), *want, "input {input:?}");
+            assert_eq!(
+                from_bytes(input.to_vec()).unwrap_err(),
+                *want,
+                "input {input:?}"
+            );
         }
         let big = vec![b'a'; MAX_SECRET_BYTES as usize + 1];
         assert_eq!(from_bytes(big).unwrap_err(), SecretProblem::TooLarge);
-        assert!(!SecretProblem::KnownSample("x").to_string().contains("example"));
+        assert!(
+            !SecretProblem::KnownSample("x")
+                .to_string()
+                .contains("example")
+        );
     }
 
     #[test]
@@ -276,10 +297,15 @@ mod tests {
     #[test]
     fn fernet_check_rejects_wrong_lengths_and_alphabets() {
         assert!(!is_fernet_key("short="));
-        assert!(!is_fernet_key(&"+".repeat(43).replace('+', "a").replace("aaa", "a+a")));
+        assert!(!is_fernet_key(
+            &"+".repeat(43).replace('+', "a").replace("aaa", "a+a")
+        ));
         assert!(!is_fernet_key(&format!("{}==", "A".repeat(42))));
         assert!(is_fernet_key(&format!("{}E=", "A".repeat(42))));
         let v = from_bytes(b"not a key".to_vec()).unwrap();
-        assert_eq!(check_kind(GenerateKind::FernetKey, &v), Err(SecretProblem::NotFernet));
+        assert_eq!(
+            check_kind(GenerateKind::FernetKey, &v),
+            Err(SecretProblem::NotFernet)
+        );
     }
 }

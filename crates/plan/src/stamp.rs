@@ -185,7 +185,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn fp(env: &[(String, String)], source: &str) -> String {
@@ -201,8 +204,16 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_volatile_variables_and_secret_values() {
-        let a = env(&[("INVOCATION_ID", "1"), ("BITPOLL_SECRET_KEY", "a"), ("X", "1")]);
-        let b = env(&[("INVOCATION_ID", "2"), ("BITPOLL_SECRET_KEY", "b"), ("X", "1")]);
+        let a = env(&[
+            ("INVOCATION_ID", "1"),
+            ("BITPOLL_SECRET_KEY", "a"),
+            ("X", "1"),
+        ]);
+        let b = env(&[
+            ("INVOCATION_ID", "2"),
+            ("BITPOLL_SECRET_KEY", "b"),
+            ("X", "1"),
+        ]);
         assert_eq!(fp(&a, "src1"), fp(&b, "src1"));
     }
 
@@ -246,16 +257,73 @@ mod tests {
         }
         let stamp: &'static str = Box::leak(stamp.into_boxed_str());
         let cases = [
-            Case { name: "unchanged", stored: Some(stamp), fp: "f1", witness: "w1", force: false, want: Decision::Skip { finished: 5 } },
-            Case { name: "never ran", stored: None, fp: "f1", witness: "w1", force: false, want: Decision::Run(Reason::NoStamp) },
-            Case { name: "inputs changed", stored: Some(stamp), fp: "f2", witness: "w1", force: false, want: Decision::Run(Reason::InputsChanged) },
-            Case { name: "output replaced", stored: Some(stamp), fp: "f1", witness: "w2", force: false, want: Decision::Run(Reason::OutputChanged { was: "w1".into(), now: "w2".into() }) },
-            Case { name: "truncated", stored: Some("bitpoll-launcher stamp v1\nstep=migrate\n"), fp: "f1", witness: "w1", force: false, want: Decision::Run(Reason::BadStamp) },
-            Case { name: "garbage", stored: Some("hello"), fp: "f1", witness: "w1", force: false, want: Decision::Run(Reason::BadStamp) },
-            Case { name: "forced", stored: Some(stamp), fp: "f1", witness: "w1", force: true, want: Decision::Run(Reason::Forced) },
+            Case {
+                name: "unchanged",
+                stored: Some(stamp),
+                fp: "f1",
+                witness: "w1",
+                force: false,
+                want: Decision::Skip { finished: 5 },
+            },
+            Case {
+                name: "never ran",
+                stored: None,
+                fp: "f1",
+                witness: "w1",
+                force: false,
+                want: Decision::Run(Reason::NoStamp),
+            },
+            Case {
+                name: "inputs changed",
+                stored: Some(stamp),
+                fp: "f2",
+                witness: "w1",
+                force: false,
+                want: Decision::Run(Reason::InputsChanged),
+            },
+            Case {
+                name: "output replaced",
+                stored: Some(stamp),
+                fp: "f1",
+                witness: "w2",
+                force: false,
+                want: Decision::Run(Reason::OutputChanged {
+                    was: "w1".into(),
+                    now: "w2".into(),
+                }),
+            },
+            Case {
+                name: "truncated",
+                stored: Some("bitpoll-launcher stamp v1\nstep=migrate\n"),
+                fp: "f1",
+                witness: "w1",
+                force: false,
+                want: Decision::Run(Reason::BadStamp),
+            },
+            Case {
+                name: "garbage",
+                stored: Some("hello"),
+                fp: "f1",
+                witness: "w1",
+                force: false,
+                want: Decision::Run(Reason::BadStamp),
+            },
+            Case {
+                name: "forced",
+                stored: Some(stamp),
+                fp: "f1",
+                witness: "w1",
+                force: true,
+                want: Decision::Run(Reason::Forced),
+            },
         ];
         for c in cases {
-            assert_eq!(decide(Step::Migrate, c.stored, c.fp, c.witness, c.force), c.want, "{}", c.name);
+            assert_eq!(
+                decide(Step::Migrate, c.stored, c.fp, c.witness, c.force),
+                c.want,
+                "{}",
+                c.name
+            );
         }
         assert_eq!(
             decide(Step::Collectstatic, Some(stamp), "f1", "w1", false),

@@ -25,7 +25,9 @@ pub enum AccountError {
     UserMissing { user: String, create_user: bool },
     #[error("group {group:?} does not exist{}", creation_hint(*.create_user))]
     GroupMissing { group: String, create_user: bool },
-    #[error("cannot create {what} {name:?}: /etc is read-only here (a unit with ProtectSystem=strict or full); declare the account ahead instead: install the line printed by `bitpoll-launcher sysusers` as /etc/sysusers.d/bitpoll.conf and run systemd-sysusers, or on NixOS declare users.users/users.groups (the NixOS module does), then set service.create_user = false")]
+    #[error(
+        "cannot create {what} {name:?}: /etc is read-only here (a unit with ProtectSystem=strict or full); declare the account ahead instead: install the line printed by `bitpoll-launcher sysusers` as /etc/sysusers.d/bitpoll.conf and run systemd-sysusers, or on NixOS declare users.users/users.groups (the NixOS module does), then set service.create_user = false"
+    )]
     ReadOnlyEtc { what: &'static str, name: String },
     #[error("cannot create {what} {name:?}: `{command}` failed ({status}): {stderr}")]
     CreateFailed {
@@ -35,7 +37,9 @@ pub enum AccountError {
         status: String,
         stderr: String,
     },
-    #[error("user {user:?} has uid 0; the service must run unprivileged: give it its own non-root uid")]
+    #[error(
+        "user {user:?} has uid 0; the service must run unprivileged: give it its own non-root uid"
+    )]
     UserIsRoot { user: String },
     #[error("group {group:?} has gid 0; use a dedicated non-root group")]
     GroupIsRoot { group: String },
@@ -46,7 +50,9 @@ pub enum AccountError {
         #[source]
         source: nix::Error,
     },
-    #[error("the launcher runs as uid {uid}, not as the configured user {user:?} (uid {want}); run it as root or as {user:?}")]
+    #[error(
+        "the launcher runs as uid {uid}, not as the configured user {user:?} (uid {want}); run it as root or as {user:?}"
+    )]
     WrongUser { uid: Uid, user: String, want: Uid },
 }
 
@@ -97,11 +103,12 @@ fn resolve(u: User, g: Group) -> Result<Account, AccountError> {
         return Err(AccountError::GroupIsRoot { group: g.name });
     }
     let cname = CString::new(u.name.clone()).expect("user names from the database have no NUL");
-    let mut groups = nix::unistd::getgrouplist(&cname, g.gid).map_err(|source| AccountError::Lookup {
-        what: "groups of user",
-        name: u.name.clone(),
-        source,
-    })?;
+    let mut groups =
+        nix::unistd::getgrouplist(&cname, g.gid).map_err(|source| AccountError::Lookup {
+            what: "groups of user",
+            name: u.name.clone(),
+            source,
+        })?;
     groups.sort_by_key(|g| g.as_raw());
     groups.dedup();
     Ok(Account {
@@ -117,7 +124,12 @@ fn resolve(u: User, g: Group) -> Result<Account, AccountError> {
 
 /// Make sure the account exists. With `create` (and as root) a missing group and user are
 /// created as a system group and a system user without login shell, home = `home`.
-pub fn ensure(user: &str, group: &str, home: &Path, create: bool) -> Result<(Account, Created), AccountError> {
+pub fn ensure(
+    user: &str,
+    group: &str,
+    home: &Path,
+    create: bool,
+) -> Result<(Account, Created), AccountError> {
     let mut created = Created::default();
     let g = match lookup_group(group)? {
         Some(g) => g,
@@ -199,11 +211,15 @@ pub fn verify_current(user: &str, group: &str) -> Result<Account, AccountError> 
 }
 
 fn nologin_shell() -> String {
-    ["/usr/sbin/nologin", "/sbin/nologin", "/run/current-system/sw/bin/nologin"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("/bin/false")
-        .to_string()
+    [
+        "/usr/sbin/nologin",
+        "/sbin/nologin",
+        "/run/current-system/sw/bin/nologin",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .unwrap_or("/bin/false")
+    .to_string()
 }
 
 /// Whether /etc is on a read-only mount (ProtectSystem=strict/full, a read-only root).
@@ -220,13 +236,16 @@ fn run_tool(what: &'static str, name: &str, tool: &str, args: &[&str]) -> Result
             name: name.into(),
         });
     }
-    let out = Command::new(tool).args(args).output().map_err(|e| AccountError::CreateFailed {
-        what,
-        name: name.into(),
-        command: format!("{tool} {}", args.join(" ")),
-        status: "not started".into(),
-        stderr: format!("{e} (is the shadow/passwd package installed?)"),
-    })?;
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|e| AccountError::CreateFailed {
+            what,
+            name: name.into(),
+            command: format!("{tool} {}", args.join(" ")),
+            status: "not started".into(),
+            stderr: format!("{e} (is the shadow/passwd package installed?)"),
+        })?;
     if out.status.success() {
         return Ok(());
     }

@@ -34,7 +34,8 @@ fn pass_listen_fds(env: &[(String, String)]) -> Result<(), ExecError> {
         // SAFETY: systemd passed these descriptors (LISTEN_PID is ours); they stay open for
         // the lifetime of the borrow, which ends before exec.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| ExecError::PassFd { fd, source })?;
+        fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::empty()))
+            .map_err(|source| ExecError::PassFd { fd, source })?;
     }
     Ok(())
 }
@@ -47,7 +48,10 @@ pub fn exec(argv: &[String], env: &[(String, String)]) -> ExecError {
     }
 }
 
-fn exec_inner(argv: &[String], env: &[(String, String)]) -> Result<std::convert::Infallible, ExecError> {
+fn exec_inner(
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<std::convert::Infallible, ExecError> {
     let cargs: Vec<CString> = argv
         .iter()
         .map(|a| CString::new(a.as_bytes()))

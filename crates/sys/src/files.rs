@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat};
-use nix::unistd::{Gid, Uid, fchown, fsync, unlinkat, UnlinkatFlags};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 use zeroize::Zeroizing;
 
 use launcher_plan::secret::MAX_SECRET_BYTES;
@@ -24,19 +24,29 @@ pub enum SecretFileError {
         #[source]
         source: Errno,
     },
-    #[error("{path} is a symbolic link inside the data directory, which the launcher never follows; remove it")]
+    #[error(
+        "{path} is a symbolic link inside the data directory, which the launcher never follows; remove it"
+    )]
     Symlink { path: PathBuf },
     #[error("{path} is not a regular file")]
     NotRegular { path: PathBuf },
-    #[error("{path} is readable by every user (mode {mode:04o}); restrict it: chmod 0600 {path} (or 0640 owned by a group of the launcher)")]
+    #[error(
+        "{path} is readable by every user (mode {mode:04o}); restrict it: chmod 0600 {path} (or 0640 owned by a group of the launcher)"
+    )]
     WorldReadable { path: PathBuf, mode: u32 },
     #[error("{path} is writable by every user (mode {mode:04o}); restrict it: chmod 0600 {path}")]
     WorldWritable { path: PathBuf, mode: u32 },
-    #[error("{path} is accessible to other users (mode {mode:04o}); a generated secret must be 0600: chmod 0600 {path}")]
+    #[error(
+        "{path} is accessible to other users (mode {mode:04o}); a generated secret must be 0600: chmod 0600 {path}"
+    )]
     NotPrivate { path: PathBuf, mode: u32 },
-    #[error("{path} is owned by uid {uid}, neither root nor the service user; a generated secret is only trusted when the launcher wrote it")]
+    #[error(
+        "{path} is owned by uid {uid}, neither root nor the service user; a generated secret is only trusted when the launcher wrote it"
+    )]
     UntrustedOwner { path: PathBuf, uid: u32 },
-    #[error("{path} is larger than {MAX_SECRET_BYTES} bytes ({size} bytes); point the secret at the key file itself")]
+    #[error(
+        "{path} is larger than {MAX_SECRET_BYTES} bytes ({size} bytes); point the secret at the key file itself"
+    )]
     TooLarge { path: PathBuf, size: u64 },
     #[error("cannot read {path}: {source}")]
     Read {
@@ -67,10 +77,16 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretFileErr
     check_regular(&st, path)?;
     let mode = st.st_mode & 0o7777;
     if mode & 0o004 != 0 {
-        return Err(SecretFileError::WorldReadable { path: path.into(), mode });
+        return Err(SecretFileError::WorldReadable {
+            path: path.into(),
+            mode,
+        });
     }
     if mode & 0o002 != 0 {
-        return Err(SecretFileError::WorldWritable { path: path.into(), mode });
+        return Err(SecretFileError::WorldWritable {
+            path: path.into(),
+            mode,
+        });
     }
     read_capped(fd, &st, path)
 }
@@ -78,7 +94,12 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretFileErr
 /// Read a secret the launcher generated earlier, from `dir` (the data directory's
 /// secrets/ descriptor). Ok(None) when it does not exist yet. The file must be a regular
 /// file (no link), owned by root or `owner`, mode 0600 or stricter.
-pub fn read_generated(dir: BorrowedFd<'_>, dir_path: &Path, name: &str, owner: Uid) -> Result<Option<Zeroizing<Vec<u8>>>, SecretFileError> {
+pub fn read_generated(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    name: &str,
+    owner: Uid,
+) -> Result<Option<Zeroizing<Vec<u8>>>, SecretFileError> {
     let path = dir_path.join(name);
     let fd = match openat(dir, name, READ_FLAGS | OFlag::O_NOFOLLOW, Mode::empty()) {
         Ok(fd) => fd,
@@ -89,7 +110,10 @@ pub fn read_generated(dir: BorrowedFd<'_>, dir_path: &Path, name: &str, owner: U
     let st = stat(&fd, &path)?;
     check_regular(&st, &path)?;
     if st.st_uid != owner.as_raw() && st.st_uid != 0 {
-        return Err(SecretFileError::UntrustedOwner { path, uid: st.st_uid });
+        return Err(SecretFileError::UntrustedOwner {
+            path,
+            uid: st.st_uid,
+        });
     }
     let mode = st.st_mode & 0o7777;
     if mode & 0o077 != 0 {
@@ -112,10 +136,17 @@ fn check_regular(st: &FileStat, path: &Path) -> Result<(), SecretFileError> {
     Ok(())
 }
 
-fn read_capped(fd: OwnedFd, st: &FileStat, path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretFileError> {
+fn read_capped(
+    fd: OwnedFd,
+    st: &FileStat,
+    path: &Path,
+) -> Result<Zeroizing<Vec<u8>>, SecretFileError> {
     let size = st.st_size as u64;
     if size > MAX_SECRET_BYTES {
-        return Err(SecretFileError::TooLarge { path: path.into(), size });
+        return Err(SecretFileError::TooLarge {
+            path: path.into(),
+            size,
+        });
     }
     let mut buf = Zeroizing::new(Vec::with_capacity(size as usize + 1));
     // Read one byte past the cap so a file that grew after fstat is still refused.
@@ -220,7 +251,9 @@ pub fn write_atomic(
 pub fn read_state(dir: BorrowedFd<'_>, name: &str) -> Option<String> {
     let fd = openat(dir, name, READ_FLAGS | OFlag::O_NOFOLLOW, Mode::empty()).ok()?;
     let st = fstat(&fd).ok()?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || st.st_size > 64 * 1024 {
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
+        || st.st_size > 64 * 1024
+    {
         return None;
     }
     let mut text = String::new();
@@ -239,6 +272,7 @@ pub fn remove_state(dir: BorrowedFd<'_>, dir_path: &Path, name: &str) -> Result<
 /// The identity of a file inside `dir` as "dev:ino", or None when it does not exist.
 /// Links are not followed.
 pub fn identity_at(dir: BorrowedFd<'_>, name: &str) -> Option<String> {
-    let st = nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+    let st = nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .ok()?;
     Some(format!("{}:{}", st.st_dev, st.st_ino))
 }

@@ -81,7 +81,15 @@ fn check(step: &'static str, rc: libc::c_long) -> Result<libc::c_long, DropError
 
 fn prctl(op: libc::c_int, arg: libc::c_ulong) -> libc::c_long {
     // SAFETY: prctl with integer arguments only; no memory is passed to the kernel.
-    unsafe { libc::prctl(op, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) as libc::c_long }
+    unsafe {
+        libc::prctl(
+            op,
+            arg,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) as libc::c_long
+    }
 }
 
 const CAP_VERSION_3: u32 = 0x2008_0522;
@@ -119,24 +127,49 @@ pub fn capget() -> Result<(u64, u64, u64), DropError> {
     };
     let mut data = [CapData::default(); 2];
     // SAFETY: as in capset_empty; data is writable and has room for the two v3 structs.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &header as *const CapHeader, data.as_mut_ptr()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &header as *const CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
     check("capget", rc)?;
     let join = |f: fn(&CapData) -> u32| u64::from(f(&data[0])) | (u64::from(f(&data[1])) << 32);
-    Ok((join(|d| d.effective), join(|d| d.permitted), join(|d| d.inheritable)))
+    Ok((
+        join(|d| d.effective),
+        join(|d| d.permitted),
+        join(|d| d.inheritable),
+    ))
 }
 
 /// Drop to `t` for good. Async-signal-safe (no allocation, no locks).
 pub fn drop_to(t: &Target) -> Result<(), DropError> {
     if t.privileged {
         for cap in 0..=t.last_cap {
-            if check("read bounding set", prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong))? == 1 {
-                check("drop bounding capability (the unit must allow CAP_SETPCAP)", prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong))?;
+            if check(
+                "read bounding set",
+                prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong),
+            )? == 1
+            {
+                check(
+                    "drop bounding capability (the unit must allow CAP_SETPCAP)",
+                    prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong),
+                )?;
             }
         }
     }
     // SAFETY: prctl with integer arguments only. EINVAL means a kernel without ambient
     // capabilities (< 4.3): nothing to clear then.
-    let rc = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
     if rc < 0 && Errno::last() != Errno::EINVAL {
         return Err(DropError {
             step: "clear ambient capabilities",
@@ -147,14 +180,21 @@ pub fn drop_to(t: &Target) -> Result<(), DropError> {
         let groups: &[Gid] = &t.groups;
         // SAFETY: Gid is repr(transparent) over gid_t, so the slice is a valid gid_t array
         // of groups.len() elements for the duration of the call.
-        let rc = unsafe { libc::setgroups(groups.len() as libc::size_t, groups.as_ptr() as *const libc::gid_t) };
+        let rc = unsafe {
+            libc::setgroups(
+                groups.len() as libc::size_t,
+                groups.as_ptr() as *const libc::gid_t,
+            )
+        };
         check("setgroups", rc as libc::c_long)?;
         let g = t.gid.as_raw();
         // SAFETY: plain integer arguments.
-        check("setresgid", unsafe { libc::setresgid(g, g, g) } as libc::c_long)?;
+        check("setresgid", unsafe { libc::setresgid(g, g, g) }
+            as libc::c_long)?;
         let u = t.uid.as_raw();
         // SAFETY: plain integer arguments.
-        check("setresuid", unsafe { libc::setresuid(u, u, u) } as libc::c_long)?;
+        check("setresuid", unsafe { libc::setresuid(u, u, u) }
+            as libc::c_long)?;
     }
     check("capset", capset_empty())?;
     check("set no_new_privs", prctl(libc::PR_SET_NO_NEW_PRIVS, 1))?;
@@ -174,14 +214,21 @@ pub fn verify(t: &Target) -> Result<(), NotDropped> {
     let fail = |what: String| Err(NotDropped(what));
     let r = nix::unistd::getresuid().map_err(|e| NotDropped(format!("getresuid: {e}")))?;
     if [r.real, r.effective, r.saved] != [t.uid; 3] {
-        return fail(format!("uids are {}/{}/{}, want {}", r.real, r.effective, r.saved, t.uid));
+        return fail(format!(
+            "uids are {}/{}/{}, want {}",
+            r.real, r.effective, r.saved, t.uid
+        ));
     }
     let g = nix::unistd::getresgid().map_err(|e| NotDropped(format!("getresgid: {e}")))?;
     if [g.real, g.effective, g.saved] != [t.gid; 3] {
-        return fail(format!("gids are {}/{}/{}, want {}", g.real, g.effective, g.saved, t.gid));
+        return fail(format!(
+            "gids are {}/{}/{}, want {}",
+            g.real, g.effective, g.saved, t.gid
+        ));
     }
     if t.privileged {
-        let mut have = nix::unistd::getgroups().map_err(|e| NotDropped(format!("getgroups: {e}")))?;
+        let mut have =
+            nix::unistd::getgroups().map_err(|e| NotDropped(format!("getgroups: {e}")))?;
         let mut want = t.groups.clone();
         have.sort_by_key(|g| g.as_raw());
         want.sort_by_key(|g| g.as_raw());
@@ -197,11 +244,21 @@ pub fn verify(t: &Target) -> Result<(), NotDropped> {
     }
     let (eff, perm, inh) = capget().map_err(|e| NotDropped(e.to_string()))?;
     if eff | perm | inh != 0 {
-        return fail(format!("capabilities remain: effective {eff:#x}, permitted {perm:#x}, inheritable {inh:#x}"));
+        return fail(format!(
+            "capabilities remain: effective {eff:#x}, permitted {perm:#x}, inheritable {inh:#x}"
+        ));
     }
     for cap in 0..=t.last_cap {
         // SAFETY: prctl with integer arguments only.
-        let ambient = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong, cap as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+        let ambient = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong,
+                cap as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
         if ambient == 1 {
             return fail(format!("ambient capability {cap} is set"));
         }

@@ -18,20 +18,30 @@ use launcher_plan::layout::DirSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error("the parent directory {0} of the data directory does not exist; create it, or point service.data_dir elsewhere")]
+    #[error(
+        "the parent directory {0} of the data directory does not exist; create it, or point service.data_dir elsewhere"
+    )]
     ParentMissing(PathBuf),
-    #[error("{path} is a symbolic link; the launcher never follows links in the data directory: replace it with a real directory (or point service.data_dir at the link's target)")]
+    #[error(
+        "{path} is a symbolic link; the launcher never follows links in the data directory: replace it with a real directory (or point service.data_dir at the link's target)"
+    )]
     Symlink { path: PathBuf },
-    #[error("{path} exists but is not a directory; move it away so the launcher can create the directory")]
+    #[error(
+        "{path} exists but is not a directory; move it away so the launcher can create the directory"
+    )]
     NotADirectory { path: PathBuf },
-    #[error("{path} is owned by {owner} (uid {uid}), not by the service user; refusing to take over another user's files: if it really belongs to the service, run `chown -R {user}: {path}` once, otherwise choose another service.data_dir")]
+    #[error(
+        "{path} is owned by {owner} (uid {uid}), not by the service user; refusing to take over another user's files: if it really belongs to the service, run `chown -R {user}: {path}` once, otherwise choose another service.data_dir"
+    )]
     ForeignOwner {
         path: PathBuf,
         uid: u32,
         owner: String,
         user: String,
     },
-    #[error("{path} is owned by uid {uid}, but the launcher runs unprivileged as uid {me}; run it as root once, or `chown {me} {path}`")]
+    #[error(
+        "{path} is owned by uid {uid}, but the launcher runs unprivileged as uid {me}; run it as root once, or `chown {me} {path}`"
+    )]
     NotOwnedBySelf { path: PathBuf, uid: u32, me: u32 },
     #[error("cannot {op} {path}: {source}")]
     Io {
@@ -91,14 +101,26 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 
 /// Create or repair the tree `layout` (parents first, `layout[0]` is the data dir itself).
-pub fn ensure(data_dir: &Path, layout: &[DirSpec], owner: Owner, user_name: &str) -> Result<(DataTree, Vec<Change>), TreeError> {
+pub fn ensure(
+    data_dir: &Path,
+    layout: &[DirSpec],
+    owner: Owner,
+    user_name: &str,
+) -> Result<(DataTree, Vec<Change>), TreeError> {
     let mut changes = Vec::new();
     let parent = data_dir.parent().unwrap_or(Path::new("/"));
-    let name = data_dir.file_name().ok_or_else(|| TreeError::NotADirectory {
-        path: data_dir.to_path_buf(),
-    })?;
+    let name = data_dir
+        .file_name()
+        .ok_or_else(|| TreeError::NotADirectory {
+            path: data_dir.to_path_buf(),
+        })?;
     // The path up to the data directory belongs to the admin (root); it may contain links.
-    let parent_fd = open(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| match e {
+    let parent_fd = open(
+        parent,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
         Errno::ENOENT => TreeError::ParentMissing(parent.to_path_buf()),
         source => TreeError::Io {
             op: "open",
@@ -112,7 +134,11 @@ pub fn ensure(data_dir: &Path, layout: &[DirSpec], owner: Owner, user_name: &str
             (parent_fd.as_fd(), name, data_dir.to_path_buf())
         } else {
             let root = &dirs[0].1;
-            (root.as_fd(), std::ffi::OsStr::new(spec.name), data_dir.join(spec.name))
+            (
+                root.as_fd(),
+                std::ffi::OsStr::new(spec.name),
+                data_dir.join(spec.name),
+            )
         };
         let fd = open_or_create(at, rel, &path, &mut changes)?;
         fix_owner_and_mode(&fd, &path, spec.mode, owner, user_name, &mut changes)?;
@@ -127,7 +153,12 @@ pub fn ensure(data_dir: &Path, layout: &[DirSpec], owner: Owner, user_name: &str
     ))
 }
 
-fn open_or_create(at: BorrowedFd<'_>, rel: &std::ffi::OsStr, path: &Path, changes: &mut Vec<Change>) -> Result<OwnedFd, TreeError> {
+fn open_or_create(
+    at: BorrowedFd<'_>,
+    rel: &std::ffi::OsStr,
+    path: &Path,
+    changes: &mut Vec<Change>,
+) -> Result<OwnedFd, TreeError> {
     match openat(at, rel, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) => {}
@@ -171,7 +202,14 @@ fn classify(at: BorrowedFd<'_>, rel: &std::ffi::OsStr, path: &Path, e: Errno) ->
     }
 }
 
-fn fix_owner_and_mode(fd: &OwnedFd, path: &Path, mode: u32, owner: Owner, user_name: &str, changes: &mut Vec<Change>) -> Result<(), TreeError> {
+fn fix_owner_and_mode(
+    fd: &OwnedFd,
+    path: &Path,
+    mode: u32,
+    owner: Owner,
+    user_name: &str,
+    changes: &mut Vec<Change>,
+) -> Result<(), TreeError> {
     let st = fstat(fd).map_err(|source| TreeError::Io {
         op: "stat",
         path: path.to_path_buf(),
@@ -229,14 +267,29 @@ fn fix_owner_and_mode(fd: &OwnedFd, path: &Path, mode: u32, owner: Owner, user_n
 /// Give a root-owned regular file directly inside the data directory to the service user
 /// (a database left behind by a tool run as root). Links are never followed; files owned
 /// by anyone else are left alone and reported.
-pub fn adopt_root_owned_file(tree: &DataTree, name: &str, owner: Owner) -> Result<Option<Change>, TreeError> {
+pub fn adopt_root_owned_file(
+    tree: &DataTree,
+    name: &str,
+    owner: Owner,
+) -> Result<Option<Change>, TreeError> {
     use nix::sys::stat::SFlag;
     let path = tree.path.join(name);
-    let fd = match openat(tree.dir(""), name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty()) {
+    let fd = match openat(
+        tree.dir(""),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::ELOOP) => return Err(TreeError::Symlink { path }),
-        Err(source) => return Err(TreeError::Io { op: "open", path, source }),
+        Err(source) => {
+            return Err(TreeError::Io {
+                op: "open",
+                path,
+                source,
+            });
+        }
     };
     let st = fstat(&fd).map_err(|source| TreeError::Io {
         op: "stat",

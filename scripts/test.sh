@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests of every crate, the end-to-end tests of `run` (real
+# users, real Django, real gunicorn) and the tests under a real systemd booted in a
+# container. Run as root on a Debian-like machine; installs what it needs.
+set -euo pipefail
+
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$top"
+
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (the tests create users and boot containers)" >&2; exit 1; }
+
+need=()
+command -v msgfmt >/dev/null || need+=(gettext)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v setpriv >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${need[@]}" >&2
+fi
+
+bash tests/setup-venv.sh >/dev/null
+
+# Test binaries that create users or boot containers run one test at a time.
+cargo test --workspace --locked -- --test-threads=1
