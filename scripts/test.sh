@@ -23,4 +23,5 @@ fi
 bash tests/setup-venv.sh >/dev/null
 
 # Test binaries that create users or boot containers run one test at a time.
+export BITPOLL_REQUIRE_SYSTEMD_TESTS=1
 cargo test --workspace --locked -- --test-threads=1

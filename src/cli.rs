@@ -42,6 +42,36 @@ pub enum Command {
     /// Prepare the app and exec the server (the unit's ExecStart).
     #[command(after_help = RUN_EXIT_CODES)]
     Run(RunArgs),
+    /// Print a hardened systemd unit for this config (hosts without NixOS).
+    Unit(UnitArgs),
+    /// Print the service account as a sysusers.d entry.
+    Sysusers(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The launcher's TOML configuration.
+    #[arg(long, short, value_name = "FILE", env = "BITPOLL_LAUNCHER_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UnitArgs {
+    /// The launcher's TOML configuration (its absolute path goes into ExecStart).
+    #[arg(long, short, value_name = "FILE", env = "BITPOLL_LAUNCHER_CONFIG")]
+    pub config: PathBuf,
+
+    /// Path of the launcher binary in ExecStart (default: this binary).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+
+    /// A file for a credential source of the config: LoadCredential=ID:PATH. Repeatable.
+    #[arg(long, value_name = "ID=PATH")]
+    pub credential: Vec<String>,
+
+    /// Use this hardening list instead of the built-in copy of nixos/hardening.toml.
+    #[arg(long, value_name = "FILE")]
+    pub hardening: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

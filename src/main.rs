@@ -10,6 +10,8 @@ mod observability;
 mod prepare;
 mod run;
 mod secrets;
+mod sysusers;
+mod unit;
 
 use clap::Parser;
 
@@ -20,6 +22,8 @@ fn main() -> std::process::ExitCode {
     observability::init(cli.log_level);
     let result = match cli.command {
         Command::Run(args) => run::run(&args).map(|never| match never {}),
+        Command::Unit(args) => unit::run(&args),
+        Command::Sysusers(args) => sysusers::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -152,6 +152,10 @@ INSTALLED_APPS_LOCAL = []
 MIDDLEWARE_LOCAL = []
 PIPELINE_LOCAL = {}
 
+# Django's implicit default, made explicit: django-token-bucket's migrations
+# use AutoField, and without this `manage.py check` warns (models.W042).
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
 # --- Logging ----------------------------------------------------------------
 
 # Warnings and errors (including the tracebacks of 500 responses, which Django
