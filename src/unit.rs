@@ -147,6 +147,8 @@ pub fn render(
         quote(binary),
         quote(config_path)
     )?;
+    writeln!(w, "# The server's stdout/stderr; the launcher's own records say bitpoll-launcher.")?;
+    writeln!(w, "SyslogIdentifier=bitpoll")?;
     writeln!(w, "Restart=on-failure")?;
     writeln!(w, "RestartSec=5s")?;
     let data_dir = &cfg.service.data_dir;
