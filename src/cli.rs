@@ -42,10 +42,55 @@ pub enum Command {
     /// Prepare the app and exec the server (the unit's ExecStart).
     #[command(after_help = RUN_EXIT_CODES)]
     Run(RunArgs),
+    /// Validate a deployment read-only and say how to fix each problem.
+    #[command(after_help = CHECK_EXIT_CODES)]
+    Check(CheckArgs),
+    /// Run manage.py exactly as the service would: as the service user, with its
+    /// environment, secrets and working directory.
+    Manage(ManageArgs),
     /// Print a hardened systemd unit for this config (hosts without NixOS).
     Unit(UnitArgs),
     /// Print the service account as a sysusers.d entry.
     Sysusers(ConfigArgs),
+    /// Print the data directory as a tmpfiles.d entry.
+    Tmpfiles(ConfigArgs),
+}
+
+const CHECK_EXIT_CODES: &str = "\
+Exit status:
+  0  no problems (only ok and info findings)
+  1  warnings, no errors
+  2  errors: `run` would fail or the deployment is unsafe";
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The launcher's TOML configuration.
+    #[arg(long, short, value_name = "FILE", env = "BITPOLL_LAUNCHER_CONFIG")]
+    pub config: PathBuf,
+
+    /// Print the findings as JSON (schema in docs/check.md).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also check this systemd unit's settings (Type, NotifyAccess, capabilities), and
+    /// read credentials from the running unit's credentials directory.
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ManageArgs {
+    /// The launcher's TOML configuration.
+    #[arg(long, short, value_name = "FILE", env = "BITPOLL_LAUNCHER_CONFIG")]
+    pub config: PathBuf,
+
+    /// The unit whose credentials directory holds credential secrets (when run outside it).
+    #[arg(long, value_name = "NAME", default_value = "bitpoll")]
+    pub unit: String,
+
+    /// Arguments for manage.py, after `--`.
+    #[arg(last = true, required = true, value_name = "ARGS")]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -3,8 +3,10 @@
 //! `main` parses the command line, sets up logging, runs one subcommand and turns its
 //! failure into one message and an exit code. Nothing below calls `exit()`.
 
+mod check;
 mod cli;
 mod exit;
+mod manage;
 mod notify;
 mod observability;
 mod prepare;
@@ -22,11 +24,14 @@ fn main() -> std::process::ExitCode {
     observability::init(cli.log_level);
     let result = match cli.command {
         Command::Run(args) => run::run(&args).map(|never| match never {}),
-        Command::Unit(args) => unit::run(&args),
-        Command::Sysusers(args) => sysusers::run(&args),
+        Command::Check(args) => check::run(&args),
+        Command::Manage(args) => manage::run(&args).map(|never| match never {}),
+        Command::Unit(args) => unit::run(&args).map(|()| 0),
+        Command::Sysusers(args) => sysusers::run(&args).map(|()| 0),
+        Command::Tmpfiles(args) => sysusers::run_tmpfiles(&args).map(|()| 0),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(exit) => exit.report(),
     }
 }

@@ -81,20 +81,11 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     for change in &changes {
         info!(phase = "directories", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
     }
-    if let launcher_config::Database::Sqlite { path } = &cfg.database {
-        if path.parent() == Some(tree.path.as_path()) {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            for suffix in ["", "-journal", "-wal", "-shm"] {
-                let file = format!("{name}{suffix}");
-                if let Some(change) =
-                    tree::adopt_root_owned_file(&tree, &file, owner).or_exit(exit::SYSTEM)?
-                {
-                    info!(phase = "directories", path = %change.path.display(), "{}: {} (it was left behind by a tool run as root)", change.path.display(), change.what);
-                }
-            }
+    for file in sqlite_files(&cfg, &tree) {
+        if let Some(change) =
+            tree::adopt_root_owned_file(&tree, &file, owner).or_exit(exit::SYSTEM)?
+        {
+            info!(phase = "directories", path = %change.path.display(), "{}: {} (it was left behind by a tool run as root)", change.path.display(), change.what);
         }
     }
     phase.end(&format!(
@@ -171,6 +162,12 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         };
         Exit::new(code, e)
     })?;
+    // The database is the app's alone, not the web server's that shares the group.
+    for file in sqlite_files(&cfg, &tree) {
+        if let Some(change) = tree::make_private(&tree, &file).or_exit(exit::SYSTEM)? {
+            info!(phase = "prepare", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
+        }
+    }
     phase.end(&if to_run == 0 {
         "preparation: nothing to do".to_string()
     } else {
@@ -198,6 +195,26 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     info!(phase = "exec", duration_ms = total, program = %cfg.server.command[0], "launcher done in {total} ms, executing {}", cfg.server.command.join(" "));
     let err = launcher_sys::exec::exec(&cfg.server.command, &server_env);
     Err(Exit::new(exit::RUNTIME, err))
+}
+
+/// The SQLite database and its side files, when the database lives directly in the data
+/// directory (names relative to it).
+fn sqlite_files(cfg: &Config, tree: &tree::DataTree) -> Vec<String> {
+    match &cfg.database {
+        launcher_config::Database::Sqlite { path }
+            if path.parent() == Some(tree.path.as_path()) =>
+        {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            ["", "-journal", "-wal", "-shm"]
+                .iter()
+                .map(|suffix| format!("{name}{suffix}"))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Seconds since the epoch as "YYYY-MM-DD HH:MM:SS UTC".

@@ -202,3 +202,92 @@ fn generated(
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// A secret as a read-only look finds it (for `check` and `manage`, which never write).
+pub enum Observed {
+    Loaded(Loaded),
+    /// Not generated yet; the first `run` will.
+    WillGenerate(GenerateKind),
+}
+
+/// Where credentials are: `$CREDENTIALS_DIRECTORY` inside the unit; outside it, the
+/// running unit's own directory `/run/credentials/<unit>` (readable by root).
+pub fn credentials_dir_for(unit: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        return Some(PathBuf::from(dir));
+    }
+    let unit = if unit.contains('.') {
+        unit.to_string()
+    } else {
+        format!("{unit}.service")
+    };
+    let dir = PathBuf::from("/run/credentials").join(unit);
+    dir.is_dir().then_some(dir)
+}
+
+/// Read every secret without creating anything. `secrets_dir` is the data directory's
+/// secrets/ descriptor when it exists.
+pub fn observe(
+    cfg: &Config,
+    secrets_dir: Option<(std::os::fd::BorrowedFd<'_>, &Path)>,
+    owner_uid: launcher_sys::Uid,
+    credentials_dir: Option<&Path>,
+    database_exists: Option<&str>,
+) -> Vec<(String, String, Result<Observed, String>)> {
+    let mut out = Vec::new();
+    for (name, source) in &cfg.secrets {
+        let described = match source {
+            SecretSource::File(p) => format!("file {}", p.display()),
+            SecretSource::Credential(id) => format!("credential {id}"),
+            SecretSource::Generate(kind) => format!("generate {kind}"),
+        };
+        let result = match source {
+            SecretSource::File(path) => read_file(path).map(|value| {
+                Observed::Loaded(Loaded {
+                    name: name.clone(),
+                    value,
+                    origin: Origin::File(path.clone()),
+                })
+            }),
+            SecretSource::Credential(id) => credential_path(credentials_dir, id).and_then(|path| {
+                read_file(&path).map(|value| {
+                    Observed::Loaded(Loaded {
+                        name: name.clone(),
+                        value,
+                        origin: Origin::Credential(path),
+                    })
+                })
+            }),
+            SecretSource::Generate(kind) => match secrets_dir {
+                None => Ok(Observed::WillGenerate(*kind)),
+                Some((dir, dir_path)) => {
+                    match files::read_generated(dir, dir_path, name, owner_uid) {
+                        Err(e) => Err(e.to_string()),
+                        Ok(Some(bytes)) => secret::from_bytes(bytes.to_vec())
+                            .and_then(|v| secret::check_kind(*kind, &v).map(|()| v))
+                            .map(|value| {
+                                Observed::Loaded(Loaded {
+                                    name: name.clone(),
+                                    value,
+                                    origin: Origin::Generated {
+                                        path: dir_path.join(name),
+                                        new: false,
+                                    },
+                                })
+                            })
+                            .map_err(|e| format!("{} {e}", dir_path.join(name).display())),
+                        Ok(None) => match (kind, database_exists) {
+                            (GenerateKind::FernetKey, Some(evidence)) => Err(format!(
+                                "no key in {} although the database exists ({evidence}); the launcher will refuse to generate one: restore the key that encrypted the data",
+                                dir_path.join(name).display()
+                            )),
+                            _ => Ok(Observed::WillGenerate(*kind)),
+                        },
+                    }
+                }
+            },
+        };
+        out.push((name.clone(), described, result));
+    }
+    out
+}

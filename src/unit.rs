@@ -147,18 +147,17 @@ pub fn render(
         quote(binary),
         quote(config_path)
     )?;
-    writeln!(w, "# The server's stdout/stderr; the launcher's own records say bitpoll-launcher.")?;
+    writeln!(
+        w,
+        "# The server's stdout/stderr; the launcher's own records say bitpoll-launcher."
+    )?;
     writeln!(w, "SyslogIdentifier=bitpoll")?;
     writeln!(w, "Restart=on-failure")?;
     writeln!(w, "RestartSec=5s")?;
-    let data_dir = &cfg.service.data_dir;
-    match data_dir.strip_prefix("/var/lib") {
-        Ok(rel) if !rel.as_os_str().is_empty() => {
-            writeln!(w, "StateDirectory={}", rel.display())?;
-            writeln!(w, "StateDirectoryMode=0750")?;
-        }
-        _ => writeln!(w, "ReadWritePaths={}", quote(data_dir))?,
-    }
+    // Not StateDirectory=: without User= systemd would chown that tree back to root on
+    // every start. The directory is created ahead (bitpoll-launcher tmpfiles); "-" lets
+    // the launcher, not the namespace setup, explain a missing one.
+    writeln!(w, "ReadWritePaths=-{}", quote(&cfg.service.data_dir))?;
     if cfg.prepare.compilemessages {
         writeln!(w, "# compilemessages writes .mo files into the app source.")?;
         writeln!(w, "ReadWritePaths={}", quote(&cfg.app.source_dir))?;
@@ -229,7 +228,7 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             "Type=notify\n",
             "NotifyAccess=main\n",
             "ExecStart=/usr/bin/bitpoll-launcher run --config /etc/bitpoll/launcher.toml\n",
-            "StateDirectory=bitpoll\n",
+            "ReadWritePaths=-/var/lib/bitpoll\n",
             "LoadCredential=fek:/etc/bitpoll/fek\n",
         ] {
             assert!(unit.contains(want), "missing {want:?} in\n{unit}");

@@ -364,3 +364,17 @@ fn journal_json_records_are_parsed() {
         assert!(JsonRecord::parse(bad).is_err(), "{bad:?} parsed");
     }
 }
+
+#[test]
+#[ignore]
+fn zz_debug_hold() {
+    let b = container::bitpoll::install("dbg", container::bitpoll::Spec::default());
+    eprintln!("PID1 {}", b.pid1());
+    std::fs::write("/tmp/blt-dbg-pid1", b.pid1().to_string()).unwrap();
+    let (out, took) = b.start(Duration::from_secs(120));
+    eprintln!("start: {:?} {:?}", out, took);
+    eprintln!("{}", b.diagnose("bitpoll.service"));
+    while std::path::Path::new("/tmp/blt-dbg-pid1").exists() {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

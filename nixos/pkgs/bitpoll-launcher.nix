@@ -1,8 +1,9 @@
 # bitpoll-launcher: the privileged launcher (this repository's Rust workspace).
 #
-# Installs the binary and nixos/hardening.toml as
-# $out/share/bitpoll-launcher/hardening.toml, where `bitpoll-launcher unit`
-# looks for it by default (relative to the binary).
+# Installs the binary (which compiles in nixos/hardening.toml for
+# `bitpoll-launcher unit`) and the same file as
+# $out/share/bitpoll-launcher/hardening.toml, for `--hardening` and for
+# anyone rendering a unit by other means.
 {
   lib,
   rustPlatform,

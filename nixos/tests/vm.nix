@@ -55,8 +55,8 @@ pkgs.testers.runNixOSTest {
 
     machine.wait_for_unit("bitpoll.service")
     machine.wait_for_unit("nginx.service")
-    machine.wait_for_open_port(3008)
-    machine.wait_for_open_port(80)
+    machine.wait_for_open_port(3008, addr="127.0.0.1")
+    machine.wait_for_open_port(80, addr="127.0.0.1")
 
     with subtest("unit is active and gunicorn holds the main PID"):
         machine.succeed("systemctl is-active bitpoll.service")

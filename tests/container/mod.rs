@@ -18,6 +18,8 @@
 
 #![allow(dead_code)]
 
+pub mod bitpoll;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};

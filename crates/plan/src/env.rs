@@ -20,6 +20,8 @@ pub enum Purpose {
     /// The server, exec'd in place of the launcher: it inherits the launcher's PID, so
     /// systemd's notify socket and socket activation variables are valid for it.
     Server,
+    /// `manage`: an admin's command on a terminal; like Prepare, plus TERM.
+    Manage,
 }
 
 /// Inherited variables that pass through to the app unchanged.
@@ -89,7 +91,8 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in inputs.inherited {
         let allowed = ALLOWLIST.contains(&k.as_str())
-            || (purpose == Purpose::Server && SERVER_ONLY.contains(&k.as_str()));
+            || (purpose == Purpose::Server && SERVER_ONLY.contains(&k.as_str()))
+            || (purpose == Purpose::Manage && k == "TERM");
         if allowed {
             env.insert(k.clone(), v.clone());
         }

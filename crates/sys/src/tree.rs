@@ -43,6 +43,10 @@ pub enum TreeError {
         "{path} is owned by uid {uid}, but the launcher runs unprivileged as uid {me}; run it as root once, or `chown {me} {path}`"
     )]
     NotOwnedBySelf { path: PathBuf, uid: u32, me: u32 },
+    #[error(
+        "cannot create {path}: the file system is read-only here (a unit with ProtectSystem=strict); create it ahead: `bitpoll-launcher tmpfiles --config FILE > /etc/tmpfiles.d/bitpoll.conf && systemd-tmpfiles --create` (NixOS: the module does)"
+    )]
+    ReadOnly { path: PathBuf },
     #[error("cannot {op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -171,6 +175,11 @@ fn open_or_create(
             what: "created".into(),
         }),
         Err(Errno::EEXIST) => {}
+        Err(Errno::EROFS) => {
+            return Err(TreeError::ReadOnly {
+                path: path.to_path_buf(),
+            });
+        }
         Err(source) => {
             return Err(TreeError::Io {
                 op: "create directory",
@@ -309,4 +318,144 @@ pub fn adopt_root_owned_file(
         path,
         what: format!("owner 0:{} -> {}:{}", st.st_gid, owner.uid, owner.gid),
     }))
+}
+
+/// Make a regular file directly inside the data directory private (mode & !0o077), e.g.
+/// the SQLite database, which would otherwise be readable by the web server sharing the
+/// service group. Links are not followed; a missing file is fine.
+pub fn make_private(tree: &DataTree, name: &str) -> Result<Option<Change>, TreeError> {
+    use nix::sys::stat::SFlag;
+    let path = tree.path.join(name);
+    let fd = match openat(
+        tree.dir(""),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err(TreeError::Symlink { path }),
+        Err(source) => {
+            return Err(TreeError::Io {
+                op: "open",
+                path,
+                source,
+            });
+        }
+    };
+    let st = fstat(&fd).map_err(|source| TreeError::Io {
+        op: "stat",
+        path: path.clone(),
+        source,
+    })?;
+    let mode = st.st_mode & 0o7777;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || mode & 0o077 == 0
+    {
+        return Ok(None);
+    }
+    let new = mode & !0o077;
+    fchmod(&fd, Mode::from_bits_truncate(new)).map_err(|source| TreeError::Io {
+        op: "chmod",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(Change {
+        path,
+        what: format!("mode {mode:04o} -> {new:04o}"),
+    }))
+}
+
+/// What a directory of the layout looks like, observed without changing anything.
+#[derive(Debug)]
+pub enum Observed {
+    Missing,
+    Symlink,
+    NotADirectory,
+    /// Could not be looked at (permission denied for a non-root caller, an I/O error).
+    Unreadable(Errno),
+    Present {
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+}
+
+/// One directory of the layout as [`inspect`] found it.
+#[derive(Debug)]
+pub struct Inspected {
+    pub spec: DirSpec,
+    pub path: PathBuf,
+    pub observed: Observed,
+    fd: Option<OwnedFd>,
+}
+
+impl Inspected {
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+}
+
+/// Look at the tree read-only, with the same no-symlink rules as [`ensure`]. The parent
+/// of the data directory must exist; if it does not, the data directory is reported
+/// missing.
+pub fn inspect(data_dir: &Path, layout: &[DirSpec]) -> Vec<Inspected> {
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    let name = data_dir.file_name().unwrap_or_default();
+    let parent_fd = open(
+        parent,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok();
+    let mut out: Vec<Inspected> = Vec::with_capacity(layout.len());
+    for spec in layout {
+        let (at, rel, path) = if spec.name.is_empty() {
+            (
+                parent_fd.as_ref().map(|f| f.as_fd()),
+                name,
+                data_dir.to_path_buf(),
+            )
+        } else {
+            (
+                out.first().and_then(|d| d.fd()),
+                std::ffi::OsStr::new(spec.name),
+                data_dir.join(spec.name),
+            )
+        };
+        let (observed, fd) = match at {
+            None => (Observed::Missing, None),
+            Some(at) => match openat(at, rel, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => match fstat(&fd) {
+                    Ok(st) => (
+                        Observed::Present {
+                            uid: st.st_uid,
+                            gid: st.st_gid,
+                            mode: st.st_mode & 0o7777,
+                        },
+                        Some(fd),
+                    ),
+                    Err(e) => (Observed::Unreadable(e), None),
+                },
+                Err(Errno::ENOENT) => (Observed::Missing, None),
+                Err(e) => match classify(at, rel, &path, e) {
+                    TreeError::Symlink { .. } => (Observed::Symlink, None),
+                    TreeError::NotADirectory { .. } => (Observed::NotADirectory, None),
+                    _ => (Observed::Unreadable(e), None),
+                },
+            },
+        };
+        out.push(Inspected {
+            spec: spec.clone(),
+            path,
+            observed,
+            fd,
+        });
+    }
+    out
+}
+
+/// Free space of the file system holding `path`, in bytes available to unprivileged users.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }

@@ -1,0 +1,93 @@
+# Read-only probes for `bitpoll-launcher check`, run as the service user with the app's
+# environment. Prints one JSON object on the last line of stdout. Never writes: no
+# bytecode (PYTHONDONTWRITEBYTECODE), no database file is created, no command that
+# changes state is run.
+import json
+import os
+import shutil
+import sys
+
+
+def error_text(e):
+    return "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+
+
+def version_of(dist):
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None
+
+
+def main(paths):
+    res = {"python": sys.version.split()[0], "executable": sys.executable}
+    res["access"] = {
+        p: {"exists": os.path.exists(p), "writable": os.access(p, os.W_OK)} for p in paths
+    }
+    res["gunicorn"] = version_of("gunicorn")
+    res["msgfmt"] = shutil.which("msgfmt")
+    try:
+        import django
+    except Exception as e:
+        res["django_error"] = error_text(e)
+        return res
+    res["django"] = django.get_version()
+    try:
+        django.setup()
+    except Exception as e:
+        res["setup_error"] = error_text(e)
+        return res
+
+    from django.conf import settings
+    from django.core import checks
+
+    try:
+        messages = checks.run_checks(include_deployment_checks=True)
+        res["checks"] = [
+            {"level": m.level, "id": m.id, "msg": str(m.msg), "hint": str(m.hint) if m.hint else None}
+            for m in messages
+            if not m.is_silenced()
+        ]
+    except Exception as e:
+        res["checks_error"] = error_text(e)
+
+    from django.db import connections
+
+    db = connections["default"]
+    name = str(db.settings_dict.get("NAME") or "")
+    res["db"] = {"vendor": db.vendor, "name": name if db.vendor == "sqlite" else None}
+    if db.vendor == "sqlite" and not os.path.exists(name):
+        # Connecting would create the file; check changes nothing.
+        res["db"]["exists"] = False
+    else:
+        res["db"]["exists"] = True
+        try:
+            db.ensure_connection()
+            from django.db.migrations.executor import MigrationExecutor
+
+            executor = MigrationExecutor(db)
+            plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+            res["pending"] = ["%s.%s" % (m.app_label, m.name) for m, _ in plan]
+        except Exception as e:
+            res["db"]["error"] = error_text(e)
+        finally:
+            db.close()
+
+    res["static_root"] = str(settings.STATIC_ROOT) if settings.STATIC_ROOT else None
+    try:
+        from django.contrib.staticfiles.storage import staticfiles_storage
+
+        manifest = getattr(staticfiles_storage, "manifest_name", None)
+        if manifest and settings.STATIC_ROOT:
+            path = os.path.join(str(settings.STATIC_ROOT), manifest)
+            res["manifest"] = {"path": path, "exists": os.path.exists(path)}
+    except Exception as e:
+        res["static_error"] = error_text(e)
+    return res
+
+
+if __name__ == "__main__":
+    result = main(json.loads(sys.argv[1]) if len(sys.argv) > 1 else [])
+    sys.stdout.write("\n" + json.dumps(result) + "\n")

@@ -1,0 +1,369 @@
+//! Bitpoll under a real systemd: a booted container with the demo app, the launcher's
+//! config, the service account from `bitpoll-launcher sysusers` and the unit from
+//! `bitpoll-launcher unit`, installed as an admin would on a plain (non-NixOS) host.
+//!
+//! Everything is rendered by the launcher itself inside the container (so the paths in the
+//! unit are container paths), and the unit is installed exactly as rendered: the hardening
+//! under test is the shipped nixos/hardening.toml compiled into the binary.
+
+use std::collections::HashMap;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use super::{Container, ContainerBuilder, JsonRecord, LAUNCHER_PATH};
+
+pub const UNIT: &str = "bitpoll.service";
+pub const UNIT_PATH: &str = "/etc/systemd/system/bitpoll.service";
+pub const DROPIN_DIR: &str = "/etc/systemd/system/bitpoll.service.d";
+pub const CONFIG_PATH: &str = "/etc/bitpoll/launcher.toml";
+pub const SYSUSERS_PATH: &str = "/etc/sysusers.d/bitpoll.conf";
+/// Outside /tmp, /root and /home: what a hardened unit can see.
+pub const APP_DIR: &str = "/srv/bitpoll/app";
+pub const DATA_DIR: &str = "/var/lib/bitpoll";
+pub const USER: &str = "bitpoll";
+/// The credential file on the "host" (the container's /etc), root-owned 0600.
+pub const FEK_PATH: &str = "/etc/bitpoll/fek";
+pub const FEK_CREDENTIAL: &str = "fek";
+pub const SERVER_URL: &str = "http://127.0.0.1:8000";
+/// The launcher's SYSLOG_IDENTIFIER.
+pub const IDENT: &str = "bitpoll-launcher";
+
+/// The demo venv on the host, visible inside through the overlay.
+pub const VENV: &str = "/opt/bitpoll-launcher-demo/venv";
+const DEMO_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/demo-app");
+const SETUP_VENV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/setup-venv.sh");
+
+static VENV_ONCE: Once = Once::new();
+
+/// Builds (or checks) the demo venv on the host, once per test process and before any
+/// container boots (the host root is the overlay's lower layer: it must not change while
+/// a container runs).
+pub fn ensure_venv() {
+    VENV_ONCE.call_once(|| {
+        let out = std::process::Command::new("bash")
+            .arg(SETUP_VENV)
+            .output()
+            .expect("run tests/setup-venv.sh");
+        assert!(
+            out.status.success(),
+            "tests/setup-venv.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            path.trim(),
+            VENV,
+            "the venv is not where the tests expect it"
+        );
+    });
+}
+
+/// Where BITPOLL_FIELD_ENCRYPTION_KEY comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fek {
+    /// `{ generate = "fernet-key" }`.
+    Generate,
+    /// `{ credential = "fek" }` with `LoadCredential=fek:/etc/bitpoll/fek`.
+    Credential,
+}
+
+/// What varies between the tests' configurations.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub fek: Fek,
+    pub stall_timeout_sec: Option<u64>,
+    /// Extra `[environment]` variables (DEMO_MIGRATION_DELAY, DEMO_REPORT_ENV, ...).
+    pub environment: Vec<(String, String)>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            fek: Fek::Generate,
+            stall_timeout_sec: None,
+            environment: Vec::new(),
+        }
+    }
+}
+
+impl Spec {
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.environment.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn stall_timeout(mut self, secs: u64) -> Self {
+        self.stall_timeout_sec = Some(secs);
+        self
+    }
+
+    pub fn fek(mut self, fek: Fek) -> Self {
+        self.fek = fek;
+        self
+    }
+
+    /// The launcher's configuration file.
+    pub fn config(&self) -> String {
+        let mut prepare =
+            String::from("migrate = true\ncollectstatic = true\ncompilemessages = true\n");
+        if let Some(s) = self.stall_timeout_sec {
+            prepare.push_str(&format!("stall_timeout_sec = {s}\n"));
+        }
+        let fek = match self.fek {
+            Fek::Generate => r#"{ generate = "fernet-key" }"#.to_owned(),
+            Fek::Credential => format!(r#"{{ credential = "{FEK_CREDENTIAL}" }}"#),
+        };
+        let mut environment = String::from("BITPOLL_ALLOWED_HOSTS = \"127.0.0.1,localhost\"\n");
+        for (k, v) in &self.environment {
+            environment.push_str(&format!("{k} = {v:?}\n"));
+        }
+        format!(
+            r#"# bitpoll-launcher configuration for the systemd end-to-end tests.
+[service]
+user = "{USER}"
+create_user = false
+data_dir = "{DATA_DIR}"
+
+[app]
+python = "{VENV}/bin/python"
+source_dir = "{APP_DIR}"
+settings_module = "bitpoll.settings"
+
+[prepare]
+{prepare}
+[secrets]
+BITPOLL_SECRET_KEY = {{ generate = "django-secret-key" }}
+BITPOLL_FIELD_ENCRYPTION_KEY = {fek}
+
+[environment]
+{environment}
+[server]
+command = ["{VENV}/bin/gunicorn", "--bind", "127.0.0.1:8000", "--workers", "1",
+           "--no-control-socket", "bitpoll.wsgi:application"]
+"#
+        )
+    }
+}
+
+/// A booted container with Bitpoll installed (not started).
+pub struct Bitpoll {
+    pub c: Container,
+    pub spec: Spec,
+    /// sha256 (hex) of the credential's value, when [`Fek::Credential`].
+    pub fek_sha256: Option<String>,
+}
+
+impl std::ops::Deref for Bitpoll {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        &self.c
+    }
+}
+
+/// Boots a container and installs Bitpoll as an admin would: app copy, config,
+/// account (sysusers), credential file, and the unit exactly as `bitpoll-launcher unit`
+/// renders it.
+pub fn install(tag: &str, spec: Spec) -> Bitpoll {
+    ensure_venv();
+    let builder = match std::env::var("BLT_LAUNCHER_OVERRIDE") {
+        Ok(p) => ContainerBuilder::new(tag).bind_ro(p, LAUNCHER_PATH),
+        Err(_) => ContainerBuilder::new(tag).with_launcher(),
+    };
+    let c = builder.file(CONFIG_PATH, spec.config(), 0o644).boot();
+    let t = Instant::now();
+
+    // The account, from the sysusers.d entry the launcher prints.
+    let sysusers = c.exec_ok(&[LAUNCHER_PATH, "sysusers", "--config", CONFIG_PATH]);
+    c.write_file(SYSUSERS_PATH, sysusers.as_bytes(), 0o644);
+    c.exec_ok(&["systemd-sysusers", SYSUSERS_PATH]);
+    c.exec_ok(&["id", USER]);
+
+    // The app: a copy keeping modification times; compilemessages writes next to the .po
+    // files, so the service group may write the catalogs.
+    let script = format!(
+        "set -e; mkdir -p {APP_DIR}; cp -a {DEMO_APP}/. {APP_DIR}/; \
+         find {APP_DIR} -name __pycache__ -prune -exec rm -rf {{}} +; \
+         find {APP_DIR} -name '*.mo' -delete; \
+         chmod -R a+rX /srv/bitpoll; chgrp -R {USER} {APP_DIR}/locale; chmod -R g+w {APP_DIR}/locale"
+    );
+    c.exec_ok(&["sh", "-c", &script]);
+
+    // A credential: a fresh Fernet key in a root-only file.
+    let mut fek_sha256 = None;
+    let mut unit_args = vec![LAUNCHER_PATH, "unit", "--config", CONFIG_PATH];
+    let cred_arg = format!("{FEK_CREDENTIAL}={FEK_PATH}");
+    if spec.fek == Fek::Credential {
+        let py = format!(
+            "import base64, hashlib, os\n\
+             key = base64.urlsafe_b64encode(os.urandom(32))\n\
+             os.umask(0o077)\n\
+             fd = os.open({FEK_PATH:?}, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)\n\
+             os.write(fd, key + b'\\n')\n\
+             os.close(fd)\n\
+             print(hashlib.sha256(key).hexdigest())\n"
+        );
+        let sha = c.exec_ok(&["/usr/bin/python3", "-c", &py]);
+        fek_sha256 = Some(sha.trim().to_owned());
+        unit_args.extend(["--credential", &cred_arg]);
+    }
+
+    // The unit, as rendered (no --hardening: the shipped list).
+    let unit = c.exec_ok(&unit_args);
+    c.write_file(UNIT_PATH, unit.as_bytes(), 0o644);
+    c.exec_ok(&["systemctl", "daemon-reload"]);
+    eprintln!(
+        "[bitpoll] installed in {:.3}s: unit {UNIT_PATH} ({} lines)",
+        t.elapsed().as_secs_f64(),
+        unit.lines().count()
+    );
+    Bitpoll {
+        c,
+        spec,
+        fek_sha256,
+    }
+}
+
+impl Bitpoll {
+    /// Writes a drop-in for the unit and reloads systemd.
+    pub fn drop_in(&self, name: &str, text: &str) {
+        self.c
+            .write_file(&format!("{DROPIN_DIR}/{name}"), text.as_bytes(), 0o644);
+        self.c.exec_ok(&["systemctl", "daemon-reload"]);
+    }
+
+    /// Replaces the launcher's configuration file.
+    pub fn write_config(&self, text: &str) {
+        self.c.write_file(CONFIG_PATH, text.as_bytes(), 0o644);
+    }
+
+    /// `systemctl start bitpoll` with a timeout; returns (output, time taken).
+    pub fn start(&self, timeout: Duration) -> (std::process::Output, Duration) {
+        let t = Instant::now();
+        let out = self
+            .c
+            .exec_with_timeout(&["systemctl", "start", UNIT], timeout);
+        (out, t.elapsed())
+    }
+
+    /// Starts the unit and panics with its status and journal if that fails.
+    pub fn start_ok(&self) -> Duration {
+        let (out, took) = self.start(Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "systemctl start {UNIT} failed ({}): {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.c.diagnose(UNIT)
+        );
+        took
+    }
+
+    pub fn show(&self, props: &[&str]) -> HashMap<String, String> {
+        self.c.show(UNIT, props)
+    }
+
+    pub fn main_pid(&self) -> u32 {
+        let pid: u32 = self.show(&["MainPID"])["MainPID"]
+            .parse()
+            .expect("MainPID is a number");
+        assert_ne!(pid, 0, "no MainPID:\n{}", self.c.diagnose(UNIT));
+        pid
+    }
+
+    /// GET `path` from the server inside the container: (HTTP status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let out = self.c.exec_with_timeout(
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                &format!("{SERVER_URL}{path}"),
+            ],
+            Duration::from_secs(30),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        let code = code.trim().parse().unwrap_or(0);
+        assert!(
+            out.status.success(),
+            "curl {path} failed ({}): {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.c.diagnose(UNIT)
+        );
+        (code, body.to_owned())
+    }
+
+    /// The launcher's own journal records of the unit.
+    pub fn launcher_records(&self) -> Vec<JsonRecord> {
+        self.c
+            .journal_json(UNIT)
+            .into_iter()
+            .filter(|r| r.is("SYSLOG_IDENTIFIER", IDENT))
+            .collect()
+    }
+
+    /// `/proc/PID/status` of a process inside, as a map.
+    pub fn proc_status(&self, pid: u32) -> HashMap<String, String> {
+        self.c
+            .exec_ok(&["cat", &format!("/proc/{pid}/status")])
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect()
+    }
+
+    /// Runs `argv` inside as the service user (`setpriv`, no capabilities); returns the
+    /// output.
+    pub fn as_service_user(&self, argv: &[&str]) -> std::process::Output {
+        let mut full = vec![
+            "setpriv",
+            "--reuid",
+            USER,
+            "--regid",
+            USER,
+            "--init-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ];
+        full.extend_from_slice(argv);
+        self.c.exec(&full)
+    }
+
+    /// Waits until `pred` holds for the unit's properties; returns them.
+    pub fn wait_for_state(
+        &self,
+        props: &[&str],
+        timeout: Duration,
+        pred: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> HashMap<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.show(props);
+            if pred(&p) {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "unit state did not match within {timeout:?}: {p:?}\n{}",
+                self.c.diagnose(UNIT)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The text of `out`'s stdout and stderr.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1,0 +1,1279 @@
+//! End-to-end tests of `bitpoll-launcher run`: the real binary, run as root, creating a
+//! real service user, preparing and serving the demo Django app (tests/demo-app) from the
+//! venv made by tests/setup-venv.sh, with a NOTIFY_SOCKET the test listens on.
+//!
+//! They need root and run one at a time (each test takes a global lock; useradd is not
+//! safe to run concurrently):
+//!
+//!     cargo test --test e2e -- --test-threads=1
+//!
+//! Every test removes the users, groups, processes and files it made, also when it fails.
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+
+use util::{
+    Ids, Launch, NO_CAPS, NotifyKind, TestEnv, children_of, fernet_key, file_secret, getent,
+    holds_socket, listening_socket_inode, owner_mode, proc_cmdline, proc_environ_names,
+    proc_status, processes_in_group, processes_of_uid, sha256_hex, status_fields, toml_str,
+    write_file,
+};
+
+/// Time from launch to READY=1: Django starts in well under a second here, but the first
+/// start after the venv was built compiles bytecode.
+const READY: Duration = Duration::from_secs(60);
+/// Time for a launch that is expected to fail before preparation.
+const FAIL_FAST: Duration = Duration::from_secs(30);
+const STEPS: [&str; 3] = ["migrate", "collectstatic", "compilemessages"];
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The first id of the login.defs range for regular accounts (system ones are below).
+fn login_defs_min(key: &str) -> u32 {
+    fs::read_to_string("/etc/login.defs")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(key))
+                    .then(|| f.next().and_then(|v| v.parse().ok()))
+                    .flatten()
+            })
+        })
+        .unwrap_or(1000)
+}
+
+/// /proc/PID/status shows a process that runs as the service user and can never regain
+/// privilege. `bounding`: also require an empty bounding set (only a root launcher can
+/// empty it).
+fn assert_unprivileged(pid: u32, ids: &Ids, bounding: bool, what: &str) {
+    let st = proc_status(pid);
+    let uid = ids.uid.to_string();
+    let gid = ids.gid.to_string();
+    assert_eq!(
+        status_fields(&st, "Uid"),
+        vec![uid.as_str(); 4],
+        "{what} (pid {pid}): Uid real/effective/saved/fs"
+    );
+    assert_eq!(
+        status_fields(&st, "Gid"),
+        vec![gid.as_str(); 4],
+        "{what} (pid {pid}): Gid real/effective/saved/fs"
+    );
+    let mut groups: Vec<u32> = status_fields(&st, "Groups")
+        .iter()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort_unstable();
+    assert_eq!(
+        groups, ids.groups,
+        "{what} (pid {pid}): supplementary groups are the user's"
+    );
+    let mut sets = vec!["CapInh", "CapPrm", "CapEff", "CapAmb"];
+    if bounding {
+        sets.push("CapBnd");
+    }
+    for set in sets {
+        assert_eq!(st[set], NO_CAPS, "{what} (pid {pid}): {set}");
+    }
+    assert_eq!(st["NoNewPrivs"], "1", "{what} (pid {pid}): NoNewPrivs");
+}
+
+/// Every file and directory below `dir` (and `dir` itself) is owned by `uid`.
+fn assert_tree_owned_by(dir: &Path, uid: u32) {
+    let m = fs::symlink_metadata(dir).unwrap();
+    assert_eq!(
+        m.uid(),
+        uid,
+        "{} is owned by uid {}",
+        dir.display(),
+        m.uid()
+    );
+    if m.is_dir() {
+        for e in fs::read_dir(dir).unwrap() {
+            assert_tree_owned_by(&e.unwrap().path(), uid);
+        }
+    }
+}
+
+fn statuses(env: &TestEnv) -> Vec<String> {
+    env.notifications
+        .iter()
+        .filter_map(|n| n.get("STATUS").map(str::to_string))
+        .collect()
+}
+
+fn set_mtime(path: &Path, t: SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(t))
+        .unwrap_or_else(|e| panic!("set mtime of {}: {e}", path.display()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Happy path and invariants
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn serves_the_demo_app_as_the_service_user_without_privileges() {
+    let mut env = TestEnv::new("serves");
+    assert!(!env.user_exists());
+    let pid = env.launch();
+    let ready = env.wait_ready(READY);
+    let ids = env.ids().expect("the launcher created the service user");
+
+    // exec kept the PID: the process that said READY=1 is the one we started, now gunicorn,
+    // and it speaks as the service user.
+    assert_eq!(ready.pid, pid as i32, "READY=1 sender");
+    assert_eq!(ready.uid, ids.uid, "READY=1 was sent as the service user");
+    let cmdline = String::from_utf8_lossy(&proc_cmdline(pid)).replace('\0', " ");
+    assert!(
+        cmdline.contains("gunicorn"),
+        "pid {pid} is not gunicorn: {cmdline}"
+    );
+    let inode = listening_socket_inode(env.port).expect("nothing listens on the port");
+    assert!(
+        holds_socket(pid, inode),
+        "the launched pid {pid} does not hold the listening socket"
+    );
+
+    let home = env.http_get("/");
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(
+        home.body.contains("Willkommen"),
+        "German translation missing (compilemessages?): {}",
+        home.body
+    );
+    let health = env.http_get("/healthz");
+    assert_eq!((health.status, health.body.trim()), (200, "ok"));
+
+    let who = env.whoami();
+    assert_eq!(who.get("uid").as_u32(), ids.uid);
+    assert_eq!(who.get("gid").as_u32(), ids.gid);
+    let mut groups: Vec<u32> = who
+        .get("groups")
+        .as_array()
+        .iter()
+        .map(|g| g.as_u32())
+        .collect();
+    groups.sort_unstable();
+    assert_eq!(groups, ids.groups);
+    let worker = who.get("pid").as_u32();
+    assert_eq!(
+        who.get("ppid").as_u32(),
+        pid,
+        "the worker is a child of the launched pid"
+    );
+    assert_ne!(worker, pid);
+    assert_unprivileged(pid, &ids, true, "gunicorn master");
+    assert_unprivileged(worker, &ids, true, "gunicorn worker");
+
+    // The data directory tree.
+    let (u, g) = (ids.uid, ids.gid);
+    assert_eq!(owner_mode(&env.data), (u, g, 0o750), "data dir");
+    for d in ["static", "media", "state"] {
+        assert_eq!(owner_mode(&env.data.join(d)), (u, g, 0o750), "{d}/");
+    }
+    assert_eq!(
+        owner_mode(&env.data.join("secrets")),
+        (u, g, 0o700),
+        "secrets/"
+    );
+    for s in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        assert_eq!(
+            owner_mode(&env.data.join("secrets").join(s)),
+            (u, g, 0o600),
+            "secrets/{s}"
+        );
+    }
+    let db = env.data.join("db.sqlite3");
+    assert_eq!(
+        fs::metadata(&db)
+            .map(|m| (m.uid(), m.gid()))
+            .expect("db.sqlite3"),
+        (u, g),
+        "db.sqlite3"
+    );
+    assert!(
+        env.data.join("static/staticfiles.json").is_file(),
+        "collectstatic wrote no manifest"
+    );
+    assert_tree_owned_by(&env.data.join("static"), u);
+    for step in STEPS {
+        assert_eq!(owner_mode(&env.stamp(step)), (u, g, 0o600), "{step} stamp");
+    }
+    let mo = env.app.join("locale/de_DE/LC_MESSAGES/django.mo");
+    assert_eq!(
+        fs::metadata(&mo).expect("django.mo").uid(),
+        u,
+        "compilemessages did not run as the service user"
+    );
+
+    // A system account, home = data_dir, no login shell.
+    let pw = getent("passwd", &env.user).expect("getent passwd");
+    assert_eq!(pw[2].parse::<u32>().unwrap(), u);
+    assert!(u < login_defs_min("UID_MIN"), "uid {u} is not a system uid");
+    assert_eq!(pw[5], env.data.display().to_string(), "home");
+    assert!(
+        pw[6].ends_with("/nologin") || pw[6] == "/bin/false",
+        "login shell {}",
+        pw[6]
+    );
+    let gr = getent("group", env.group()).expect("getent group");
+    assert_eq!(gr[2].parse::<u32>().unwrap(), g);
+    assert!(g < login_defs_min("GID_MIN"), "gid {g} is not a system gid");
+
+    assert_eq!(
+        env.stop(),
+        0,
+        "gunicorn stops cleanly on SIGTERM\n{}",
+        env.log_context()
+    );
+}
+
+#[test]
+fn notify_reports_status_for_every_phase() {
+    let mut env = TestEnv::new("notify");
+    let pid = env.launch();
+    let ready = env.wait_ready(READY);
+    let ids = env.ids().unwrap();
+    let all = env.notifications.clone();
+    let position = |prefix: &str| {
+        all.iter()
+            .position(|n| n.get("STATUS").is_some_and(|s| s.starts_with(prefix)))
+            .unwrap_or_else(|| panic!("no STATUS={prefix}...; got {:?}", statuses(&env)))
+    };
+    let phases = [
+        "Reading configuration",
+        "Checking the service account",
+        "Preparing the data directory",
+        "Loading secrets",
+        "Preparing the app",
+        "Preparing: migrate",
+        "Preparing: collectstatic",
+        "Preparing: compilemessages",
+        "Dropping privileges",
+        "Starting the server",
+    ];
+    let at: Vec<usize> = phases.iter().map(|p| position(p)).collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "phases out of order: {:?}",
+        statuses(&env)
+    );
+
+    let extend: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            n.get("EXTEND_TIMEOUT_USEC")
+                .is_some_and(|v| v.parse::<u64>().is_ok_and(|us| us > 0))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !extend.is_empty(),
+        "no EXTEND_TIMEOUT_USEC during preparation: {all:?}"
+    );
+    let (prep, drop) = (
+        position("Preparing the app"),
+        position("Dropping privileges"),
+    );
+    assert!(
+        extend.iter().all(|i| (prep..drop).contains(i)),
+        "EXTEND_TIMEOUT_USEC outside preparation: {all:?}"
+    );
+
+    // READY=1 comes from gunicorn: after the exec, from the same PID, as the service user;
+    // the launcher's own messages before the drop were sent as root.
+    let ready_at = all
+        .iter()
+        .position(|n| n.text.lines().any(|l| l == "READY=1"))
+        .unwrap();
+    assert!(
+        ready_at > position("Starting the server"),
+        "READY=1 before the server started: {all:?}"
+    );
+    assert_eq!(ready.pid, pid as i32);
+    assert_eq!(
+        ready.uid, ids.uid,
+        "READY=1 was not sent by the unprivileged server"
+    );
+    assert_eq!(
+        all[position("Reading configuration")].uid,
+        0,
+        "the launcher starts as root"
+    );
+    assert!(
+        all.iter().all(|n| n.pid == pid as i32),
+        "a notification from another PID: {all:?}"
+    );
+    env.stop();
+}
+
+#[test]
+fn abstract_notify_socket_works() {
+    let mut env = TestEnv::new("abstract");
+    let pid = env.launch_with(Launch::default().notify(NotifyKind::Abstract));
+    let ready = env.wait_ready(READY);
+    assert_eq!(ready.pid, pid as i32);
+    assert!(
+        statuses(&env).iter().any(|s| s == "Reading configuration"),
+        "{:?}",
+        statuses(&env)
+    );
+    assert!(
+        env.notifications
+            .iter()
+            .any(|n| n.get("EXTEND_TIMEOUT_USEC").is_some())
+    );
+    assert_eq!(env.http_get("/healthz").status, 200);
+    env.stop();
+}
+
+#[test]
+fn second_start_skips_preparation_and_keeps_the_secret() {
+    let mut env = TestEnv::new("second_start");
+    env.config.set_str(
+        "environment",
+        "DEMO_REPORT_ENV",
+        "BITPOLL_SECRET_KEY,BITPOLL_FIELD_ENCRYPTION_KEY",
+    );
+    env.launch();
+    env.wait_ready(READY);
+    let first_log = env.stderr();
+    for step in STEPS {
+        assert!(
+            first_log.contains(&format!("step {step} runs")),
+            "{step} did not run first\n{first_log}"
+        );
+    }
+    let who1 = env.whoami();
+    let secrets = env.data.join("secrets");
+    let key1 = fs::read(secrets.join("BITPOLL_SECRET_KEY")).unwrap();
+    let fek1 = fs::read(secrets.join("BITPOLL_FIELD_ENCRYPTION_KEY")).unwrap();
+    assert_eq!(
+        who1.env_sha256("BITPOLL_SECRET_KEY").as_deref(),
+        Some(sha256_hex(&key1).as_str()),
+        "the app's SECRET_KEY is the generated file's content"
+    );
+    env.stop();
+
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    for step in STEPS {
+        assert!(
+            log.contains(&format!("step {step} skipped")),
+            "{step} was not skipped\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("preparation started"),
+        "a preparation process ran\n{log}"
+    );
+    assert!(log.contains("generated earlier, kept in"), "{log}");
+    let key2 = fs::read(secrets.join("BITPOLL_SECRET_KEY")).unwrap();
+    let fek2 = fs::read(secrets.join("BITPOLL_FIELD_ENCRYPTION_KEY")).unwrap();
+    assert!(
+        key1 == key2,
+        "BITPOLL_SECRET_KEY file changed between starts"
+    );
+    assert!(
+        fek1 == fek2,
+        "BITPOLL_FIELD_ENCRYPTION_KEY file changed between starts"
+    );
+    let who2 = env.whoami();
+    for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        assert!(who2.env_sha256(name).is_some(), "{name} not set in the app");
+        assert_eq!(
+            who1.env_sha256(name),
+            who2.env_sha256(name),
+            "the app saw another {name}"
+        );
+    }
+    assert_eq!(env.http_get("/").status, 200);
+    env.stop();
+}
+
+#[test]
+fn changed_source_or_environment_reruns_preparation() {
+    let mut env = TestEnv::new("reruns");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+
+    // A changed source file (its mtime) re-runs every step.
+    set_mtime(
+        &env.app.join("bitpoll/poll/views.py"),
+        SystemTime::now() - Duration::from_secs(3600),
+    );
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    for step in STEPS {
+        assert!(
+            log.contains(&format!(
+                "step {step} runs: the app, interpreter, settings or environment changed"
+            )),
+            "{step} did not re-run after a source change\n{log}"
+        );
+    }
+    env.stop();
+
+    // A changed [environment] value re-runs every step.
+    env.config
+        .set_str("environment", "BITPOLL_SITE_NAME", "Changed Bitpoll");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    for step in STEPS {
+        assert!(
+            log.contains(&format!(
+                "step {step} runs: the app, interpreter, settings or environment changed"
+            )),
+            "{step} did not re-run after an environment change\n{log}"
+        );
+    }
+    env.stop();
+
+    // A deleted database re-runs migrate only.
+    fs::remove_file(env.data.join("db.sqlite3")).unwrap();
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    assert!(
+        log.contains("step migrate runs: its output changed"),
+        "migrate did not re-run for a new database\n{log}"
+    );
+    assert!(log.contains("step collectstatic skipped"), "{log}");
+    assert!(log.contains("step compilemessages skipped"), "{log}");
+    assert!(env.data.join("db.sqlite3").is_file());
+    assert_eq!(
+        env.http_get("/").status,
+        200,
+        "the recreated database is not migrated"
+    );
+    env.stop();
+}
+
+#[test]
+fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_output_tail() {
+    let mut env = TestEnv::new("failing_migration");
+    write_file(
+        &env.app.join("bitpoll/poll/migrations/0003_boom.py"),
+        b"from django.db import migrations\n\n\ndef boom(apps, schema_editor):\n    raise RuntimeError(\"boom\")\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"poll\", \"0002_demo_delay\")]\n    operations = [migrations.RunPython(boom, migrations.RunPython.noop)]\n",
+        0o644,
+    );
+    env.launch();
+    let stderr = env.expect_failure(
+        1,
+        &["preparation step migrate failed (exit status 3)"],
+        READY,
+    );
+    let error = &stderr[stderr.find("preparation step migrate failed").unwrap()..];
+    assert!(
+        error.contains("RuntimeError: boom"),
+        "the error lacks the output tail\n{stderr}"
+    );
+    for step in STEPS {
+        assert!(
+            !env.stamp(step).exists(),
+            "{step} stamp written although migrate failed"
+        );
+    }
+    assert!(!env.notifications.iter().any(|n| n.text.contains("READY=1")));
+    assert!(
+        listening_socket_inode(env.port).is_none(),
+        "a server was started"
+    );
+}
+
+#[test]
+fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
+    let mut env = TestEnv::new("sigterm");
+    env.config
+        .set_str("environment", "DEMO_MIGRATION_DELAY", "30");
+    let pid = env.launch();
+    env.wait_for_log("demo migration: step", READY);
+    let drivers = children_of(pid);
+    assert!(
+        !drivers.is_empty(),
+        "no preparation process under the launcher"
+    );
+    let uid = env.ids().unwrap().uid;
+
+    let sent = Instant::now();
+    env.signal(Signal::SIGTERM);
+    let code = env.wait_exit(Duration::from_secs(20));
+    let took = sent.elapsed();
+    assert_eq!(code, 143, "exit code after SIGTERM\n{}", env.log_context());
+    assert!(took < Duration::from_secs(6), "took {took:?} to stop");
+    assert!(
+        env.stderr()
+            .contains("stopped by signal 15 during preparation step migrate"),
+        "{}",
+        env.log_context()
+    );
+    assert!(
+        processes_in_group(pid as i32).is_empty(),
+        "processes of the launch remain: {:?}",
+        processes_in_group(pid as i32)
+    );
+    assert!(
+        processes_of_uid(uid).is_empty(),
+        "processes of the service user remain: {:?}",
+        processes_of_uid(uid)
+    );
+    for d in drivers {
+        assert!(
+            !Path::new(&format!("/proc/{d}")).exists(),
+            "preparation process {d} still exists"
+        );
+    }
+    assert!(
+        !env.stamp("migrate").exists(),
+        "migrate stamp written for an interrupted migration"
+    );
+    assert!(!env.stamp("collectstatic").exists());
+    assert!(
+        statuses(&env).iter().any(|s| s.starts_with("Stopping")),
+        "{:?}",
+        statuses(&env)
+    );
+
+    // The interrupted step runs again next time.
+    env.config.remove("environment", "DEMO_MIGRATION_DELAY");
+    env.launch();
+    env.wait_ready(READY);
+    assert!(
+        env.stderr().contains("step migrate runs"),
+        "{}",
+        env.log_context()
+    );
+    env.stop();
+}
+
+#[test]
+fn a_silent_step_is_stopped_as_stalled() {
+    let mut env = TestEnv::new("stalled");
+    env.config.set("prepare", "stall_timeout_sec", "2");
+    env.config
+        .set_str("environment", "DEMO_MIGRATION_HANG", "30");
+    env.launch();
+    let stderr = env.expect_failure(
+        1,
+        &["made no progress", "stall_timeout_sec"],
+        Duration::from_secs(40),
+    );
+    assert!(
+        env.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        env.elapsed()
+    );
+    assert!(
+        stderr.contains("preparation step migrate made no progress"),
+        "{stderr}"
+    );
+    let uid = env.ids().unwrap().uid;
+    assert!(
+        processes_of_uid(uid).is_empty(),
+        "the stalled step still runs: {:?}",
+        processes_of_uid(uid)
+    );
+    assert!(!env.stamp("migrate").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input: each refused with its own message and exit code, nothing lost or changed
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn config_errors_are_all_reported_at_once_with_did_you_mean_and_nothing_is_created() {
+    let mut env = TestEnv::new("config_errors");
+    env.raw_config = Some(format!(
+        "[service]\nuser = {}\ndata_dir = {}\ncreate_usr = true\n\n[app]\npython = {}\nsource_dir = {}\n\n\
+         [prepare]\nmigrat = false\nstall_timeout_sec = 0\n\n[secrets]\nBITPOLL_SECRET_KEY = {{ generate = \"django-secret-key\" }}\n\n\
+         [server]\ncommand = [{}]\n",
+        toml_str(&env.user),
+        toml_str(&env.data.display().to_string()),
+        toml_str(util::PYTHON),
+        toml_str(&env.app.display().to_string()),
+        toml_str(util::GUNICORN),
+    ));
+    env.launch();
+    env.expect_failure(
+        2,
+        &[
+            "4 problems",
+            "service.create_usr: unknown key (did you mean `create_user`?)",
+            "prepare.migrat: unknown key (did you mean `migrate`?)",
+            "prepare.stall_timeout_sec: 0 is out of range",
+            "secrets.BITPOLL_FIELD_ENCRYPTION_KEY: is missing",
+        ],
+        FAIL_FAST,
+    );
+    env.assert_nothing_created();
+
+    env.raw_config = Some("[service\nuser = 1\n".into());
+    env.launch();
+    env.expect_failure(2, &["invalid TOML"], FAIL_FAST);
+    env.assert_nothing_created();
+
+    let missing = env.dir.join("no-such-config.toml");
+    env.launch_with(Launch::default().config(&missing));
+    env.expect_failure(2, &["cannot read config file", "no-such-config.toml"], FAIL_FAST);
+    env.assert_nothing_created();
+}
+
+#[test]
+fn a_missing_user_with_create_user_false_must_be_declared_ahead() {
+    let mut env = TestEnv::new("create_user_false");
+    env.config.set("service", "create_user", "false");
+    env.launch();
+    env.expect_failure(
+        3,
+        &[
+            "does not exist",
+            "must be declared ahead",
+            "users.users",
+            "sysusers",
+        ],
+        FAIL_FAST,
+    );
+    env.assert_nothing_created();
+}
+
+#[test]
+fn read_only_etc_explains_protect_system_and_how_to_declare_the_user() {
+    let mut env = TestEnv::new("readonly_etc");
+    env.launch_with(Launch::default().wrap(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind /etc /etc && mount -o remount,bind,ro /etc && exec \"$0\" \"$@\"",
+    ]));
+    env.expect_failure(
+        3,
+        &[
+            "/etc is read-only",
+            "ProtectSystem",
+            "sysusers",
+            "users.users",
+            "create_user = false",
+        ],
+        FAIL_FAST,
+    );
+    env.assert_nothing_created();
+}
+
+#[test]
+fn a_data_dir_owned_by_another_user_is_refused_and_left_alone() {
+    let mut env = TestEnv::new("foreign_data_dir");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let (nu, ng) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    fs::create_dir(&env.data).unwrap();
+    let precious = env.data.join("precious");
+    write_file(&precious, b"belongs to nobody\n", 0o640);
+    std::os::unix::fs::chown(&precious, Some(nu), Some(ng)).unwrap();
+    std::os::unix::fs::chown(&env.data, Some(nu), Some(ng)).unwrap();
+    fs::set_permissions(&env.data, fs::Permissions::from_mode(0o711)).unwrap();
+    let before = fs::metadata(&precious).unwrap();
+
+    env.launch();
+    env.expect_failure(3, &["owned by nobody", "refusing"], FAIL_FAST);
+    assert_eq!(
+        owner_mode(&env.data),
+        (nu, ng, 0o711),
+        "the data dir was changed"
+    );
+    let entries: Vec<_> = fs::read_dir(&env.data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        vec![std::ffi::OsString::from("precious")],
+        "the data dir's contents changed"
+    );
+    let after = fs::metadata(&precious).unwrap();
+    assert_eq!(owner_mode(&precious), (nu, ng, 0o640));
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (before.ino(), before.mtime(), before.mtime_nsec())
+    );
+    assert_eq!(fs::read(&precious).unwrap(), b"belongs to nobody\n");
+}
+
+#[test]
+fn a_symlink_planted_in_the_data_dir_is_refused_and_its_target_untouched() {
+    let mut env = TestEnv::new("symlinks");
+    let target_dir = env.dir.join("target-dir");
+    fs::create_dir(&target_dir).unwrap();
+    fs::set_permissions(&target_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    write_file(&target_dir.join("keep"), b"keep me\n", 0o644);
+    let target_file = env.dir.join("target-file");
+    write_file(&target_file, b"not a secret nor a database\n", 0o644);
+
+    // (what, link path relative to the data dir ("" = the data dir itself), target)
+    let cases: [(&str, &str, &Path); 6] = [
+        ("the data dir itself", "", &target_dir),
+        ("static/", "static", &target_dir),
+        ("secrets/", "secrets", &target_dir),
+        ("state/", "state", &target_dir),
+        (
+            "a generated secret file",
+            "secrets/BITPOLL_SECRET_KEY",
+            &target_file,
+        ),
+        ("the database file", "db.sqlite3", &target_file),
+    ];
+    for (what, link, target) in cases {
+        let _ = fs::remove_dir_all(&env.data);
+        let _ = fs::remove_file(&env.data);
+        let link_path = if link.is_empty() {
+            env.data.clone()
+        } else {
+            env.data.join(link)
+        };
+        if !link.is_empty() {
+            fs::create_dir_all(link_path.parent().unwrap()).unwrap();
+        }
+        std::os::unix::fs::symlink(target, &link_path).unwrap();
+        env.launch();
+        let stderr = env.expect_failure(3, &["symbolic link"], FAIL_FAST);
+        assert!(
+            stderr.contains(&link_path.display().to_string()),
+            "{what}: the error does not name {}\n{stderr}",
+            link_path.display()
+        );
+        assert_eq!(
+            owner_mode(&target_dir),
+            (0, 0, 0o755),
+            "{what}: the link target dir was changed"
+        );
+        let names: Vec<_> = fs::read_dir(&target_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("keep")],
+            "{what}: something was written through the link"
+        );
+        assert_eq!(
+            owner_mode(&target_dir.join("keep")),
+            (0, 0, 0o644),
+            "{what}"
+        );
+        assert_eq!(
+            owner_mode(&target_file),
+            (0, 0, 0o644),
+            "{what}: the link target file was changed"
+        );
+        assert_eq!(
+            fs::read(&target_file).unwrap(),
+            b"not a secret nor a database\n",
+            "{what}"
+        );
+        assert!(
+            fs::symlink_metadata(&link_path)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{what}: the link was replaced"
+        );
+    }
+}
+
+#[test]
+fn secret_files_with_problems_are_refused_without_showing_their_content() {
+    enum Content {
+        Bytes(Vec<u8>, u32),
+        Directory,
+        Missing,
+    }
+    let marker = |case: &str| format!("S3CRET-MARKER-{case}-x9q");
+    let cases: Vec<(&str, Content, &str)> = vec![
+        (
+            "world_readable",
+            Content::Bytes(marker("world_readable").into_bytes(), 0o644),
+            "is readable by every user",
+        ),
+        (
+            "world_writable",
+            Content::Bytes(marker("world_writable").into_bytes(), 0o602),
+            "is writable by every user",
+        ),
+        ("empty", Content::Bytes(Vec::new(), 0o600), "is empty"),
+        (
+            "only_a_newline",
+            Content::Bytes(b"\n".to_vec(), 0o600),
+            "is empty",
+        ),
+        (
+            "too_large",
+            Content::Bytes(
+                marker("too_large").repeat(64 * 1024 / 20 + 10).into_bytes(),
+                0o600,
+            ),
+            "is larger than 65536 bytes",
+        ),
+        (
+            "not_utf8",
+            Content::Bytes(
+                [b"\xff\xfe".as_slice(), marker("not_utf8").as_bytes()].concat(),
+                0o600,
+            ),
+            "is not valid UTF-8",
+        ),
+        (
+            "nul_byte",
+            Content::Bytes(
+                [marker("nul_byte").as_bytes(), b"\0", b"tail"].concat(),
+                0o600,
+            ),
+            "contains a NUL byte",
+        ),
+        (
+            "known_sample",
+            Content::Bytes(
+                b"this+is+an+example+key+please+generate+one+=\n".to_vec(),
+                0o600,
+            ),
+            "is a publicly known sample value",
+        ),
+        ("directory", Content::Directory, "is not a regular file"),
+        ("missing", Content::Missing, "does not exist"),
+    ];
+    let mut env = TestEnv::new("secret_files");
+    let keys = env.dir.join("keys");
+    fs::create_dir(&keys).unwrap();
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
+    let path = keys.join("fek");
+    env.config.set(
+        "secrets",
+        "BITPOLL_FIELD_ENCRYPTION_KEY",
+        &file_secret(&path),
+    );
+    for (case, content, want) in cases {
+        let _ = fs::remove_file(&path);
+        let _ = fs::remove_dir(&path);
+        match &content {
+            Content::Bytes(bytes, mode) => write_file(&path, bytes, *mode),
+            Content::Directory => {
+                fs::create_dir(&path).unwrap();
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+            }
+            Content::Missing => {}
+        }
+        env.launch();
+        let code = env.wait_exit(FAIL_FAST);
+        let stderr = env.stderr();
+        assert_eq!(code, 3, "{case}: exit code\n{stderr}");
+        assert!(
+            stderr.contains(want),
+            "{case}: stderr lacks {want:?}\n{stderr}"
+        );
+        assert!(
+            stderr.contains("BITPOLL_FIELD_ENCRYPTION_KEY"),
+            "{case}: the secret is not named\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "{case}: the path is not named\n{stderr}"
+        );
+        let out = env.output_bytes();
+        assert!(
+            !contains(&out, b"S3CRET-MARKER"),
+            "{case}: the file's content appeared in the output"
+        );
+        assert!(
+            !contains(&out, b"this+is+an+example+key"),
+            "{case}: the sample key appeared in the output"
+        );
+        // Nothing was done to the file.
+        if let Content::Bytes(bytes, mode) = &content {
+            assert_eq!(
+                owner_mode(&path),
+                (0, 0, *mode),
+                "{case}: the file's owner or mode changed"
+            );
+            assert!(
+                fs::read(&path).unwrap() == *bytes,
+                "{case}: the file's content changed"
+            );
+        }
+        assert!(
+            !env.data
+                .join("secrets/BITPOLL_FIELD_ENCRYPTION_KEY")
+                .exists(),
+            "{case}: a key was generated instead"
+        );
+        assert!(!env.stamp("migrate").exists(), "{case}: preparation ran");
+    }
+}
+
+#[test]
+fn one_trailing_newline_is_stripped_from_a_file_secret() {
+    let mut env = TestEnv::new("newline");
+    let keys = env.dir.join("keys");
+    let fek = fernet_key();
+    write_file(&keys.join("fek"), format!("{fek}\n").as_bytes(), 0o600);
+    write_file(&keys.join("one"), b"file-secret-one\n", 0o600);
+    write_file(&keys.join("two"), b"file-secret-two\n\n", 0o640);
+    env.config
+        .set(
+            "secrets",
+            "BITPOLL_FIELD_ENCRYPTION_KEY",
+            &file_secret(&keys.join("fek")),
+        )
+        .set(
+            "secrets",
+            "DEMO_FILE_SECRET",
+            &file_secret(&keys.join("one")),
+        )
+        .set(
+            "secrets",
+            "DEMO_FILE_SECRET_TWO",
+            &file_secret(&keys.join("two")),
+        )
+        .set_str(
+            "environment",
+            "DEMO_REPORT_ENV",
+            "BITPOLL_FIELD_ENCRYPTION_KEY,DEMO_FILE_SECRET,DEMO_FILE_SECRET_TWO",
+        );
+    env.launch();
+    env.wait_ready(READY);
+    let who = env.whoami();
+    assert_eq!(
+        who.env_sha256("BITPOLL_FIELD_ENCRYPTION_KEY"),
+        Some(sha256_hex(fek.as_bytes()))
+    );
+    assert_eq!(
+        who.env_sha256("DEMO_FILE_SECRET"),
+        Some(sha256_hex(b"file-secret-one")),
+        "the newline was not stripped"
+    );
+    assert_eq!(
+        who.env_sha256("DEMO_FILE_SECRET_TWO"),
+        Some(sha256_hex(b"file-secret-two\n")),
+        "only one newline is stripped"
+    );
+    assert!(
+        !env.data
+            .join("secrets/BITPOLL_FIELD_ENCRYPTION_KEY")
+            .exists(),
+        "a file-sourced secret was copied into the data dir"
+    );
+    env.stop();
+}
+
+#[test]
+fn a_credential_is_read_from_credentials_directory() {
+    let mut env = TestEnv::new("credential");
+    let creds = env.dir.join("credentials");
+    fs::create_dir(&creds).unwrap();
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o500)).unwrap();
+    write_file(&creds.join("democred"), b"credential-value\n", 0o400);
+    env.config
+        .set(
+            "secrets",
+            "DEMO_CREDENTIAL",
+            r#"{ credential = "democred" }"#,
+        )
+        .set_str(
+            "environment",
+            "DEMO_REPORT_ENV",
+            "DEMO_CREDENTIAL,CREDENTIALS_DIRECTORY",
+        );
+    env.launch_with(Launch::default().env("CREDENTIALS_DIRECTORY", &creds.display().to_string()));
+    env.wait_ready(READY);
+    let who = env.whoami();
+    assert_eq!(
+        who.env_sha256("DEMO_CREDENTIAL"),
+        Some(sha256_hex(b"credential-value"))
+    );
+    assert_eq!(
+        who.env_sha256("CREDENTIALS_DIRECTORY"),
+        None,
+        "CREDENTIALS_DIRECTORY reached the server"
+    );
+    assert!(env.stderr().contains("credential"), "{}", env.log_context());
+    env.stop();
+}
+
+#[test]
+fn a_credential_without_credentials_directory_is_refused_with_the_load_credential_hint() {
+    let mut env = TestEnv::new("credential_unset");
+    env.config.set(
+        "secrets",
+        "DEMO_CREDENTIAL",
+        r#"{ credential = "democred" }"#,
+    );
+    env.launch();
+    env.expect_failure(
+        3,
+        &[
+            "DEMO_CREDENTIAL",
+            "CREDENTIALS_DIRECTORY is not set",
+            "LoadCredential=democred:",
+        ],
+        FAIL_FAST,
+    );
+    assert!(!env.stamp("migrate").exists());
+}
+
+#[test]
+fn fernet_key_is_not_generated_when_a_database_exists() {
+    let mut env = TestEnv::new("fernet_guard");
+    let key_file = env.dir.join("keys/fek");
+    write_file(&key_file, fernet_key().as_bytes(), 0o600);
+    env.config.set(
+        "secrets",
+        "BITPOLL_FIELD_ENCRYPTION_KEY",
+        &file_secret(&key_file),
+    );
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+
+    let db = env.data.join("db.sqlite3");
+    let snapshot = |db: &Path| {
+        let m = fs::metadata(db).expect("db.sqlite3");
+        (
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            sha256_hex(&fs::read(db).unwrap()),
+        )
+    };
+    let before = snapshot(&db);
+    let generated = env.data.join("secrets/BITPOLL_FIELD_ENCRYPTION_KEY");
+
+    env.config.set(
+        "secrets",
+        "BITPOLL_FIELD_ENCRYPTION_KEY",
+        r#"{ generate = "fernet-key" }"#,
+    );
+    env.launch();
+    env.expect_failure(
+        3,
+        &[
+            "refusing to generate a new Fernet key because the database already exists",
+            "unreadable",
+        ],
+        FAIL_FAST,
+    );
+    assert_eq!(snapshot(&db), before, "the database was touched");
+    assert!(!generated.exists(), "a Fernet key was generated anyway");
+
+    // Also without the migrate stamp: the database file alone is evidence.
+    fs::remove_file(env.stamp("migrate")).unwrap();
+    env.launch();
+    env.expect_failure(
+        3,
+        &["refusing to generate a new Fernet key", "db.sqlite3 exists"],
+        FAIL_FAST,
+    );
+    assert_eq!(snapshot(&db), before, "the database was touched");
+    assert!(!generated.exists(), "a Fernet key was generated anyway");
+}
+
+#[test]
+fn not_root_mode_verifies_skips_root_work_and_serves() {
+    let mut env = TestEnv::new("not_root");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let ids = env.ids().unwrap();
+
+    // A changed environment makes the unprivileged launcher run the steps itself.
+    env.config
+        .set_str("environment", "BITPOLL_SITE_NAME", "Unprivileged");
+    let pid = env.launch_with(Launch::default().wrap(&[
+        "setpriv".to_string(),
+        format!("--reuid={}", ids.uid),
+        format!("--regid={}", ids.gid),
+        "--init-groups".to_string(),
+        "--".to_string(),
+    ]));
+    let ready = env.wait_ready(READY);
+    assert_eq!((ready.pid, ready.uid), (pid as i32, ids.uid));
+    let log = env.stderr();
+    assert!(log.contains("not running as root"), "{log}");
+    assert!(log.contains("step migrate runs"), "{log}");
+    assert!(!log.contains("created system"), "{log}");
+    assert_eq!(env.http_get("/healthz").status, 200);
+    // The bounding set cannot be emptied without CAP_SETPCAP; everything else must be.
+    assert_unprivileged(pid, &ids, false, "unprivileged launch");
+    for step in STEPS {
+        assert_eq!(owner_mode(&env.stamp(step)).0, ids.uid, "{step} stamp");
+    }
+    env.stop();
+}
+
+#[test]
+fn secrets_never_appear_in_argv_or_logs() {
+    let mut env = TestEnv::new("no_leaks");
+    let keys = env.dir.join("keys");
+    write_file(&keys.join("file"), b"file-secret-value-Zq81\n", 0o600);
+    env.config
+        .set(
+            "secrets",
+            "DEMO_FILE_SECRET",
+            &file_secret(&keys.join("file")),
+        )
+        .set_str("environment", "DEMO_MIGRATION_DELAY", "2");
+    let pid = env.launch_with(Launch::default().env("BITPOLL_LAUNCHER_LOG", "trace"));
+    env.wait_for_log("demo migration: step", READY);
+    let mut cmdlines = vec![proc_cmdline(pid)];
+    let drivers = children_of(pid);
+    assert!(!drivers.is_empty(), "no preparation process");
+    cmdlines.extend(drivers.iter().map(|p| proc_cmdline(*p)));
+    env.wait_ready(READY);
+    cmdlines.push(proc_cmdline(pid));
+    cmdlines.extend(children_of(pid).into_iter().map(proc_cmdline));
+    env.stop();
+
+    let mut secrets = vec![b"file-secret-value-Zq81".to_vec()];
+    for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        secrets.push(fs::read(env.data.join("secrets").join(name)).unwrap());
+    }
+    let output = env.output_bytes();
+    assert!(
+        output.len() > 1000,
+        "suspiciously little output at trace level"
+    );
+    let stamps: Vec<Vec<u8>> = STEPS
+        .iter()
+        .map(|s| fs::read(env.stamp(s)).unwrap())
+        .collect();
+    for (i, secret) in secrets.iter().enumerate() {
+        assert!(secret.len() >= 16);
+        assert!(
+            !contains(&output, secret),
+            "secret #{i} appeared in the launcher's output"
+        );
+        for c in &cmdlines {
+            assert!(
+                !contains(c, secret),
+                "secret #{i} appeared in a command line"
+            );
+        }
+        for s in &stamps {
+            assert!(!contains(s, secret), "secret #{i} appeared in a stamp");
+        }
+    }
+}
+
+#[test]
+fn server_environment_is_built_from_scratch() {
+    let mut env = TestEnv::new("clean_env");
+    let leaks = [
+        "FOO_LEAK",
+        "PYTHONSTARTUP",
+        "LD_LIBRARY_PATH",
+        "SUDO_USER",
+        "CREDENTIALS_DIRECTORY",
+    ];
+    env.config
+        .set_str(
+            "environment",
+            "DEMO_REPORT_ENV",
+            "FOO_LEAK,PYTHONSTARTUP,LD_LIBRARY_PATH,SUDO_USER,CREDENTIALS_DIRECTORY,BITPOLL_DATA_DIR,PYTHONPATH,HOME",
+        )
+        .set_str("environment", "DEMO_MIGRATION_DELAY", "2");
+    let pid = env.launch_with(
+        Launch::default()
+            .env("FOO_LEAK", "1")
+            .env("PYTHONSTARTUP", "/nonexistent/pythonrc")
+            .env("LD_LIBRARY_PATH", "/nonexistent/lib")
+            .env("SUDO_USER", "admin")
+            .env("CREDENTIALS_DIRECTORY", "/nonexistent/credentials")
+            .env("PYTHONPATH", "/nonexistent/pythonpath")
+            .env("BITPOLL_DATA_DIR", "/nonexistent/data"),
+    );
+    env.wait_for_log("demo migration: step", READY);
+    let drivers = children_of(pid);
+    assert!(!drivers.is_empty(), "no preparation process");
+    for d in &drivers {
+        let names = proc_environ_names(*d);
+        for bad in leaks.iter().chain(&["NOTIFY_SOCKET"]) {
+            assert!(
+                !names.iter().any(|n| n == bad),
+                "{bad} reached the preparation process: {names:?}"
+            );
+        }
+    }
+    env.wait_ready(READY);
+
+    let who = env.whoami();
+    for name in leaks {
+        assert_eq!(who.env_sha256(name), None, "{name} reached the app");
+    }
+    assert_eq!(
+        who.env_sha256("BITPOLL_DATA_DIR"),
+        Some(sha256_hex(env.data.display().to_string().as_bytes()))
+    );
+    assert_eq!(
+        who.env_sha256("PYTHONPATH"),
+        Some(sha256_hex(env.app.display().to_string().as_bytes()))
+    );
+    assert_eq!(
+        who.env_sha256("HOME"),
+        Some(sha256_hex(env.data.display().to_string().as_bytes()))
+    );
+
+    // The environment the server was exec'd with, as the kernel recorded it.
+    let names = proc_environ_names(pid);
+    let required = [
+        "PATH",
+        "LANG",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "PYTHONPATH",
+        "DJANGO_SETTINGS_MODULE",
+        "PYTHONUNBUFFERED",
+        "BITPOLL_DATA_DIR",
+        "BITPOLL_DB_ENGINE",
+        "BITPOLL_DB_PATH",
+        "BITPOLL_SECRET_KEY",
+        "BITPOLL_FIELD_ENCRYPTION_KEY",
+        "BITPOLL_ALLOWED_HOSTS",
+        "DEMO_REPORT_ENV",
+        "DEMO_MIGRATION_DELAY",
+        "NOTIFY_SOCKET",
+    ];
+    for r in required {
+        assert!(
+            names.iter().any(|n| n == r),
+            "{r} missing from the server's environment: {names:?}"
+        );
+    }
+    let unexpected: Vec<&String> = names
+        .iter()
+        .filter(|n| !required.contains(&n.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected variables in the server's environment: {unexpected:?}"
+    );
+    env.stop();
+}

@@ -1,0 +1,1280 @@
+//! Helpers for the end-to-end tests in tests/e2e.rs.
+//!
+//! [`TestEnv`] gives each test a fresh directory under /tmp with a copy of the demo app, a
+//! service user name nobody else uses, a free port, a config builder, and a way to run the
+//! launcher for real (as root, with a cleared environment and a NOTIFY_SOCKET the test
+//! listens on). Dropping it stops every process the test started and removes the user, the
+//! group and the directory, also when an assertion failed.
+//!
+//! Tests in the binary are serialized by a global lock taken in [`TestEnv::new`]: the
+//! launcher creates users with useradd, and concurrent useradd calls fail on the
+//! /etc/passwd lock.
+
+#![allow(dead_code)] // Not every test uses every helper.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
+};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+
+/// The demo venv made by tests/setup-venv.sh.
+pub const VENV: &str = "/opt/bitpoll-launcher-demo/venv";
+pub const PYTHON: &str = "/opt/bitpoll-launcher-demo/venv/bin/python";
+pub const GUNICORN: &str = "/opt/bitpoll-launcher-demo/venv/bin/gunicorn";
+/// The launcher under test.
+pub const LAUNCHER: &str = env!("CARGO_BIN_EXE_bitpoll-launcher");
+/// PATH given to the launcher (useradd lives in /usr/sbin).
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// A capability set line of /proc/PID/status with nothing in it.
+pub const NO_CAPS: &str = "0000000000000000";
+
+static LOCK: Mutex<()> = Mutex::new(());
+static VENV_READY: Once = Once::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "the end-to-end tests must run as root (they create users and drop privileges); \
+             run `sudo cargo test --test e2e -- --test-threads=1`"
+        );
+    }
+}
+
+fn ensure_venv() {
+    VENV_READY.call_once(|| {
+        if Path::new(PYTHON).is_file() && Path::new(GUNICORN).is_file() {
+            return;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/setup-venv.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success() && Path::new(PYTHON).is_file(),
+            "{} failed ({}):\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// `s` as a TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `{ file = "PATH" }`
+pub fn file_secret(path: &Path) -> String {
+    format!("{{ file = {} }}", toml_str(&path.display().to_string()))
+}
+
+/// The launcher's TOML config as sections of raw `key = value` pairs, rendered in order.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    sections: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl Config {
+    /// Set `key` in `[section]` to the raw TOML `value` (replacing an earlier value).
+    pub fn set(&mut self, section: &str, key: &str, value: &str) -> &mut Config {
+        let idx = match self.sections.iter().position(|(s, _)| s == section) {
+            Some(i) => i,
+            None => {
+                self.sections.push((section.to_string(), Vec::new()));
+                self.sections.len() - 1
+            }
+        };
+        let keys = &mut self.sections[idx].1;
+        match keys.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value.to_string(),
+            None => keys.push((key.to_string(), value.to_string())),
+        }
+        self
+    }
+
+    /// Set `key` in `[section]` to the string `value`.
+    pub fn set_str(&mut self, section: &str, key: &str, value: &str) -> &mut Config {
+        self.set(section, key, &toml_str(value))
+    }
+
+    pub fn remove(&mut self, section: &str, key: &str) -> &mut Config {
+        if let Some((_, keys)) = self.sections.iter_mut().find(|(s, _)| s == section) {
+            keys.retain(|(k, _)| k != key);
+        }
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (section, keys) in &self.sections {
+            let _ = writeln!(out, "[{section}]");
+            for (k, v) in keys {
+                let _ = writeln!(out, "{k} = {v}");
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Where the test listens for sd_notify messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// A socket file in the test directory.
+    Path,
+    /// An abstract socket, passed as NOTIFY_SOCKET=@name.
+    Abstract,
+    /// No NOTIFY_SOCKET at all.
+    None,
+}
+
+/// How to start the launcher.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    env: Vec<(String, String)>,
+    wrapper: Vec<String>,
+    notify: NotifyKind,
+    config: Option<PathBuf>,
+}
+
+impl Default for Launch {
+    fn default() -> Launch {
+        Launch {
+            env: Vec::new(),
+            wrapper: Vec::new(),
+            notify: NotifyKind::Path,
+            config: None,
+        }
+    }
+}
+
+impl Launch {
+    /// An extra variable in the launcher's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Run the launcher through `argv` (e.g. setpriv ... --): argv, then the launcher's
+    /// own argv. The wrapper must exec, so the launcher keeps the spawned PID.
+    pub fn wrap<S: AsRef<str>>(mut self, argv: &[S]) -> Launch {
+        self.wrapper = argv.iter().map(|s| s.as_ref().to_string()).collect();
+        self
+    }
+
+    pub fn notify(mut self, kind: NotifyKind) -> Launch {
+        self.notify = kind;
+        self
+    }
+
+    /// Pass this --config instead of writing the test's config file.
+    pub fn config(mut self, path: &Path) -> Launch {
+        self.config = Some(path.to_path_buf());
+        self
+    }
+}
+
+/// One sd_notify datagram with its sender's credentials.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub pid: i32,
+    pub uid: u32,
+    pub text: String,
+}
+
+impl Notification {
+    /// The `KEY=value` lines of the message.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.text.lines().filter_map(|l| l.split_once('='))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+/// The service account as the system sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+    /// All groups of the user (`id -G`), sorted.
+    pub groups: Vec<u32>,
+}
+
+/// One test's world. See the module documentation.
+pub struct TestEnv {
+    pub dir: PathBuf,
+    /// The copy of tests/demo-app.
+    pub app: PathBuf,
+    /// The configured data directory (not created by the test).
+    pub data: PathBuf,
+    pub user: String,
+    pub port: u16,
+    pub config: Config,
+    /// When set, written as the config file instead of rendering [`TestEnv::config`].
+    pub raw_config: Option<String>,
+    /// Every notification received during the current launch.
+    pub notifications: Vec<Notification>,
+    child: Option<Child>,
+    launches: usize,
+    notify: Option<UnixDatagram>,
+    stderr_path: Option<PathBuf>,
+    stdout_path: Option<PathBuf>,
+    started: Option<Instant>,
+    // Last: released after Drop::drop has cleaned up.
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl TestEnv {
+    /// A fresh world; `name` only makes the temp directory recognizable.
+    pub fn new(name: &str) -> TestEnv {
+        require_root();
+        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        ensure_venv();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let user = format!("blt{pid}x{n}");
+        assert!(user.len() <= 31);
+        assert!(
+            nix::unistd::User::from_name(&user).ok().flatten().is_none()
+                && nix::unistd::Group::from_name(&user)
+                    .ok()
+                    .flatten()
+                    .is_none(),
+            "user or group {user} already exists; a test of an earlier run left it behind: remove it with userdel/groupdel"
+        );
+        let short: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(40)
+            .collect();
+        let dir = PathBuf::from(format!("/tmp/blt-e2e-{pid}-{n}-{short}"));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).expect("remove a stale test dir");
+        }
+        fs::create_dir(&dir).expect("create the test dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod the test dir");
+        let app = dir.join("app");
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo-app");
+        copy_app(&demo, &app).expect("copy the demo app");
+        // compilemessages writes .mo files next to the .po files as the service user,
+        // which does not exist yet (the launcher creates it).
+        for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
+            fs::set_permissions(app.join(d), fs::Permissions::from_mode(0o777))
+                .expect("chmod the locale dir");
+        }
+        let port = free_port();
+        let data = dir.join("data");
+        let mut config = Config::default();
+        config
+            .set_str("service", "user", &user)
+            .set_str("service", "data_dir", &data.display().to_string())
+            .set_str("app", "python", PYTHON)
+            .set_str("app", "source_dir", &app.display().to_string())
+            .set("secrets", "BITPOLL_SECRET_KEY", r#"{ generate = "django-secret-key" }"#)
+            .set("secrets", "BITPOLL_FIELD_ENCRYPTION_KEY", r#"{ generate = "fernet-key" }"#)
+            .set_str("environment", "BITPOLL_ALLOWED_HOSTS", "127.0.0.1")
+            .set(
+                "server",
+                "command",
+                &format!(
+                    "[{}, \"--bind\", \"127.0.0.1:{port}\", \"--workers\", \"1\", \"--no-control-socket\", \"bitpoll.wsgi:application\"]",
+                    toml_str(GUNICORN)
+                ),
+            );
+        TestEnv {
+            dir,
+            app,
+            data,
+            user,
+            port,
+            config,
+            raw_config: None,
+            notifications: Vec::new(),
+            child: None,
+            launches: 0,
+            notify: None,
+            stderr_path: None,
+            stdout_path: None,
+            started: None,
+            _guard: guard,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// The group, which defaults to the user's name.
+    pub fn group(&self) -> &str {
+        &self.user
+    }
+
+    pub fn write_config(&self) {
+        let text = self
+            .raw_config
+            .clone()
+            .unwrap_or_else(|| self.config.render());
+        fs::write(self.config_path(), text).expect("write the config");
+        fs::set_permissions(self.config_path(), fs::Permissions::from_mode(0o644))
+            .expect("chmod the config");
+    }
+
+    /// Start the launcher with the defaults (path notify socket, no extra env).
+    pub fn launch(&mut self) -> u32 {
+        self.launch_with(Launch::default())
+    }
+
+    /// Start the launcher: `run --config <dir>/config.toml`, environment cleared except
+    /// PATH, LANG, NOTIFY_SOCKET and `opts.env`, in its own process group, stdout and
+    /// stderr to files of this launch. Returns its PID.
+    pub fn launch_with(&mut self, opts: Launch) -> u32 {
+        assert!(
+            self.child.is_none(),
+            "the previous launch is still running; stop() or wait_exit() it first"
+        );
+        let config = match &opts.config {
+            Some(path) => path.clone(),
+            None => {
+                self.write_config();
+                self.config_path()
+            }
+        };
+        self.launches += 1;
+        let n = self.launches;
+        self.notifications.clear();
+        let notify_addr = self.bind_notify(opts.notify, n);
+        let stderr_path = self.dir.join(format!("launch-{n}.stderr"));
+        let stdout_path = self.dir.join(format!("launch-{n}.stdout"));
+        let stderr = fs::File::create(&stderr_path).expect("create the stderr file");
+        let stdout = fs::File::create(&stdout_path).expect("create the stdout file");
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(LAUNCHER);
+                c
+            }
+            None => Command::new(LAUNCHER),
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("LANG", "C.UTF-8");
+        if let Some(addr) = notify_addr {
+            cmd.env("NOTIFY_SOCKET", addr);
+        }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        let child = cmd.spawn().expect("spawn the launcher");
+        let pid = child.id();
+        self.child = Some(child);
+        self.stderr_path = Some(stderr_path);
+        self.stdout_path = Some(stdout_path);
+        self.started = Some(Instant::now());
+        pid
+    }
+
+    fn bind_notify(&mut self, kind: NotifyKind, n: usize) -> Option<String> {
+        self.notify = None;
+        let (sock, addr) = match kind {
+            NotifyKind::None => return None,
+            NotifyKind::Path => {
+                let path = self.dir.join("notify.sock");
+                let _ = fs::remove_file(&path);
+                let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+                // The server sends READY=1 as the service user.
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o777))
+                    .expect("chmod the notify socket");
+                (sock, path.display().to_string())
+            }
+            NotifyKind::Abstract => {
+                let name = format!("blt-e2e-{}-{}-{n}", std::process::id(), self.user);
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                    .expect("abstract socket address");
+                let sock = UnixDatagram::bind_addr(&addr).expect("bind the abstract notify socket");
+                (sock, format!("@{name}"))
+            }
+        };
+        setsockopt(&sock, sockopt::PassCred, &true).expect("SO_PASSCRED on the notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        self.notify = Some(sock);
+        Some(addr)
+    }
+
+    /// The PID of the current launch.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("nothing launched").id()
+    }
+
+    /// Receive pending notifications (waiting at most `wait` for the first one).
+    pub fn receive_notifications(&mut self, wait: Duration) {
+        let Some(sock) = &self.notify else {
+            std::thread::sleep(wait);
+            return;
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            let mut buf = vec![0u8; 4096];
+            let mut cmsg = nix::cmsg_space!(UnixCredentials);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let got = match recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            ) {
+                Ok(msg) => {
+                    let mut cred = (0, u32::MAX);
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmCredentials(uc) = c {
+                                cred = (uc.pid(), uc.uid());
+                            }
+                        }
+                    }
+                    Some((msg.bytes, cred))
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => None,
+                Err(e) => panic!("receiving on the notify socket: {e}"),
+            };
+            match got {
+                Some((len, (pid, uid))) => self.notifications.push(Notification {
+                    pid,
+                    uid,
+                    text: String::from_utf8_lossy(&buf[..len]).into_owned(),
+                }),
+                None if Instant::now() >= deadline => return,
+                None => {}
+            }
+        }
+    }
+
+    /// Wait until a notification carries READY=1; return it. Fails the test when the
+    /// launcher exits or `timeout` passes first.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Notification {
+        assert!(self.notify.is_some(), "no notify socket for this launch");
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            while seen < self.notifications.len() {
+                let n = &self.notifications[seen];
+                if n.text.lines().any(|l| l == "READY=1") {
+                    return n.clone();
+                }
+                seen += 1;
+            }
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "the launcher exited ({status}) before READY=1\n{}",
+                    self.log_context()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!("no READY=1 within {timeout:?}\n{}", self.log_context());
+            }
+            self.receive_notifications(Duration::from_millis(200));
+        }
+    }
+
+    /// The launcher's exit status if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
+    /// Wait for the launcher to exit; its exit code (128+N when killed by signal N).
+    /// Fails the test (after killing it) when it runs longer than `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                self.receive_notifications(Duration::ZERO);
+                self.child = None;
+                return exit_code(status);
+            }
+            if Instant::now() >= deadline {
+                let ctx = self.log_context();
+                self.kill_launch();
+                panic!("the launcher still runs after {timeout:?}\n{ctx}");
+            }
+            self.receive_notifications(Duration::from_millis(50));
+        }
+    }
+
+    /// Time since the current launch started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.expect("nothing launched").elapsed()
+    }
+
+    /// Send `sig` to the launcher (not its group).
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), sig).expect("signal the launcher");
+    }
+
+    /// SIGTERM the launched process (the gunicorn master after exec) and wait for it and
+    /// its process group to go away. Returns its exit code.
+    pub fn stop(&mut self) -> i32 {
+        self.signal(Signal::SIGTERM);
+        let pgid = self.pid() as i32;
+        let code = self.wait_exit(Duration::from_secs(30));
+        kill_group(pgid);
+        code
+    }
+
+    /// Kill whatever of the current launch still runs.
+    fn kill_launch(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as i32;
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        kill_group(pid);
+    }
+
+    /// stderr of the current (or last) launch.
+    pub fn stderr(&self) -> String {
+        self.stderr_path
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// stdout of the current (or last) launch.
+    pub fn stdout(&self) -> String {
+        self.stdout_path
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// stderr and stdout, raw bytes (for searching secrets that may not be UTF-8).
+    pub fn output_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in [&self.stderr_path, &self.stdout_path].into_iter().flatten() {
+            out.extend(fs::read(p).unwrap_or_default());
+        }
+        out
+    }
+
+    /// The launch's output, for failure messages.
+    pub fn log_context(&self) -> String {
+        let stdout = self.stdout();
+        let mut s = format!("--- launcher stderr ---\n{}", self.stderr());
+        if !stdout.trim().is_empty() {
+            s.push_str(&format!("--- launcher stdout ---\n{stdout}"));
+        }
+        s
+    }
+
+    /// Wait until the launch's stderr contains `needle`. Fails the test when the launcher
+    /// exits or `timeout` passes first.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.try_wait() {
+                if self.stderr().contains(needle) {
+                    return;
+                }
+                panic!(
+                    "the launcher exited ({status}) before logging {needle:?}\n{}",
+                    self.log_context()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{needle:?} not logged within {timeout:?}\n{}",
+                    self.log_context()
+                );
+            }
+            self.receive_notifications(Duration::from_millis(50));
+        }
+    }
+
+    /// Assert the launcher exited with `code` within `timeout` and that its stderr
+    /// contains every needle. Returns stderr.
+    pub fn expect_failure(&mut self, code: i32, needles: &[&str], timeout: Duration) -> String {
+        let got = self.wait_exit(timeout);
+        let stderr = self.stderr();
+        assert_eq!(got, code, "exit code\n{}", self.log_context());
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "stderr lacks {needle:?}\n{}",
+                self.log_context()
+            );
+        }
+        stderr
+    }
+
+    /// GET `path` from the server (HTTP/1.0, Host: 127.0.0.1).
+    pub fn http_get(&self, path: &str) -> Response {
+        http_get(self.port, path)
+    }
+
+    /// GET /whoami and parse it.
+    pub fn whoami(&self) -> Json {
+        let r = self.http_get("/whoami");
+        assert_eq!(r.status, 200, "/whoami: {}", r.body);
+        Json::parse(&r.body).unwrap_or_else(|e| panic!("/whoami is not JSON ({e}): {}", r.body))
+    }
+
+    /// The service account's ids, if it exists.
+    pub fn ids(&self) -> Option<Ids> {
+        let u = nix::unistd::User::from_name(&self.user).ok().flatten()?;
+        let out = Command::new("id")
+            .arg("-G")
+            .arg(&self.user)
+            .output()
+            .expect("id -G");
+        let mut groups: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|g| g.parse().expect("numeric gid"))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        Some(Ids {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            groups,
+        })
+    }
+
+    pub fn user_exists(&self) -> bool {
+        nix::unistd::User::from_name(&self.user)
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
+    pub fn group_exists(&self) -> bool {
+        nix::unistd::Group::from_name(self.group())
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
+    /// Assert the failed launch created nothing: no user, no group, no data directory.
+    pub fn assert_nothing_created(&self) {
+        assert!(
+            !self.user_exists(),
+            "user {} was created\n{}",
+            self.user,
+            self.log_context()
+        );
+        assert!(
+            !self.group_exists(),
+            "group {} was created\n{}",
+            self.group(),
+            self.log_context()
+        );
+        assert!(
+            fs::symlink_metadata(&self.data).is_err(),
+            "{} was created\n{}",
+            self.data.display(),
+            self.log_context()
+        );
+    }
+
+    /// `<data>/state/<step>.stamp`
+    pub fn stamp(&self, step: &str) -> PathBuf {
+        self.data.join("state").join(format!("{step}.stamp"))
+    }
+
+    /// Remove the user and group this test made (the launcher made them; nobody else
+    /// uses these names).
+    fn remove_account(&self) {
+        if self.user_exists() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let out = Command::new("userdel").arg(&self.user).output();
+                match out {
+                    Ok(o) if o.status.success() => break,
+                    Ok(o) if Instant::now() < deadline => {
+                        // "currently used by process N": a process is still exiting.
+                        let _ = o;
+                        if let Some(ids) = self.ids() {
+                            for pid in processes_of_uid(ids.uid) {
+                                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Ok(o) => {
+                        eprintln!(
+                            "cleanup: userdel {} failed: {}",
+                            self.user,
+                            String::from_utf8_lossy(&o.stderr)
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        eprintln!("cleanup: cannot run userdel: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        if self.group_exists() {
+            match Command::new("groupdel").arg(self.group()).output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "cleanup: groupdel {} failed: {}",
+                    self.group(),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("cleanup: cannot run groupdel: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.kill_launch();
+        // A safety net: nothing may keep running as the test's user.
+        if let Some(ids) = self.ids() {
+            let left = processes_of_uid(ids.uid);
+            if !left.is_empty() {
+                eprintln!(
+                    "cleanup: processes of {} still running: {left:?}; killing them",
+                    self.user
+                );
+                for pid in left {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+        self.notify = None;
+        self.remove_account();
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// SIGKILL what is left of process group `pgid` and wait (up to 5 s) until it is gone.
+pub fn kill_group(pgid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_in_group(pgid);
+        if left.is_empty() {
+            return;
+        }
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        if Instant::now() >= deadline {
+            eprintln!("cleanup: process group {pgid} still has {left:?}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Copy the demo app without build output (bytecode, compiled catalogs), a+rX.
+fn copy_app(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::create_dir(to)?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name_s = name.to_string_lossy();
+        if name_s == "__pycache__" || name_s.ends_with(".pyc") || name_s.ends_with(".mo") {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            copy_app(&src, &dst)?;
+        } else if ft.is_file() {
+            fs::copy(&src, &dst)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// GET `path` from 127.0.0.1:`port`.
+pub fn http_get(port: u16, path: &str) -> Response {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    s.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("write timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read the response to {path}: {e}"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in the response to {path}: {head}"));
+    Response {
+        status,
+        body: body.to_string(),
+    }
+}
+
+/// /proc/PID/status as key -> value (whitespace-trimmed).
+pub fn proc_status(pid: u32) -> BTreeMap<String, String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The whitespace-separated fields of a /proc/PID/status line.
+pub fn status_fields(status: &BTreeMap<String, String>, key: &str) -> Vec<String> {
+    status
+        .get(key)
+        .unwrap_or_else(|| panic!("/proc status has no {key}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// /proc/PID/cmdline, NUL separators kept.
+pub fn proc_cmdline(pid: u32) -> Vec<u8> {
+    fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+}
+
+/// The names of /proc/PID/environ (values are never returned: they hold secrets).
+pub fn proc_environ_names(pid: u32) -> Vec<String> {
+    let raw = fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/environ: {e}"));
+    raw.split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let name = e.split(|b| *b == b'=').next().unwrap_or_default();
+            String::from_utf8_lossy(name).into_owned()
+        })
+        .collect()
+}
+
+/// (state, ppid, pgrp, uid) of a process, or None when it is gone.
+fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Processes (including zombies) in process group `pgid`.
+pub fn processes_in_group(pgid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| proc_stat(*p).is_some_and(|(_, _, g)| g == pgid))
+        .collect()
+}
+
+/// Children of `ppid`.
+pub fn children_of(ppid: u32) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| proc_stat(*p).is_some_and(|(s, pp, _)| pp == ppid as i32 && s != 'Z'))
+        .map(|p| p as u32)
+        .collect()
+}
+
+/// Processes whose real uid is `uid`.
+pub fn processes_of_uid(uid: u32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == uid))
+        .collect()
+}
+
+/// The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp.
+pub fn listening_socket_inode(port: u16) -> Option<u64> {
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 9 && f[1] == local && f[3] == "0A")
+            .then(|| f[9].parse().ok())
+            .flatten()
+    })
+}
+
+/// Whether process `pid` has the socket with inode `inode` open.
+pub fn holds_socket(pid: u32, inode: u64) -> bool {
+    let want = format!("socket:[{inode}]");
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .any(|e| fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh Fernet key (32 random bytes, url-safe base64).
+pub fn fernet_key() -> String {
+    let mut key = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .expect("read /dev/urandom");
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in key.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            out.push(if i <= chunk.len() {
+                ABC[((n >> shift) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// Write `contents` to `path` with `mode`, owned by root.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("create the parent dir");
+    }
+    let _ = fs::remove_file(path);
+    fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Owner, group and permission bits of `path` (not following a final link).
+pub fn owner_mode(path: &Path) -> (u32, u32, u32) {
+    let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+/// `getent passwd NAME` split at ':'.
+pub fn getent(db: &str, name: &str) -> Option<Vec<String>> {
+    let out = Command::new("getent").arg(db).arg(name).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .trim_end()
+            .split(':')
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// A parsed JSON value (just enough for /whoami).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    pub fn parse(text: &str) -> Result<Json, String> {
+        let mut p = JsonParser {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let v = p.value()?;
+        p.ws();
+        if p.i != p.s.len() {
+            return Err(format!("trailing data at {}", p.i));
+        }
+        Ok(v)
+    }
+
+    /// The member `key` of an object (panics when absent: the tests expect it).
+    pub fn get(&self, key: &str) -> &Json {
+        match self {
+            Json::Obj(m) => m
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| panic!("no {key:?} in {self:?}")),
+            _ => panic!("{self:?} is not an object"),
+        }
+    }
+
+    pub fn as_u32(&self) -> u32 {
+        match self {
+            Json::Num(n) => *n as u32,
+            _ => panic!("{self:?} is not a number"),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> &[Json] {
+        match self {
+            Json::Arr(a) => a,
+            _ => panic!("{self:?} is not an array"),
+        }
+    }
+
+    /// /whoami's report of variable `name`: Some(sha256 hex) or None when unset.
+    pub fn env_sha256(&self, name: &str) -> Option<String> {
+        self.get("env_sha256")
+            .get(name)
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+struct JsonParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Result<(), String> {
+        self.ws();
+        if self.s.get(self.i) == Some(&c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(format!("expected {:?} at {}", c as char, self.i))
+        }
+    }
+
+    fn value(&mut self) -> Result<Json, String> {
+        self.ws();
+        match self.s.get(self.i) {
+            Some(b'{') => {
+                self.i += 1;
+                let mut members = Vec::new();
+                self.ws();
+                if self.s.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                    return Ok(Json::Obj(members));
+                }
+                loop {
+                    self.ws();
+                    let Json::Str(k) = self.value()? else {
+                        return Err(format!("object key expected at {}", self.i));
+                    };
+                    self.eat(b':')?;
+                    members.push((k, self.value()?));
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(Json::Obj(members));
+                        }
+                        _ => return Err(format!("',' or '}}' expected at {}", self.i)),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.s.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                    return Ok(Json::Arr(items));
+                }
+                loop {
+                    items.push(self.value()?);
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(Json::Arr(items));
+                        }
+                        _ => return Err(format!("',' or ']' expected at {}", self.i)),
+                    }
+                }
+            }
+            Some(b'"') => {
+                self.i += 1;
+                let mut out = String::new();
+                loop {
+                    match self.s.get(self.i) {
+                        None => return Err("unterminated string".into()),
+                        Some(b'"') => {
+                            self.i += 1;
+                            return Ok(Json::Str(out));
+                        }
+                        Some(b'\\') => {
+                            let c = *self.s.get(self.i + 1).ok_or("bad escape")?;
+                            self.i += 2;
+                            match c {
+                                b'n' => out.push('\n'),
+                                b't' => out.push('\t'),
+                                b'r' => out.push('\r'),
+                                b'b' => out.push('\u{8}'),
+                                b'f' => out.push('\u{c}'),
+                                b'u' => {
+                                    let hex = std::str::from_utf8(
+                                        self.s.get(self.i..self.i + 4).ok_or("bad \\u")?,
+                                    )
+                                    .map_err(|e| e.to_string())?;
+                                    let code =
+                                        u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
+                                    out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                                    self.i += 4;
+                                }
+                                c => out.push(c as char),
+                            }
+                        }
+                        Some(_) => {
+                            let start = self.i;
+                            while self.i < self.s.len()
+                                && self.s[self.i] != b'"'
+                                && self.s[self.i] != b'\\'
+                            {
+                                self.i += 1;
+                            }
+                            out.push_str(&String::from_utf8_lossy(&self.s[start..self.i]));
+                        }
+                    }
+                }
+            }
+            Some(b't') if self.s[self.i..].starts_with(b"true") => {
+                self.i += 4;
+                Ok(Json::Bool(true))
+            }
+            Some(b'f') if self.s[self.i..].starts_with(b"false") => {
+                self.i += 5;
+                Ok(Json::Bool(false))
+            }
+            Some(b'n') if self.s[self.i..].starts_with(b"null") => {
+                self.i += 4;
+                Ok(Json::Null)
+            }
+            Some(c) if c.is_ascii_digit() || *c == b'-' => {
+                let start = self.i;
+                while self.i < self.s.len()
+                    && matches!(
+                        self.s[self.i],
+                        b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'
+                    )
+                {
+                    self.i += 1;
+                }
+                let t = std::str::from_utf8(&self.s[start..self.i]).map_err(|e| e.to_string())?;
+                t.parse().map(Json::Num).map_err(|e| format!("{t}: {e}"))
+            }
+            _ => Err(format!("unexpected input at {}", self.i)),
+        }
+    }
+}
