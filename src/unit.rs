@@ -269,18 +269,19 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
     }
 
     #[test]
-    fn data_dir_outside_var_lib_is_made_writable_explicitly() {
-        let mut cfg = config("");
-        cfg.service.data_dir = "/srv/bitpoll".into();
+    fn no_state_directory_that_systemd_would_chown_to_root() {
         let unit = render(
-            &cfg,
+            &config(""),
             Path::new("/c.toml"),
             Path::new("/b"),
             HARDENING,
             &creds(),
         )
         .unwrap();
-        assert!(unit.contains("ReadWritePaths=/srv/bitpoll\n"));
-        assert!(!unit.contains("StateDirectory="));
+        assert!(!unit.contains("StateDirectory="), "{unit}");
+        assert!(
+            unit.contains("ReadWritePaths=-/var/lib/bitpoll\n"),
+            "{unit}"
+        );
     }
 }

@@ -631,7 +631,11 @@ fn config_errors_are_all_reported_at_once_with_did_you_mean_and_nothing_is_creat
 
     let missing = env.dir.join("no-such-config.toml");
     env.launch_with(Launch::default().config(&missing));
-    env.expect_failure(2, &["cannot read config file", "no-such-config.toml"], FAIL_FAST);
+    env.expect_failure(
+        2,
+        &["cannot read config file", "no-such-config.toml"],
+        FAIL_FAST,
+    );
     env.assert_nothing_created();
 }
 
