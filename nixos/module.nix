@@ -307,6 +307,8 @@ in
         Type = "notify";
         NotifyAccess = "main";
         ExecStart = "${lib.getExe cfg.launcherPackage} run --config ${configFile}";
+        # gunicorn's output; the launcher's own records say bitpoll-launcher.
+        SyslogIdentifier = "bitpoll";
         Restart = "on-failure";
         RestartSec = "5s";
         # Migrations can take long; the launcher extends the timeout

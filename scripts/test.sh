@@ -14,6 +14,7 @@ command -v msgfmt >/dev/null || need+=(gettext)
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v nix-instantiate >/dev/null || need+=(nix-bin)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
     apt-get update -qq
