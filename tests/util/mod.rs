@@ -1278,3 +1278,15 @@ impl JsonParser<'_> {
         }
     }
 }
+
+/// "pid state ppid pgrp: cmdline" of each process, for failure messages.
+pub fn describe_processes(pids: &[i32]) -> String {
+    pids.iter()
+        .map(|p| {
+            let (state, ppid, pgrp) = proc_stat(*p).unwrap_or(('?', 0, 0));
+            let cmd = String::from_utf8_lossy(&proc_cmdline(*p as u32)).replace('\0', " ");
+            format!("{p} {state} ppid={ppid} pgrp={pgrp}: {}", cmd.chars().take(200).collect::<String>())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
