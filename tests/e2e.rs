@@ -524,15 +524,17 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
         "{}",
         env.log_context()
     );
+    let left = processes_in_group(pid as i32);
     assert!(
-        processes_in_group(pid as i32).is_empty(),
-        "processes of the launch remain: {:?}",
-        processes_in_group(pid as i32)
+        left.is_empty(),
+        "processes of the launch remain:\n{}",
+        util::describe_processes(&left)
     );
+    let left = processes_of_uid(uid);
     assert!(
-        processes_of_uid(uid).is_empty(),
-        "processes of the service user remain: {:?}",
-        processes_of_uid(uid)
+        left.is_empty(),
+        "processes of the service user remain:\n{}",
+        util::describe_processes(&left)
     );
     for d in drivers {
         assert!(
@@ -585,10 +587,12 @@ fn a_silent_step_is_stopped_as_stalled() {
         "{stderr}"
     );
     let uid = env.ids().unwrap().uid;
+    let left = processes_of_uid(uid);
     assert!(
-        processes_of_uid(uid).is_empty(),
-        "the stalled step still runs: {:?}",
-        processes_of_uid(uid)
+        left.is_empty(),
+        "the stalled step still runs:\n{}\n{}",
+        util::describe_processes(&left),
+        env.log_context()
     );
     assert!(!env.stamp("migrate").exists());
 }

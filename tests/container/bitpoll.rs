@@ -17,6 +17,7 @@ pub const UNIT_PATH: &str = "/etc/systemd/system/bitpoll.service";
 pub const DROPIN_DIR: &str = "/etc/systemd/system/bitpoll.service.d";
 pub const CONFIG_PATH: &str = "/etc/bitpoll/launcher.toml";
 pub const SYSUSERS_PATH: &str = "/etc/sysusers.d/bitpoll.conf";
+pub const TMPFILES_PATH: &str = "/etc/tmpfiles.d/bitpoll.conf";
 /// Outside /tmp, /root and /home: what a hardened unit can see.
 pub const APP_DIR: &str = "/srv/bitpoll/app";
 pub const DATA_DIR: &str = "/var/lib/bitpoll";
@@ -177,6 +178,12 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     c.write_file(SYSUSERS_PATH, sysusers.as_bytes(), 0o644);
     c.exec_ok(&["systemd-sysusers", SYSUSERS_PATH]);
     c.exec_ok(&["id", USER]);
+
+    // The data directory, from the tmpfiles.d entry the launcher prints (the hardened unit
+    // cannot create it below a read-only /var/lib).
+    let tmpfiles = c.exec_ok(&[LAUNCHER_PATH, "tmpfiles", "--config", CONFIG_PATH]);
+    c.write_file(TMPFILES_PATH, tmpfiles.as_bytes(), 0o644);
+    c.exec_ok(&["systemd-tmpfiles", "--create", TMPFILES_PATH]);
 
     // The app: a copy keeping modification times; compilemessages writes next to the .po
     // files, so the service group may write the catalogs.
