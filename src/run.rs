@@ -177,6 +177,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         )
     });
     drop(ctx);
+    launcher_sys::default_stop_signals()
+        .context("cannot restore the default action of SIGTERM")
+        .or_exit(exit::RUNTIME)?;
 
     let server_env = env::build(&env_inputs, Purpose::Server);
     drop(secret_values);

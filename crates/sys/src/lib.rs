@@ -35,3 +35,19 @@ pub fn thread_count() -> std::io::Result<usize> {
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
 }
+
+/// Put SIGTERM and SIGINT back to their default action (terminate). The preparation's
+/// async runtime installed handlers for them that outlive it; between its end and the
+/// exec of the server a stop request must still stop the launcher, not be swallowed.
+pub fn default_stop_signals() -> nix::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: installing SIG_DFL runs no handler code, so no async-signal-safety
+        // requirement applies; the previous handler is not used afterwards.
+        unsafe { signal(sig, SigHandler::SigDfl) }?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
