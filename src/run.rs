@@ -164,7 +164,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     })?;
     // The database is the app's alone, not the web server's that shares the group.
     for file in sqlite_files(&cfg, &tree) {
-        if let Some(change) = tree::make_private(&tree, &file).or_exit(exit::SYSTEM)? {
+        if let Some(change) = tree::make_private(&tree, &file, owner).or_exit(exit::SYSTEM)? {
             info!(phase = "prepare", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
         }
     }

@@ -21,8 +21,7 @@ use nix::sys::signal::Signal;
 use util::{
     Ids, Launch, NO_CAPS, NotifyKind, TestEnv, children_of, fernet_key, file_secret, getent,
     holds_socket, listening_socket_inode, owner_mode, proc_cmdline, proc_environ_names,
-    proc_status, processes_in_group, processes_of_uid, sha256_hex, status_fields, toml_str,
-    write_file,
+    proc_status, processes_in_group, sha256_hex, status_fields, toml_str, write_file,
 };
 
 /// Time from launch to READY=1: Django starts in well under a second here, but the first
@@ -371,6 +370,13 @@ fn second_start_skips_preparation_and_keeps_the_secret() {
     env.launch();
     env.wait_ready(READY);
     let log = env.stderr();
+    assert!(
+        log.contains(&format!(
+            "data directory {} ready (0 changes)",
+            env.data.display()
+        )),
+        "the second start changed the data directory\n{log}"
+    );
     for step in STEPS {
         assert!(
             log.contains(&format!("step {step} skipped")),
@@ -510,7 +516,6 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
         !drivers.is_empty(),
         "no preparation process under the launcher"
     );
-    let uid = env.ids().unwrap().uid;
 
     let sent = Instant::now();
     env.signal(Signal::SIGTERM);
@@ -530,7 +535,7 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
         "processes of the launch remain:\n{}",
         util::describe_processes(&left)
     );
-    let left = processes_of_uid(uid);
+    let left = env.processes_of_user();
     assert!(
         left.is_empty(),
         "processes of the service user remain:\n{}",
@@ -586,8 +591,7 @@ fn a_silent_step_is_stopped_as_stalled() {
         stderr.contains("preparation step migrate made no progress"),
         "{stderr}"
     );
-    let uid = env.ids().unwrap().uid;
-    let left = processes_of_uid(uid);
+    let left = env.processes_of_user();
     assert!(
         left.is_empty(),
         "the stalled step still runs:\n{}\n{}",
@@ -595,6 +599,69 @@ fn a_silent_step_is_stopped_as_stalled() {
         env.log_context()
     );
     assert!(!env.stamp("migrate").exists());
+}
+
+#[test]
+fn sigint_or_a_group_wide_sigterm_during_preparation_stop_cleanly() {
+    let mut env = TestEnv::new("sigint_group");
+    env.config
+        .set_str("environment", "DEMO_MIGRATION_DELAY", "30");
+
+    // Ctrl-C on a terminal.
+    let pid = env.launch();
+    env.wait_for_log("demo migration: step", READY);
+    env.signal(Signal::SIGINT);
+    let code = env.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 130, "exit code after SIGINT\n{}", env.log_context());
+    assert!(
+        env.stderr()
+            .contains("stopped by signal 2 during preparation step migrate"),
+        "{}",
+        env.log_context()
+    );
+    assert!(processes_in_group(pid as i32).is_empty());
+    assert!(!env.stamp("migrate").exists());
+
+    // systemd's stop: SIGTERM to every process of the unit at once, the preparation
+    // process included.
+    let pid = env.launch();
+    env.wait_for_log("demo migration: step", READY);
+    let sent = Instant::now();
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let code = env.wait_exit(Duration::from_secs(20));
+    assert!(
+        sent.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_ne!(code, 0, "{}", env.log_context());
+    assert!(
+        env.stderr().contains("signal 15"),
+        "the stop is not explained\n{}",
+        env.log_context()
+    );
+    let left = env.processes_of_user();
+    assert!(left.is_empty(), "{}", util::describe_processes(&left));
+    assert!(!env.stamp("migrate").exists());
+}
+
+#[test]
+fn a_broken_settings_module_fails_before_the_first_step() {
+    let mut env = TestEnv::new("broken_settings");
+    env.config
+        .set_str("app", "settings_module", "bitpoll.no_such_settings");
+    env.launch();
+    env.expect_failure(
+        1,
+        &[
+            "Django could not start before the first preparation step (exit status 3)",
+            "No module named 'bitpoll.no_such_settings'",
+        ],
+        READY,
+    );
+    for step in STEPS {
+        assert!(!env.stamp(step).exists());
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1134,6 +1201,26 @@ fn not_root_mode_verifies_skips_root_work_and_serves() {
         assert_eq!(owner_mode(&env.stamp(step)).0, ids.uid, "{step} stamp");
     }
     env.stop();
+
+    // Another unprivileged user is not the configured one.
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    env.launch_with(Launch::default().wrap(&[
+        "setpriv".to_string(),
+        format!("--reuid={}", nobody.uid),
+        format!("--regid={}", nobody.gid),
+        "--clear-groups".to_string(),
+        "--".to_string(),
+    ]));
+    env.expect_failure(
+        3,
+        &[&format!(
+            "runs as uid {}, not as the configured user",
+            nobody.uid
+        )],
+        FAIL_FAST,
+    );
 }
 
 #[test]
@@ -1284,4 +1371,81 @@ fn server_environment_is_built_from_scratch() {
         "unexpected variables in the server's environment: {unexpected:?}"
     );
     env.stop();
+}
+
+#[test]
+fn a_data_dir_whose_parent_is_missing_is_refused() {
+    let mut env = TestEnv::new("parent_missing");
+    let data = env.dir.join("missing-parent/data");
+    env.config
+        .set_str("service", "data_dir", &data.display().to_string());
+    env.launch();
+    env.expect_failure(
+        3,
+        &[&format!(
+            "the parent directory {} of the data directory does not exist",
+            data.parent().unwrap().display()
+        )],
+        FAIL_FAST,
+    );
+    assert!(
+        !data.parent().unwrap().exists(),
+        "the launcher created the parent"
+    );
+}
+
+/// The service user owns the data directory, so it can replace the database with a hard
+/// link to a file elsewhere on the same file system (any file where
+/// fs.protected_hardlinks = 0; a file it can read and write otherwise). Planted here by the
+/// test as root. The launcher, as root, must not hand that file to the service user.
+#[test]
+fn a_hard_link_planted_as_the_database_does_not_hand_its_target_to_the_service_user() {
+    let mut env = TestEnv::new("hardlink_db");
+    let victim = env.dir.join("victim");
+    write_file(&victim, b"a root-owned file outside the data dir\n", 0o644);
+    fs::create_dir(&env.data).unwrap();
+    fs::hard_link(&victim, env.data.join("db.sqlite3")).unwrap();
+    env.launch();
+    let outcome = env.wait_exit_or_ready(READY);
+    if outcome.is_none() {
+        env.stop();
+    }
+    assert_eq!(
+        owner_mode(&victim),
+        (0, 0, 0o644),
+        "the launcher changed the owner or mode of a file outside the data dir through a hard link (outcome {outcome:?})\n{}",
+        env.log_context()
+    );
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"a root-owned file outside the data dir\n"
+    );
+}
+
+/// Like the database: a hard link to a root-only file planted as a generated secret must
+/// not be read as root and handed to the app (the service user would learn its content).
+#[test]
+fn a_hard_link_planted_as_a_generated_secret_is_not_read_as_root() {
+    let mut env = TestEnv::new("hardlink_secret");
+    let victim = env.dir.join("victim-key");
+    let content = b"root-only-private-key-material-4f9c2e7d";
+    write_file(&victim, content, 0o600);
+    let secrets = env.data.join("secrets");
+    fs::create_dir_all(&secrets).unwrap();
+    fs::hard_link(&victim, secrets.join("BITPOLL_SECRET_KEY")).unwrap();
+    env.config
+        .set_str("environment", "DEMO_REPORT_ENV", "BITPOLL_SECRET_KEY");
+    env.launch();
+    let outcome = env.wait_exit_or_ready(READY);
+    if outcome.is_none() {
+        let who = env.whoami();
+        env.stop();
+        assert_ne!(
+            who.env_sha256("BITPOLL_SECRET_KEY"),
+            Some(sha256_hex(content)),
+            "the content of a root-only file outside the data dir, hard-linked into secrets/, was read as root and given to the app\n{}",
+            env.log_context()
+        );
+    }
+    assert_eq!(owner_mode(&victim), (0, 0, 0o600));
 }

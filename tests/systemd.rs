@@ -6,10 +6,14 @@
 
 mod container;
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use container::bitpoll::{
+    self, DATA_DIR, FEK_CREDENTIAL, FEK_PATH, Fek, IDENT, Spec, UNIT, UNIT_PATH, USER,
+};
 use container::{ContainerBuilder, JsonRecord, LAUNCHER_PATH, cleanup_stale, leftovers};
 
 /// A Type=notify service: sleeps, then sends READY=1 and a STATUS= that reports what its
@@ -365,16 +369,733 @@ fn journal_json_records_are_parsed() {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Bitpoll under systemd: the launcher as the ExecStart of the unit `bitpoll-launcher unit`
+// renders (hardening from nixos/hardening.toml), serving the demo app with gunicorn.
+
+/// The launcher records that carry `field` (any value).
+fn with_field<'a>(recs: &'a [JsonRecord], field: &str) -> Vec<&'a JsonRecord> {
+    recs.iter().filter(|r| r.get(field).is_some()).collect()
+}
+
+fn message_has(r: &JsonRecord, needle: &str) -> bool {
+    r.get("MESSAGE").is_some_and(|m| m.contains(needle))
+}
+
+/// systemd's "Started bitpoll.service" record (the start job finished).
+fn started_record(r: &JsonRecord) -> bool {
+    r.is("UNIT", UNIT) && r.is("JOB_TYPE", "start") && r.is("JOB_RESULT", "done")
+}
+
+fn source_time(r: &JsonRecord) -> u64 {
+    r.get("_SOURCE_REALTIME_TIMESTAMP")
+        .or_else(|| r.get("__REALTIME_TIMESTAMP"))
+        .and_then(|t| t.parse().ok())
+        .expect("a journal record has a timestamp")
+}
+
+/// The value of a `/proc/PID/status` line, whitespace-separated.
+fn status_fields<'a>(status: &'a HashMap<String, String>, key: &str) -> Vec<&'a str> {
+    status
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key}: line in {status:?}"))
+        .split_whitespace()
+        .collect()
+}
+
+/// A field of the JSON body of /whoami (its values are plain numbers and hex strings).
+fn json_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    let start = body.find(&format!("\"{key}\": "))? + key.len() + 4;
+    let rest = &body[start..];
+    let end = rest.find([',', '}'])?;
+    Some(rest[..end].trim().trim_matches('"'))
+}
+
 #[test]
-#[ignore]
-fn zz_debug_hold() {
-    let b = container::bitpoll::install("dbg", container::bitpoll::Spec::default());
-    eprintln!("PID1 {}", b.pid1());
-    std::fs::write("/tmp/blt-dbg-pid1", b.pid1().to_string()).unwrap();
-    let (out, took) = b.start(Duration::from_secs(120));
-    eprintln!("start: {:?} {:?}", out, took);
-    eprintln!("{}", b.diagnose("bitpoll.service"));
-    while std::path::Path::new("/tmp/blt-dbg-pid1").exists() {
-        std::thread::sleep(Duration::from_millis(500));
+fn start_returns_after_ready_and_the_server_keeps_the_launchers_pid_without_privileges() {
+    if !container::require_root_and_nspawn() {
+        return;
     }
+    let b = bitpoll::install("ready", Spec::default());
+    let took = b.start_ok();
+    eprintln!("systemctl start {UNIT} took {:.3}s", took.as_secs_f64());
+
+    // Right after `systemctl start` returned, with no polling: the start job waited for
+    // READY=1, which gunicorn sends (with its own STATUS=) once it listens.
+    let show = b.show(&[
+        "ActiveState",
+        "SubState",
+        "Type",
+        "NotifyAccess",
+        "MainPID",
+        "StatusText",
+    ]);
+    eprintln!("{show:?}");
+    assert_eq!(show["ActiveState"], "active", "{}", b.diagnose(UNIT));
+    assert_eq!(show["SubState"], "running");
+    assert_eq!(show["Type"], "notify");
+    assert_eq!(show["NotifyAccess"], "main");
+    assert_eq!(show["StatusText"], "Gunicorn arbiter booted");
+    let (code, body) = b.http_get("/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let (code, _) = b.http_get("/");
+    assert_eq!(
+        code, 200,
+        "the index page (templates, static manifest, catalogs)"
+    );
+
+    // MainPID is the gunicorn master: exec kept the launcher's PID.
+    let main = b.main_pid();
+    let cmdline = b.exec_ok(&["cat", &format!("/proc/{main}/cmdline")]);
+    let argv: Vec<&str> = cmdline.split('\0').filter(|a| !a.is_empty()).collect();
+    eprintln!("MainPID {main}: {argv:?}");
+    assert!(
+        argv.iter().any(|a| a.ends_with("/gunicorn")) && argv.contains(&"bitpoll.wsgi:application"),
+        "MainPID {main} is not the gunicorn master: {argv:?}"
+    );
+    let recs = b.journal_json_until(UNIT, Duration::from_secs(10), |recs| {
+        recs.iter().any(started_record)
+            && recs
+                .iter()
+                .any(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && r.is("PHASE", "exec"))
+    });
+    let launcher: Vec<&JsonRecord> = recs
+        .iter()
+        .filter(|r| r.is("SYSLOG_IDENTIFIER", IDENT))
+        .collect();
+    assert!(launcher.len() > 5, "{}", bitpoll::messages(&recs));
+    let main_s = main.to_string();
+    for r in &launcher {
+        assert_eq!(
+            r.get("_PID"),
+            Some(main_s.as_str()),
+            "a launcher record from another process than MainPID: {r:?}"
+        );
+    }
+    // The launcher's last words (just before exec) come before systemd saw READY=1.
+    let exec = launcher
+        .iter()
+        .find(|r| r.is("PHASE", "exec"))
+        .expect("the exec record");
+    let started = recs.iter().find(|r| started_record(r)).expect("Started");
+    assert!(
+        source_time(exec) < source_time(started),
+        "systemd reported the start done before the launcher exec'd the server"
+    );
+
+    // The served processes: the service user's ids, no capabilities, no_new_privs.
+    let (uid, gid) = b.service_ids();
+    let status = b.proc_status(main);
+    let (uid_s, gid_s) = (uid.to_string(), gid.to_string());
+    assert_eq!(
+        status_fields(&status, "Uid"),
+        [uid_s.as_str(); 4],
+        "{status:?}"
+    );
+    assert_eq!(
+        status_fields(&status, "Gid"),
+        [gid_s.as_str(); 4],
+        "{status:?}"
+    );
+    assert_eq!(
+        status_fields(&status, "Groups"),
+        [gid_s.as_str()],
+        "{status:?}"
+    );
+    for cap in ["CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"] {
+        assert_eq!(
+            status_fields(&status, cap),
+            ["0000000000000000"],
+            "{cap} of the served process"
+        );
+    }
+    assert_eq!(status_fields(&status, "NoNewPrivs"), ["1"]);
+    assert_eq!(status_fields(&status, "Seccomp"), ["2"], "SystemCallFilter");
+    // And the worker that answered.
+    let (code, who) = b.http_get("/whoami");
+    assert_eq!(code, 200, "{who}");
+    eprintln!("/whoami: {who}");
+    assert_eq!(json_field(&who, "uid"), Some(uid_s.as_str()), "{who}");
+    assert_eq!(json_field(&who, "gid"), Some(gid_s.as_str()), "{who}");
+    assert_eq!(json_field(&who, "ppid"), Some(main_s.as_str()), "{who}");
+}
+
+#[test]
+fn the_journal_has_the_launchers_structured_records_and_status_follows_the_phases() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install("journal", Spec::default().env("DEMO_MIGRATION_DELAY", "3"));
+    b.start_no_block();
+    // Watch systemd's StatusText while the unit activates.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen: Vec<(String, String)> = Vec::new();
+    loop {
+        let p = b.show(&["ActiveState", "StatusText"]);
+        let pair = (p["ActiveState"].clone(), p["StatusText"].clone());
+        if seen.last() != Some(&pair) {
+            eprintln!("{} / {:?}", pair.0, pair.1);
+            seen.push(pair.clone());
+        }
+        match pair.0.as_str() {
+            "active" => break,
+            "failed" => panic!("the start failed:\n{}", b.diagnose(UNIT)),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still not active: {seen:?}\n{}",
+            b.diagnose(UNIT)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        seen.iter()
+            .any(|(state, text)| state == "activating" && text == "Preparing: migrate (1/3)"),
+        "the launcher's STATUS= for the migration was not seen while activating: {seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(|(_, t)| t.as_str()),
+        Some("Gunicorn arbiter booted")
+    );
+
+    let inv = b.invocation_id();
+    let recs = b.journal_json_until(UNIT, Duration::from_secs(10), |recs| {
+        recs.iter()
+            .any(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && r.is("PHASE", "exec"))
+    });
+    let launcher: Vec<JsonRecord> = recs
+        .iter()
+        .filter(|r| r.is("SYSLOG_IDENTIFIER", IDENT))
+        .cloned()
+        .collect();
+    let dump = bitpoll::messages(&launcher);
+    for r in &launcher {
+        // journald's native protocol, not a stderr line.
+        assert_eq!(r.get("_TRANSPORT"), Some("journal"), "{r:?}");
+        assert_eq!(r.get("_SYSTEMD_INVOCATION_ID"), Some(inv.as_str()), "{r:?}");
+    }
+    // Every phase ends with a record carrying its duration.
+    for phase in [
+        "config",
+        "preflight",
+        "account",
+        "directories",
+        "secrets",
+        "prepare",
+        "drop",
+        "exec",
+    ] {
+        let timed: Vec<&JsonRecord> = launcher
+            .iter()
+            .filter(|r| r.is("PHASE", phase) && r.get("STEP").is_none())
+            .filter(|r| {
+                r.get("DURATION_MS")
+                    .is_some_and(|d| d.parse::<u64>().is_ok())
+            })
+            .collect();
+        assert!(
+            !timed.is_empty(),
+            "no PHASE={phase} record with DURATION_MS:\n{dump}"
+        );
+        eprintln!(
+            "PHASE={phase} DURATION_MS={}: {}",
+            timed[0].get("DURATION_MS").unwrap_or(""),
+            timed[0].get("MESSAGE").unwrap_or("")
+        );
+    }
+    // Every step: its output and its end, with STEP and DURATION_MS.
+    for step in ["migrate", "collectstatic", "compilemessages"] {
+        let done = launcher
+            .iter()
+            .find(|r| {
+                r.is("STEP", step) && r.is("PHASE", "prepare") && r.get("DURATION_MS").is_some()
+            })
+            .unwrap_or_else(|| panic!("no STEP={step} record with DURATION_MS:\n{dump}"));
+        let ms: u64 = done.get("DURATION_MS").unwrap().parse().expect("a number");
+        eprintln!("STEP={step} DURATION_MS={ms}");
+        if step == "migrate" {
+            assert!(ms >= 3000, "the slow migration took {ms} ms?");
+        }
+    }
+    let progress: Vec<&JsonRecord> = launcher
+        .iter()
+        .filter(|r| message_has(r, "demo migration: step"))
+        .collect();
+    assert_eq!(progress.len(), 3, "{dump}");
+    assert!(
+        progress
+            .iter()
+            .all(|r| r.is("STEP", "migrate") && r.is("PHASE", "prepare")),
+        "{progress:?}"
+    );
+    assert!(!with_field(&launcher, "PRIORITY").is_empty());
+    // The server's own output is told apart: the unit's SyslogIdentifier, stdout/stderr.
+    let listening = recs
+        .iter()
+        .find(|r| message_has(r, "Listening at: http://127.0.0.1:8000"))
+        .expect("gunicorn's 'Listening at' line");
+    assert_ne!(listening.get("SYSLOG_IDENTIFIER"), Some(IDENT));
+    assert_eq!(listening.get("_TRANSPORT"), Some("stdout"));
+}
+
+/// The exec record's DURATION_MS (the launcher's whole run) of one invocation.
+fn launcher_total_ms(b: &bitpoll::Bitpoll, inv: &str) -> u64 {
+    let recs = b.launcher_records_of(inv);
+    recs.iter()
+        .find(|r| r.is("PHASE", "exec"))
+        .and_then(|r| r.get("DURATION_MS")?.parse().ok())
+        .unwrap_or_else(|| panic!("no exec record in {inv}:\n{}", bitpoll::messages(&recs)))
+}
+
+#[test]
+fn a_restart_keeps_data_database_and_secret_and_skips_the_preparation() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install("restart", Spec::default());
+    b.start_ok();
+    let inv1 = b.invocation_id();
+    let pid1 = b.main_pid();
+    let secret_key = format!("{DATA_DIR}/secrets/BITPOLL_SECRET_KEY");
+    let fernet_key = format!("{DATA_DIR}/secrets/BITPOLL_FIELD_ENCRYPTION_KEY");
+    let db = format!("{DATA_DIR}/db.sqlite3");
+    let upload = format!("{DATA_DIR}/media/upload.txt");
+    let before = (b.sha256(&secret_key), b.sha256(&fernet_key));
+    let db_before = b.stat("%i %s", &db);
+    // Data the app wrote: a file in media/, written as the service user.
+    let out = b.as_service_user(&["sh", "-c", &format!("echo uploaded > {upload}")]);
+    assert!(out.status.success(), "{}", bitpoll::text(&out));
+    let foreign = b.foreign_owned_in_data_dir();
+    assert!(foreign.is_empty(), "after the first start: {foreign:#?}");
+    eprintln!(
+        "first start: MainPID {pid1}, db inode/size {db_before}, secret sha256 {}",
+        before.0
+    );
+
+    let t = Instant::now();
+    b.exec_ok(&["systemctl", "restart", UNIT]);
+    eprintln!("systemctl restart took {:.3}s", t.elapsed().as_secs_f64());
+    let inv2 = b.invocation_id();
+    assert_ne!(inv1, inv2);
+    assert_ne!(b.main_pid(), pid1, "a new server process");
+    assert_eq!(b.http_get("/healthz").0, 200);
+
+    // Everything survived, with its owner.
+    let after = (b.sha256(&secret_key), b.sha256(&fernet_key));
+    assert_eq!(before, after, "the generated secrets changed");
+    assert_eq!(b.stat("%i %s", &db), db_before, "the database was replaced");
+    assert_eq!(b.exec_ok(&["cat", &upload]), "uploaded\n");
+    let foreign = b.foreign_owned_in_data_dir();
+    assert!(
+        foreign.is_empty(),
+        "after the restart, files in the data dir are no longer the service user's \
+         (the app could not write its own data):\n{}",
+        foreign.join("\n")
+    );
+
+    // The second start skipped every step and was faster.
+    let recs = b.launcher_records_of(&inv2);
+    let dump = bitpoll::messages(&recs);
+    for step in ["migrate", "collectstatic", "compilemessages"] {
+        assert!(
+            recs.iter()
+                .any(|r| r.is("STEP", step) && message_has(r, &format!("step {step} skipped"))),
+            "step {step} was not skipped:\n{dump}"
+        );
+        assert!(
+            !recs
+                .iter()
+                .any(|r| message_has(r, &format!("step {step} started"))),
+            "step {step} ran again:\n{dump}"
+        );
+    }
+    let (first, second) = (launcher_total_ms(&b, &inv1), launcher_total_ms(&b, &inv2));
+    eprintln!("launcher done in: first start {first} ms, second start {second} ms");
+    assert!(
+        second < first,
+        "the second start ({second} ms) was not faster than the first ({first} ms)"
+    );
+}
+
+#[test]
+fn a_credential_reaches_the_app_and_is_never_readable_by_the_service_user() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install(
+        "credential",
+        Spec::default()
+            .fek(Fek::Credential)
+            .env("DEMO_REPORT_ENV", "BITPOLL_FIELD_ENCRYPTION_KEY"),
+    );
+    let want = b.fek_sha256.clone().expect("a credential was made");
+    let unit = b.exec_ok(&["systemctl", "cat", UNIT]);
+    assert!(
+        unit.contains(&format!("LoadCredential={FEK_CREDENTIAL}:{FEK_PATH}\n")),
+        "{unit}"
+    );
+    assert_eq!(b.stat("%U:%G %a", FEK_PATH), "root:root 600");
+    let out = b.as_service_user(&["cat", FEK_PATH]);
+    assert!(
+        !out.status.success() && bitpoll::text(&out).contains("Permission denied"),
+        "the service user can read {FEK_PATH}: {}",
+        bitpoll::text(&out)
+    );
+
+    b.start_ok();
+    let main = b.main_pid();
+    let (code, who) = b.http_get("/whoami");
+    assert_eq!(code, 200, "{who}");
+    assert_eq!(
+        json_field(&who, "BITPOLL_FIELD_ENCRYPTION_KEY"),
+        Some(want.as_str()),
+        "the app did not get the credential's value: {who}"
+    );
+
+    // systemd's copy: root-only, and out of the service user's reach, both as seen from
+    // the container and from inside the running service's mount namespace.
+    let cred_dir = format!("/run/credentials/{UNIT}");
+    let cred = format!("{cred_dir}/{FEK_CREDENTIAL}");
+    let cred_mode = b.stat("%U:%G %a", &cred);
+    let dir_mode = b.stat("%U:%G %a", &cred_dir);
+    eprintln!("{cred}: {cred_mode}; {cred_dir}: {dir_mode}");
+    assert!(cred_mode.starts_with("root:root "), "{cred_mode}");
+    assert!(dir_mode.starts_with("root:root "), "{dir_mode}");
+    let out = b.as_service_user(&["cat", &cred]);
+    assert!(
+        !out.status.success() && bitpoll::text(&out).contains("Permission denied"),
+        "the service user can read {cred}: {}",
+        bitpoll::text(&out)
+    );
+    for path in [cred.as_str(), FEK_PATH] {
+        let out = b.in_service_ns(main, true, &["cat", path]);
+        assert!(
+            !out.status.success(),
+            "{path} is readable by the service user inside the service: {}",
+            bitpoll::text(&out)
+        );
+        eprintln!(
+            "inside the service, as {USER}: cat {path}: {}",
+            bitpoll::text(&out).trim()
+        );
+    }
+    // Not passed on, not copied into the data dir, never logged.
+    let environ = b.exec_ok(&["cat", &format!("/proc/{main}/environ")]);
+    assert!(
+        !environ
+            .split('\0')
+            .any(|v| v.starts_with("CREDENTIALS_DIRECTORY=")),
+        "the server inherited CREDENTIALS_DIRECTORY"
+    );
+    assert!(!b.exists(&format!("{DATA_DIR}/secrets/BITPOLL_FIELD_ENCRYPTION_KEY")));
+    let key = b.exec_ok(&["cat", FEK_PATH]);
+    let journal = b.exec_ok(&["journalctl", "--no-pager", "-o", "json"]);
+    assert!(
+        !journal.contains(key.trim()),
+        "the credential's value is in the journal"
+    );
+}
+
+const TIMEOUT_DROP_IN: &str = "[Service]\nTimeoutStartSec=5\n";
+
+#[test]
+fn a_migration_slower_than_timeout_start_sec_succeeds_while_it_makes_progress() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install(
+        "slow",
+        Spec::default()
+            .env("DEMO_MIGRATION_DELAY", "12")
+            .stall_timeout(4),
+    );
+    b.drop_in("timeout.conf", TIMEOUT_DROP_IN);
+    assert_eq!(b.show(&["TimeoutStartUSec"])["TimeoutStartUSec"], "5s");
+
+    let took = b.start_ok();
+    eprintln!(
+        "start with a 12 s migration and TimeoutStartSec=5 took {:.3}s",
+        took.as_secs_f64()
+    );
+    assert!(took > Duration::from_secs(12), "{took:?}");
+    assert_eq!(b.show(&["ActiveState"])["ActiveState"], "active");
+    assert_eq!(b.http_get("/healthz").0, 200);
+    let recs = b.journal_json(UNIT);
+    assert!(
+        !recs.iter().any(|r| message_has(r, "timed out")),
+        "{}",
+        bitpoll::messages(&recs)
+    );
+    let progress = recs
+        .iter()
+        .filter(|r| message_has(r, "demo migration: step"))
+        .count();
+    assert_eq!(progress, 12);
+}
+
+#[test]
+fn a_hung_migration_fails_with_the_launchers_message_instead_of_a_timeout() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install(
+        "hung",
+        Spec::default()
+            .env("DEMO_MIGRATION_HANG", "60")
+            .stall_timeout(3),
+    );
+    b.drop_in("timeout.conf", TIMEOUT_DROP_IN);
+
+    let (out, took) = b.start(Duration::from_secs(60));
+    // Read the result before Restart=on-failure (RestartSec=5s) starts it again.
+    let show = b.show(&["Result", "ExecMainStatus", "ActiveState", "SubState"]);
+    eprintln!(
+        "start with a hung migration failed after {:.3}s: {show:?}",
+        took.as_secs_f64()
+    );
+    b.stop_and_reset();
+    assert!(!out.status.success(), "the start succeeded");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(show["Result"], "exit-code", "{}", b.diagnose(UNIT));
+    assert_ne!(show["ExecMainStatus"], "0");
+
+    let recs = b.journal_json_until(UNIT, Duration::from_secs(10), |recs| {
+        recs.iter()
+            .any(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && message_has(r, "made no progress"))
+    });
+    let error = recs
+        .iter()
+        .find(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && message_has(r, "made no progress"))
+        .expect("checked");
+    eprintln!("the launcher said: {}", error.get("MESSAGE").unwrap_or(""));
+    assert!(message_has(error, "migrate"), "{error:?}");
+    assert_eq!(error.get("PRIORITY"), Some("3"), "logged as an error");
+    assert!(
+        !recs.iter().any(|r| message_has(r, "timed out")),
+        "systemd's timeout fired:\n{}",
+        bitpoll::messages(&recs)
+    );
+    let left = b.exec(&["pgrep", "-u", USER, "-a"]);
+    assert!(
+        !left.status.success(),
+        "processes of the service user remain: {}",
+        bitpoll::text(&left)
+    );
+}
+
+#[test]
+fn a_broken_configuration_fails_fast_with_the_key_and_a_hint_in_journal_and_status() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install("badconfig", Spec::default());
+    // The unit was rendered from the good config; now an admin mistypes a key.
+    let broken = b
+        .spec
+        .config()
+        .replace("\nmigrate = true\n", "\nmigrat = true\n");
+    assert!(broken.contains("migrat = true"));
+    b.write_config(&broken);
+
+    let (out, took) = b.start(Duration::from_secs(30));
+    // Read the result before Restart=on-failure (RestartSec=5s) starts it again.
+    let show = b.show(&[
+        "Result",
+        "ExecMainStatus",
+        "ActiveState",
+        "SubState",
+        "StatusText",
+    ]);
+    eprintln!("start failed after {:.3}s: {show:?}", took.as_secs_f64());
+    assert!(!out.status.success(), "the start succeeded");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(show["Result"], "exit-code");
+    assert_eq!(
+        show["ExecMainStatus"], "2",
+        "the launcher's config exit status"
+    );
+
+    // journald takes the record a moment after the process exited.
+    let recs = b.journal_json_until(UNIT, Duration::from_secs(10), |recs| {
+        recs.iter()
+            .any(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && message_has(r, "prepare.migrat"))
+    });
+    // What the admin runs next, as systemctl's own message says.
+    let status = b.exec(&["systemctl", "status", "--no-pager", "-l", "-n", "20", UNIT]);
+    let state = b.show(&["ActiveState", "SubState"]);
+    b.stop_and_reset();
+    let status = bitpoll::text(&status);
+    eprintln!("{state:?}\n{status}");
+    for want in ["prepare.migrat", "did you mean `migrate`"] {
+        assert!(
+            status.contains(want),
+            "systemctl status right after the failed start lacks {want:?} (unit {state:?}; \
+             while a unit waits in auto-restart, systemd 252 shows only log lines newer than \
+             that state change, i.e. none):\n{status}"
+        );
+    }
+    let error = recs
+        .iter()
+        .find(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && message_has(r, "prepare.migrat"))
+        .expect("checked");
+    assert!(message_has(error, "did you mean `migrate`"), "{error:?}");
+    assert_eq!(error.get("PRIORITY"), Some("3"));
+    // Stopped for good: no restart pending.
+    let show = b.show(&["ActiveState", "NRestarts"]);
+    eprintln!("after stop and reset-failed: {show:?}");
+    assert_eq!(show["ActiveState"], "inactive");
+}
+
+#[test]
+fn stopping_during_preparation_stops_the_child_and_leaves_no_stamp() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install("stop", Spec::default().env("DEMO_MIGRATION_DELAY", "30"));
+    b.start_no_block();
+    let recs = b.journal_json_until(UNIT, Duration::from_secs(60), |recs| {
+        recs.iter().any(|r| message_has(r, "demo migration: step"))
+    });
+    let driver: u32 = recs
+        .iter()
+        .find(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && message_has(r, "preparation started"))
+        .and_then(|r| r.get("PID")?.parse().ok())
+        .unwrap_or_else(|| panic!("no driver pid:\n{}", bitpoll::messages(&recs)));
+    let cgroup = b.show(&["ControlGroup"])["ControlGroup"].clone();
+    let procs = format!("/sys/fs/cgroup{cgroup}/cgroup.procs");
+    let before = b.exec_ok(&["cat", &procs]);
+    eprintln!("preparation running (driver pid {driver}); {procs}: {before:?}");
+    assert!(before.lines().any(|p| p == driver.to_string()));
+    assert_eq!(b.show(&["ActiveState"])["ActiveState"], "activating");
+
+    let t = Instant::now();
+    let out = b.exec_with_timeout(&["systemctl", "stop", UNIT], Duration::from_secs(60));
+    let took = t.elapsed();
+    let show = b.show(&["ActiveState", "Result", "ExecMainStatus"]);
+    eprintln!("systemctl stop took {:.3}s: {show:?}", took.as_secs_f64());
+    let _ = b.exec(&["systemctl", "reset-failed", UNIT]);
+    assert!(out.status.success(), "{}", bitpoll::text(&out));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_ne!(show["ActiveState"], "active");
+
+    // Nothing of the unit runs any more; the interrupted step has no stamp.
+    let left = b.exec(&["cat", &procs]);
+    let left = String::from_utf8_lossy(&left.stdout).trim().to_owned();
+    assert!(left.is_empty(), "still in {procs}: {left}");
+    assert!(
+        !b.exists(&format!("/proc/{driver}")),
+        "the driver {driver} still runs"
+    );
+    let python = b.exec(&["pgrep", "-a", "-u", USER]);
+    assert!(!python.status.success(), "{}", bitpoll::text(&python));
+    for stamp in ["migrate", "collectstatic", "compilemessages"] {
+        let path = format!("{DATA_DIR}/state/{stamp}.stamp");
+        assert!(
+            !b.exists(&path),
+            "{path} exists after the interrupted start"
+        );
+    }
+    let recs = b.launcher_records();
+    let interrupted: Vec<&JsonRecord> = recs
+        .iter()
+        .filter(|r| r.is("STEP", "migrate") && r.get("PRIORITY").is_some_and(|p| p <= "4"))
+        .collect();
+    eprintln!(
+        "{}",
+        bitpoll::messages(&recs.iter().rev().take(4).cloned().collect::<Vec<_>>())
+    );
+    assert!(
+        !interrupted.is_empty(),
+        "the launcher did not log the interrupted step:\n{}",
+        bitpoll::messages(&recs)
+    );
+}
+
+#[test]
+fn the_hardening_holds_for_the_running_service() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install("hardening", Spec::default());
+    b.start_ok();
+    let main = b.main_pid();
+
+    // Outside the data dir the file system is read-only for the service, even for root.
+    for dir in ["/usr", "/etc", "/opt", "/srv", "/var", "/var/lib"] {
+        let probe = format!("{dir}/blt-probe");
+        for as_user in [true, false] {
+            let out = b.in_service_ns(main, as_user, &["touch", &probe]);
+            let text = bitpoll::text(&out);
+            assert!(
+                !out.status.success() && text.contains("Read-only file system"),
+                "touch {probe} (as {}) in the service: {text}",
+                if as_user { USER } else { "root" }
+            );
+        }
+    }
+    // The data dir and the private /tmp are writable for the service user.
+    for probe in [
+        format!("{DATA_DIR}/media/blt-probe"),
+        "/tmp/blt-probe".to_owned(),
+    ] {
+        let out = b.in_service_ns(
+            main,
+            true,
+            &["sh", "-c", r#"touch "$1" && rm "$1""#, "sh", &probe],
+        );
+        assert!(out.status.success(), "{probe}: {}", bitpoll::text(&out));
+    }
+    // /home and /root: empty and inaccessible inside, though not outside.
+    for dir in ["/home", "/root"] {
+        let outside = b.stat("%a", dir);
+        let inside = b.in_service_ns(main, false, &["stat", "-c", "%a", dir]);
+        let inside = String::from_utf8_lossy(&inside.stdout).trim().to_owned();
+        let entries = b.in_service_ns(main, false, &["ls", "-A", dir]);
+        eprintln!("{dir}: mode {outside} outside, {inside} in the service");
+        assert_eq!(inside, "0", "{dir} is accessible in the service");
+        assert!(
+            entries.status.success() && entries.stdout.is_empty(),
+            "{dir} is not empty"
+        );
+        let out = b.in_service_ns(main, true, &["ls", dir]);
+        assert!(!out.status.success(), "{dir} listable by {USER}");
+    }
+    assert!(
+        !b.exec_ok(&["ls", "-A", "/home"]).trim().is_empty(),
+        "the host's /home is empty, the ProtectHome check proves little"
+    );
+    // /tmp is private: a file in the container's /tmp is not seen.
+    b.write_file("/tmp/blt-marker", b"outside\n", 0o644);
+    let out = b.in_service_ns(main, false, &["test", "-e", "/tmp/blt-marker"]);
+    assert!(!out.status.success(), "the service sees the host's /tmp");
+    // Devices: PrivateDevices= leaves only the pseudo devices.
+    let out = b.in_service_ns(main, false, &["ls", "/dev"]);
+    let devs = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(devs.contains("null") && !devs.contains("kmsg"), "{devs}");
+
+    // The installed unit's exposure score is at or under the target.
+    let out = b.exec(&[
+        "systemd-analyze",
+        "security",
+        "--offline=true",
+        "--threshold=25",
+        UNIT_PATH,
+    ]);
+    let text = bitpoll::text(&out);
+    let overall = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no score in:\n{text}"));
+    eprintln!("{}", overall.trim());
+    let score: f64 = overall
+        .split(':')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the score: {overall}"));
+    assert!(
+        out.status.success() && score <= 2.5,
+        "score {score}:\n{text}"
+    );
 }

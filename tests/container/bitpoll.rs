@@ -18,6 +18,9 @@ pub const DROPIN_DIR: &str = "/etc/systemd/system/bitpoll.service.d";
 pub const CONFIG_PATH: &str = "/etc/bitpoll/launcher.toml";
 pub const SYSUSERS_PATH: &str = "/etc/sysusers.d/bitpoll.conf";
 pub const TMPFILES_PATH: &str = "/etc/tmpfiles.d/bitpoll.conf";
+const UID_RANGE_PATH: &str = "/etc/sysusers.d/00-blt-uid-range.conf";
+const UID_RANGE: &str =
+    "# The tests' container allocates system uids here (see bitpoll.rs).\nr - 850-899\n";
 /// Outside /tmp, /root and /home: what a hardened unit can see.
 pub const APP_DIR: &str = "/srv/bitpoll/app";
 pub const DATA_DIR: &str = "/var/lib/bitpoll";
@@ -173,10 +176,15 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     let c = builder.file(CONFIG_PATH, spec.config(), 0o644).boot();
     let t = Instant::now();
 
-    // The account, from the sysusers.d entry the launcher prints.
+    // The account, from the sysusers.d entry the launcher prints. The container shares
+    // numeric uids with the host (no user namespace), and tests on the host that create a
+    // system user (useradd picks the highest free uid below 1000) clean up by killing every
+    // process with that uid, in any container too; so the container allocates from a range
+    // of its own.
     let sysusers = c.exec_ok(&[LAUNCHER_PATH, "sysusers", "--config", CONFIG_PATH]);
+    c.write_file(UID_RANGE_PATH, UID_RANGE.as_bytes(), 0o644);
     c.write_file(SYSUSERS_PATH, sysusers.as_bytes(), 0o644);
-    c.exec_ok(&["systemd-sysusers", SYSUSERS_PATH]);
+    c.exec_ok(&["systemd-sysusers", UID_RANGE_PATH, SYSUSERS_PATH]);
     c.exec_ok(&["id", USER]);
 
     // The data directory, from the tmpfiles.d entry the launcher prints (the hardened unit
@@ -215,6 +223,15 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     }
 
     // The unit, as rendered (no --hardening: the shipped list).
+    let hardening_override = std::env::var("BLT_HARDENING_OVERRIDE").ok();
+    if let Some(h) = &hardening_override {
+        c.write_file(
+            "/etc/bitpoll/hardening.toml",
+            &std::fs::read(h).unwrap(),
+            0o644,
+        );
+        unit_args.extend(["--hardening", "/etc/bitpoll/hardening.toml"]);
+    }
     let unit = c.exec_ok(&unit_args);
     c.write_file(UNIT_PATH, unit.as_bytes(), 0o644);
     c.exec_ok(&["systemctl", "daemon-reload"]);
@@ -364,6 +381,121 @@ impl Bitpoll {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+impl Bitpoll {
+    /// `systemctl start --no-block bitpoll`: returns once the job is queued.
+    pub fn start_no_block(&self) {
+        self.c.exec_ok(&["systemctl", "start", "--no-block", UNIT]);
+    }
+
+    /// Stops the unit and forgets its failures, so that `Restart=on-failure` does not keep
+    /// restarting it while the test looks around (or after it).
+    pub fn stop_and_reset(&self) {
+        self.c.exec_ok(&["systemctl", "stop", UNIT]);
+        let _ = self.c.exec(&["systemctl", "reset-failed", UNIT]);
+    }
+
+    /// The service user's uid and gid inside the container.
+    pub fn service_ids(&self) -> (u32, u32) {
+        let id = |flag: &str| -> u32 {
+            self.c
+                .exec_ok(&["id", flag, USER])
+                .trim()
+                .parse()
+                .expect("id prints a number")
+        };
+        (id("-u"), id("-g"))
+    }
+
+    /// Runs `argv` in the mount namespace of process `pid` (the running service's view of
+    /// the file system), as root or, with `as_user`, as the service user and group.
+    pub fn in_service_ns(&self, pid: u32, as_user: bool, argv: &[&str]) -> std::process::Output {
+        let pid = pid.to_string();
+        let (uid, gid) = self.service_ids();
+        let (uid, gid) = (uid.to_string(), gid.to_string());
+        let mut full = vec!["nsenter", "-t", &pid, "-m"];
+        if as_user {
+            full.extend(["-S", &uid, "-G", &gid]);
+        }
+        full.push("--");
+        full.extend_from_slice(argv);
+        self.c.exec(&full)
+    }
+
+    /// `stat -c FORMAT PATH` inside the container.
+    pub fn stat(&self, format: &str, path: &str) -> String {
+        self.c
+            .exec_ok(&["stat", "-c", format, "--", path])
+            .trim()
+            .to_owned()
+    }
+
+    /// sha256 (hex) of a file inside the container.
+    pub fn sha256(&self, path: &str) -> String {
+        let out = self.c.exec_ok(&["sha256sum", "--", path]);
+        out.split_whitespace()
+            .next()
+            .expect("sha256sum prints a digest")
+            .to_owned()
+    }
+
+    /// True if `path` exists inside the container (without following a final symlink).
+    pub fn exists(&self, path: &str) -> bool {
+        self.c
+            .exec(&["sh", "-c", r#"test -e "$1" || test -L "$1""#, "sh", path])
+            .status
+            .success()
+    }
+
+    /// The unit's current InvocationID (changes with every start).
+    pub fn invocation_id(&self) -> String {
+        let id = self.show(&["InvocationID"])["InvocationID"].clone();
+        assert!(!id.is_empty(), "no InvocationID");
+        id
+    }
+
+    /// The launcher's records of one invocation of the unit.
+    pub fn launcher_records_of(&self, invocation: &str) -> Vec<JsonRecord> {
+        self.launcher_records()
+            .into_iter()
+            .filter(|r| r.is("_SYSTEMD_INVOCATION_ID", invocation))
+            .collect()
+    }
+
+    /// Entries of the data directory not owned by the service user and group.
+    pub fn foreign_owned_in_data_dir(&self) -> Vec<String> {
+        let out = self.c.exec_ok(&[
+            "find",
+            DATA_DIR,
+            "(",
+            "!",
+            "-user",
+            USER,
+            "-o",
+            "!",
+            "-group",
+            USER,
+            ")",
+            "-printf",
+            "%p %u:%g %m\n",
+        ]);
+        out.lines().map(str::to_owned).collect()
+    }
+}
+
+/// The MESSAGE of every record, one a line, for failure messages.
+pub fn messages(recs: &[JsonRecord]) -> String {
+    recs.iter()
+        .map(|r| {
+            format!(
+                "[{}] {}",
+                r.get("SYSLOG_IDENTIFIER").unwrap_or("?"),
+                r.get("MESSAGE").unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The text of `out`'s stdout and stderr.

@@ -6,9 +6,10 @@
 //! listens on). Dropping it stops every process the test started and removes the user, the
 //! group and the directory, also when an assertion failed.
 //!
-//! Tests in the binary are serialized by a global lock taken in [`TestEnv::new`]: the
-//! launcher creates users with useradd, and concurrent useradd calls fail on the
-//! /etc/passwd lock.
+//! Tests are serialized by a lock taken in [`TestEnv::new`] (a Mutex for this binary's
+//! threads, and an flock on the checkout for other runs of it): the launcher creates users
+//! with useradd, concurrent useradd calls fail on the /etc/passwd lock, and system uids are
+//! handed out again as soon as a test's user is removed.
 
 #![allow(dead_code)] // Not every test uses every helper.
 
@@ -265,7 +266,11 @@ pub struct TestEnv {
     stderr_path: Option<PathBuf>,
     stdout_path: Option<PathBuf>,
     started: Option<Instant>,
+    /// Start time (clock ticks since boot) of the first launch: processes of the service
+    /// user that started earlier are not this test's (system uids are reused).
+    first_start_ticks: Option<u64>,
     // Last: released after Drop::drop has cleaned up.
+    _checkout_lock: nix::fcntl::Flock<fs::File>,
     _guard: MutexGuard<'static, ()>,
 }
 
@@ -274,6 +279,7 @@ impl TestEnv {
     pub fn new(name: &str) -> TestEnv {
         require_root();
         let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let checkout_lock = lock_checkout();
         ensure_venv();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -341,6 +347,8 @@ impl TestEnv {
             stderr_path: None,
             stdout_path: None,
             started: None,
+            first_start_ticks: None,
+            _checkout_lock: checkout_lock,
             _guard: guard,
         }
     }
@@ -421,6 +429,9 @@ impl TestEnv {
         self.stderr_path = Some(stderr_path);
         self.stdout_path = Some(stdout_path);
         self.started = Some(Instant::now());
+        if self.first_start_ticks.is_none() {
+            self.first_start_ticks = proc_start_ticks(pid as i32);
+        }
         pid
     }
 
@@ -532,6 +543,29 @@ impl TestEnv {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
+    /// Wait until the launch either exits (Some(exit code)) or reports READY=1 (None).
+    pub fn wait_exit_or_ready(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .notifications
+                .iter()
+                .any(|n| n.text.lines().any(|l| l == "READY=1"))
+            {
+                return None;
+            }
+            if self.try_wait().is_some() {
+                return Some(self.wait_exit(Duration::ZERO));
+            }
+            if Instant::now() >= deadline {
+                let ctx = self.log_context();
+                self.kill_launch();
+                panic!("neither READY=1 nor an exit within {timeout:?}\n{ctx}");
+            }
+            self.receive_notifications(Duration::from_millis(100));
+        }
     }
 
     /// Wait for the launcher to exit; its exit code (128+N when killed by signal N).
@@ -702,6 +736,18 @@ impl TestEnv {
         })
     }
 
+    /// Processes running as the service user that this test started (see
+    /// `first_start_ticks`).
+    pub fn processes_of_user(&self) -> Vec<i32> {
+        let (Some(ids), Some(since)) = (self.ids(), self.first_start_ticks) else {
+            return Vec::new();
+        };
+        processes_of_uid(ids.uid)
+            .into_iter()
+            .filter(|p| proc_start_ticks(*p).is_some_and(|t| t >= since))
+            .collect()
+    }
+
     pub fn user_exists(&self) -> bool {
         nix::unistd::User::from_name(&self.user)
             .ok()
@@ -749,26 +795,30 @@ impl TestEnv {
         if self.user_exists() {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let out = Command::new("userdel").arg(&self.user).output();
-                match out {
+                // userdel refuses while a process runs with the user's uid ("currently
+                // used by process N"): ours are killed and retried; after the deadline
+                // (a process that is not ours, e.g. a zombie of an earlier user with the
+                // same system uid) the user, which only this test uses, goes with --force.
+                let last = Instant::now() >= deadline;
+                let mut cmd = Command::new("userdel");
+                if last {
+                    cmd.arg("--force");
+                }
+                match cmd.arg(&self.user).output() {
                     Ok(o) if o.status.success() => break,
-                    Ok(o) if Instant::now() < deadline => {
-                        // "currently used by process N": a process is still exiting.
-                        let _ = o;
-                        if let Some(ids) = self.ids() {
-                            for pid in processes_of_uid(ids.uid) {
-                                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                            }
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    Ok(o) => {
+                    Ok(o) if last => {
                         eprintln!(
-                            "cleanup: userdel {} failed: {}",
+                            "cleanup: userdel --force {} failed: {}",
                             self.user,
                             String::from_utf8_lossy(&o.stderr)
                         );
                         break;
+                    }
+                    Ok(_) => {
+                        for pid in self.processes_of_user() {
+                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
                     }
                     Err(e) => {
                         eprintln!("cleanup: cannot run userdel: {e}");
@@ -794,17 +844,32 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         self.kill_launch();
-        // A safety net: nothing may keep running as the test's user.
-        if let Some(ids) = self.ids() {
-            let left = processes_of_uid(ids.uid);
-            if !left.is_empty() {
-                eprintln!(
-                    "cleanup: processes of {} still running: {left:?}; killing them",
-                    self.user
-                );
+        // A safety net: nothing may keep running as the test's user (a later test may get
+        // the same system uid).
+        if self.user_exists() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut warned = false;
+            loop {
+                let left = self.processes_of_user();
+                if left.is_empty() {
+                    break;
+                }
+                if !warned {
+                    eprintln!(
+                        "cleanup: processes of {} still running, killing them:\n{}",
+                        self.user,
+                        describe_processes(&left)
+                    );
+                    warned = true;
+                }
+                if Instant::now() >= deadline {
+                    eprintln!("cleanup: processes of {} do not go away", self.user);
+                    break;
+                }
                 for pid in left {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
         self.notify = None;
@@ -813,6 +878,16 @@ impl Drop for TestEnv {
             eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
         }
     }
+}
+
+/// Serialize with other runs of this test binary from the same checkout (another
+/// developer's or CI job's `cargo test`): they would race on useradd and hand out the same
+/// system uids. The lock is on the checkout directory itself, so nothing is left behind.
+fn lock_checkout() -> nix::fcntl::Flock<fs::File> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let file = fs::File::open(dir).unwrap_or_else(|e| panic!("open {dir}: {e}"));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {dir}: {e}"))
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
@@ -956,6 +1031,14 @@ fn all_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn proc_start_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // `rest` starts at field 3 (state).
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 /// Processes (including zombies) in process group `pgid`.
 pub fn processes_in_group(pgid: i32) -> Vec<i32> {
     all_pids()
@@ -975,9 +1058,18 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
 
 /// Processes whose real uid is `uid`.
 pub fn processes_of_uid(uid: u32) -> Vec<i32> {
+    let uid = uid.to_string();
     all_pids()
         .into_iter()
-        .filter(|p| fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == uid))
+        .filter(|p| {
+            // The Uid line (real, effective, saved, fs): /proc/PID itself is owned by root
+            // while a process that changed its ids is not dumpable.
+            fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .is_some_and(|ids| ids.split_whitespace().any(|id| id == uid))
+            })
+        })
         .collect()
 }
 
@@ -1285,7 +1377,10 @@ pub fn describe_processes(pids: &[i32]) -> String {
         .map(|p| {
             let (state, ppid, pgrp) = proc_stat(*p).unwrap_or(('?', 0, 0));
             let cmd = String::from_utf8_lossy(&proc_cmdline(*p as u32)).replace('\0', " ");
-            format!("{p} {state} ppid={ppid} pgrp={pgrp}: {}", cmd.chars().take(200).collect::<String>())
+            format!(
+                "{p} {state} ppid={ppid} pgrp={pgrp}: {}",
+                cmd.chars().take(200).collect::<String>()
+            )
         })
         .collect::<Vec<_>>()
         .join("\n")

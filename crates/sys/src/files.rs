@@ -31,6 +31,10 @@ pub enum SecretFileError {
     #[error("{path} is not a regular file")]
     NotRegular { path: PathBuf },
     #[error(
+        "{path} has {links} hard links; a generated secret has exactly one name, so this may be a planted link to another file: remove {path} only if no data depends on it (a new one is then generated)"
+    )]
+    HardLinked { path: PathBuf, links: u64 },
+    #[error(
         "{path} is readable by every user (mode {mode:04o}); restrict it: chmod 0600 {path} (or 0640 owned by a group of the launcher)"
     )]
     WorldReadable { path: PathBuf, mode: u32 },
@@ -109,6 +113,12 @@ pub fn read_generated(
     };
     let st = stat(&fd, &path)?;
     check_regular(&st, &path)?;
+    if st.st_nlink != 1 {
+        return Err(SecretFileError::HardLinked {
+            path,
+            links: st.st_nlink as u64,
+        });
+    }
     if st.st_uid != owner.as_raw() && st.st_uid != 0 {
         return Err(SecretFileError::UntrustedOwner {
             path,

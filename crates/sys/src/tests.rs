@@ -194,3 +194,27 @@ fn generated_secrets_must_not_be_links_or_readable_by_others() {
     let err = files::read_generated(dir.as_fd(), &t.0, "link", uid).unwrap_err();
     assert!(matches!(err, SecretFileError::Symlink { .. }), "{err}");
 }
+
+#[test]
+fn a_hard_linked_generated_secret_is_refused() {
+    let t = TempDir::new("hardlink");
+    use std::os::fd::AsFd;
+    let dir = nix::fcntl::open(
+        &t.0,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    std::fs::write(t.0.join("elsewhere"), b"root only").unwrap();
+    std::fs::set_permissions(
+        t.0.join("elsewhere"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::hard_link(t.0.join("elsewhere"), t.0.join("KEY")).unwrap();
+    let err = files::read_generated(dir.as_fd(), &t.0, "KEY", nix::unistd::geteuid()).unwrap_err();
+    assert!(
+        matches!(err, SecretFileError::HardLinked { links: 2, .. }),
+        "{err}"
+    );
+}

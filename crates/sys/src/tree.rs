@@ -47,6 +47,10 @@ pub enum TreeError {
         "cannot create {path}: the file system is read-only here (a unit with ProtectSystem=strict); create it ahead: `bitpoll-launcher tmpfiles --config FILE > /etc/tmpfiles.d/bitpoll.conf && systemd-tmpfiles --create` (NixOS: the module does)"
     )]
     ReadOnly { path: PathBuf },
+    #[error(
+        "{path} has {links} hard links; a file in the data directory that also exists under another name may be a planted link to a file elsewhere, so the launcher will not touch it: remove the extra link (or the file)"
+    )]
+    HardLinked { path: PathBuf, links: u64 },
     #[error("cannot {op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -309,6 +313,12 @@ pub fn adopt_root_owned_file(
     if !regular || !owner.privileged || st.st_uid != 0 {
         return Ok(None);
     }
+    if st.st_nlink != 1 {
+        return Err(TreeError::HardLinked {
+            path,
+            links: st.st_nlink as u64,
+        });
+    }
     fchown(&fd, Some(owner.uid), Some(owner.gid)).map_err(|source| TreeError::Io {
         op: "chown",
         path: path.clone(),
@@ -323,7 +333,11 @@ pub fn adopt_root_owned_file(
 /// Make a regular file directly inside the data directory private (mode & !0o077), e.g.
 /// the SQLite database, which would otherwise be readable by the web server sharing the
 /// service group. Links are not followed; a missing file is fine.
-pub fn make_private(tree: &DataTree, name: &str) -> Result<Option<Change>, TreeError> {
+pub fn make_private(
+    tree: &DataTree,
+    name: &str,
+    owner: Owner,
+) -> Result<Option<Change>, TreeError> {
     use nix::sys::stat::SFlag;
     let path = tree.path.join(name);
     let fd = match openat(
@@ -349,9 +363,17 @@ pub fn make_private(tree: &DataTree, name: &str) -> Result<Option<Change>, TreeE
         source,
     })?;
     let mode = st.st_mode & 0o7777;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || mode & 0o077 == 0
-    {
+    // Only the service user's own database: never a file of someone else's that a link
+    // made appear here.
+    let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+    if !regular || mode & 0o077 == 0 || st.st_uid != owner.uid.as_raw() {
         return Ok(None);
+    }
+    if st.st_nlink != 1 {
+        return Err(TreeError::HardLinked {
+            path,
+            links: st.st_nlink as u64,
+        });
     }
     let new = mode & !0o077;
     fchmod(&fd, Mode::from_bits_truncate(new)).map_err(|source| TreeError::Io {

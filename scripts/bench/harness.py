@@ -1,0 +1,412 @@
+#!/usr/bin/python3
+"""Measurement helper for scripts/bench.sh (run by /usr/bin/python3, standard library only).
+
+Subcommands (each appends "tag.key<TAB>value" lines to the results file given by --out):
+
+  ready  --sock PATH --log FILE --tag T [--expect-ran N] [--expect-skipped N] -- CMD...
+         Binds an AF_UNIX datagram socket at PATH, starts CMD in a new session with
+         NOTIFY_SOCKET=PATH, and waits for READY=1. Records launch->READY (ready_ms),
+         launch->"STATUS=Starting the server" (exec_ms, sent by the launcher right before
+         exec), the launcher's own figures parsed from its log (done_ms: "launcher done in
+         N ms"; prepare_ms: the prepare phase's duration_ms; setup_ms: "Django started in")
+         and the server's VmRSS at READY. Then stops the process group (SIGTERM, SIGKILL
+         after 15 s) and waits until it is gone.
+  wall   --log FILE --tag T [--ok 0,1] -- CMD...
+         Wall-clock time of CMD (ms) and its ru_maxrss (KiB, the largest process of the
+         tree: wait4 folds in the reaped descendants).
+  mem    --log FILE --tag T [--sock PATH] [--linger S] -- CMD...
+         Samples /proc/PID/status of CMD every millisecond: VmHWM/VmRSS of the launcher for
+         as long as the process still is the launcher image (until it execs or exits), the
+         largest VmHWM of its children (the Python preparation or probe), and after an exec
+         the new image's VmHWM (shows that VmHWM is per image and resets at exec). Also
+         records wait4's ru_maxrss of the whole run, which does NOT reset at exec and
+         includes reaped children, for comparison.
+  report RESULTS
+         Prints the table (median and min) and the ratios.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+LAUNCHER_COMM = "bitpoll-launche"  # comm is truncated to 15 characters
+
+
+def record(out, tag, key, value):
+    with open(out, "a") as f:
+        f.write("%s.%s\t%s\n" % (tag, key, value))
+
+
+def split_cmd(argv):
+    if "--" not in argv:
+        sys.exit("harness: missing -- before the command")
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
+def options(argv, names):
+    opts = {}
+    it = iter(argv)
+    for a in it:
+        if not a.startswith("--") or a[2:] not in names:
+            sys.exit("harness: unknown option %s" % a)
+        opts[a[2:]] = next(it)
+    return opts
+
+
+def proc_status(pid):
+    """Name, VmHWM and VmRSS (KiB) of a process, or None when it is gone or a zombie."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        fields[k] = v.strip()
+    if "VmHWM" not in fields:
+        return None
+    return {
+        "name": fields.get("Name", ""),
+        "hwm": int(fields["VmHWM"].split()[0]),
+        "rss": int(fields["VmRSS"].split()[0]),
+    }
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop_group(pgid, timeout=15.0):
+    """SIGTERM the process group, SIGKILL it after `timeout`, wait until it is empty."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if group_alive(pgid):
+        sys.stderr.write("harness: process group %d ignored SIGTERM, killing it\n" % pgid)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while group_alive(pgid):
+            time.sleep(0.02)
+
+
+def reap(pid):
+    """Wait for pid; returns (status, ru_maxrss KiB)."""
+    _, status, ru = os.wait4(pid, 0)
+    return status, ru.ru_maxrss
+
+
+def parse_log(path):
+    text = open(path, errors="replace").read()
+    res = {}
+    m = re.search(r"launcher done in (\d+) ms", text)
+    if m:
+        res["done_ms"] = int(m.group(1))
+    for line in text.splitlines():
+        if 'phase="prepare"' in line and "duration_ms=" in line and "step=" not in line:
+            res["prepare_ms"] = int(re.search(r"duration_ms=(\d+)", line).group(1))
+        m = re.search(r"Django started in (\d+) ms", line)
+        if m:
+            res["setup_ms"] = int(m.group(1))
+    res["ran"] = len(re.findall(r"skipped=false", text))
+    res["skipped"] = len(re.findall(r"skipped=true", text))
+    return res
+
+
+def tail(path, n=25):
+    try:
+        return "".join(open(path, errors="replace").readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def cmd_ready(argv):
+    head, cmd = split_cmd(argv)
+    o = options(head, {"sock", "log", "tag", "out", "timeout", "expect-ran", "expect-skipped"})
+    timeout = float(o.get("timeout", "120"))
+    sock_path = o["sock"]
+    if os.path.exists(sock_path):
+        os.unlink(sock_path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(sock_path)
+    os.chmod(sock_path, 0o666)  # the server sends READY=1 as the service user
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+    log = open(o["log"], "w")
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+    ready = exec_at = None
+    rss = None
+    deadline = t0 + timeout
+    s.settimeout(0.05)
+    try:
+        while ready is None:
+            now = time.monotonic()
+            if now > deadline:
+                raise SystemExit("harness: no READY=1 within %.0f s\n%s" % (timeout, tail(o["log"])))
+            try:
+                msg = s.recv(4096)
+            except socket.timeout:
+                if p.poll() is not None:
+                    raise SystemExit("harness: %s exited with %s before READY=1\n%s"
+                                     % (cmd[0], p.returncode, tail(o["log"])))
+                continue
+            at = time.monotonic()
+            lines = msg.decode(errors="replace").split("\n")
+            if "STATUS=Starting the server" in lines and exec_at is None:
+                exec_at = at
+            if "READY=1" in lines:
+                ready = at
+        st = proc_status(p.pid)
+        rss = st["rss"] if st else None
+    finally:
+        stop_group(p.pid)
+        p.wait()
+        s.close()
+        os.unlink(sock_path)
+        log.close()
+    out, tag = o["out"], o["tag"]
+    record(out, tag, "ready_ms", "%.1f" % ((ready - t0) * 1000))
+    if exec_at is not None:
+        record(out, tag, "exec_ms", "%.1f" % ((exec_at - t0) * 1000))
+        record(out, tag, "server_ms", "%.1f" % ((ready - exec_at) * 1000))
+    if rss is not None:
+        record(out, tag, "server_rss_kib", rss)
+    parsed = parse_log(o["log"])
+    for key in ("done_ms", "prepare_ms", "setup_ms"):
+        if key in parsed:
+            record(out, tag, key, parsed[key])
+    for key, want in (("ran", o.get("expect-ran")), ("skipped", o.get("expect-skipped"))):
+        if want is not None and parsed[key] != int(want):
+            raise SystemExit("harness: %s: expected %s steps %s, the log shows %d\n%s"
+                             % (tag, want, key, parsed[key], tail(o["log"])))
+
+
+def cmd_wall(argv):
+    head, cmd = split_cmd(argv)
+    o = options(head, {"log", "tag", "out", "ok"})
+    ok = [int(c) for c in o.get("ok", "0").split(",")]
+    with open(o["log"], "w") as log:
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        status, maxrss = reap(p.pid)
+        elapsed = time.monotonic() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode not in ok:
+        raise SystemExit("harness: %s: %s exited with %d\n%s"
+                         % (o["tag"], cmd[0], p.returncode, tail(o["log"])))
+    record(o["out"], o["tag"], "wall_ms", "%.1f" % (elapsed * 1000))
+    record(o["out"], o["tag"], "maxrss_kib", maxrss)
+
+
+def cmd_mem(argv):
+    head, cmd = split_cmd(argv)
+    o = options(head, {"log", "tag", "out", "sock", "linger", "ok"})
+    ok = [int(c) for c in o.get("ok", "0").split(",")]
+    linger = float(o.get("linger", "0.3"))
+    env = dict(os.environ)
+    s = None
+    if "sock" in o:
+        # Only so that the server (if any) has a socket to talk to; not timed here.
+        if os.path.exists(o["sock"]):
+            os.unlink(o["sock"])
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(o["sock"])
+        os.chmod(o["sock"], 0o666)
+        env["NOTIFY_SOCKET"] = o["sock"]
+    log = open(o["log"], "w")
+    p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+    pid = p.pid
+    launcher_hwm = launcher_rss_max = 0
+    samples = 0
+    child_hwm = {}
+    child_name = {}
+    after_exec = None
+    exec_seen_at = None
+    status = None
+    n = 0
+    while True:
+        done, st_raw, ru = os.wait4(pid, os.WNOHANG)
+        if done:
+            status, maxrss = st_raw, ru.ru_maxrss
+            break
+        st = proc_status(pid)
+        if st is not None:
+            if st["name"] == LAUNCHER_COMM and exec_seen_at is None:
+                launcher_hwm = max(launcher_hwm, st["hwm"])
+                launcher_rss_max = max(launcher_rss_max, st["rss"])
+                samples += 1
+            else:
+                if exec_seen_at is None:
+                    exec_seen_at = time.monotonic()
+                after_exec = st
+                if time.monotonic() - exec_seen_at > linger:
+                    break
+        # Children: scanning them every 10th round keeps the loop fast.
+        if n % 10 == 0 and exec_seen_at is None:
+            for c in children(pid):
+                cst = proc_status(c)
+                if cst is not None and cst["name"] != LAUNCHER_COMM:
+                    child_hwm[c] = max(child_hwm.get(c, 0), cst["hwm"])
+                    child_name[c] = cst["name"]
+        else:
+            for c in list(child_hwm):
+                cst = proc_status(c)
+                if cst is not None:
+                    child_hwm[c] = max(child_hwm[c], cst["hwm"])
+        n += 1
+        time.sleep(0.001)
+    if status is None:
+        stop_group(pid)
+        _, status, ru = os.wait4(pid, 0)
+        maxrss = ru.ru_maxrss
+    else:
+        stop_group(pid)
+    log.close()
+    if s is not None:
+        s.close()
+        os.unlink(o["sock"])
+    code = os.waitstatus_to_exitcode(status)
+    if after_exec is None and code not in ok:
+        raise SystemExit("harness: %s: %s exited with %d\n%s" % (o["tag"], cmd[0], code, tail(o["log"])))
+    out, tag = o["out"], o["tag"]
+    record(out, tag, "launcher_hwm_kib", launcher_hwm)
+    record(out, tag, "launcher_rss_max_kib", launcher_rss_max)
+    record(out, tag, "samples", samples)
+    if child_hwm:
+        record(out, tag, "child_hwm_kib", max(child_hwm.values()))
+        record(out, tag, "child_names", ",".join(sorted(set(child_name.values()))))
+    if after_exec is not None:
+        record(out, tag, "exec_name", after_exec["name"])
+        record(out, tag, "exec_hwm_kib", after_exec["hwm"])
+    record(out, tag, "ru_maxrss_kib", maxrss)
+
+
+# ---------------------------------------------------------------- report
+
+def load(path):
+    vals = {}
+    text = {}
+    for line in open(path):
+        k, _, v = line.rstrip("\n").partition("\t")
+        try:
+            vals.setdefault(k, []).append(float(v))
+        except ValueError:
+            text[k] = v
+    return vals, text
+
+
+def cmd_report(argv):
+    path = argv[0]
+    vals, text = load(path)
+
+    def med(k):
+        return statistics.median(vals[k]) if k in vals else None
+
+    def mn(k):
+        return min(vals[k]) if k in vals else None
+
+    def ms(v):
+        return "-" if v is None else ("%.0f" % v if v >= 10 else "%.1f" % v)
+
+    def mib(v):
+        return "-" if v is None else "%.1f" % (v / 1024.0)
+
+    rows = [
+        ("Start-up (ms)", None, None),
+        ("1  launcher cold: launch -> READY=1", "cold.ready_ms", ms),
+        ("     of which launcher (launch -> exec, its log)", "cold.done_ms", ms),
+        ("     of which prepare phase (3 steps, 1 Python)", "cold.prepare_ms", ms),
+        ("     of which Django start in the driver", "cold.setup_ms", ms),
+        ("     gunicorn exec -> READY=1", "cold.server_ms", ms),
+        ("2  launcher warm: launch -> READY=1", "warm.ready_ms", ms),
+        ("     launcher done in (its log)", "warm.done_ms", ms),
+        ("     launch -> exec (harness clock)", "warm.exec_ms", ms),
+        ("     prepare phase (all 3 skipped)", "warm.prepare_ms", ms),
+        ("     gunicorn exec -> READY=1", "warm.server_ms", ms),
+        ("   launcher --force-prepare: launch -> READY=1", "forced.ready_ms", ms),
+        ("     prepare phase (3 steps, nothing to do)", "forced.prepare_ms", ms),
+        ("3  shell preStart, fresh (3 manage.py)", "shell_fresh.wall_ms", ms),
+        ("   shell preStart, nothing to do", "shell_noop.wall_ms", ms),
+        ("4  bitpoll-launcher check (all fine)", "check.wall_ms", ms),
+        ("   python -c 'import django; django.setup()'", "django_setup.wall_ms", ms),
+        ("   python -c pass (interpreter alone)", "python_bare.wall_ms", ms),
+        ("Memory (MiB)", None, None),
+        ("5  launcher binary, `unit` (exact, ru_maxrss)", "mem_unit.ru_maxrss_kib", mib),
+        ("   launcher `run` warm, server /bin/true (exact)", "mem_warm.ru_maxrss_kib", mib),
+        ("   launcher `run` cold: VmHWM before exec", "mem_cold.launcher_hwm_kib", mib),
+        ("   launcher `run` cold: max VmRSS during prepare", "mem_cold.launcher_rss_max_kib", mib),
+        ("   launcher `check`: VmHWM before exit", "mem_check.launcher_hwm_kib", mib),
+        ("   Python preparation child (VmHWM)", "mem_cold.child_hwm_kib", mib),
+        ("   Python check probe child (VmHWM)", "mem_check.child_hwm_kib", mib),
+        ("   server after exec (/bin/sleep) VmHWM", "mem_cold.exec_hwm_kib", mib),
+        ("   wait4 ru_maxrss of the cold `run` (conflated)", "mem_cold.ru_maxrss_kib", mib),
+        ("   wait4 ru_maxrss of `check` (conflated)", "mem_check.ru_maxrss_kib", mib),
+        ("   shell preStart, largest manage.py (ru_maxrss)", "shell_fresh.maxrss_kib", mib),
+        ("   python django.setup() (ru_maxrss)", "django_setup.maxrss_kib", mib),
+        ("   gunicorn master VmRSS at READY=1", "warm.server_rss_kib", mib),
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    print("%-*s %9s %9s %5s" % (width, "figure", "median", "min", "runs"))
+    for label, key, fmt in rows:
+        if key is None:
+            print("\n" + label)
+            continue
+        if key not in vals:
+            continue
+        print("%-*s %9s %9s %5d" % (width, label, fmt(med(key)), fmt(mn(key)), len(vals[key])))
+
+    def ratio(label, a, b):
+        x, y = med(a), med(b)
+        if x is None or y is None or y == 0:
+            return
+        print("  %-*s %8.1fx   (%s / %s ms)" % (width - 2, label, x / y, ms(x), ms(y)))
+
+    print("\nRatios (of medians)")
+    ratio("cold / warm, launch -> READY=1", "cold.ready_ms", "warm.ready_ms")
+    ratio("shell fresh / launcher cold prepare phase", "shell_fresh.wall_ms", "cold.prepare_ms")
+    ratio("shell nothing-to-do / launcher --force-prepare prepare", "shell_noop.wall_ms", "forced.prepare_ms")
+    ratio("shell nothing-to-do / launcher warm, launch -> exec", "shell_noop.wall_ms", "warm.exec_ms")
+    ratio("check / one Django start", "check.wall_ms", "django_setup.wall_ms")
+    ratio("Python prep child / launcher cold (memory)", "mem_cold.child_hwm_kib", "mem_cold.launcher_hwm_kib")
+    for k in ("mem_cold.child_names", "mem_check.child_names", "mem_cold.exec_name"):
+        if k in text:
+            print("  (%s = %s)" % (k, text[k]))
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    sub, argv = sys.argv[1], sys.argv[2:]
+    {"ready": cmd_ready, "wall": cmd_wall, "mem": cmd_mem, "report": cmd_report}[sub](argv)
+
+
+if __name__ == "__main__":
+    main()
