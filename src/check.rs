@@ -605,7 +605,18 @@ fn check_sources(cfg: &Config, r: &mut Report) {
         return;
     }
     r.ok("app", src.display().to_string(), "holds manage.py");
-    let (po, fresh) = count_catalogs(src);
+    let (po, fresh) = match crate::prepare::SourceTree::scan(src) {
+        Ok(tree) => (tree.po_files, tree.fresh_mo_files),
+        Err(e) => {
+            r.error(
+                "app",
+                src.display().to_string(),
+                format!("cannot be read: {e}"),
+                "make the app source readable",
+            );
+            return;
+        }
+    };
     if po == 0 {
         return;
     }
@@ -628,38 +639,6 @@ fn check_sources(cfg: &Config, r: &mut Report) {
     } else {
         r.warn("app", subject, format!("{} of {po} catalog(s) are not compiled (or older than their .po) and prepare.compilemessages = false", po - fresh), "compile them at build/deploy time (manage.py compilemessages) or enable prepare.compilemessages");
     }
-}
-
-fn count_catalogs(root: &Path) -> (usize, usize) {
-    let (mut po, mut fresh) = (0, 0);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || name == "__pycache__" || name == "node_modules" {
-                continue;
-            }
-            let path = e.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if meta.is_dir() {
-                stack.push(path);
-            } else if name.ends_with(".po") {
-                po += 1;
-                if std::fs::metadata(path.with_extension("mo"))
-                    .is_ok_and(|m| m.mtime() >= meta.mtime())
-                {
-                    fresh += 1;
-                }
-            }
-        }
-    }
-    (po, fresh)
 }
 
 /// The probe's answer (check.py).

@@ -226,16 +226,16 @@ fn python_identity(python: &Path) -> String {
 /// A digest of the app source: every file's relative path, size, mode and modification
 /// time, skipping bytecode, compiled catalogs (which compilemessages writes) and hidden
 /// directories. Also counts translation catalogs and their up-to-date compiled forms.
-struct SourceTree {
+pub(crate) struct SourceTree {
     digest: String,
-    po_files: usize,
-    fresh_mo_files: usize,
+    pub(crate) po_files: usize,
+    pub(crate) fresh_mo_files: usize,
     /// Directories holding .po files: compilemessages writes the .mo files there.
     po_dirs: Vec<PathBuf>,
 }
 
 impl SourceTree {
-    fn scan(root: &Path) -> std::io::Result<SourceTree> {
+    pub(crate) fn scan(root: &Path) -> std::io::Result<SourceTree> {
         let mut entries = Vec::new();
         let mut po_files = 0;
         let mut fresh_mo_files = 0;

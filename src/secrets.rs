@@ -74,6 +74,15 @@ pub struct Loaded {
     pub origin: Origin,
 }
 
+/// A source as the admin wrote it, for messages.
+fn describe(source: &SecretSource) -> String {
+    match source {
+        SecretSource::File(p) => format!("file {}", p.display()),
+        SecretSource::Credential(id) => format!("credential {id}"),
+        SecretSource::Generate(kind) => format!("generate {kind}"),
+    }
+}
+
 /// Where a credential lives: `$CREDENTIALS_DIRECTORY/<id>`.
 pub fn credential_path(credentials_dir: Option<&Path>, id: &str) -> Result<PathBuf, String> {
     match credentials_dir {
@@ -96,11 +105,7 @@ pub fn load(
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
     for (name, source) in &cfg.secrets {
-        let described = match source {
-            SecretSource::File(p) => format!("file {}", p.display()),
-            SecretSource::Credential(id) => format!("credential {id}"),
-            SecretSource::Generate(kind) => format!("generate {kind}"),
-        };
+        let described = describe(source);
         let result = match source {
             SecretSource::File(path) => read_file(path).map(|v| (v, Origin::File(path.clone()))),
             SecretSource::Credential(id) => credential_path(credentials_dir, id)
@@ -236,11 +241,7 @@ pub fn observe(
 ) -> Vec<(String, String, Result<Observed, String>)> {
     let mut out = Vec::new();
     for (name, source) in &cfg.secrets {
-        let described = match source {
-            SecretSource::File(p) => format!("file {}", p.display()),
-            SecretSource::Credential(id) => format!("credential {id}"),
-            SecretSource::Generate(kind) => format!("generate {kind}"),
-        };
+        let described = describe(source);
         let result = match source {
             SecretSource::File(path) => read_file(path).map(|value| {
                 Observed::Loaded(Loaded {

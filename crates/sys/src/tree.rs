@@ -277,22 +277,18 @@ fn fix_owner_and_mode(
     Ok(())
 }
 
-/// Give a root-owned regular file directly inside the data directory to the service user
-/// (a database left behind by a tool run as root). Links are never followed; files owned
-/// by anyone else are left alone and reported.
-pub fn adopt_root_owned_file(
+/// A regular file directly inside the data directory, opened without following links and
+/// refused when it has more than one name (a hard link planted by the service user could
+/// otherwise point root at a file elsewhere). None when it does not exist or is not a
+/// regular file.
+fn open_own_file(
     tree: &DataTree,
     name: &str,
-    owner: Owner,
-) -> Result<Option<Change>, TreeError> {
+) -> Result<Option<(OwnedFd, nix::sys::stat::FileStat, PathBuf)>, TreeError> {
     use nix::sys::stat::SFlag;
     let path = tree.path.join(name);
-    let fd = match openat(
-        tree.dir(""),
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        Mode::empty(),
-    ) {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let fd = match openat(tree.dir(""), name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::ELOOP) => return Err(TreeError::Symlink { path }),
@@ -309,8 +305,7 @@ pub fn adopt_root_owned_file(
         path: path.clone(),
         source,
     })?;
-    let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
-    if !regular || !owner.privileged || st.st_uid != 0 {
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return Ok(None);
     }
     if st.st_nlink != 1 {
@@ -318,6 +313,26 @@ pub fn adopt_root_owned_file(
             path,
             links: st.st_nlink as u64,
         });
+    }
+    Ok(Some((fd, st, path)))
+}
+
+/// Give a root-owned regular file directly inside the data directory to the service user
+/// (a database left behind by a tool run as root). Files owned by anyone else are left
+/// alone.
+pub fn adopt_root_owned_file(
+    tree: &DataTree,
+    name: &str,
+    owner: Owner,
+) -> Result<Option<Change>, TreeError> {
+    if !owner.privileged {
+        return Ok(None);
+    }
+    let Some((fd, st, path)) = open_own_file(tree, name)? else {
+        return Ok(None);
+    };
+    if st.st_uid != 0 {
+        return Ok(None);
     }
     fchown(&fd, Some(owner.uid), Some(owner.gid)).map_err(|source| TreeError::Io {
         op: "chown",
@@ -330,50 +345,20 @@ pub fn adopt_root_owned_file(
     }))
 }
 
-/// Make a regular file directly inside the data directory private (mode & !0o077), e.g.
-/// the SQLite database, which would otherwise be readable by the web server sharing the
-/// service group. Links are not followed; a missing file is fine.
+/// Make the service user's own regular file directly inside the data directory private
+/// (mode & !0o077), e.g. the SQLite database, which would otherwise be readable by the
+/// web server sharing the service group.
 pub fn make_private(
     tree: &DataTree,
     name: &str,
     owner: Owner,
 ) -> Result<Option<Change>, TreeError> {
-    use nix::sys::stat::SFlag;
-    let path = tree.path.join(name);
-    let fd = match openat(
-        tree.dir(""),
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(Errno::ELOOP) => return Err(TreeError::Symlink { path }),
-        Err(source) => {
-            return Err(TreeError::Io {
-                op: "open",
-                path,
-                source,
-            });
-        }
-    };
-    let st = fstat(&fd).map_err(|source| TreeError::Io {
-        op: "stat",
-        path: path.clone(),
-        source,
-    })?;
-    let mode = st.st_mode & 0o7777;
-    // Only the service user's own database: never a file of someone else's that a link
-    // made appear here.
-    let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
-    if !regular || mode & 0o077 == 0 || st.st_uid != owner.uid.as_raw() {
+    let Some((fd, st, path)) = open_own_file(tree, name)? else {
         return Ok(None);
-    }
-    if st.st_nlink != 1 {
-        return Err(TreeError::HardLinked {
-            path,
-            links: st.st_nlink as u64,
-        });
+    };
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o077 == 0 || st.st_uid != owner.uid.as_raw() {
+        return Ok(None);
     }
     let new = mode & !0o077;
     fchmod(&fd, Mode::from_bits_truncate(new)).map_err(|source| TreeError::Io {
