@@ -311,6 +311,9 @@ in
         SyslogIdentifier = "bitpoll";
         Restart = "on-failure";
         RestartSec = "5s";
+        # Config invalid, system not as required, drop failed: restarting cannot help
+        # and would hide the launcher's message from `systemctl status`.
+        RestartPreventExitStatus = "2 3 4";
         # Migrations can take long; the launcher extends the timeout
         # (EXTEND_TIMEOUT_USEC) while they make progress and fails on a stall.
         TimeoutStartSec = "5min";

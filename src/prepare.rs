@@ -505,17 +505,21 @@ async fn interrupted(
 /// SIGTERM the driver, give it a moment, then SIGKILL; always reaped.
 async fn stop(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
+        if let Err(err) = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
-        );
+        ) {
+            warn!(phase = "prepare", pid, %err, "cannot send SIGTERM to the preparation process (the unit must allow CAP_KILL)");
+        }
     }
     if tokio::time::timeout(KILL_GRACE, child.wait())
         .await
         .is_err()
     {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        if let Err(err) = child.start_kill() {
+            warn!(phase = "prepare", %err, "cannot kill the preparation process");
+        }
+        let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
     }
 }
 

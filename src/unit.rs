@@ -154,6 +154,15 @@ pub fn render(
     writeln!(w, "SyslogIdentifier=bitpoll")?;
     writeln!(w, "Restart=on-failure")?;
     writeln!(w, "RestartSec=5s")?;
+    writeln!(
+        w,
+        "# Invalid config, system not as required, failed drop: a restart cannot fix them,"
+    )?;
+    writeln!(
+        w,
+        "# and a restart loop would hide the launcher's message from systemctl status."
+    )?;
+    writeln!(w, "RestartPreventExitStatus=2 3 4")?;
     // Not StateDirectory=: without User= systemd would chown that tree back to root on
     // every start. The directory is created ahead (bitpoll-launcher tmpfiles); "-" lets
     // the launcher, not the namespace setup, explain a missing one.

@@ -49,5 +49,23 @@ pub fn default_stop_signals() -> nix::Result<()> {
     Ok(())
 }
 
+/// End the process by `signal` with its default action, so the service manager sees a
+/// death by that signal (for SIGTERM: a clean stop) rather than an exit status. Returns
+/// only if the signal did not end the process.
+pub fn die_of_signal(signal: i32) {
+    use nix::sys::signal::{SigHandler, SigSet, Signal, raise, signal as set_handler};
+    let Ok(sig) = Signal::try_from(signal) else {
+        return;
+    };
+    // SAFETY: installing SIG_DFL runs no handler code.
+    if unsafe { set_handler(sig, SigHandler::SigDfl) }.is_err() {
+        return;
+    }
+    let mut set = SigSet::empty();
+    set.add(sig);
+    let _ = set.thread_unblock();
+    let _ = raise(sig);
+}
+
 #[cfg(test)]
 mod tests;

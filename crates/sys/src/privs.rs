@@ -47,11 +47,20 @@ impl Target {
     }
 }
 
+/// The highest capability number the kernel knows. From /proc/sys when it is visible;
+/// under ProcSubset=pid it is not, and the kernel is asked instead: PR_CAPBSET_READ fails
+/// with EINVAL for a capability it does not know.
 fn last_cap() -> io::Result<u32> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?;
-    text.trim()
-        .parse()
-        .map_err(|_| io::Error::other("unreadable /proc/sys/kernel/cap_last_cap"))
+    if let Some(n) = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return Ok(n);
+    }
+    (0..64u32)
+        .take_while(|cap| prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(*cap)) >= 0)
+        .last()
+        .ok_or_else(|| io::Error::other("cannot determine the highest capability number"))
 }
 
 /// A failed step of the drop.
