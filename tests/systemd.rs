@@ -2,6 +2,13 @@
 //! They need root and systemd-nspawn; elsewhere each prints a SKIP line and passes, unless
 //! BITPOLL_REQUIRE_SYSTEMD_TESTS=1.
 //!
+//! First the harness itself (container boot, teardown, stale cleanup, journal parsing), then
+//! Bitpoll: each test boots its own container, installs the demo app with the account, data
+//! directory and unit exactly as `bitpoll-launcher sysusers|tmpfiles|unit` print them (the
+//! hardening of nixos/hardening.toml, see container/bitpoll.rs) and checks one behaviour of
+//! the launcher as a real `Type=notify` unit. They need the demo venv (tests/setup-venv.sh,
+//! run on the first use).
+//!
 //! Run: `cargo test --test systemd -- --test-threads=1 --nocapture`
 
 mod container;
@@ -453,7 +460,7 @@ fn start_returns_after_ready_and_the_server_keeps_the_launchers_pid_without_priv
         argv.iter().any(|a| a.ends_with("/gunicorn")) && argv.contains(&"bitpoll.wsgi:application"),
         "MainPID {main} is not the gunicorn master: {argv:?}"
     );
-    let recs = b.journal_json_until(UNIT, Duration::from_secs(10), |recs| {
+    let recs = b.wait_journal(Duration::from_secs(10), |recs| {
         recs.iter().any(started_record)
             && recs
                 .iter()
@@ -531,17 +538,16 @@ fn the_journal_has_the_launchers_structured_records_and_status_follows_the_phase
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut seen: Vec<(String, String)> = Vec::new();
     loop {
-        let p = b.show(&["ActiveState", "StatusText"]);
+        let p = b.show(&["ActiveState", "SubState", "StatusText"]);
         let pair = (p["ActiveState"].clone(), p["StatusText"].clone());
         if seen.last() != Some(&pair) {
             eprintln!("{} / {:?}", pair.0, pair.1);
             seen.push(pair.clone());
         }
-        match pair.0.as_str() {
-            "active" => break,
-            "failed" => panic!("the start failed:\n{}", b.diagnose(UNIT)),
-            _ => {}
+        if pair.0 == "active" {
+            break;
         }
+        assert!(!b.failed(&p), "the start failed:\n{}", b.diagnose(UNIT));
         assert!(
             Instant::now() < deadline,
             "still not active: {seen:?}\n{}",
@@ -560,7 +566,7 @@ fn the_journal_has_the_launchers_structured_records_and_status_follows_the_phase
     );
 
     let inv = b.invocation_id();
-    let recs = b.journal_json_until(UNIT, Duration::from_secs(10), |recs| {
+    let recs = b.wait_journal(Duration::from_secs(10), |recs| {
         recs.iter()
             .any(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && r.is("PHASE", "exec"))
     });
@@ -860,7 +866,7 @@ fn a_hung_migration_fails_with_the_launchers_message_instead_of_a_timeout() {
     assert_eq!(show["Result"], "exit-code", "{}", b.diagnose(UNIT));
     assert_ne!(show["ExecMainStatus"], "0");
 
-    let recs = b.journal_json_until(UNIT, Duration::from_secs(10), |recs| {
+    let recs = b.journal_of_failure(Duration::from_secs(10), |recs| {
         recs.iter()
             .any(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && message_has(r, "made no progress"))
     });
@@ -916,8 +922,7 @@ fn a_broken_configuration_fails_fast_with_the_key_and_a_hint_in_journal_and_stat
         "the launcher's config exit status"
     );
 
-    // journald takes the record a moment after the process exited.
-    let recs = b.journal_json_until(UNIT, Duration::from_secs(10), |recs| {
+    let recs = b.journal_of_failure(Duration::from_secs(10), |recs| {
         recs.iter()
             .any(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && message_has(r, "prepare.migrat"))
     });
@@ -954,7 +959,7 @@ fn stopping_during_preparation_stops_the_child_and_leaves_no_stamp() {
     }
     let b = bitpoll::install("stop", Spec::default().env("DEMO_MIGRATION_DELAY", "30"));
     b.start_no_block();
-    let recs = b.journal_json_until(UNIT, Duration::from_secs(60), |recs| {
+    let recs = b.wait_journal(Duration::from_secs(60), |recs| {
         recs.iter().any(|r| message_has(r, "demo migration: step"))
     });
     let driver: u32 = recs
@@ -996,17 +1001,18 @@ fn stopping_during_preparation_stops_the_child_and_leaves_no_stamp() {
             "{path} exists after the interrupted start"
         );
     }
+    // The launcher said which step it interrupted (a warning or worse).
     let recs = b.launcher_records();
-    let interrupted: Vec<&JsonRecord> = recs
-        .iter()
-        .filter(|r| r.is("STEP", "migrate") && r.get("PRIORITY").is_some_and(|p| p <= "4"))
-        .collect();
     eprintln!(
-        "{}",
-        bitpoll::messages(&recs.iter().rev().take(4).cloned().collect::<Vec<_>>())
+        "the launcher's last words:\n{}",
+        bitpoll::messages(&recs[recs.len().saturating_sub(3)..])
     );
     assert!(
-        !interrupted.is_empty(),
+        recs.iter()
+            .any(|r| (r.is("STEP", "migrate") || message_has(r, "migrate"))
+                && r.get("PRIORITY")
+                    .and_then(|p| p.parse::<u8>().ok())
+                    .is_some_and(|p| p <= 4)),
         "the launcher did not log the interrupted step:\n{}",
         bitpoll::messages(&recs)
     );

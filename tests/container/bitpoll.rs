@@ -169,11 +169,10 @@ impl std::ops::Deref for Bitpoll {
 /// renders it.
 pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     ensure_venv();
-    let builder = match std::env::var("BLT_LAUNCHER_OVERRIDE") {
-        Ok(p) => ContainerBuilder::new(tag).bind_ro(p, LAUNCHER_PATH),
-        Err(_) => ContainerBuilder::new(tag).with_launcher(),
-    };
-    let c = builder.file(CONFIG_PATH, spec.config(), 0o644).boot();
+    let c = ContainerBuilder::new(tag)
+        .with_launcher()
+        .file(CONFIG_PATH, spec.config(), 0o644)
+        .boot();
     let t = Instant::now();
 
     // The account, from the sysusers.d entry the launcher prints. The container shares
@@ -223,15 +222,6 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     }
 
     // The unit, as rendered (no --hardening: the shipped list).
-    let hardening_override = std::env::var("BLT_HARDENING_OVERRIDE").ok();
-    if let Some(h) = &hardening_override {
-        c.write_file(
-            "/etc/bitpoll/hardening.toml",
-            &std::fs::read(h).unwrap(),
-            0o644,
-        );
-        unit_args.extend(["--hardening", "/etc/bitpoll/hardening.toml"]);
-    }
     let unit = c.exec_ok(&unit_args);
     c.write_file(UNIT_PATH, unit.as_bytes(), 0o644);
     c.exec_ok(&["systemctl", "daemon-reload"]);
@@ -446,6 +436,63 @@ impl Bitpoll {
             .exec(&["sh", "-c", r#"test -e "$1" || test -L "$1""#, "sh", path])
             .status
             .success()
+    }
+
+    /// Polls the unit's journal until `pred` holds, while the unit is starting or running;
+    /// panics with its status and journal (as text) when the unit failed meanwhile or on
+    /// timeout.
+    pub fn wait_journal(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[JsonRecord]) -> bool,
+    ) -> Vec<JsonRecord> {
+        self.poll_journal(timeout, true, pred)
+    }
+
+    /// Like [`Bitpoll::wait_journal`], for a unit that failed on purpose (journald may take
+    /// the last records a moment after the process exited).
+    pub fn journal_of_failure(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[JsonRecord]) -> bool,
+    ) -> Vec<JsonRecord> {
+        self.poll_journal(timeout, false, pred)
+    }
+
+    fn poll_journal(
+        &self,
+        timeout: Duration,
+        running: bool,
+        pred: impl Fn(&[JsonRecord]) -> bool,
+    ) -> Vec<JsonRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let recs = self.c.journal_json(UNIT);
+            if pred(&recs) {
+                return recs;
+            }
+            if running {
+                let p = self.show(&["ActiveState", "SubState", "Result"]);
+                assert!(
+                    !self.failed(&p),
+                    "the unit failed ({p:?}) while the test waited for its journal:\n{}",
+                    self.c.diagnose(UNIT)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the unit's journal did not show what the test waited for within {timeout:?}:\n{}",
+                self.c.diagnose(UNIT)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// True if properties `p` (ActiveState, SubState) say the unit failed, also while
+    /// `Restart=on-failure` waits to start it again.
+    pub fn failed(&self, p: &HashMap<String, String>) -> bool {
+        p.get("ActiveState").is_some_and(|s| s == "failed")
+            || p.get("SubState").is_some_and(|s| s == "auto-restart")
     }
 
     /// The unit's current InvocationID (changes with every start).
