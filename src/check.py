@@ -80,7 +80,9 @@ def main(paths):
         from django.contrib.staticfiles.storage import staticfiles_storage
 
         manifest = getattr(staticfiles_storage, "manifest_name", None)
-        if manifest and settings.STATIC_ROOT:
+        if settings.STATIC_ROOT and os.path.islink(str(settings.STATIC_ROOT)):
+            res["static_error"] = "STATIC_ROOT %s is a symbolic link" % settings.STATIC_ROOT
+        elif manifest and settings.STATIC_ROOT:
             path = os.path.join(str(settings.STATIC_ROOT), manifest)
             res["manifest"] = {"path": path, "exists": os.path.exists(path)}
     except Exception as e:

@@ -96,12 +96,20 @@ impl Report {
         message: impl Into<String>,
         fix: Option<String>,
     ) {
+        // One line per finding: a multi-line text (a tool's stderr) is joined.
+        let one_line = |t: String| {
+            t.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         self.findings.push(Finding {
             severity,
             group,
-            subject: subject.into(),
-            message: message.into(),
-            fix,
+            subject: one_line(subject.into()),
+            message: one_line(message.into()),
+            fix: fix.map(one_line),
         });
     }
     fn ok(&mut self, group: &'static str, subject: impl Into<String>, message: impl Into<String>) {
@@ -225,14 +233,10 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
         .find(|d| d.spec.name == STATE_DIR)
         .and_then(|d| d.fd());
     let evidence = database_evidence(cfg, state_fd);
-    let secrets_dir = dirs
-        .iter()
-        .find(|d| d.spec.name == SECRETS_DIR)
-        .and_then(|d| d.fd().map(|fd| (fd, d.path.clone())));
     let loaded = check_secrets(
         cfg,
         args,
-        secrets_dir.as_ref().map(|(fd, p)| (*fd, p.as_path())),
+        &dirs,
         uid.unwrap_or(euid),
         evidence.as_deref(),
         viewer,
@@ -240,8 +244,9 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     );
     check_sources(cfg, r);
     let probe = match (&user, &group) {
-        (Some(u), Some(g)) => probe_app(cfg, u, g, viewer, &loaded, r),
+        (Some(u), Some(g)) => probe_app(cfg, u, g, viewer, &dirs, &loaded, r),
         _ => {
+            python_is_executable(cfg, r);
             r.info(
                 "app",
                 "probe",
@@ -251,15 +256,28 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
         }
     };
     if let Some(p) = &probe {
+        let first = r.findings.len();
         report_probe(cfg, p, uid, r);
+        if viewer == Viewer::Other {
+            // The probe ran as this user, not as the service user: what failed for it
+            // may well work for the service.
+            for f in &mut r.findings[first..] {
+                if f.severity == Severity::Error {
+                    f.severity = Severity::Warning;
+                    f.message = format!(
+                        "{} (seen as uid {euid}, not as the service user)",
+                        f.message
+                    );
+                }
+            }
+        }
     }
     check_server(cfg, uid, probe.as_ref(), r);
-    if let Some(unit) = args
-        .unit
-        .as_deref()
-        .or_else(|| std::env::var_os("INVOCATION_ID").map(|_| "bitpoll"))
-    {
-        check_unit(cfg, unit, user.is_some(), r);
+    if let Some(unit) = args.unit.as_deref().map(str::to_string).or_else(|| {
+        std::env::var_os("INVOCATION_ID")
+            .map(|_| current_unit().unwrap_or_else(|| "bitpoll".into()))
+    }) {
+        check_unit(cfg, &unit, user.is_some(), r);
     }
 }
 
@@ -518,12 +536,21 @@ fn database_evidence(cfg: &Config, state: Option<std::os::fd::BorrowedFd<'_>>) -
 fn check_secrets(
     cfg: &Config,
     args: &CheckArgs,
-    secrets_dir: Option<(std::os::fd::BorrowedFd<'_>, &Path)>,
+    dirs: &[Inspected],
     uid: Uid,
     evidence: Option<&str>,
     viewer: Viewer,
     r: &mut Report,
 ) -> Vec<(String, SecretValue)> {
+    let secrets_dir = dirs
+        .iter()
+        .find(|d| d.spec.name == SECRETS_DIR)
+        .and_then(|d| d.fd().map(|fd| (fd, d.path.as_path())));
+    // Another user may not see into the data directory at all.
+    let hidden = viewer == Viewer::Other
+        && dirs
+            .iter()
+            .any(|d| matches!(d.observed, Observed::Unreadable(_)));
     let unit = args.unit.as_deref().unwrap_or("bitpoll");
     let creds = secrets::credentials_dir_for(unit);
     let mut values = Vec::new();
@@ -539,6 +566,14 @@ fn check_secrets(
                     format!("usable: {}, {} bytes", l.origin, l.value.len()),
                 );
                 values.push((name, l.value));
+            }
+            Ok(secrets::Observed::WillGenerate(_)) if hidden => {
+                r.warn(
+                    "secrets",
+                    subject,
+                    "cannot be seen as this user (the data directory is not readable)",
+                    "run check as root or as the service user",
+                );
             }
             Ok(secrets::Observed::WillGenerate(kind)) => {
                 r.info(
@@ -688,37 +723,34 @@ struct Manifest {
     exists: bool,
 }
 
-/// Paths the service user must be able to write.
-fn writable_paths(cfg: &Config) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = TREE
+/// Paths the service user must be able to write, limited to what the inspection found to
+/// be real directories and regular files: the probe must never look through a link.
+fn writable_paths(cfg: &Config, dirs: &[Inspected]) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = dirs
         .iter()
-        .map(|d| {
-            if d.name.is_empty() {
-                cfg.service.data_dir.clone()
-            } else {
-                cfg.service.data_dir.join(d.name)
-            }
-        })
+        .filter(|d| matches!(d.observed, Observed::Present { .. }))
+        .map(|d| d.path.clone())
         .collect();
     if let Database::Sqlite { path } = &cfg.database {
         if let Some(parent) = path.parent() {
-            if !paths.iter().any(|p| p == parent) {
+            let real_dir = std::fs::symlink_metadata(parent).is_ok_and(|m| m.is_dir());
+            let in_tree = parent == cfg.service.data_dir;
+            if real_dir
+                && !paths.iter().any(|p| p == parent)
+                && (!in_tree || paths.contains(&cfg.service.data_dir))
+            {
                 paths.push(parent.to_path_buf());
             }
         }
-        paths.push(path.clone());
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+            paths.push(path.clone());
+        }
     }
     paths
 }
 
-fn probe_app(
-    cfg: &Config,
-    user: &nix::unistd::User,
-    group: &nix::unistd::Group,
-    viewer: Viewer,
-    secrets: &[(String, SecretValue)],
-    r: &mut Report,
-) -> Option<Probe> {
+/// Reported in every case, also before the account exists (when the probe cannot run).
+fn python_is_executable(cfg: &Config, r: &mut Report) -> bool {
     let python = &cfg.app.python;
     let executable =
         std::fs::metadata(python).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
@@ -729,8 +761,23 @@ fn probe_app(
             "is not an executable file",
             "point app.python at the virtualenv's bin/python",
         );
+    }
+    executable
+}
+
+fn probe_app(
+    cfg: &Config,
+    user: &nix::unistd::User,
+    group: &nix::unistd::Group,
+    viewer: Viewer,
+    dirs: &[Inspected],
+    secrets: &[(String, SecretValue)],
+    r: &mut Report,
+) -> Option<Probe> {
+    if !python_is_executable(cfg, r) {
         return None;
     }
+    let python = &cfg.app.python;
     let missing: Vec<&str> = cfg
         .secrets
         .keys()
@@ -766,10 +813,15 @@ fn probe_app(
         Purpose::Prepare,
     );
     app_env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
-    let paths: Vec<String> = writable_paths(cfg)
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    // Another user's view of write access says nothing about the service user's.
+    let paths: Vec<String> = if viewer == Viewer::Other {
+        Vec::new()
+    } else {
+        writable_paths(cfg, dirs)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    };
     let mut cmd = std::process::Command::new(python);
     cmd.arg("-c")
         .arg(PROBE)
@@ -1104,46 +1156,60 @@ fn check_port(bind: &str, uid: Option<Uid>, r: &mut Report) {
         format!("{bind}:8000")
     };
     let subject = format!("--bind {bind}");
-    match std::net::TcpListener::bind(&addr) {
-        Ok(listener) => {
-            drop(listener);
-            r.ok("server", subject, "the address is free");
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let port: Option<u16> = addr.rsplit(':').next().and_then(|p| p.parse().ok());
-            match port.and_then(listener_of) {
-                Some((pid, puid, comm)) if uid.is_some_and(|u| u.as_raw() == puid) => {
-                    r.ok(
-                        "server",
-                        subject,
-                        format!("held by this service ({comm}, pid {pid})"),
-                    );
-                }
-                Some((pid, _, comm)) => r.error(
-                    "server",
-                    subject,
-                    format!("already in use by {comm} (pid {pid})"),
-                    "stop that process or bind another port",
-                ),
-                None => r.error(
-                    "server",
-                    subject,
-                    "already in use by another process",
-                    "stop it or bind another port",
-                ),
+    let port: Option<u16> = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+    // Look for a listener first: binding the port, even for an instant, could make the
+    // real server fail to start at that moment.
+    let inodes = port.map(listening_inodes).unwrap_or_default();
+    if inodes.is_empty() {
+        match std::net::TcpListener::bind(&addr) {
+            Ok(listener) => {
+                drop(listener);
+                r.ok("server", subject, "the address is free");
+                return;
             }
+            Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+                r.error(
+                    "server",
+                    subject,
+                    format!("cannot be bound: {e}"),
+                    "use an address of this host",
+                );
+                return;
+            }
+            Err(_) => {}
         }
-        Err(e) => r.error(
+    }
+    match holder_of(&inodes) {
+        Some((pid, puid, comm)) if uid.is_some_and(|u| u.as_raw() == puid) => {
+            r.ok(
+                "server",
+                subject,
+                format!("held by this service ({comm}, pid {pid})"),
+            );
+        }
+        Some((pid, _, comm)) => r.error(
             "server",
             subject,
-            format!("cannot be bound: {e}"),
-            "use an address of this host",
+            format!("already in use by {comm} (pid {pid})"),
+            "stop that process or bind another port",
+        ),
+        None if !nix::unistd::geteuid().is_root() => r.warn(
+            "server",
+            subject,
+            "already in use; as this user the holder cannot be seen",
+            "run check as root to see whether the service itself holds it",
+        ),
+        None => r.error(
+            "server",
+            subject,
+            "already in use by another process",
+            "stop it or bind another port",
         ),
     }
 }
 
-/// The process listening on a TCP port: (pid, uid, command name).
-fn listener_of(port: u16) -> Option<(u32, u32, String)> {
+/// Socket inodes listening on a TCP port (any local address), from /proc/net/tcp{,6}.
+fn listening_inodes(port: u16) -> Vec<String> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -1163,6 +1229,14 @@ fn listener_of(port: u16) -> Option<(u32, u32, String)> {
                 inodes.push(format!("socket:[{}]", f[9]));
             }
         }
+    }
+    inodes
+}
+
+/// The process holding one of these sockets: (pid, uid, command name).
+fn holder_of(inodes: &[String]) -> Option<(u32, u32, String)> {
+    if inodes.is_empty() {
+        return None;
     }
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -1187,6 +1261,15 @@ fn listener_of(port: u16) -> Option<(u32, u32, String)> {
         }
     }
     None
+}
+
+/// The unit this process runs in, from its cgroup path ("/system.slice/bitpoll.service").
+fn current_unit() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .find(|name| name.ends_with(".service"))
+        .map(str::to_string)
 }
 
 fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {

@@ -260,7 +260,12 @@ pub fn observe(
                 })
             }),
             SecretSource::Generate(kind) => match secrets_dir {
-                None => Ok(Observed::WillGenerate(*kind)),
+                None => match (kind, database_exists) {
+                    (GenerateKind::FernetKey, Some(evidence)) => Err(format!(
+                        "no key has been generated although the database exists ({evidence}); the launcher will refuse to generate one: restore the key that encrypted the data"
+                    )),
+                    _ => Ok(Observed::WillGenerate(*kind)),
+                },
                 Some((dir, dir_path)) => {
                     match files::read_generated(dir, dir_path, name, owner_uid) {
                         Err(e) => Err(e.to_string()),
