@@ -23,6 +23,16 @@ fi
 
 bash tests/setup-venv.sh >/dev/null
 
-# Test binaries that create users or boot containers run one test at a time.
+# Test binaries that create users or boot containers run one test at a time. The suite
+# under a real systemd must run here, not skip.
 export BITPOLL_REQUIRE_SYSTEMD_TESTS=1
-cargo test --workspace --locked -- --test-threads=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --lib --bins --tests -- --test-threads=1 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "suite: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
