@@ -5,7 +5,7 @@
 # docs/benchmarks.md. Figures are measured here, never asserted in tests (the machine is
 # noisy).
 #
-#   sudo bash scripts/bench.sh              N = 5 runs per figure (about 1-2 minutes)
+#   sudo bash scripts/bench.sh              N = 5 runs per timing (about 30 s once built)
 #   sudo bash scripts/bench.sh --runs 10    more runs
 #   BENCH_LOGS=/some/dir sudo -E bash scripts/bench.sh   keep the launcher logs there
 #
@@ -38,6 +38,12 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (the launcher creates a user and drops privileges)"
 [ -x /usr/bin/python3 ] || die "/usr/bin/python3 is needed for the harness"
 command -v setpriv >/dev/null || die "setpriv (util-linux) is needed"
+if [ ! -x /usr/bin/time ]; then
+    say "installing GNU time (/usr/bin/time measures exact peak memory)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q time >&2 \
+        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q time >&2; } \
+        || die "cannot install GNU time"
+fi
 # Never take over (and later delete) an account that is not ours.
 if id -u "$user" >/dev/null 2>&1 || getent group "$user" >/dev/null; then
     die "user or group $user already exists; remove it (userdel $user; groupdel $user) or it is in use"
@@ -49,8 +55,14 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    # The harness stops every process group it starts; this is the safety net for
-    # processes of the throwaway user left behind by an interrupted run.
+    # The harness stops every process group it starts; this is the safety net for an
+    # interrupted run: our private copy of the launcher (still root, before its exec)...
+    local p exe
+    for p in /proc/[0-9]*; do
+        exe=$(readlink "$p/exe" 2>/dev/null) || continue
+        [ "$exe" = "$work/bin/bitpoll-launcher" ] && kill -KILL "${p#/proc/}" 2>/dev/null
+    done
+    # ...and processes of the throwaway user (the Python child, the server).
     if id -u "$user" >/dev/null 2>&1; then
         local pids
         pids=$(pgrep -u "$user" || true)
@@ -66,7 +78,8 @@ cleanup() {
         groupdel "$user" 2>/dev/null || say "warning: groupdel $user failed"
     fi
     if [ -n "${BENCH_LOGS:-}" ] && [ -d "$work/logs" ]; then
-        mkdir -p "$BENCH_LOGS" && cp -a "$work/logs/." "$BENCH_LOGS/" && say "logs kept in $BENCH_LOGS"
+        mkdir -p "$BENCH_LOGS" && cp -a "$work/logs/." "$BENCH_LOGS/" \
+            && cp "$work/results.tsv" "$BENCH_LOGS/results.tsv" && say "logs kept in $BENCH_LOGS"
     fi
     rm -rf -- "$work"
     [ $rc = 0 ] || say "failed (exit $rc); everything created was removed"
@@ -208,13 +221,16 @@ for i in $(seq 1 "$runs"); do
     (cd / && H wall --out "$results" --tag check --ok 0,1 --log "$logs/check-$i.log" \
         -- "$launcher" check --config "$work/main.toml")
 done
-grep -q ' 0 error(s)' "$logs/check-1.log" || die "check found errors; see $logs/check-1.log"
+grep -q '^0 error(s)' "$logs/check-1.log" || die "check found errors; see $logs/check-1.log"
 
 # --- 5 memory (warm state) ---------------------------------------------------------------
 say "4/5 memory: unit, warm run (server /bin/true), check"
-(cd / && H mem --out "$results" --tag mem_unit --log "$logs/mem-unit.log" \
+# Exact peaks through /usr/bin/time's ru_maxrss, valid here because no child process is
+# involved (`unit` starts none, and a warm `run` skips every step and execs /bin/true,
+# which is smaller than the launcher).
+(cd / && H maxrss --out "$results" --tag mem_unit --log "$logs/mem-unit.log" \
     -- "$launcher" unit --config "$work/main.toml")
-(cd / && H mem --out "$results" --tag mem_warm --log "$logs/mem-warm.log" \
+(cd / && H maxrss --out "$results" --tag mem_warm --log "$logs/mem-warm.log" \
     -- "$launcher" run --config "$work/true.toml")
 [ "$(grep -c 'skipped=true' "$logs/mem-warm.log")" = 3 ] || die "the warm memory run ran steps; see $logs/mem-warm.log"
 (cd / && H mem --out "$results" --tag mem_check --ok 0,1 --log "$logs/mem-check.log" \

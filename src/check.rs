@@ -640,7 +640,7 @@ fn check_sources(cfg: &Config, r: &mut Report) {
         return;
     }
     r.ok("app", src.display().to_string(), "holds manage.py");
-    let (po, fresh) = match crate::prepare::SourceTree::scan(src) {
+    let (po, fresh) = match crate::prepare::SourceTree::of(cfg) {
         Ok(tree) => (tree.po_files, tree.fresh_mo_files),
         Err(e) => {
             r.error(

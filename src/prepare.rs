@@ -65,7 +65,7 @@ pub fn plan(ctx: &Context<'_>, force: bool) -> anyhow::Result<Vec<Planned>> {
         return Ok(Vec::new());
     }
     let python = python_identity(&ctx.cfg.app.python);
-    let source = SourceTree::scan(&ctx.cfg.app.source_dir).with_context(|| {
+    let source = SourceTree::of(ctx.cfg).with_context(|| {
         format!(
             "cannot read the app source {}",
             ctx.cfg.app.source_dir.display()
@@ -235,7 +235,29 @@ pub(crate) struct SourceTree {
 }
 
 impl SourceTree {
-    pub(crate) fn scan(root: &Path) -> std::io::Result<SourceTree> {
+    /// Scan the app source of `cfg`, leaving out what the app itself writes there (a
+    /// static root, media root or SQLite database placed inside the source directory):
+    /// those change on every run and are outputs, not inputs.
+    pub(crate) fn of(cfg: &Config) -> std::io::Result<SourceTree> {
+        let media = cfg
+            .environment
+            .get("BITPOLL_MEDIA_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cfg.service.data_dir.join(launcher_plan::layout::MEDIA_DIR));
+        let mut outputs = vec![static_root(cfg), media, cfg.service.data_dir.clone()];
+        if let Database::Sqlite { path } = &cfg.database {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for suffix in ["", "-journal", "-wal", "-shm"] {
+                outputs.push(path.with_file_name(format!("{name}{suffix}")));
+            }
+        }
+        Self::scan(&cfg.app.source_dir, &outputs)
+    }
+
+    fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceTree> {
         let mut entries = Vec::new();
         let mut po_files = 0;
         let mut fresh_mo_files = 0;
@@ -250,6 +272,9 @@ impl SourceTree {
                     continue;
                 }
                 let path = entry.path();
+                if outputs.contains(&path) {
+                    continue;
+                }
                 let meta = std::fs::symlink_metadata(&path)?;
                 if meta.is_dir() {
                     stack.push(path);
@@ -629,7 +654,7 @@ impl Events<'_, '_> {
             .find(|p| p.step == step)
             .expect("only planned steps run");
         // The witness is taken after the step: it describes the output this run produced.
-        let source = SourceTree::scan(&self.ctx.cfg.app.source_dir)?;
+        let source = SourceTree::of(self.ctx.cfg)?;
         let stamp = Stamp {
             step,
             fingerprint: planned.fingerprint.clone(),

@@ -1449,3 +1449,35 @@ fn a_hard_link_planted_as_a_generated_secret_is_not_read_as_root() {
     }
     assert_eq!(owner_mode(&victim), (0, 0, 0o600));
 }
+
+#[test]
+fn files_the_app_writes_inside_its_source_do_not_count_as_source_changes() {
+    // Upstream Bitpoll's defaults put collected static files into the source tree
+    // (src/_static): those are outputs of collectstatic, not inputs of any step.
+    let mut env = TestEnv::new("static_in_source");
+    let static_root = env.app.join("_static");
+    fs::create_dir(&static_root).unwrap();
+    fs::set_permissions(&static_root, fs::Permissions::from_mode(0o777)).unwrap();
+    env.config.set_str(
+        "environment",
+        "BITPOLL_STATIC_ROOT",
+        &static_root.display().to_string(),
+    );
+    env.launch();
+    env.wait_ready(READY);
+    assert!(
+        static_root.join("staticfiles.json").is_file(),
+        "collectstatic wrote into the source tree\n{}",
+        env.stderr()
+    );
+    env.stop();
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    for step in STEPS {
+        assert!(
+            log.contains(&format!("step {step} skipped")),
+            "{step} ran again although only its own output changed\n{log}"
+        );
+    }
+}

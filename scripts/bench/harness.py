@@ -13,18 +13,23 @@ Subcommands (each appends "tag.key<TAB>value" lines to the results file given by
          after 15 s) and waits until it is gone.
   wall   --log FILE --tag T [--ok 0,1] -- CMD...
          Wall-clock time of CMD (ms) and its ru_maxrss (KiB, the largest process of the
-         tree: wait4 folds in the reaped descendants).
-  mem    --log FILE --tag T [--sock PATH] [--linger S] -- CMD...
+         tree: wait4 folds in the reaped descendants; never below this harness's own RSS,
+         ~12 MiB, which the forked child starts with).
+  maxrss --log FILE --tag T [--ok 0,1] -- CMD...
+         ru_maxrss of CMD (KiB) through /usr/bin/time, whose small size keeps the figure
+         exact for a command without children (a forked child's high-water mark starts
+         at its parent's RSS, and it survives exec).
+  mem    --log FILE --tag T [--sock PATH] [--linger S] [--ok 0,1] -- CMD...
          Samples /proc/PID/status of CMD every millisecond: VmHWM/VmRSS of the launcher for
          as long as the process still is the launcher image (until it execs or exits), the
          largest VmHWM of its children (the Python preparation or probe), and after an exec
          the new image's VmHWM (shows that VmHWM is per image and resets at exec). Also
          records wait4's ru_maxrss of the whole run, which does NOT reset at exec and
-         includes reaped children, for comparison.
+         includes reaped children, for comparison. The notify socket (--sock) is drained:
+         the launcher's sd_notify blocks once its receive queue is full.
   report RESULTS
          Prints the table (median and min) and the ratios.
 """
-import json
 import os
 import re
 import signal
@@ -97,23 +102,33 @@ def group_alive(pgid):
         return True
 
 
-def stop_group(pgid, timeout=15.0):
-    """SIGTERM the process group, SIGKILL it after `timeout`, wait until it is empty."""
+def stop_group(pgid, reaped, timeout=15.0):
+    """SIGTERM the process group, SIGKILL it after `timeout`, and wait until it is empty.
+
+    `reaped()` reaps the direct child without blocking and says whether it is gone: until
+    then it stays in the group as a zombie. Its orphaned children (gunicorn's workers)
+    are reaped by init."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while group_alive(pgid) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if reaped() and not group_alive(pgid):
+            return
         time.sleep(0.02)
-    if group_alive(pgid):
-        sys.stderr.write("harness: process group %d ignored SIGTERM, killing it\n" % pgid)
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        while group_alive(pgid):
-            time.sleep(0.02)
+    sys.stderr.write("harness: process group %d still there %.0f s after SIGTERM, killing it\n"
+                     % (pgid, timeout))
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if reaped() and not group_alive(pgid):
+            return
+        time.sleep(0.02)
+    sys.stderr.write("harness: process group %d did not go away\n" % pgid)
 
 
 def reap(pid):
@@ -163,6 +178,7 @@ def cmd_ready(argv):
                          start_new_session=True)
     ready = exec_at = None
     rss = None
+    msgs = 0
     deadline = t0 + timeout
     s.settimeout(0.05)
     try:
@@ -178,6 +194,7 @@ def cmd_ready(argv):
                                      % (cmd[0], p.returncode, tail(o["log"])))
                 continue
             at = time.monotonic()
+            msgs += 1
             lines = msg.decode(errors="replace").split("\n")
             if "STATUS=Starting the server" in lines and exec_at is None:
                 exec_at = at
@@ -186,13 +203,13 @@ def cmd_ready(argv):
         st = proc_status(p.pid)
         rss = st["rss"] if st else None
     finally:
-        stop_group(p.pid)
-        p.wait()
+        stop_group(p.pid, lambda: p.poll() is not None)
         s.close()
         os.unlink(sock_path)
         log.close()
     out, tag = o["out"], o["tag"]
     record(out, tag, "ready_ms", "%.1f" % ((ready - t0) * 1000))
+    record(out, tag, "notify_msgs", msgs)
     if exec_at is not None:
         record(out, tag, "exec_ms", "%.1f" % ((exec_at - t0) * 1000))
         record(out, tag, "server_ms", "%.1f" % ((ready - exec_at) * 1000))
@@ -214,8 +231,13 @@ def cmd_wall(argv):
     ok = [int(c) for c in o.get("ok", "0").split(",")]
     with open(o["log"], "w") as log:
         t0 = time.monotonic()
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        status, maxrss = reap(p.pid)
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             start_new_session=True)
+        try:
+            status, maxrss = reap(p.pid)
+        except BaseException:
+            stop_group(p.pid, lambda: p.poll() is not None)
+            raise
         elapsed = time.monotonic() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode not in ok:
@@ -223,6 +245,26 @@ def cmd_wall(argv):
                          % (o["tag"], cmd[0], p.returncode, tail(o["log"])))
     record(o["out"], o["tag"], "wall_ms", "%.1f" % (elapsed * 1000))
     record(o["out"], o["tag"], "maxrss_kib", maxrss)
+
+
+def cmd_maxrss(argv):
+    """ru_maxrss of CMD measured by /usr/bin/time, a small C program: the forked child's
+    high-water mark starts at the forking parent's RSS and survives exec, so a Python
+    parent would add its own ~12 MiB to the figure."""
+    head, cmd = split_cmd(argv)
+    o = options(head, {"log", "tag", "out", "ok"})
+    ok = [int(c) for c in o.get("ok", "0").split(",")]
+    rss_file = o["log"] + ".maxrss"
+    with open(o["log"], "w") as log:
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file, "--"] + cmd,
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    if p.returncode not in ok:
+        raise SystemExit("harness: %s: %s exited with %d\n%s"
+                         % (o["tag"], cmd[0], p.returncode, tail(o["log"])))
+    with open(rss_file) as f:
+        kib = int(f.read().split()[-1])
+    os.unlink(rss_file)
+    record(o["out"], o["tag"], "ru_maxrss_kib", kib)
 
 
 def cmd_mem(argv):
@@ -233,67 +275,75 @@ def cmd_mem(argv):
     env = dict(os.environ)
     s = None
     if "sock" in o:
-        # Only so that the server (if any) has a socket to talk to; not timed here.
+        # A notify socket that is read (drained) but not timed. It must be read: the
+        # launcher's sd_notify blocks once the receive queue is full.
         if os.path.exists(o["sock"]):
             os.unlink(o["sock"])
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         s.bind(o["sock"])
         os.chmod(o["sock"], 0o666)
+        s.setblocking(False)
         env["NOTIFY_SOCKET"] = o["sock"]
     log = open(o["log"], "w")
     p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True)
     pid = p.pid
-    launcher_hwm = launcher_rss_max = 0
-    samples = 0
-    child_hwm = {}
-    child_name = {}
-    after_exec = None
-    exec_seen_at = None
-    status = None
-    n = 0
-    while True:
-        done, st_raw, ru = os.wait4(pid, os.WNOHANG)
-        if done:
-            status, maxrss = st_raw, ru.ru_maxrss
-            break
-        st = proc_status(pid)
-        if st is not None:
-            if st["name"] == LAUNCHER_COMM and exec_seen_at is None:
-                launcher_hwm = max(launcher_hwm, st["hwm"])
-                launcher_rss_max = max(launcher_rss_max, st["rss"])
-                samples += 1
-            else:
-                if exec_seen_at is None:
-                    exec_seen_at = time.monotonic()
-                after_exec = st
-                if time.monotonic() - exec_seen_at > linger:
-                    break
-        # Children: scanning them every 10th round keeps the loop fast.
-        if n % 10 == 0 and exec_seen_at is None:
-            for c in children(pid):
-                cst = proc_status(c)
-                if cst is not None and cst["name"] != LAUNCHER_COMM:
-                    child_hwm[c] = max(child_hwm.get(c, 0), cst["hwm"])
-                    child_name[c] = cst["name"]
-        else:
-            for c in list(child_hwm):
-                cst = proc_status(c)
-                if cst is not None:
-                    child_hwm[c] = max(child_hwm[c], cst["hwm"])
-        n += 1
-        time.sleep(0.001)
-    if status is None:
-        stop_group(pid)
-        _, status, ru = os.wait4(pid, 0)
-        maxrss = ru.ru_maxrss
-    else:
-        stop_group(pid)
-    log.close()
-    if s is not None:
-        s.close()
-        os.unlink(o["sock"])
-    code = os.waitstatus_to_exitcode(status)
+    launcher_hwm = launcher_rss_max = samples = 0
+    child_hwm, child_name = {}, {}
+    after_exec = exec_seen_at = None
+    got = {}
+
+    def reaped():
+        if "status" not in got:
+            done, st_raw, ru = os.wait4(pid, os.WNOHANG)
+            if done:
+                got["status"], got["maxrss"] = st_raw, ru.ru_maxrss
+        return "status" in got
+
+    try:
+        n = 0
+        while not reaped():
+            if s is not None:
+                try:
+                    while True:
+                        s.recv(4096)
+                except BlockingIOError:
+                    pass
+            st = proc_status(pid)
+            if st is not None:
+                if st["name"] == LAUNCHER_COMM and exec_seen_at is None:
+                    launcher_hwm = max(launcher_hwm, st["hwm"])
+                    launcher_rss_max = max(launcher_rss_max, st["rss"])
+                    samples += 1
+                elif samples:
+                    # Another image after the launcher: it executed the server. (Before
+                    # the first launcher sample the child may still show the harness.)
+                    if exec_seen_at is None:
+                        exec_seen_at = time.monotonic()
+                    after_exec = st
+                    if time.monotonic() - exec_seen_at > linger:
+                        break
+            if exec_seen_at is None:
+                # New children are looked for every 10th round, known ones every round.
+                pids = children(pid) if n % 10 == 0 else list(child_hwm)
+                for c in pids:
+                    cst = proc_status(c)
+                    if cst is not None and cst["name"] != LAUNCHER_COMM:
+                        child_hwm[c] = max(child_hwm.get(c, 0), cst["hwm"])
+                        child_name[c] = cst["name"]
+            n += 1
+            time.sleep(0.001)
+    finally:
+        stop_group(pid, reaped)
+        if not reaped():
+            _, st_raw, ru = os.wait4(pid, 0)
+            got["status"], got["maxrss"] = st_raw, ru.ru_maxrss
+        log.close()
+        if s is not None:
+            s.close()
+            os.unlink(o["sock"])
+    status, maxrss = got["status"], got["maxrss"]
+    code = p.returncode = os.waitstatus_to_exitcode(status)
     if after_exec is None and code not in ok:
         raise SystemExit("harness: %s: %s exited with %d\n%s" % (o["tag"], cmd[0], code, tail(o["log"])))
     out, tag = o["out"], o["tag"]
@@ -339,39 +389,47 @@ def cmd_report(argv):
     def mib(v):
         return "-" if v is None else "%.1f" % (v / 1024.0)
 
+    def count(v):
+        return "-" if v is None else "%d" % v
+
     rows = [
         ("Start-up (ms)", None, None),
         ("1  launcher cold: launch -> READY=1", "cold.ready_ms", ms),
-        ("     of which launcher (launch -> exec, its log)", "cold.done_ms", ms),
-        ("     of which prepare phase (3 steps, 1 Python)", "cold.prepare_ms", ms),
-        ("     of which Django start in the driver", "cold.setup_ms", ms),
+        ("     launch -> exec (harness clock)", "cold.exec_ms", ms),
+        ("     launcher done in (its log)", "cold.done_ms", ms),
+        ("     prepare phase (3 steps in 1 Python)", "cold.prepare_ms", ms),
+        ("     Django start inside the driver", "cold.setup_ms", ms),
         ("     gunicorn exec -> READY=1", "cold.server_ms", ms),
         ("2  launcher warm: launch -> READY=1", "warm.ready_ms", ms),
-        ("     launcher done in (its log)", "warm.done_ms", ms),
         ("     launch -> exec (harness clock)", "warm.exec_ms", ms),
-        ("     prepare phase (all 3 skipped)", "warm.prepare_ms", ms),
+        ("     launcher done in (its log)", "warm.done_ms", ms),
+        ("     prepare phase (3 skipped; log has whole ms)", "warm.prepare_ms", ms),
         ("     gunicorn exec -> READY=1", "warm.server_ms", ms),
         ("   launcher --force-prepare: launch -> READY=1", "forced.ready_ms", ms),
         ("     prepare phase (3 steps, nothing to do)", "forced.prepare_ms", ms),
-        ("3  shell preStart, fresh (3 manage.py)", "shell_fresh.wall_ms", ms),
+        ("3  shell preStart, fresh (3 x manage.py)", "shell_fresh.wall_ms", ms),
         ("   shell preStart, nothing to do", "shell_noop.wall_ms", ms),
-        ("4  bitpoll-launcher check (all fine)", "check.wall_ms", ms),
+        ("4  bitpoll-launcher check (0 errors)", "check.wall_ms", ms),
         ("   python -c 'import django; django.setup()'", "django_setup.wall_ms", ms),
         ("   python -c pass (interpreter alone)", "python_bare.wall_ms", ms),
         ("Memory (MiB)", None, None),
-        ("5  launcher binary, `unit` (exact, ru_maxrss)", "mem_unit.ru_maxrss_kib", mib),
-        ("   launcher `run` warm, server /bin/true (exact)", "mem_warm.ru_maxrss_kib", mib),
-        ("   launcher `run` cold: VmHWM before exec", "mem_cold.launcher_hwm_kib", mib),
-        ("   launcher `run` cold: max VmRSS during prepare", "mem_cold.launcher_rss_max_kib", mib),
-        ("   launcher `check`: VmHWM before exit", "mem_check.launcher_hwm_kib", mib),
-        ("   Python preparation child (VmHWM)", "mem_cold.child_hwm_kib", mib),
-        ("   Python check probe child (VmHWM)", "mem_check.child_hwm_kib", mib),
-        ("   server after exec (/bin/sleep) VmHWM", "mem_cold.exec_hwm_kib", mib),
-        ("   wait4 ru_maxrss of the cold `run` (conflated)", "mem_cold.ru_maxrss_kib", mib),
-        ("   wait4 ru_maxrss of `check` (conflated)", "mem_check.ru_maxrss_kib", mib),
-        ("   shell preStart, largest manage.py (ru_maxrss)", "shell_fresh.maxrss_kib", mib),
+        ("5  launcher `unit`: binary baseline (ru_maxrss)", "mem_unit.ru_maxrss_kib", mib),
+        ("   launcher `run` warm, server /bin/true (ru_maxrss)", "mem_warm.ru_maxrss_kib", mib),
+        ("   launcher `run` cold: VmHWM just before exec", "mem_cold.launcher_hwm_kib", mib),
+        ("   launcher `run` cold: largest VmRSS sampled", "mem_cold.launcher_rss_max_kib", mib),
+        ("   launcher `check`: VmHWM just before exit", "mem_check.launcher_hwm_kib", mib),
+        ("   Python preparation child: VmHWM", "mem_cold.child_hwm_kib", mib),
+        ("   Python check probe child: VmHWM", "mem_check.child_hwm_kib", mib),
+        ("   the exec'd server (/bin/sleep): VmHWM", "mem_cold.exec_hwm_kib", mib),
+        ("   cold `run`, wait4 ru_maxrss (= largest process)", "mem_cold.ru_maxrss_kib", mib),
+        ("   `check`, wait4 ru_maxrss (= largest process)", "mem_check.ru_maxrss_kib", mib),
+        ("   shell preStart: largest manage.py (ru_maxrss)", "shell_fresh.maxrss_kib", mib),
         ("   python django.setup() (ru_maxrss)", "django_setup.maxrss_kib", mib),
         ("   gunicorn master VmRSS at READY=1", "warm.server_rss_kib", mib),
+        ("Other", None, None),
+        ("   sd_notify datagrams before READY=1, cold", "cold.notify_msgs", count),
+        ("   sd_notify datagrams before READY=1, warm", "warm.notify_msgs", count),
+        ("   /proc samples of the launcher, cold `run`", "mem_cold.samples", count),
     ]
     width = max(len(r[0]) for r in rows) + 2
     print("%-*s %9s %9s %5s" % (width, "figure", "median", "min", "runs"))
@@ -383,19 +441,20 @@ def cmd_report(argv):
             continue
         print("%-*s %9s %9s %5d" % (width, label, fmt(med(key)), fmt(mn(key)), len(vals[key])))
 
-    def ratio(label, a, b):
+    def ratio(label, a, b, fmt=ms, unit="ms"):
         x, y = med(a), med(b)
         if x is None or y is None or y == 0:
             return
-        print("  %-*s %8.1fx   (%s / %s ms)" % (width - 2, label, x / y, ms(x), ms(y)))
+        print("  %-*s %8.1fx   (%s / %s %s)" % (width - 2, label, x / y, fmt(x), fmt(y), unit))
 
     print("\nRatios (of medians)")
     ratio("cold / warm, launch -> READY=1", "cold.ready_ms", "warm.ready_ms")
     ratio("shell fresh / launcher cold prepare phase", "shell_fresh.wall_ms", "cold.prepare_ms")
-    ratio("shell nothing-to-do / launcher --force-prepare prepare", "shell_noop.wall_ms", "forced.prepare_ms")
-    ratio("shell nothing-to-do / launcher warm, launch -> exec", "shell_noop.wall_ms", "warm.exec_ms")
+    ratio("shell nothing-to-do / --force-prepare phase", "shell_noop.wall_ms", "forced.prepare_ms")
+    ratio("shell nothing-to-do / warm launch -> exec", "shell_noop.wall_ms", "warm.exec_ms")
     ratio("check / one Django start", "check.wall_ms", "django_setup.wall_ms")
-    ratio("Python prep child / launcher cold (memory)", "mem_cold.child_hwm_kib", "mem_cold.launcher_hwm_kib")
+    ratio("Python preparation child / launcher (peak memory)", "mem_cold.child_hwm_kib",
+          "mem_cold.launcher_hwm_kib", mib, "MiB")
     for k in ("mem_cold.child_names", "mem_check.child_names", "mem_cold.exec_name"):
         if k in text:
             print("  (%s = %s)" % (k, text[k]))
@@ -404,8 +463,11 @@ def cmd_report(argv):
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
+    # SIGTERM (bench.sh stopped) runs the finally clauses that stop what was started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sub, argv = sys.argv[1], sys.argv[2:]
-    {"ready": cmd_ready, "wall": cmd_wall, "mem": cmd_mem, "report": cmd_report}[sub](argv)
+    {"ready": cmd_ready, "wall": cmd_wall, "maxrss": cmd_maxrss, "mem": cmd_mem,
+     "report": cmd_report}[sub](argv)
 
 
 if __name__ == "__main__":

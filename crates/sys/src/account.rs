@@ -229,6 +229,20 @@ pub fn etc_is_read_only() -> bool {
         .unwrap_or(false)
 }
 
+/// The shadow tools live in sbin, which a minimal PATH may lack.
+fn admin_tool(tool: &str) -> PathBuf {
+    [
+        "/usr/sbin",
+        "/sbin",
+        "/run/current-system/sw/bin",
+        "/usr/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(tool))
+    .find(|p| p.exists())
+    .unwrap_or_else(|| PathBuf::from(tool))
+}
+
 fn run_tool(what: &'static str, name: &str, tool: &str, args: &[&str]) -> Result<(), AccountError> {
     if etc_is_read_only() {
         return Err(AccountError::ReadOnlyEtc {
@@ -236,7 +250,7 @@ fn run_tool(what: &'static str, name: &str, tool: &str, args: &[&str]) -> Result
             name: name.into(),
         });
     }
-    let out = Command::new(tool)
+    let out = Command::new(admin_tool(tool))
         .args(args)
         .output()
         .map_err(|e| AccountError::CreateFailed {
