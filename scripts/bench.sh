@@ -5,9 +5,9 @@
 # docs/benchmarks.md. Figures are measured here, never asserted in tests (the machine is
 # noisy).
 #
-#   sudo bash scripts/bench.sh              N = 5 runs per timing (about 30 s once built)
-#   sudo bash scripts/bench.sh --runs 10    more runs
-#   BENCH_LOGS=/some/dir sudo -E bash scripts/bench.sh   keep the launcher logs there
+#   bash scripts/bench.sh              N = 5 runs per timing (about 30 s once built)
+#   bash scripts/bench.sh --runs 10    more runs
+#   BENCH_LOGS=/some/dir bash scripts/bench.sh   keep the launcher logs there
 #
 # Self-contained: builds the launcher (release), sets up the demo venv
 # (tests/setup-venv.sh), creates the throwaway user and group blbench and everything else

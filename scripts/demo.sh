@@ -4,8 +4,8 @@
 # runs migrate/collectstatic/compilemessages as that user and becomes gunicorn serving
 # http://127.0.0.1:8000 (Ctrl-C stops it).
 #
-#   sudo bash scripts/demo.sh          run the demo (a second run skips the preparation)
-#   sudo bash scripts/demo.sh --clean  remove the demo user, group, data and app copy
+#   bash scripts/demo.sh          run the demo (a second run skips the preparation)
+#   bash scripts/demo.sh --clean  remove the demo user, group, data and app copy
 set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
