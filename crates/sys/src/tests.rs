@@ -43,7 +43,17 @@ fn creates_the_tree_with_exact_modes_and_repairs_them() {
     let t = TempDir::new("tree");
     let data = t.0.join("data");
     let (_, changes) = tree::ensure(&data, TREE, me(), "me").unwrap();
-    assert!(changes.iter().any(|c| c.what == "created"));
+    assert_eq!(
+        changes.len(),
+        TREE.len(),
+        "one change per new directory: {changes:?}"
+    );
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.what.starts_with("created (owner ")),
+        "{changes:?}"
+    );
     for spec in TREE {
         let p = if spec.name.is_empty() {
             data.clone()

@@ -148,8 +148,21 @@ pub fn ensure(
                 data_dir.join(spec.name),
             )
         };
+        let before = changes.len();
         let fd = open_or_create(at, rel, &path, &mut changes)?;
+        let created = changes.len() > before;
         fix_owner_and_mode(&fd, &path, spec.mode, owner, user_name, &mut changes)?;
+        if created {
+            // One line for a new directory, not one per step of making it.
+            changes.truncate(before);
+            changes.push(Change {
+                path: path.clone(),
+                what: format!(
+                    "created (owner {}:{}, mode {:04o})",
+                    owner.uid, owner.gid, spec.mode
+                ),
+            });
+        }
         dirs.push((spec.name, fd));
     }
     Ok((
