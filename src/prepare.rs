@@ -84,7 +84,7 @@ pub fn plan(ctx: &Context<'_>, force: bool) -> anyhow::Result<Vec<Planned>> {
             secret_names: &secret_names,
         });
         let stored = launcher_sys::files::read_state(state, &stamp_file_name(step));
-        let witness = witness(ctx, step, &source);
+        let witness = witness(ctx, step, Some(&source));
         let decision = stamp::decide(step, stored.as_deref(), &fingerprint, &witness, force);
         if step == Step::Compilemessages && matches!(decision, Decision::Run(_)) {
             check_catalog_dirs_writable(ctx, &source)?;
@@ -133,7 +133,8 @@ fn check_catalog_dirs_writable(ctx: &Context<'_>, source: &SourceTree) -> anyhow
 }
 
 /// The current state of a step's output (see launcher_plan::stamp).
-fn witness(ctx: &Context<'_>, step: Step, source: &SourceTree) -> String {
+/// `source` is needed for compilemessages only.
+fn witness(ctx: &Context<'_>, step: Step, source: Option<&SourceTree>) -> String {
     match step {
         Step::Migrate => match &ctx.cfg.database {
             Database::Sqlite { path } => match file_identity(ctx.tree, path) {
@@ -156,10 +157,14 @@ fn witness(ctx: &Context<'_>, step: Step, source: &SourceTree) -> String {
             let manifest = root.join("staticfiles.json").is_file();
             format!("static {} {dir} manifest={manifest}", root.display())
         }
-        Step::Compilemessages => format!(
-            "catalogs po={} mo-up-to-date={}",
-            source.po_files, source.fresh_mo_files
-        ),
+        Step::Compilemessages => match source {
+            Some(source) => format!(
+                "catalogs po={} mo-up-to-date={}",
+                source.po_files, source.fresh_mo_files
+            ),
+            // Never matches a real witness: the step would simply run again.
+            None => "catalogs not scanned".into(),
+        },
     }
 }
 
@@ -654,11 +659,15 @@ impl Events<'_, '_> {
             .find(|p| p.step == step)
             .expect("only planned steps run");
         // The witness is taken after the step: it describes the output this run produced.
-        let source = SourceTree::of(self.ctx.cfg)?;
+        // Only the catalogs' witness needs a fresh look at the source tree.
+        let source = match step {
+            Step::Compilemessages => Some(SourceTree::of(self.ctx.cfg)?),
+            _ => None,
+        };
         let stamp = Stamp {
             step,
             fingerprint: planned.fingerprint.clone(),
-            witness: witness(self.ctx, step, &source),
+            witness: witness(self.ctx, step, source.as_ref()),
             finished: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
