@@ -18,9 +18,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use launcher_config::{Config, Database};
-use launcher_plan::Step;
 use launcher_plan::env::{self, Purpose};
-use launcher_plan::layout::{SECRETS_DIR, STATE_DIR, TREE, stamp_file_name};
+use launcher_plan::layout::{SECRETS_DIR, STATE_DIR, TREE};
 use launcher_plan::secret::SecretValue;
 use launcher_sys::Uid;
 use launcher_sys::tree::{self, Inspected, Observed};
@@ -232,7 +231,7 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
         .iter()
         .find(|d| d.spec.name == STATE_DIR)
         .and_then(|d| d.fd());
-    let evidence = database_evidence(cfg, state_fd);
+    let evidence = crate::prepare::database_evidence(cfg, state_fd);
     let loaded = check_secrets(
         cfg,
         args,
@@ -517,22 +516,6 @@ fn check_data_dir(
     dirs
 }
 
-/// Like prepare::database_evidence, from the read-only view.
-fn database_evidence(cfg: &Config, state: Option<std::os::fd::BorrowedFd<'_>>) -> Option<String> {
-    if let Some(state) = state {
-        if launcher_sys::files::read_state(state, &stamp_file_name(Step::Migrate)).is_some() {
-            return Some("a migrate stamp records an earlier migration".into());
-        }
-    }
-    match &cfg.database {
-        Database::Sqlite { path } => std::fs::symlink_metadata(path)
-            .ok()
-            .filter(|m| m.len() > 0)
-            .map(|m| format!("{} exists, {} bytes", path.display(), m.len())),
-        Database::Postgresql { .. } => None,
-    }
-}
-
 fn check_secrets(
     cfg: &Config,
     args: &CheckArgs,
@@ -799,9 +782,7 @@ fn probe_app(
         Ok(Some(a)) => a,
         _ => return None,
     };
-    let inherited: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let inherited = crate::run::inherited_env();
     let mut app_env = env::build(
         &env::Inputs {
             config: cfg,

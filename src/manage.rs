@@ -56,9 +56,7 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
     if !problems.is_empty() {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{}", problems.join("\n"))));
     }
-    let inherited: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let inherited = crate::run::inherited_env();
     let app_env = env::build(
         &env::Inputs {
             config: &cfg,

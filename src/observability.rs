@@ -2,6 +2,7 @@
 //! to the journal, and to stderr as readable text otherwise. A missing journald never
 //! stops the launcher.
 
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -29,5 +30,3 @@ pub fn init(level: crate::cli::LogLevel) {
         .with_max_level(level)
         .init();
 }
-
-use tracing_subscriber::Layer as _;

@@ -168,6 +168,18 @@ fn witness(ctx: &Context<'_>, step: Step, source: Option<&SourceTree>) -> String
     }
 }
 
+/// The SQLite database and the side files SQLite keeps next to it.
+pub fn sqlite_files(db: &Path) -> Vec<PathBuf> {
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    ["", "-journal", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| db.with_file_name(format!("{name}{suffix}")))
+        .collect()
+}
+
 /// Where collected static files go: the app's BITPOLL_STATIC_ROOT, or <data_dir>/static.
 pub fn static_root(cfg: &Config) -> PathBuf {
     cfg.environment
@@ -251,13 +263,7 @@ impl SourceTree {
             .unwrap_or_else(|| cfg.service.data_dir.join(launcher_plan::layout::MEDIA_DIR));
         let mut outputs = vec![static_root(cfg), media, cfg.service.data_dir.clone()];
         if let Database::Sqlite { path } = &cfg.database {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            for suffix in ["", "-journal", "-wal", "-shm"] {
-                outputs.push(path.with_file_name(format!("{name}{suffix}")));
-            }
+            outputs.extend(sqlite_files(path));
         }
         Self::scan(&cfg.app.source_dir, &outputs)
     }
@@ -722,16 +728,13 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Evidence that the app's database already holds data, for the Fernet-key guard.
-pub fn database_evidence(cfg: &Config, tree: &DataTree) -> Option<String> {
-    if launcher_sys::files::read_state(tree.dir(STATE_DIR), &stamp_file_name(Step::Migrate))
-        .is_some()
-    {
-        return Some(format!(
-            "{} records an earlier migration",
-            tree.path_of(STATE_DIR)
-                .join(stamp_file_name(Step::Migrate))
-                .display()
-        ));
+pub fn database_evidence(
+    cfg: &Config,
+    state: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Option<String> {
+    let stamp = stamp_file_name(Step::Migrate);
+    if state.is_some_and(|dir| launcher_sys::files::read_state(dir, &stamp).is_some()) {
+        return Some(format!("state/{stamp} records an earlier migration"));
     }
     match &cfg.database {
         Database::Sqlite { path } => std::fs::symlink_metadata(path)

@@ -97,7 +97,8 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
 
     let phase = Phase::begin("secrets", "Loading secrets");
     let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
-    let evidence = prepare::database_evidence(&cfg, &tree);
+    let evidence =
+        prepare::database_evidence(&cfg, Some(tree.dir(launcher_plan::layout::STATE_DIR)));
     let loaded = secrets::load(
         &cfg,
         &tree,
@@ -117,9 +118,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let secret_values: Vec<(String, launcher_plan::secret::SecretValue)> =
         loaded.into_iter().map(|s| (s.name, s.value)).collect();
 
-    let inherited: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let inherited = inherited_env();
     let env_inputs = env::Inputs {
         config: &cfg,
         secrets: &secret_values,
@@ -200,6 +199,13 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     Err(Exit::new(exit::RUNTIME, err))
 }
 
+/// The launcher's own environment (UTF-8 entries only), the input of env::build.
+pub(crate) fn inherited_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
 /// The SQLite database and its side files, when the database lives directly in the data
 /// directory (names relative to it).
 fn sqlite_files(cfg: &Config, tree: &tree::DataTree) -> Vec<String> {
@@ -207,13 +213,9 @@ fn sqlite_files(cfg: &Config, tree: &tree::DataTree) -> Vec<String> {
         launcher_config::Database::Sqlite { path }
             if path.parent() == Some(tree.path.as_path()) =>
         {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            ["", "-journal", "-wal", "-shm"]
+            prepare::sqlite_files(path)
                 .iter()
-                .map(|suffix| format!("{name}{suffix}"))
+                .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
                 .collect()
         }
         _ => Vec::new(),

@@ -1,7 +1,5 @@
 //! The data directory tree the launcher maintains, and where things live in it.
 
-use std::path::{Path, PathBuf};
-
 /// A directory the launcher keeps with an exact mode, owned by the service user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirSpec {
@@ -46,11 +44,6 @@ pub const TREE: &[DirSpec] = &[
 pub const SECRET_FILE_MODE: u32 = 0o600;
 /// Mode of stamp files.
 pub const STAMP_FILE_MODE: u32 = 0o600;
-
-/// Path of a generated secret's file for variable `name`.
-pub fn generated_secret_path(data_dir: &Path, name: &str) -> PathBuf {
-    data_dir.join(SECRETS_DIR).join(name)
-}
 
 /// File name of a step's stamp inside [`STATE_DIR`].
 pub fn stamp_file_name(step: crate::Step) -> String {
