@@ -821,15 +821,7 @@ fn a_missing_user_is_an_error_without_create_user_and_info_with_it() {
 fn a_missing_user_that_cannot_be_created_because_etc_is_read_only_is_an_error() {
     let env = TestEnv::new("check_account_ro_etc");
     sync_config(&env);
-    let run = Run::new(&check_args(&env)).wrap(&[
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount --bind /etc /etc && mount -o remount,bind,ro /etc && exec \"$0\" \"$@\"",
-    ]);
+    let run = Run::new(&check_args(&env)).wrap(util::READ_ONLY_ETC);
     let r = check_json_run(&env, run);
     r.assert_code(2);
     let f = r.expect_exact(

@@ -31,6 +31,16 @@ const READY: Duration = Duration::from_secs(60);
 const FAIL_FAST: Duration = Duration::from_secs(30);
 const STEPS: [&str; 3] = ["migrate", "collectstatic", "compilemessages"];
 
+/// Every preparation step's log line says `step <step> <phrase>`.
+fn assert_every_step(log: &str, phrase: &str, why: &str) {
+    for step in STEPS {
+        assert!(
+            log.contains(&format!("step {step} {phrase}")),
+            "{step} {why}\n{log}"
+        );
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -350,12 +360,7 @@ fn second_start_skips_preparation_and_keeps_the_secret() {
     env.launch();
     env.wait_ready(READY);
     let first_log = env.stderr();
-    for step in STEPS {
-        assert!(
-            first_log.contains(&format!("step {step} runs")),
-            "{step} did not run first\n{first_log}"
-        );
-    }
+    assert_every_step(&first_log, "runs", "did not run first");
     let who1 = env.whoami();
     let secrets = env.data.join("secrets");
     let key1 = fs::read(secrets.join("BITPOLL_SECRET_KEY")).unwrap();
@@ -377,12 +382,7 @@ fn second_start_skips_preparation_and_keeps_the_secret() {
         )),
         "the second start changed the data directory\n{log}"
     );
-    for step in STEPS {
-        assert!(
-            log.contains(&format!("step {step} skipped")),
-            "{step} was not skipped\n{log}"
-        );
-    }
+    assert_every_step(&log, "skipped", "was not skipped");
     assert!(
         !log.contains("preparation started"),
         "a preparation process ran\n{log}"
@@ -426,14 +426,11 @@ fn changed_source_or_environment_reruns_preparation() {
     env.launch();
     env.wait_ready(READY);
     let log = env.stderr();
-    for step in STEPS {
-        assert!(
-            log.contains(&format!(
-                "step {step} runs: the app, interpreter, settings or environment changed"
-            )),
-            "{step} did not re-run after a source change\n{log}"
-        );
-    }
+    assert_every_step(
+        &log,
+        "runs: the app, interpreter, settings or environment changed",
+        "did not re-run after a source change",
+    );
     env.stop();
 
     // A changed [environment] value re-runs every step.
@@ -442,14 +439,11 @@ fn changed_source_or_environment_reruns_preparation() {
     env.launch();
     env.wait_ready(READY);
     let log = env.stderr();
-    for step in STEPS {
-        assert!(
-            log.contains(&format!(
-                "step {step} runs: the app, interpreter, settings or environment changed"
-            )),
-            "{step} did not re-run after an environment change\n{log}"
-        );
-    }
+    assert_every_step(
+        &log,
+        "runs: the app, interpreter, settings or environment changed",
+        "did not re-run after an environment change",
+    );
     env.stop();
 
     // A deleted database re-runs migrate only.
@@ -731,15 +725,7 @@ fn a_missing_user_with_create_user_false_must_be_declared_ahead() {
 #[test]
 fn read_only_etc_explains_protect_system_and_how_to_declare_the_user() {
     let mut env = TestEnv::new("readonly_etc");
-    env.launch_with(Launch::default().wrap(&[
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount --bind /etc /etc && mount -o remount,bind,ro /etc && exec \"$0\" \"$@\"",
-    ]));
+    env.launch_with(Launch::default().wrap(util::READ_ONLY_ETC));
     env.expect_failure(
         3,
         &[
@@ -1474,10 +1460,9 @@ fn files_the_app_writes_inside_its_source_do_not_count_as_source_changes() {
     env.launch();
     env.wait_ready(READY);
     let log = env.stderr();
-    for step in STEPS {
-        assert!(
-            log.contains(&format!("step {step} skipped")),
-            "{step} ran again although only its own output changed\n{log}"
-        );
-    }
+    assert_every_step(
+        &log,
+        "skipped",
+        "ran again although only its own output changed",
+    );
 }

@@ -46,6 +46,17 @@ pub const LAUNCHER: &str = env!("CARGO_BIN_EXE_bitpoll-launcher");
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// A capability set line of /proc/PID/status with nothing in it.
 pub const NO_CAPS: &str = "0000000000000000";
+/// Prefix for a command that must see /etc read-only, as under ProtectSystem=strict: a
+/// private mount namespace with /etc bind-mounted read-only.
+pub const READ_ONLY_ETC: &[&str] = &[
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "mount --bind /etc /etc && mount -o remount,bind,ro /etc && exec \"$0\" \"$@\"",
+];
 
 static LOCK: Mutex<()> = Mutex::new(());
 static VENV_READY: Once = Once::new();
