@@ -166,22 +166,13 @@ fn serves_the_demo_app_as_the_service_user_without_privileges() {
     assert_eq!((health.status, health.body.trim()), (200, "ok"));
 
     let who = env.whoami();
-    assert_eq!(who.get("uid").as_u32(), ids.uid);
-    assert_eq!(who.get("gid").as_u32(), ids.gid);
-    let mut groups: Vec<u32> = who
-        .get("groups")
-        .as_array()
-        .iter()
-        .map(|g| g.as_u32())
-        .collect();
+    assert_eq!(who.uid, ids.uid);
+    assert_eq!(who.gid, ids.gid);
+    let mut groups = who.groups.clone();
     groups.sort_unstable();
     assert_eq!(groups, ids.groups);
-    let worker = who.get("pid").as_u32();
-    assert_eq!(
-        who.get("ppid").as_u32(),
-        pid,
-        "the worker is a child of the launched pid"
-    );
+    let worker = who.pid;
+    assert_eq!(who.ppid, pid, "the worker is a child of the launched pid");
     assert_ne!(worker, pid);
     assert_unprivileged(pid, &ids, true, "gunicorn master");
     assert_unprivileged(worker, &ids, true, "gunicorn worker");

@@ -34,6 +34,7 @@ use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
 };
 use nix::unistd::Pid;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 /// The demo venv made by tests/setup-venv.sh.
@@ -720,10 +721,11 @@ impl TestEnv {
     }
 
     /// GET /whoami and parse it.
-    pub fn whoami(&self) -> Json {
+    pub fn whoami(&self) -> Whoami {
         let r = self.http_get("/whoami");
         assert_eq!(r.status, 200, "/whoami: {}", r.body);
-        Json::parse(&r.body).unwrap_or_else(|e| panic!("/whoami is not JSON ({e}): {}", r.body))
+        serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("/whoami is not the expected JSON ({e}): {}", r.body))
     }
 
     /// The service account's ids, if it exists.
@@ -1168,217 +1170,27 @@ pub fn getent(db: &str, name: &str) -> Option<Vec<String>> {
     )
 }
 
-/// A parsed JSON value (just enough for /whoami).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// The JSON body of the demo app's /whoami (tests/demo-app/bitpoll/poll/views.py).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Whoami {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub pid: u32,
+    pub ppid: u32,
+    /// The variables named in DEMO_REPORT_ENV: sha256 hex of the value, None when unset.
+    #[serde(rename = "env_sha256")]
+    reported: BTreeMap<String, Option<String>>,
 }
 
-impl Json {
-    pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = JsonParser {
-            s: text.as_bytes(),
-            i: 0,
-        };
-        let v = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(format!("trailing data at {}", p.i));
-        }
-        Ok(v)
-    }
-
-    /// The member `key` of an object (panics when absent: the tests expect it).
-    pub fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(m) => m
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
-                .unwrap_or_else(|| panic!("no {key:?} in {self:?}")),
-            _ => panic!("{self:?} is not an object"),
-        }
-    }
-
-    pub fn as_u32(&self) -> u32 {
-        match self {
-            Json::Num(n) => *n as u32,
-            _ => panic!("{self:?} is not a number"),
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> &[Json] {
-        match self {
-            Json::Arr(a) => a,
-            _ => panic!("{self:?} is not an array"),
-        }
-    }
-
-    /// /whoami's report of variable `name`: Some(sha256 hex) or None when unset.
+impl Whoami {
+    /// /whoami's report of variable `name`: Some(sha256 hex) or None when unset. Panics
+    /// when `name` is not reported at all (not in DEMO_REPORT_ENV).
     pub fn env_sha256(&self, name: &str) -> Option<String> {
-        self.get("env_sha256")
+        self.reported
             .get(name)
-            .as_str()
-            .map(str::to_string)
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> Result<(), String> {
-        self.ws();
-        if self.s.get(self.i) == Some(&c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(format!("expected {:?} at {}", c as char, self.i))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        match self.s.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut members = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(members));
-                }
-                loop {
-                    self.ws();
-                    let Json::Str(k) = self.value()? else {
-                        return Err(format!("object key expected at {}", self.i));
-                    };
-                    self.eat(b':')?;
-                    members.push((k, self.value()?));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(members));
-                        }
-                        _ => return Err(format!("',' or '}}' expected at {}", self.i)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => return Err(format!("',' or ']' expected at {}", self.i)),
-                    }
-                }
-            }
-            Some(b'"') => {
-                self.i += 1;
-                let mut out = String::new();
-                loop {
-                    match self.s.get(self.i) {
-                        None => return Err("unterminated string".into()),
-                        Some(b'"') => {
-                            self.i += 1;
-                            return Ok(Json::Str(out));
-                        }
-                        Some(b'\\') => {
-                            let c = *self.s.get(self.i + 1).ok_or("bad escape")?;
-                            self.i += 2;
-                            match c {
-                                b'n' => out.push('\n'),
-                                b't' => out.push('\t'),
-                                b'r' => out.push('\r'),
-                                b'b' => out.push('\u{8}'),
-                                b'f' => out.push('\u{c}'),
-                                b'u' => {
-                                    let hex = std::str::from_utf8(
-                                        self.s.get(self.i..self.i + 4).ok_or("bad \\u")?,
-                                    )
-                                    .map_err(|e| e.to_string())?;
-                                    let code =
-                                        u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
-                                    out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
-                                    self.i += 4;
-                                }
-                                c => out.push(c as char),
-                            }
-                        }
-                        Some(_) => {
-                            let start = self.i;
-                            while self.i < self.s.len()
-                                && self.s[self.i] != b'"'
-                                && self.s[self.i] != b'\\'
-                            {
-                                self.i += 1;
-                            }
-                            out.push_str(&String::from_utf8_lossy(&self.s[start..self.i]));
-                        }
-                    }
-                }
-            }
-            Some(b't') if self.s[self.i..].starts_with(b"true") => {
-                self.i += 4;
-                Ok(Json::Bool(true))
-            }
-            Some(b'f') if self.s[self.i..].starts_with(b"false") => {
-                self.i += 5;
-                Ok(Json::Bool(false))
-            }
-            Some(b'n') if self.s[self.i..].starts_with(b"null") => {
-                self.i += 4;
-                Ok(Json::Null)
-            }
-            Some(c) if c.is_ascii_digit() || *c == b'-' => {
-                let start = self.i;
-                while self.i < self.s.len()
-                    && matches!(
-                        self.s[self.i],
-                        b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'
-                    )
-                {
-                    self.i += 1;
-                }
-                let t = std::str::from_utf8(&self.s[start..self.i]).map_err(|e| e.to_string())?;
-                t.parse().map(Json::Num).map_err(|e| format!("{t}: {e}"))
-            }
-            _ => Err(format!("unexpected input at {}", self.i)),
-        }
+            .unwrap_or_else(|| panic!("/whoami does not report {name:?}: {self:?}"))
+            .clone()
     }
 }
 
