@@ -21,6 +21,7 @@
 pub mod bitpoll;
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
@@ -32,6 +33,9 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, Once};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
 
 /// Every container, cgroup dir, work dir and mount of this harness has a name starting so.
 pub const NAME_PREFIX: &str = "blt-";
@@ -1377,216 +1381,60 @@ impl JsonRecord {
 
     /// Parses one line of `journalctl -o json`.
     pub fn parse(line: &str) -> Result<JsonRecord, String> {
-        let mut p = JsonParser {
-            s: line.as_bytes(),
-            i: 0,
-        };
-        let value = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(format!("trailing data at byte {}", p.i));
-        }
-        let Json::Obj(members) = value else {
-            return Err("not a JSON object".into());
-        };
-        let mut fields: HashMap<String, Vec<String>> = HashMap::new();
-        for (k, v) in members {
-            fields.entry(k).or_default().extend(v.into_strings());
-        }
-        Ok(JsonRecord { fields })
+        serde_json::from_str(line).map_err(|e| e.to_string())
     }
 }
 
-#[derive(Debug)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(String),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
+/// A JSON object, member by member: a field name that occurs more than once keeps every
+/// value (a map type would keep only the last).
+impl<'de> Deserialize<'de> for JsonRecord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<JsonRecord, D::Error> {
+        struct Fields;
 
-impl Json {
-    fn into_strings(self) -> Vec<String> {
-        match self {
-            Json::Null => Vec::new(),
-            Json::Bool(b) => vec![b.to_string()],
-            Json::Num(n) | Json::Str(n) => vec![n],
-            Json::Arr(items) => {
-                if let Some(bytes) = byte_array(&items) {
-                    vec![String::from_utf8_lossy(&bytes).into_owned()]
-                } else {
-                    items.into_iter().flat_map(Json::into_strings).collect()
-                }
+        impl<'de> Visitor<'de> for Fields {
+            type Value = JsonRecord;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a journal entry (a JSON object)")
             }
-            Json::Obj(_) => vec!["<object>".to_owned()],
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonRecord, A::Error> {
+                let mut fields: HashMap<String, Vec<String>> = HashMap::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    fields.entry(k).or_default().extend(field_values(v));
+                }
+                Ok(JsonRecord { fields })
+            }
         }
+
+        d.deserialize_map(Fields)
     }
 }
 
-fn byte_array(items: &[Json]) -> Option<Vec<u8>> {
+/// The values of one journal field as `journalctl -o json` gives it: a string; an array of
+/// numbers for a non-UTF-8 or binary value (decoded lossily); an array of those when the
+/// field is repeated; `null` when it is over-size (no value).
+fn field_values(v: Value) -> Vec<String> {
+    match v {
+        Value::Null => Vec::new(),
+        Value::Bool(b) => vec![b.to_string()],
+        Value::Number(n) => vec![n.to_string()],
+        Value::String(s) => vec![s],
+        Value::Array(items) => match byte_array(&items) {
+            Some(bytes) => vec![String::from_utf8_lossy(&bytes).into_owned()],
+            None => items.into_iter().flat_map(field_values).collect(),
+        },
+        Value::Object(_) => vec!["<object>".to_owned()],
+    }
+}
+
+/// `items` as bytes, if it is a non-empty array of numbers 0..=255.
+fn byte_array(items: &[Value]) -> Option<Vec<u8>> {
     if items.is_empty() {
         return None;
     }
     items
         .iter()
-        .map(|i| match i {
-            Json::Num(n) => n.parse::<u8>().ok(),
-            _ => None,
-        })
+        .map(|i| i.as_u64().and_then(|n| u8::try_from(n).ok()))
         .collect()
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\r' | b'\n') {
-            self.i += 1;
-        }
-    }
-
-    fn err<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("{what} at byte {}", self.i))
-    }
-
-    fn eat(&mut self, lit: &str) -> bool {
-        if self.s[self.i..].starts_with(lit.as_bytes()) {
-            self.i += lit.len();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        match self.s.get(self.i) {
-            None => self.err("unexpected end"),
-            Some(b'{') => {
-                self.i += 1;
-                let mut members = Vec::new();
-                self.ws();
-                if self.eat("}") {
-                    return Ok(Json::Obj(members));
-                }
-                loop {
-                    self.ws();
-                    if self.s.get(self.i) != Some(&b'"') {
-                        return self.err("expected a key");
-                    }
-                    let key = self.string()?;
-                    self.ws();
-                    if !self.eat(":") {
-                        return self.err("expected ':'");
-                    }
-                    let v = self.value()?;
-                    members.push((key, v));
-                    self.ws();
-                    if self.eat(",") {
-                        continue;
-                    }
-                    if self.eat("}") {
-                        return Ok(Json::Obj(members));
-                    }
-                    return self.err("expected ',' or '}'");
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.eat("]") {
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    if self.eat(",") {
-                        continue;
-                    }
-                    if self.eat("]") {
-                        return Ok(Json::Arr(items));
-                    }
-                    return self.err("expected ',' or ']'");
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b't') if self.eat("true") => Ok(Json::Bool(true)),
-            Some(b'f') if self.eat("false") => Ok(Json::Bool(false)),
-            Some(b'n') if self.eat("null") => Ok(Json::Null),
-            Some(c) if *c == b'-' || c.is_ascii_digit() => {
-                let start = self.i;
-                while self.i < self.s.len()
-                    && matches!(
-                        self.s[self.i],
-                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                    )
-                {
-                    self.i += 1;
-                }
-                Ok(Json::Num(
-                    String::from_utf8_lossy(&self.s[start..self.i]).into_owned(),
-                ))
-            }
-            Some(_) => self.err("unexpected character"),
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?;
-        let text = std::str::from_utf8(digits).map_err(|e| e.to_string())?;
-        let v = u32::from_str_radix(text, 16)
-            .map_err(|_| format!("bad \\u escape at byte {}", self.i))?;
-        self.i += 4;
-        Ok(v)
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.i += 1; // opening quote
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let Some(&c) = self.s.get(self.i) else {
-                return self.err("unterminated string");
-            };
-            self.i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let Some(&e) = self.s.get(self.i) else {
-                        return self.err("unterminated escape");
-                    };
-                    self.i += 1;
-                    let ch = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi) && self.eat("\\u") {
-                                let lo = self.hex4()?;
-                                0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF)
-                            } else {
-                                hi
-                            };
-                            char::from_u32(code).unwrap_or('\u{FFFD}')
-                        }
-                        _ => return self.err("bad escape"),
-                    };
-                    let mut buf = [0; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                }
-                _ => out.push(c),
-            }
-        }
-    }
 }
