@@ -410,12 +410,9 @@ fn status_fields<'a>(status: &'a HashMap<String, String>, key: &str) -> Vec<&'a 
         .collect()
 }
 
-/// A field of the JSON body of /whoami (its values are plain numbers and hex strings).
-fn json_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
-    let start = body.find(&format!("\"{key}\": "))? + key.len() + 4;
-    let rest = &body[start..];
-    let end = rest.find([',', '}'])?;
-    Some(rest[..end].trim().trim_matches('"'))
+/// The JSON body of /whoami (tests/demo-app/bitpoll/poll/views.py).
+fn whoami_json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("/whoami is not JSON ({e}): {body}"))
 }
 
 #[test]
@@ -522,9 +519,10 @@ fn start_returns_after_ready_and_the_server_keeps_the_launchers_pid_without_priv
     let (code, who) = b.http_get("/whoami");
     assert_eq!(code, 200, "{who}");
     eprintln!("/whoami: {who}");
-    assert_eq!(json_field(&who, "uid"), Some(uid_s.as_str()), "{who}");
-    assert_eq!(json_field(&who, "gid"), Some(gid_s.as_str()), "{who}");
-    assert_eq!(json_field(&who, "ppid"), Some(main_s.as_str()), "{who}");
+    let w = whoami_json(&who);
+    assert_eq!(w["uid"].as_u64(), Some(u64::from(uid)), "{who}");
+    assert_eq!(w["gid"].as_u64(), Some(u64::from(gid)), "{who}");
+    assert_eq!(w["ppid"].as_u64(), Some(u64::from(main)), "{who}");
 }
 
 #[test]
@@ -754,7 +752,7 @@ fn a_credential_reaches_the_app_and_is_never_readable_by_the_service_user() {
     let (code, who) = b.http_get("/whoami");
     assert_eq!(code, 200, "{who}");
     assert_eq!(
-        json_field(&who, "BITPOLL_FIELD_ENCRYPTION_KEY"),
+        whoami_json(&who)["env_sha256"]["BITPOLL_FIELD_ENCRYPTION_KEY"].as_str(),
         Some(want.as_str()),
         "the app did not get the credential's value: {who}"
     );
