@@ -20,19 +20,18 @@ use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use util::{
-    GUNICORN, LAUNCHER, PATH, PYTHON, TestEnv, fernet_key, file_secret, sha256_hex, toml_str,
-    write_file,
+use util::cli::{
+    Output, READY, Run, config_arg, create_account, create_service_account, generated_value,
+    launch_once, manage, nobody, run_launcher, setpriv_as, sync_config, uid_gid,
 };
-
-/// Time from launch to READY=1.
-const READY: Duration = Duration::from_secs(60);
-/// A check or manage run must finish within this (a check is about one Django start).
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+use util::{
+    GUNICORN, LAUNCHER, PATH, PYTHON, TestEnv, contains, fernet_key, file_secret, sha256_hex,
+    toml_str, write_file,
+};
 
 /// The allowed values of `findings[].group` (docs/check.md).
 const GROUPS: &[&str] = &[
@@ -41,147 +40,8 @@ const GROUPS: &[&str] = &[
 ];
 
 // ---------------------------------------------------------------------------------------
-// Running the launcher
+// Running check
 // ---------------------------------------------------------------------------------------
-
-/// How to run `check` or `manage`.
-#[derive(Debug, Clone)]
-struct Run {
-    /// Arguments after the launcher's path.
-    args: Vec<String>,
-    /// argv to run the launcher through (setpriv ..., unshare ...).
-    wrapper: Vec<String>,
-    /// The PATH of the launcher's own environment.
-    path: String,
-    env: Vec<(String, String)>,
-}
-
-impl Run {
-    fn new<S: AsRef<str>>(args: &[S]) -> Run {
-        Run {
-            args: args.iter().map(|s| s.as_ref().to_string()).collect(),
-            wrapper: Vec::new(),
-            path: PATH.to_string(),
-            env: Vec::new(),
-        }
-    }
-
-    fn wrap<S: AsRef<str>>(mut self, argv: &[S]) -> Run {
-        self.wrapper = argv.iter().map(|s| s.as_ref().to_string()).collect();
-        self
-    }
-
-    fn path(mut self, path: &str) -> Run {
-        self.path = path.to_string();
-        self
-    }
-
-    fn env(mut self, key: &str, value: &str) -> Run {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-}
-
-/// A finished run.
-#[derive(Debug)]
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    /// stdout and stderr, raw (for searching secret values that may not be UTF-8).
-    raw: Vec<u8>,
-    elapsed: Duration,
-}
-
-impl Output {
-    fn context(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Run the launcher with a cleared environment (PATH, LANG and `run.env` only), stdin
-/// from /dev/null, in the test directory; kill it after [`RUN_TIMEOUT`].
-fn run_launcher(env: &TestEnv, run: &Run) -> Output {
-    let mut cmd = match run.wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(LAUNCHER);
-            c
-        }
-        None => Command::new(LAUNCHER),
-    };
-    cmd.args(&run.args)
-        .env_clear()
-        .env("PATH", &run.path)
-        .env("LANG", "C.UTF-8")
-        .envs(run.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&env.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = cmd.spawn().expect("spawn the launcher");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stdout.read_to_end(&mut b);
-        b
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stderr.read_to_end(&mut b);
-        b
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{:?} ran longer than {RUN_TIMEOUT:?}", run.args);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = started.elapsed();
-    let out = out_reader.join().expect("stdout reader");
-    let err = err_reader.join().expect("stderr reader");
-    let code = {
-        use std::os::unix::process::ExitStatusExt;
-        status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-    };
-    let mut raw = out.clone();
-    raw.extend_from_slice(&err);
-    Output {
-        code,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
-        raw,
-        elapsed,
-    }
-}
-
-/// Write the test's config file, but only when its text changed: rewriting it would
-/// change its mtime, which the "check writes nothing" snapshots look at.
-fn sync_config(env: &TestEnv) {
-    let text = env
-        .raw_config
-        .clone()
-        .unwrap_or_else(|| env.config.render());
-    if fs::read_to_string(env.config_path()).ok().as_deref() != Some(text.as_str()) {
-        env.write_config();
-    }
-}
-
-fn config_arg(env: &TestEnv) -> String {
-    env.config_path().display().to_string()
-}
 
 /// `check --config F [extra]` as root, human output.
 fn check_human(env: &TestEnv, extra: &[&str]) -> Output {
@@ -419,59 +279,9 @@ fn check_args(env: &TestEnv) -> Vec<String> {
     ]
 }
 
-/// `manage --config F -- ARGS` as root.
-fn manage(env: &TestEnv, args: &[&str]) -> Output {
-    sync_config(env);
-    let mut argv = vec!["manage".to_string(), "--config".into(), config_arg(env)];
-    argv.push("--".into());
-    argv.extend(args.iter().map(|s| s.to_string()));
-    run_launcher(env, &Run::new(&argv))
-}
-
 // ---------------------------------------------------------------------------------------
 // Setting up worlds
 // ---------------------------------------------------------------------------------------
-
-/// Create the service account ahead (as an admin or sysusers would): a system user with
-/// its own group. TestEnv's Drop removes both.
-fn create_account(env: &TestEnv, home: &Path, shell: &str) -> (u32, u32) {
-    let out = Command::new("useradd")
-        .args(["--system", "--user-group", "--no-create-home", "--home-dir"])
-        .arg(home)
-        .args(["--shell", shell])
-        .arg(&env.user)
-        .output()
-        .expect("run useradd");
-    assert!(
-        out.status.success(),
-        "useradd {}: {}",
-        env.user,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let u = nix::unistd::User::from_name(&env.user)
-        .unwrap()
-        .expect("the new user");
-    (u.uid.as_raw(), u.gid.as_raw())
-}
-
-/// The account as the service would have it: home = data dir, no login shell.
-fn create_service_account(env: &TestEnv) -> (u32, u32) {
-    create_account(env, &env.data, "/usr/sbin/nologin")
-}
-
-fn uid_gid(env: &TestEnv) -> (u32, u32) {
-    let u = nix::unistd::User::from_name(&env.user)
-        .unwrap()
-        .expect("the service user");
-    (u.uid.as_raw(), u.gid.as_raw())
-}
-
-/// Start the service, wait until it serves, stop it.
-fn launch_once(env: &mut TestEnv) {
-    env.launch();
-    env.wait_ready(READY);
-    env.stop();
-}
 
 fn chown(path: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
@@ -495,38 +305,6 @@ fn token() -> String {
         .and_then(|mut f| f.read_exact(&mut b))
         .expect("read /dev/urandom");
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// A generated secret's value as the app sees it (one trailing newline stripped).
-fn generated_value(env: &TestEnv, name: &str) -> String {
-    let raw = fs::read_to_string(env.data.join("secrets").join(name)).expect("generated secret");
-    raw.strip_suffix('\n').unwrap_or(&raw).to_string()
-}
-
-/// The nobody user's ids.
-fn nobody() -> (u32, u32) {
-    let u = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("user nobody");
-    (u.uid.as_raw(), u.gid.as_raw())
-}
-
-fn setpriv_as(uid: u32, gid: u32, init_groups: bool) -> Vec<String> {
-    vec![
-        "setpriv".into(),
-        format!("--reuid={uid}"),
-        format!("--regid={gid}"),
-        if init_groups {
-            "--init-groups".into()
-        } else {
-            "--clear-groups".into()
-        },
-        "--".into(),
-    ]
 }
 
 /// Add an empty migration 0003 to the app copy: the database then has one pending.
@@ -2456,7 +2234,6 @@ fn human_output_is_grouped_plain_off_a_terminal_and_ends_with_a_summary() {
 // =======================================================================================
 // manage
 // =======================================================================================
-
 #[test]
 fn manage_runs_a_management_command_as_the_service_user_with_its_secrets() {
     let mut env = TestEnv::new("manage");

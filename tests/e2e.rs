@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::Signal;
 
 use util::{
-    Ids, Launch, NO_CAPS, NotifyKind, TestEnv, children_of, fernet_key, file_secret, getent,
-    holds_socket, listening_socket_inode, owner_mode, proc_cmdline, proc_environ_names,
+    Ids, Launch, NO_CAPS, NotifyKind, TestEnv, children_of, contains, fernet_key, file_secret,
+    getent, holds_socket, listening_socket_inode, owner_mode, proc_cmdline, proc_environ_names,
     proc_status, processes_in_group, sha256_hex, status_fields, toml_str, write_file,
 };
 
@@ -39,10 +39,6 @@ fn assert_every_step(log: &str, phrase: &str, why: &str) {
             "{step} {why}\n{log}"
         );
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The first id of the login.defs range for regular accounts (system ones are below).

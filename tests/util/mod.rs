@@ -1,4 +1,5 @@
-//! Helpers for the end-to-end tests in tests/e2e.rs.
+//! Helpers for the end-to-end tests in tests/e2e.rs, tests/check.rs and tests/manage.rs
+//! ([`cli`] runs the one-shot commands `check` and `manage`).
 //!
 //! [`TestEnv`] gives each test a fresh directory under /tmp with a copy of the demo app, a
 //! service user name nobody else uses, a free port, a config builder, and a way to run the
@@ -12,6 +13,8 @@
 //! handed out again as soon as a test's user is removed.
 
 #![allow(dead_code)] // Not every test uses every helper.
+
+pub mod cli;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -1107,6 +1110,11 @@ pub fn holds_socket(pid: u32, inode: u64) -> bool {
                 .any(|e| fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
         })
         .unwrap_or(false)
+}
+
+/// Whether `needle` (not empty) occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
