@@ -1,0 +1,140 @@
+//! End-to-end tests of `bitpoll-launcher manage`: the real binary runs Django management
+//! commands of the demo app (tests/demo-app) as the service user, with its secrets, after a
+//! real first start, and refuses when there is no such start or the wrong user runs it.
+//!
+//! They need root (they create users and run manage as other users) and run one at a time
+//! (each test takes the global lock of tests/util):
+//!
+//!     cargo test --test manage -- --test-threads=1
+//!
+//! Every test removes the users, groups, processes and files it made, also when it fails.
+
+mod util;
+
+use util::cli::{
+    Run, config_arg, create_service_account, generated_value, launch_once, manage, nobody,
+    run_launcher, setpriv_as, sync_config, uid_gid,
+};
+use util::{TestEnv, contains, sha256_hex};
+
+#[test]
+fn manage_runs_a_management_command_as_the_service_user_with_its_secrets() {
+    let mut env = TestEnv::new("manage");
+    launch_once(&mut env);
+    let (uid, gid) = uid_gid(&env);
+
+    let out = manage(&env, &["showmigrations", "poll"]);
+    assert_eq!(out.code, 0, "{}", out.context());
+    assert!(
+        out.stdout.contains("[X] 0001_initial") && out.stdout.contains("[X] 0002_demo_delay"),
+        "{}",
+        out.context()
+    );
+
+    let script = "import os, hashlib\n\
+        print('ids', os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups()))\n\
+        for k in ('BITPOLL_SECRET_KEY', 'BITPOLL_FIELD_ENCRYPTION_KEY'):\n    print('sha', k, hashlib.sha256(os.environ[k].encode()).hexdigest())\n\
+        print('cwd', os.getcwd())\n\
+        print('home', os.environ['HOME'])\n\
+        st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n\
+        print('caps', st['CapEff'].strip(), st['CapPrm'].strip(), st['NoNewPrivs'].strip())\n";
+    let out = manage(&env, &["shell", "-c", script]);
+    assert_eq!(out.code, 0, "{}", out.context());
+    let line = |prefix: &str| -> String {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line\n{}", out.context()))
+            .to_string()
+    };
+    assert_eq!(
+        line("ids "),
+        format!("ids {uid} {uid} {gid} {gid} [{gid}]"),
+        "ran as the service user with its own group only"
+    );
+    for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        let want = sha256_hex(generated_value(&env, name).as_bytes());
+        assert_eq!(
+            line(&format!("sha {name} ")),
+            format!("sha {name} {want}"),
+            "{name} is the generated secret"
+        );
+    }
+    assert_eq!(line("cwd "), format!("cwd {}", env.app.display()));
+    assert_eq!(line("home "), format!("home {}", env.data.display()));
+    assert_eq!(
+        line("caps "),
+        "caps 0000000000000000 0000000000000000 1",
+        "no capabilities, no_new_privs"
+    );
+    for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        let v = generated_value(&env, name);
+        assert!(
+            !contains(&out.raw, v.as_bytes()),
+            "manage printed the value of {name}"
+        );
+    }
+
+    // The command's exit status is manage's.
+    let out = manage(&env, &["shell", "-c", "import sys; sys.exit(7)"]);
+    assert_eq!(out.code, 7, "{}", out.context());
+
+    // Run by the service user itself, too.
+    sync_config(&env);
+    let argv = [
+        "manage",
+        "--config",
+        &config_arg(&env),
+        "--",
+        "showmigrations",
+        "poll",
+    ];
+    let out = run_launcher(&env, &Run::new(&argv).wrap(&setpriv_as(uid, gid, true)));
+    assert_eq!(out.code, 0, "{}", out.context());
+    assert!(out.stdout.contains("[X] 0001_initial"), "{}", out.context());
+}
+
+#[test]
+fn manage_before_the_first_start_or_without_the_user_refuses() {
+    let env = TestEnv::new("manage_refuses");
+    let out = manage(&env, &["showmigrations"]);
+    assert_eq!(out.code, 3, "missing user\n{}", out.context());
+    assert!(
+        out.stderr.contains(&format!(
+            "the service account {0}:{0} does not exist; start the service once",
+            env.user
+        )),
+        "{}",
+        out.context()
+    );
+    assert!(!env.user_exists(), "manage created the user");
+
+    create_service_account(&env);
+    let out = manage(&env, &["showmigrations"]);
+    assert_eq!(out.code, 3, "secrets not generated\n{}", out.context());
+    for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        assert!(
+            out.stderr.contains(&format!("secret {name} (generate "))
+                && out
+                    .stderr
+                    .contains("has not been generated yet: start the service once first"),
+            "{}",
+            out.context()
+        );
+    }
+    assert!(!env.data.exists(), "manage created the data directory");
+
+    // Run by anyone but root or the service user.
+    let (nu, ng) = nobody();
+    sync_config(&env);
+    let argv = [
+        "manage",
+        "--config",
+        &config_arg(&env),
+        "--",
+        "showmigrations",
+    ];
+    let out = run_launcher(&env, &Run::new(&argv).wrap(&setpriv_as(nu, ng, false)));
+    assert_eq!(out.code, 3, "run by nobody\n{}", out.context());
+    assert!(out.stderr.contains(&env.user), "{}", out.context());
+}
