@@ -9,10 +9,13 @@ mod exit;
 mod manage;
 mod notify;
 mod observability;
+mod observe;
 mod prepare;
 mod run;
 mod secrets;
+mod sqlite;
 mod sysusers;
+mod tmpfiles;
 mod unit;
 
 use clap::Parser;
@@ -28,7 +31,7 @@ fn main() -> std::process::ExitCode {
         Command::Manage(args) => manage::run(&args).map(|never| match never {}),
         Command::Unit(args) => unit::run(&args).map(|()| 0),
         Command::Sysusers(args) => sysusers::run(&args).map(|()| 0),
-        Command::Tmpfiles(args) => sysusers::run_tmpfiles(&args).map(|()| 0),
+        Command::Tmpfiles(args) => tmpfiles::run(&args).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

@@ -9,12 +9,13 @@ use std::convert::Infallible;
 use anyhow::{Context as _, anyhow};
 
 use launcher_plan::env::{self, Purpose};
-use launcher_plan::layout::{SECRETS_DIR, TREE};
+use launcher_plan::facts::{SecretFailure, SecretState, View};
+use launcher_plan::judge::{self, secrets::Action};
 use launcher_sys::privs::Target;
 
 use crate::cli::ManageArgs;
 use crate::exit::{self, Exit, OrExit};
-use crate::secrets;
+use crate::observe::{self, Options};
 
 pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
     let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
@@ -28,35 +29,40 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
         launcher_sys::account::verify_current(&cfg.service.user, &cfg.service.group)
             .or_exit(exit::SYSTEM)?
     };
-    let dirs = launcher_sys::tree::inspect(&cfg.service.data_dir, TREE);
-    let secrets_dir = dirs
-        .iter()
-        .find(|d| d.spec.name == SECRETS_DIR)
-        .and_then(|d| d.fd().map(|fd| (fd, d.path.clone())));
-    let creds = secrets::credentials_dir_for(&args.unit);
+    let facts = observe::observe(
+        &cfg,
+        &Options {
+            view: View::Outside,
+            unit: &args.unit,
+        },
+    );
     let mut values = Vec::new();
     let mut problems = Vec::new();
-    for (name, source, result) in secrets::observe(
-        &cfg,
-        secrets_dir.as_ref().map(|(fd, p)| (*fd, p.as_path())),
-        account.uid,
-        creds.as_deref(),
-        None,
-    ) {
-        match result {
-            Ok(secrets::Observed::Loaded(l)) => values.push((name, l.value)),
-            Ok(secrets::Observed::WillGenerate(_)) => problems.push(format!("secret {name} ({source}) has not been generated yet: start the service once first")),
-            Err(e) if e.contains("CREDENTIALS_DIRECTORY is not set") => problems.push(format!(
-                "secret {name} ({source}) is a systemd credential and the unit {} is not running, so it cannot be read here: start the service, or pass --unit NAME",
-                args.unit
+    let verdicts = judge::secrets::judge(&cfg, &facts);
+    for (fact, verdict) in facts.secrets.into_iter().zip(verdicts) {
+        match (fact.state, verdict.action) {
+            (SecretState::Read { value, .. }, Action::Use) => values.push((fact.name, value)),
+            (_, Action::Generate(_)) => problems.push(format!(
+                "secret {} ({}) has not been generated yet: start the service once first",
+                fact.name, fact.source
             )),
-            Err(e) => problems.push(format!("secret {name} ({source}): {e}")),
+            (
+                SecretState::Failed {
+                    failure: SecretFailure::NoCredentialsDirectory,
+                    ..
+                },
+                _,
+            ) => problems.push(format!(
+                "secret {} ({}) is a systemd credential and the unit {} is not running, so it cannot be read here: start the service, or pass --unit NAME",
+                fact.name, fact.source, args.unit
+            )),
+            _ => problems.push(verdict.finding.to_string()),
         }
     }
     if !problems.is_empty() {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{}", problems.join("\n"))));
     }
-    let inherited = crate::run::inherited_env();
+    let inherited = observe::inherited_env();
     let app_env = env::build(
         &env::Inputs {
             config: &cfg,
@@ -68,7 +74,6 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
         Purpose::Manage,
     );
     drop(values);
-    drop(dirs);
     let target = Target::for_account(&account, privileged).or_exit(exit::PRIVILEGES)?;
     launcher_sys::privs::drop_to(&target).or_exit(exit::PRIVILEGES)?;
     launcher_sys::privs::verify(&target).or_exit(exit::PRIVILEGES)?;

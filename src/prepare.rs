@@ -9,24 +9,22 @@
 //! that step finished.
 
 use std::collections::VecDeque;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use launcher_config::{Config, Database};
+use launcher_config::Config;
 use launcher_plan::Step;
-use launcher_plan::layout::{STAMP_FILE_MODE, STATE_DIR, STATIC_DIR, stamp_file_name};
-use launcher_plan::stamp::{self, Decision, Stamp};
+use launcher_plan::judge::prepare::Planned;
+use launcher_plan::layout::{STAMP_FILE_MODE, STATE_DIR, stamp_file_name};
+use launcher_plan::stamp::Stamp;
 use launcher_sys::privs::Target;
 use launcher_sys::tree::{DataTree, Owner};
 
 use crate::notify;
+use crate::observe::{SourceTree, witness};
 
 const DRIVER: &str = include_str!("prepare.py");
 const MARK: &str = "\x1ebitpoll-launcher ";
@@ -45,301 +43,8 @@ pub struct Context<'a> {
     pub owner: Owner,
     /// The preparation environment (see launcher_plan::env).
     pub env: Vec<(String, String)>,
-    pub secret_names: Vec<String>,
     /// The identity the driver runs as.
     pub target: Target,
-}
-
-/// One step with its decision and the fingerprint its stamp will carry.
-#[derive(Debug)]
-pub struct Planned {
-    pub step: Step,
-    pub decision: Decision,
-    pub fingerprint: String,
-}
-
-/// Decide every enabled step.
-pub fn plan(ctx: &Context<'_>, force: bool) -> anyhow::Result<Vec<Planned>> {
-    let steps = Step::enabled(&ctx.cfg.prepare);
-    if steps.is_empty() {
-        return Ok(Vec::new());
-    }
-    let python = python_identity(&ctx.cfg.app.python);
-    let source = SourceTree::of(ctx.cfg).with_context(|| {
-        format!(
-            "cannot read the app source {}",
-            ctx.cfg.app.source_dir.display()
-        )
-    })?;
-    let secret_names: Vec<&str> = ctx.secret_names.iter().map(String::as_str).collect();
-    let state = ctx.tree.dir(STATE_DIR);
-    let mut planned: Vec<Planned> = Vec::new();
-    for step in steps {
-        let fingerprint = stamp::fingerprint(&stamp::FingerprintInputs {
-            step,
-            python: &python,
-            source_digest: &source.digest,
-            settings_module: &ctx.cfg.app.settings_module,
-            env: &ctx.env,
-            secret_names: &secret_names,
-        });
-        let stored = launcher_sys::files::read_state(state, &stamp_file_name(step));
-        let witness = witness(ctx, step, Some(&source));
-        let decision = stamp::decide(step, stored.as_deref(), &fingerprint, &witness, force);
-        if step == Step::Compilemessages && matches!(decision, Decision::Run(_)) {
-            check_catalog_dirs_writable(ctx, &source)?;
-        }
-        planned.push(Planned {
-            step,
-            decision,
-            fingerprint,
-        });
-    }
-    Ok(planned)
-}
-
-/// compilemessages writes each .mo beside its .po; fail before starting Django when the
-/// service user cannot write there, with the two ways out.
-fn check_catalog_dirs_writable(ctx: &Context<'_>, source: &SourceTree) -> anyhow::Result<()> {
-    let t = &ctx.target;
-    let blocked: Vec<String> = source
-        .po_dirs
-        .iter()
-        .filter(|dir| {
-            std::fs::metadata(dir).is_ok_and(|m| {
-                let mode = m.mode();
-                let bit = if m.uid() == t.uid.as_raw() {
-                    0o200
-                } else if t.groups.iter().any(|g| g.as_raw() == m.gid())
-                    || m.gid() == t.gid.as_raw()
-                {
-                    0o020
-                } else {
-                    0o002
-                };
-                mode & bit == 0
-            })
-        })
-        .map(|d| d.display().to_string())
-        .collect();
-    if blocked.is_empty() {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "compilemessages writes .mo files next to the .po files, but the service user (uid {}) cannot write {}: compile the catalogs when the app is built or deployed (`manage.py compilemessages`) and set prepare.compilemessages = false, or make those directories writable by the service user",
-        t.uid,
-        blocked.join(", ")
-    )
-}
-
-/// The current state of a step's output (see launcher_plan::stamp).
-/// `source` is needed for compilemessages only.
-fn witness(ctx: &Context<'_>, step: Step, source: Option<&SourceTree>) -> String {
-    match step {
-        Step::Migrate => match &ctx.cfg.database {
-            Database::Sqlite { path } => match file_identity(ctx.tree, path) {
-                Some(id) => format!("sqlite {} {id}", path.display()),
-                None => format!("sqlite {} absent", path.display()),
-            },
-            Database::Postgresql {
-                name, host, port, ..
-            } => format!(
-                "postgresql {name}@{}:{}",
-                host.as_deref().unwrap_or("local"),
-                port.map_or("default".into(), |p| p.to_string())
-            ),
-        },
-        Step::Collectstatic => {
-            let root = static_root(ctx.cfg);
-            let dir = std::fs::symlink_metadata(&root)
-                .map(|m| format!("{}:{}", m.dev(), m.ino()))
-                .unwrap_or_else(|_| "absent".into());
-            let manifest = root.join("staticfiles.json").is_file();
-            format!("static {} {dir} manifest={manifest}", root.display())
-        }
-        Step::Compilemessages => match source {
-            Some(source) => format!(
-                "catalogs po={} mo-up-to-date={}",
-                source.po_files, source.fresh_mo_files
-            ),
-            // Never matches a real witness: the step would simply run again.
-            None => "catalogs not scanned".into(),
-        },
-    }
-}
-
-/// The SQLite database and the side files SQLite keeps next to it.
-pub fn sqlite_files(db: &Path) -> Vec<PathBuf> {
-    let name = db
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    ["", "-journal", "-wal", "-shm"]
-        .iter()
-        .map(|suffix| db.with_file_name(format!("{name}{suffix}")))
-        .collect()
-}
-
-/// Where collected static files go: the app's BITPOLL_STATIC_ROOT, or <data_dir>/static.
-pub fn static_root(cfg: &Config) -> PathBuf {
-    cfg.environment
-        .get("BITPOLL_STATIC_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cfg.service.data_dir.join(STATIC_DIR))
-}
-
-/// "dev:ino" of a file; inside the data directory looked up without following links.
-fn file_identity(tree: &DataTree, path: &Path) -> Option<String> {
-    match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) if parent == tree.path => {
-            launcher_sys::files::identity_at(tree.dir(""), name.to_str()?)
-        }
-        _ => std::fs::symlink_metadata(path)
-            .ok()
-            .map(|m| format!("{}:{}", m.dev(), m.ino())),
-    }
-}
-
-/// The interpreter and its installed packages: the path as configured (a Nix store path
-/// changes with any dependency), the resolved binary, and the modification times of the
-/// environment's site-packages directories (pip install/upgrade changes them).
-fn python_identity(python: &Path) -> String {
-    let mut id = python.display().to_string();
-    if let Ok(real) = std::fs::canonicalize(python) {
-        if let Ok(m) = std::fs::metadata(&real) {
-            id.push_str(&format!(
-                " {} {}:{} {} {}",
-                real.display(),
-                m.dev(),
-                m.ino(),
-                m.size(),
-                m.mtime()
-            ));
-        }
-    }
-    if let Some(prefix) = python.parent().and_then(Path::parent) {
-        if let Ok(entries) = std::fs::read_dir(prefix.join("lib")) {
-            let mut dirs: Vec<PathBuf> = entries
-                .flatten()
-                .map(|e| e.path().join("site-packages"))
-                .filter(|p| p.is_dir())
-                .collect();
-            dirs.sort();
-            for dir in dirs {
-                if let Ok(m) = std::fs::metadata(&dir) {
-                    id.push_str(&format!(
-                        " {}@{}.{}",
-                        dir.display(),
-                        m.mtime(),
-                        m.mtime_nsec()
-                    ));
-                }
-            }
-        }
-    }
-    id
-}
-
-/// A digest of the app source: every file's relative path, size, mode and modification
-/// time, skipping bytecode, compiled catalogs (which compilemessages writes) and hidden
-/// directories. Also counts translation catalogs and their up-to-date compiled forms.
-pub(crate) struct SourceTree {
-    digest: String,
-    pub(crate) po_files: usize,
-    pub(crate) fresh_mo_files: usize,
-    /// Directories holding .po files: compilemessages writes the .mo files there.
-    po_dirs: Vec<PathBuf>,
-}
-
-impl SourceTree {
-    /// Scan the app source of `cfg`, leaving out what the app itself writes there (a
-    /// static root, media root or SQLite database placed inside the source directory):
-    /// those change on every run and are outputs, not inputs.
-    pub(crate) fn of(cfg: &Config) -> std::io::Result<SourceTree> {
-        let media = cfg
-            .environment
-            .get("BITPOLL_MEDIA_ROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| cfg.service.data_dir.join(launcher_plan::layout::MEDIA_DIR));
-        let mut outputs = vec![static_root(cfg), media, cfg.service.data_dir.clone()];
-        if let Database::Sqlite { path } = &cfg.database {
-            outputs.extend(sqlite_files(path));
-        }
-        Self::scan(&cfg.app.source_dir, &outputs)
-    }
-
-    fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceTree> {
-        let mut entries = Vec::new();
-        let mut po_files = 0;
-        let mut fresh_mo_files = 0;
-        let mut po_dirs = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir)? {
-                let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with('.') || name == "__pycache__" || name == "node_modules" {
-                    continue;
-                }
-                let path = entry.path();
-                if outputs.contains(&path) {
-                    continue;
-                }
-                let meta = std::fs::symlink_metadata(&path)?;
-                if meta.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                if name.ends_with(".pyc") || name.ends_with(".mo") {
-                    continue;
-                }
-                if name.ends_with(".po") {
-                    po_files += 1;
-                    if !po_dirs.contains(&dir) {
-                        po_dirs.push(dir.clone());
-                    }
-                    let mo = path.with_extension("mo");
-                    if std::fs::metadata(&mo).is_ok_and(|m| m.mtime() >= meta.mtime()) {
-                        fresh_mo_files += 1;
-                    }
-                }
-                let rel = path
-                    .strip_prefix(root)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned();
-                let link = if meta.file_type().is_symlink() {
-                    std::fs::read_link(&path)
-                        .map(|t| t.display().to_string())
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                entries.push(format!(
-                    "{rel}\0{}\0{:o}\0{}.{}\0{link}",
-                    meta.size(),
-                    meta.mode(),
-                    meta.mtime(),
-                    meta.mtime_nsec()
-                ));
-            }
-        }
-        entries.sort();
-        let mut h = Sha256::new();
-        for e in &entries {
-            h.update(e.as_bytes());
-            h.update(b"\n");
-        }
-        let digest = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        po_dirs.sort();
-        Ok(SourceTree {
-            digest,
-            po_files,
-            fresh_mo_files,
-            po_dirs,
-        })
-    }
 }
 
 /// Why preparation failed.
@@ -399,7 +104,7 @@ fn failure_text(step: &Option<Step>, status: &str, tail: &[String]) -> String {
 pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<(), PrepareError> {
     let steps: Vec<Step> = planned
         .iter()
-        .filter(|p| matches!(p.decision, Decision::Run(_)))
+        .filter(|p| p.runs())
         .map(|p| p.step)
         .collect();
     if steps.is_empty() {
@@ -673,10 +378,16 @@ impl Events<'_, '_> {
         let stamp = Stamp {
             step,
             fingerprint: planned.fingerprint.clone(),
-            witness: witness(self.ctx, step, source.as_ref()),
+            witness: witness(
+                self.ctx.cfg,
+                Some(self.ctx.tree.dir("")),
+                step,
+                source.as_ref(),
+            ),
             finished: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            migrations: None,
         };
         let owner = self
             .ctx
@@ -724,23 +435,5 @@ fn describe(status: ExitStatus) -> String {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => status.to_string(),
-    }
-}
-
-/// Evidence that the app's database already holds data, for the Fernet-key guard.
-pub fn database_evidence(
-    cfg: &Config,
-    state: Option<std::os::fd::BorrowedFd<'_>>,
-) -> Option<String> {
-    let stamp = stamp_file_name(Step::Migrate);
-    if state.is_some_and(|dir| launcher_sys::files::read_state(dir, &stamp).is_some()) {
-        return Some(format!("state/{stamp} records an earlier migration"));
-    }
-    match &cfg.database {
-        Database::Sqlite { path } => std::fs::symlink_metadata(path)
-            .ok()
-            .filter(|m| m.len() > 0)
-            .map(|m| format!("{} exists, {} bytes", path.display(), m.len())),
-        Database::Postgresql { .. } => None,
     }
 }

@@ -1,11 +1,13 @@
 //! `bitpoll-launcher run`: every phase from config to exec, in order.
 //!
 //! 1. config       load and validate the whole file
-//! 2. preflight    interpreter, app source and server program exist (before any change)
+//! 2. judge        observe the host read-only (crate::observe) and judge it with
+//!    launcher_plan::judge: any error stops here, before any change, in the words `check`
+//!    prints
 //! 3. account      create or verify the service user and group
 //! 4. directories  the data directory tree with exact owner and mode
-//! 5. secrets      read files and credentials as root, generate missing keys once
-//! 6. prepare      migrate / collectstatic / compilemessages as the service user
+//! 5. secrets      use what was read as root, generate missing keys once
+//! 6. prepare      migrate / collectstatic / compilemessages as the service user, as judged
 //! 7. drop         groups, gid, uid, capabilities, no_new_privs; verified
 //! 8. exec         the server, in place, with an environment built from scratch
 
@@ -14,18 +16,22 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
-use tracing::info;
+use tracing::{info, warn};
 
 use launcher_config::Config;
 use launcher_plan::env::{self, Purpose};
-use launcher_plan::layout::TREE;
-use launcher_plan::stamp::Decision;
+use launcher_plan::facts::{Facts, SecretState, View};
+use launcher_plan::finding::{Finding, Severity, refusal};
+use launcher_plan::judge::{self, prepare::Decision, secrets::Action};
+use launcher_plan::layout::{TREE, sqlite_files_in_data_dir};
+use launcher_plan::secret::SecretValue;
 use launcher_sys::account::Account;
 use launcher_sys::privs::Target;
 use launcher_sys::tree::{self, Owner};
 
 use crate::cli::RunArgs;
 use crate::exit::{self, Exit, OrExit};
+use crate::observe::{self, Options};
 use crate::{notify, prepare, secrets};
 
 /// Times a phase and logs its end with PHASE and DURATION_MS.
@@ -49,6 +55,15 @@ impl Phase {
     }
 }
 
+/// Log a finding that does not stop the start (warnings; info as info).
+fn log_finding(phase: &'static str, f: &Finding) {
+    match f.severity {
+        Severity::Warning => warn!(phase, subject = %f.subject, "{f}"),
+        Severity::Info => info!(phase, subject = %f.subject, "{f}"),
+        Severity::Ok | Severity::Error => {}
+    }
+}
+
 pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let started = Instant::now();
     // Files the preparation and the app create are not readable by others.
@@ -58,9 +73,26 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
     phase.end(&format!("configuration {} is valid", args.config.display()));
 
-    let phase = Phase::begin("preflight", "Checking the app and server programs");
-    preflight(&cfg).or_exit(exit::SYSTEM)?;
-    phase.end("interpreter, app source and server program are present");
+    let phase = Phase::begin("judge", "Checking the deployment");
+    let mut facts = observe::observe(
+        &cfg,
+        &Options {
+            view: View::Service,
+            unit: "bitpoll",
+        },
+    );
+    let judged = judge::deployment(&cfg, &facts);
+    let mut findings: Vec<Finding> = judge::account::launcher_identity(&cfg, &facts)
+        .into_iter()
+        .collect();
+    findings.extend(judged.findings.iter().cloned());
+    if let Some(text) = refusal(&findings) {
+        return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
+    }
+    for f in &findings {
+        log_finding("judge", f);
+    }
+    phase.end("the deployment is usable");
 
     let privileged = launcher_sys::is_root();
     let phase = Phase::begin("account", "Checking the service account");
@@ -81,7 +113,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     for change in &changes {
         info!(phase = "directories", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
     }
-    for file in sqlite_files(&cfg, &tree) {
+    for file in sqlite_files_in_data_dir(&cfg) {
         if let Some(change) =
             tree::adopt_root_owned_file(&tree, &file, owner).or_exit(exit::SYSTEM)?
         {
@@ -96,33 +128,17 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     ));
 
     let phase = Phase::begin("secrets", "Loading secrets");
-    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
-    let evidence =
-        prepare::database_evidence(&cfg, Some(tree.dir(launcher_plan::layout::STATE_DIR)));
-    let loaded = secrets::load(
-        &cfg,
-        &tree,
-        owner,
-        credentials_dir.as_deref(),
-        evidence.as_deref(),
-    )
-    .or_exit(exit::SYSTEM)?;
-    for s in &loaded {
-        info!(phase = "secrets", secret = %s.name, "secret {}: {}", s.name, s.origin);
-    }
+    let secret_values = secrets(&mut facts, &judged.secrets, &tree, owner).or_exit(exit::SYSTEM)?;
     phase.end(&format!(
         "{} secret{} loaded",
-        loaded.len(),
-        if loaded.len() == 1 { "" } else { "s" }
+        secret_values.len(),
+        if secret_values.len() == 1 { "" } else { "s" }
     ));
-    let secret_values: Vec<(String, launcher_plan::secret::SecretValue)> =
-        loaded.into_iter().map(|s| (s.name, s.value)).collect();
 
-    let inherited = inherited_env();
     let env_inputs = env::Inputs {
         config: &cfg,
         secrets: &secret_values,
-        inherited: &inherited,
+        inherited: &facts.inherited,
         user: &account.user,
         home: &cfg.service.data_dir,
     };
@@ -131,29 +147,38 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         .or_exit(exit::PRIVILEGES)?;
 
     let phase = Phase::begin("prepare", "Preparing the app");
-    let ctx = prepare::Context {
-        cfg: &cfg,
-        tree: &tree,
-        owner,
-        env: env::build(&env_inputs, Purpose::Prepare),
-        secret_names: secret_values.iter().map(|(k, _)| k.clone()).collect(),
-        target: target.clone(),
-    };
-    let planned = prepare::plan(&ctx, args.force_prepare).or_exit(exit::SYSTEM)?;
+    let prepare_env = env::build(&env_inputs, Purpose::Prepare);
+    let planned = judge::prepare::judge(
+        &cfg,
+        &facts,
+        &judge::prepare::Inputs {
+            env: &prepare_env,
+            force: args.force_prepare,
+        },
+    );
     for p in &planned {
+        let f = p.finding(&cfg);
         match &p.decision {
-            Decision::Skip { finished } => {
-                info!(phase = "prepare", step = %p.step, skipped = true, "step {} skipped: nothing changed since it succeeded at {}", p.step, utc(*finished))
+            Decision::Refuse(_) => return Err(Exit::new(exit::SYSTEM, anyhow!("{f}"))),
+            Decision::Skip { .. } => {
+                info!(phase = "prepare", step = %p.step, skipped = true, "step {} {}", p.step, f.message)
+            }
+            Decision::SkipReadOnly { .. } => {
+                warn!(phase = "prepare", step = %p.step, skipped = true, "{f}")
             }
             Decision::Run(reason) => {
                 info!(phase = "prepare", step = %p.step, skipped = false, "step {} runs: {reason}", p.step)
             }
         }
     }
-    let to_run = planned
-        .iter()
-        .filter(|p| matches!(p.decision, Decision::Run(_)))
-        .count();
+    let to_run = planned.iter().filter(|p| p.runs()).count();
+    let ctx = prepare::Context {
+        cfg: &cfg,
+        tree: &tree,
+        owner,
+        env: prepare_env,
+        target: target.clone(),
+    };
     prepare::execute(&ctx, &planned).map_err(|e| {
         let code = match &e {
             prepare::PrepareError::Interrupted { signal, .. } => 128 + *signal as u8,
@@ -162,7 +187,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         Exit::new(code, e)
     })?;
     // The database is the app's alone, not the web server's that shares the group.
-    for file in sqlite_files(&cfg, &tree) {
+    for file in sqlite_files_in_data_dir(&cfg) {
         if let Some(change) = tree::make_private(&tree, &file, owner).or_exit(exit::SYSTEM)? {
             info!(phase = "prepare", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
         }
@@ -199,76 +224,42 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     Err(Exit::new(exit::RUNTIME, err))
 }
 
-/// The launcher's own environment (UTF-8 entries only), the input of env::build.
-pub(crate) fn inherited_env() -> Vec<(String, String)> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
-}
-
-/// The SQLite database and its side files, when the database lives directly in the data
-/// directory (names relative to it).
-fn sqlite_files(cfg: &Config, tree: &tree::DataTree) -> Vec<String> {
-    match &cfg.database {
-        launcher_config::Database::Sqlite { path }
-            if path.parent() == Some(tree.path.as_path()) =>
-        {
-            prepare::sqlite_files(path)
-                .iter()
-                .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
-                .collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// Seconds since the epoch as "YYYY-MM-DD HH:MM:SS UTC".
-fn utc(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn preflight(cfg: &Config) -> anyhow::Result<()> {
+/// The secrets' values: those read as root during observation, and those generated now.
+fn secrets(
+    facts: &mut Facts,
+    verdicts: &[judge::secrets::Verdict],
+    tree: &tree::DataTree,
+    owner: Owner,
+) -> anyhow::Result<Vec<(String, SecretValue)>> {
+    let mut values = Vec::with_capacity(verdicts.len());
     let mut problems = Vec::new();
-    let executable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if !executable(&cfg.app.python) {
-        problems.push(format!(
-            "app.python: {} is not an executable file",
-            cfg.app.python.display()
-        ));
-    }
-    if !cfg.app.source_dir.join("manage.py").is_file() {
-        problems.push(format!("app.source_dir: {} has no manage.py; point it at the directory holding the app's manage.py", cfg.app.source_dir.display()));
-    }
-    let server = Path::new(&cfg.server.command[0]);
-    if !executable(server) {
-        problems.push(format!(
-            "server.command: {} is not an executable file",
-            server.display()
-        ));
+    for (fact, verdict) in facts.secrets.iter_mut().zip(verdicts) {
+        let state = std::mem::replace(
+            &mut fact.state,
+            SecretState::Failed {
+                failure: launcher_plan::facts::SecretFailure::Io,
+                message: "taken".into(),
+            },
+        );
+        match (verdict.action, state) {
+            (Action::Use, SecretState::Read { value, origin }) => {
+                info!(phase = "secrets", secret = %fact.name, "secret {}: {origin}", fact.name);
+                values.push((fact.name.clone(), value));
+            }
+            (Action::Generate(kind), _) => match secrets::generate(&fact.name, kind, tree, owner) {
+                Ok((value, origin)) => {
+                    info!(phase = "secrets", secret = %fact.name, "secret {}: {origin}", fact.name);
+                    values.push((fact.name.clone(), value));
+                }
+                Err(e) => problems.push(format!("secret {} ({}): {e}", fact.name, fact.source)),
+            },
+            _ => problems.push(verdict.finding.to_string()),
+        }
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(values)
     } else {
-        Err(anyhow!("{}", problems.join("; ")))
+        Err(anyhow!("{}", problems.join("\n")))
     }
 }
 
@@ -309,14 +300,4 @@ fn drop_privileges(target: &Target, cwd: &Path) -> anyhow::Result<()> {
         format!("the service user cannot enter the app source {}; make it readable (a+rX) for the service user", cwd.display())
     })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_formats_epoch_seconds() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(super::utc(1_795_635_566), "2026-11-25 19:39:26 UTC");
-    }
 }

@@ -14,25 +14,6 @@ pub fn run(args: &ConfigArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-/// `bitpoll-launcher tmpfiles`: the data directory as a tmpfiles.d(5) entry. A unit with
-/// ProtectSystem=strict cannot create it below a read-only /var/lib.
-pub fn run_tmpfiles(args: &ConfigArgs) -> Result<(), Exit> {
-    let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
-    print!("{}", render_tmpfiles(&cfg));
-    Ok(())
-}
-
-pub fn render_tmpfiles(cfg: &Config) -> String {
-    let s = &cfg.service;
-    format!(
-        "# Bitpoll data directory; install as /etc/tmpfiles.d/{}.conf and run systemd-tmpfiles --create.\nd {} 0750 {} {} -\n",
-        s.user,
-        s.data_dir.display(),
-        s.user,
-        s.group
-    )
-}
-
 pub fn render(cfg: &Config) -> String {
     let s = &cfg.service;
     let mut out = String::new();
@@ -81,15 +62,6 @@ command = ["/p/bin/gunicorn"]
 "#
         ))
         .unwrap()
-    }
-
-    #[test]
-    fn tmpfiles_creates_the_data_dir_with_its_owner() {
-        let text = super::render_tmpfiles(&cfg("web"));
-        assert!(
-            text.ends_with("d /var/lib/bitpoll 0750 bitpoll web -\n"),
-            "{text}"
-        );
     }
 
     #[test]

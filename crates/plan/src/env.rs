@@ -25,7 +25,7 @@ pub enum Purpose {
 }
 
 /// Inherited variables that pass through to the app unchanged.
-const ALLOWLIST: &[&str] = &[
+pub const ALLOWLIST: &[&str] = &[
     "PATH",
     "LANG",
     "LANGUAGE",

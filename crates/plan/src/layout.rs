@@ -1,5 +1,9 @@
 //! The data directory tree the launcher maintains, and where things live in it.
 
+use std::path::{Path, PathBuf};
+
+use launcher_config::{Config, Database};
+
 /// A directory the launcher keeps with an exact mode, owned by the service user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirSpec {
@@ -48,6 +52,63 @@ pub const STAMP_FILE_MODE: u32 = 0o600;
 /// File name of a step's stamp inside [`STATE_DIR`].
 pub fn stamp_file_name(step: crate::Step) -> String {
     format!("{}.stamp", step.name())
+}
+
+/// Where collected static files go: the app's BITPOLL_STATIC_ROOT, or <data_dir>/static.
+pub fn static_root(cfg: &Config) -> PathBuf {
+    cfg.environment
+        .get("BITPOLL_STATIC_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.service.data_dir.join(STATIC_DIR))
+}
+
+/// Where uploaded files go: the app's BITPOLL_MEDIA_ROOT, or <data_dir>/media.
+pub fn media_root(cfg: &Config) -> PathBuf {
+    cfg.environment
+        .get("BITPOLL_MEDIA_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.service.data_dir.join(MEDIA_DIR))
+}
+
+/// The SQLite database and the side files SQLite keeps next to it.
+pub fn sqlite_files(db: &Path) -> Vec<PathBuf> {
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    ["", "-journal", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| db.with_file_name(format!("{name}{suffix}")))
+        .collect()
+}
+
+/// The SQLite database and its side files by name, when the database lives directly in
+/// the data directory (the launcher adopts and protects those; elsewhere they are the
+/// admin's).
+pub fn sqlite_files_in_data_dir(cfg: &Config) -> Vec<String> {
+    match &cfg.database {
+        Database::Sqlite { path } if path.parent() == Some(cfg.service.data_dir.as_path()) => {
+            sqlite_files(path)
+                .iter()
+                .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// What the app writes inside its own source directory when told to (a static root,
+/// media root or SQLite database placed there): outputs, never inputs of a fingerprint.
+pub fn app_outputs(cfg: &Config) -> Vec<PathBuf> {
+    let mut outputs = vec![
+        static_root(cfg),
+        media_root(cfg),
+        cfg.service.data_dir.clone(),
+    ];
+    if let Database::Sqlite { path } = &cfg.database {
+        outputs.extend(sqlite_files(path));
+    }
+    outputs
 }
 
 #[cfg(test)]

@@ -2,12 +2,18 @@
 //! system, decide what to do. Nothing here touches the file system, the process table or
 //! the environment; every input is an argument, so every decision is unit-tested.
 //!
+//! - [`facts`]: what the observer found on the host, as typed values;
+//! - [`judge`]: every rule, from config + facts to decisions and findings;
+//! - [`finding`]: a judgement's words: severity, subject, message, fix;
 //! - [`env`]: the app's environment, built from scratch from explicit inputs;
 //! - [`secret`]: the rules a secret value must pass, and generation from given random bytes;
 //! - [`stamp`]: fingerprints of a preparation step's inputs and the run/skip decision;
 //! - [`layout`]: the data directory tree with its modes.
 
 pub mod env;
+pub mod facts;
+pub mod finding;
+pub mod judge;
 pub mod layout;
 pub mod secret;
 pub mod stamp;

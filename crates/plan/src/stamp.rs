@@ -1,60 +1,93 @@
-//! Preparation stamps: skip a step whose inputs did not change since it last succeeded.
+//! Preparation stamps: skip a step whose inputs did not change since it last succeeded,
+//! and whose output is still there.
 //!
-//! A stamp is written only after its step finished successfully. It holds two things:
-//! - the *fingerprint*: a hash of everything the step reads (interpreter, app source tree,
-//!   settings module, the app's environment with secret values left out), computed
-//!   before the step runs;
-//! - the *witness*: a description of the step's output as it stood right after success
-//!   (the database file's identity, the static manifest, the compiled catalogs).
+//! A stamp is written only after its step finished successfully. It holds:
+//! - the *inputs*: a short hash per input the step reads (interpreter, app source,
+//!   settings module, each variable of the app's environment with secret values left out
+//!   and the caller's own PATH/LANG/... left out), and a fingerprint over all of them,
+//!   computed before the step ran; when one changes, the log names it;
+//! - the *witness*: a description of the step's output right after success (the database
+//!   file's identity, the static manifest, the compiled catalogs);
+//! - for migrate, the *migrations* Django knew on disk, so that the database's own
+//!   `django_migrations` can be checked against them (see [`crate::judge::prepare`]).
 //!
-//! A step is skipped only when both still match. A new database file, a deleted static
-//! tree or a changed source file therefore makes it run again.
+//! A step is skipped only when all of them still hold.
+
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
 use crate::Step;
-use crate::env::VOLATILE;
+use crate::env::{ALLOWLIST, VOLATILE};
 
-const HEADER: &str = "bitpoll-launcher stamp v1";
+const HEADER: &str = "bitpoll-launcher stamp v2";
+const OLD_HEADER: &str = "bitpoll-launcher stamp v1";
 
 /// What a step's fingerprint is made of.
 pub struct FingerprintInputs<'a> {
     pub step: Step,
     /// Interpreter path and identity (device, inode, size, mtime of its resolved target).
     pub python: &'a str,
-    /// Digest of the app source tree (see the binary's source walk).
+    /// Digest of the app source tree (see the observer's source walk).
     pub source_digest: &'a str,
     pub settings_module: &'a str,
     /// The preparation environment.
     pub env: &'a [(String, String)],
     /// Names of variables whose values are secrets: only their names are hashed.
     pub secret_names: &'a [&'a str],
+    /// Names the config sets in [environment]: these count even when they are also
+    /// inherited names (an explicit LANG).
+    pub configured: &'a [&'a str],
 }
 
-/// A hex SHA-256 over the inputs, in a fixed, unambiguous encoding.
-pub fn fingerprint(inputs: &FingerprintInputs<'_>) -> String {
-    let mut h = Sha256::new();
-    let mut field = |name: &str, value: &str| {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update((value.len() as u64).to_le_bytes());
-        h.update(value.as_bytes());
-    };
-    field("step", inputs.step.name());
-    field("python", inputs.python);
-    field("source", inputs.source_digest);
-    field("settings", inputs.settings_module);
+/// The inputs of a step, each as a short hash, and the fingerprint over all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub inputs: BTreeMap<String, String>,
+    pub digest: String,
+}
+
+/// Hash every input. Inherited variables the app gets from the caller (PATH, LANG, the
+/// locale, TZ...) are left out unless the config sets them: a start from a root shell
+/// and a start by systemd must not disagree about what the app sees.
+pub fn fingerprint(inputs: &FingerprintInputs<'_>) -> Fingerprint {
+    let mut map = BTreeMap::new();
+    map.insert("interpreter".to_string(), short(inputs.python));
+    map.insert("app source".to_string(), short(inputs.source_digest));
+    map.insert("settings module".to_string(), short(inputs.settings_module));
+    // Secrets count by name, whether or not this observer could read their values.
+    for k in inputs.secret_names {
+        map.insert(format!("${k}"), short("<secret>"));
+    }
     for (k, v) in inputs.env {
-        if VOLATILE.contains(&k.as_str()) {
+        let inherited = ALLOWLIST.contains(&k.as_str()) && !inputs.configured.contains(&k.as_str());
+        if VOLATILE.contains(&k.as_str()) || inherited || inputs.secret_names.contains(&k.as_str())
+        {
             continue;
         }
-        if inputs.secret_names.contains(&k.as_str()) {
-            field(k, "<secret>");
-        } else {
-            field(k, v);
-        }
+        map.insert(format!("${k}"), short(v));
     }
-    hex(&h.finalize())
+    let mut h = Sha256::new();
+    field(&mut h, "step", inputs.step.name());
+    for (k, v) in &map {
+        field(&mut h, k, v);
+    }
+    Fingerprint {
+        inputs: map,
+        digest: hex(&h.finalize()),
+    }
+}
+
+fn field(h: &mut Sha256, name: &str, value: &str) {
+    h.update((name.len() as u64).to_le_bytes());
+    h.update(name.as_bytes());
+    h.update((value.len() as u64).to_le_bytes());
+    h.update(value.as_bytes());
+}
+
+/// The first 16 hex digits of a SHA-256: enough to tell inputs apart, short in a stamp.
+fn short(value: &str) -> String {
+    hex(&Sha256::digest(value.as_bytes()))[..16].to_string()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -65,21 +98,30 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
     pub step: Step,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub witness: String,
     /// Seconds since the epoch when the step finished.
     pub finished: u64,
+    /// migrate only: every migration Django knew on disk ("app.name"), sorted.
+    pub migrations: Option<Vec<String>>,
 }
 
 impl Stamp {
     pub fn render(&self) -> String {
-        format!(
+        let mut out = format!(
             "{HEADER}\nstep={}\nfingerprint={}\nwitness={}\nfinished={}\n",
             self.step.name(),
-            self.fingerprint,
+            self.fingerprint.digest,
             self.witness.replace('\n', " "),
             self.finished
-        )
+        );
+        for (k, v) in &self.fingerprint.inputs {
+            out.push_str(&format!("input={v} {}\n", k.replace('\n', " ")));
+        }
+        if let Some(m) = &self.migrations {
+            out.push_str(&format!("migrations={}\n", m.join(" ")));
+        }
+        out
     }
 
     /// Parse a stamp; None for anything that is not a complete, well-formed stamp.
@@ -88,25 +130,40 @@ impl Stamp {
         if lines.next()? != HEADER {
             return None;
         }
-        let mut step = None;
-        let mut fingerprint = None;
-        let mut witness = None;
-        let mut finished = None;
+        let (mut step, mut digest, mut witness, mut finished, mut migrations) =
+            (None, None, None, None, None);
+        let mut inputs = BTreeMap::new();
         for line in lines {
             let (k, v) = line.split_once('=')?;
             match k {
                 "step" => step = Step::from_name(v),
-                "fingerprint" => fingerprint = Some(v.to_string()),
+                "fingerprint" => digest = Some(v.to_string()),
                 "witness" => witness = Some(v.to_string()),
                 "finished" => finished = v.parse().ok(),
+                "input" => {
+                    let (hash, name) = v.split_once(' ')?;
+                    inputs.insert(name.to_string(), hash.to_string());
+                }
+                "migrations" => {
+                    migrations = Some(
+                        v.split(' ')
+                            .filter(|m| !m.is_empty())
+                            .map(String::from)
+                            .collect(),
+                    )
+                }
                 _ => return None,
             }
         }
         Some(Stamp {
             step: step?,
-            fingerprint: fingerprint?,
+            fingerprint: Fingerprint {
+                inputs,
+                digest: digest?,
+            },
             witness: witness?,
             finished: finished?,
+            migrations,
         })
     }
 }
@@ -118,10 +175,17 @@ pub enum Reason {
     NoStamp,
     /// The stamp is not readable as a stamp (truncated, foreign, other step).
     BadStamp,
-    /// Interpreter, source, settings or environment changed.
-    InputsChanged,
+    /// The stamp was written by an older launcher that recorded less.
+    OldStamp,
+    /// These inputs changed (names as in [`Fingerprint::inputs`]).
+    InputsChanged(Vec<String>),
     /// The step's output is gone or replaced (new database, deleted static files...).
     OutputChanged { was: String, now: String },
+    /// The database does not hold every migration the last migrate applied (emptied,
+    /// replaced or restored from an older copy).
+    DatabaseBehind { missing: Vec<String>, count: usize },
+    /// The database could not be read exactly, so it may need migrating.
+    DatabaseUnknown(String),
     /// The admin asked for it.
     Forced,
 }
@@ -131,29 +195,56 @@ impl std::fmt::Display for Reason {
         match self {
             Reason::NoStamp => f.write_str("no record of an earlier success"),
             Reason::BadStamp => f.write_str("its stamp is unreadable"),
-            Reason::InputsChanged => {
-                f.write_str("the app, interpreter, settings or environment changed")
+            Reason::OldStamp => f.write_str("its stamp is from an older launcher"),
+            Reason::InputsChanged(what) => {
+                write!(
+                    f,
+                    "the app, interpreter, settings or environment changed: {}",
+                    abbreviate(what, 5)
+                )
             }
             Reason::OutputChanged { was, now } => {
                 write!(f, "its output changed (was {was}, now {now})")
+            }
+            Reason::DatabaseBehind { missing, count } => write!(
+                f,
+                "the database lacks {count} migration(s) applied before ({}): it was emptied, replaced or restored",
+                abbreviate(missing, 3)
+            ),
+            Reason::DatabaseUnknown(why) => {
+                write!(
+                    f,
+                    "the database's migrations cannot be read exactly ({why})"
+                )
             }
             Reason::Forced => f.write_str("forced"),
         }
     }
 }
 
+/// "a, b, c and 4 more".
+pub fn abbreviate(items: &[String], n: usize) -> String {
+    if items.len() <= n {
+        items.join(", ")
+    } else {
+        format!("{} and {} more", items[..n].join(", "), items.len() - n)
+    }
+}
+
+/// What the stamp alone says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Run(Reason),
-    Skip { finished: u64 },
+    /// Inputs and output unchanged; the stamp is handed on for further checks.
+    Skip(Box<Stamp>),
 }
 
-/// Decide whether `step` runs, from the stored stamp text (if any), the fingerprint of
-/// the current inputs and the current witness of its output.
+/// Decide from the stored stamp text (if any), the fingerprint of the current inputs and
+/// the current witness of the step's output.
 pub fn decide(
     step: Step,
     stored: Option<&str>,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     witness: &str,
     force: bool,
 ) -> Decision {
@@ -163,11 +254,28 @@ pub fn decide(
     let Some(text) = stored else {
         return Decision::Run(Reason::NoStamp);
     };
+    if text.lines().next() == Some(OLD_HEADER) {
+        return Decision::Run(Reason::OldStamp);
+    }
     let Some(stamp) = Stamp::parse(text).filter(|s| s.step == step) else {
         return Decision::Run(Reason::BadStamp);
     };
-    if stamp.fingerprint != fingerprint {
-        return Decision::Run(Reason::InputsChanged);
+    if stamp.fingerprint.digest != fingerprint.digest {
+        let mut changed: Vec<String> = fingerprint
+            .inputs
+            .iter()
+            .filter(|(k, v)| stamp.fingerprint.inputs.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        changed.extend(
+            stamp
+                .fingerprint
+                .inputs
+                .keys()
+                .filter(|k| !fingerprint.inputs.contains_key(*k))
+                .cloned(),
+        );
+        return Decision::Run(Reason::InputsChanged(changed));
     }
     if stamp.witness != witness {
         return Decision::Run(Reason::OutputChanged {
@@ -175,9 +283,28 @@ pub fn decide(
             now: witness.to_string(),
         });
     }
-    Decision::Skip {
-        finished: stamp.finished,
-    }
+    Decision::Skip(Box::new(stamp))
+}
+
+/// Seconds since the epoch as "YYYY-MM-DD HH:MM:SS UTC".
+pub fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -191,7 +318,7 @@ mod tests {
             .collect()
     }
 
-    fn fp(env: &[(String, String)], source: &str) -> String {
+    fn fp(env: &[(String, String)], source: &str) -> Fingerprint {
         fingerprint(&FingerprintInputs {
             step: Step::Migrate,
             python: "/venv/bin/python 1:2",
@@ -199,22 +326,32 @@ mod tests {
             settings_module: "bitpoll.settings",
             env,
             secret_names: &["BITPOLL_SECRET_KEY"],
+            configured: &["TZ"],
         })
     }
 
     #[test]
-    fn fingerprint_ignores_volatile_variables_and_secret_values() {
+    fn fingerprint_ignores_volatile_variables_secret_values_and_the_callers_locale() {
         let a = env(&[
             ("INVOCATION_ID", "1"),
             ("BITPOLL_SECRET_KEY", "a"),
             ("X", "1"),
+            ("PATH", "/usr/bin"),
+            ("LANG", "C.UTF-8"),
         ]);
         let b = env(&[
             ("INVOCATION_ID", "2"),
             ("BITPOLL_SECRET_KEY", "b"),
             ("X", "1"),
+            ("PATH", "/root/bin:/usr/sbin"),
+            ("LANG", "de_DE.UTF-8"),
         ]);
         assert_eq!(fp(&a, "src1"), fp(&b, "src1"));
+        // A variable the config sets counts even when its name is inheritable.
+        assert_ne!(
+            fp(&env(&[("TZ", "UTC")]), "s"),
+            fp(&env(&[("TZ", "Europe/Berlin")]), "s")
+        );
     }
 
     #[test]
@@ -223,112 +360,89 @@ mod tests {
         let b = env(&[("X", "2")]);
         assert_ne!(fp(&a, "src1"), fp(&b, "src1"));
         assert_ne!(fp(&a, "src1"), fp(&a, "src2"));
-        // The encoding is unambiguous: moving a boundary changes the hash.
         assert_ne!(fp(&env(&[("XY", "")]), "s"), fp(&env(&[("X", "Y")]), "s"));
+    }
+
+    fn stamp(f: &Fingerprint) -> Stamp {
+        Stamp {
+            step: Step::Migrate,
+            fingerprint: f.clone(),
+            witness: "w1".into(),
+            finished: 5,
+            migrations: Some(vec!["poll.0001_initial".into(), "auth.0001_initial".into()]),
+        }
     }
 
     #[test]
     fn stamp_round_trips() {
-        let s = Stamp {
-            step: Step::Collectstatic,
-            fingerprint: "ab".into(),
-            witness: "manifest present".into(),
-            finished: 17,
-        };
+        let s = stamp(&fp(&env(&[("X", "1")]), "s"));
         assert_eq!(Stamp::parse(&s.render()), Some(s));
     }
 
     #[test]
-    fn decisions() {
-        let stamp = Stamp {
-            step: Step::Migrate,
-            fingerprint: "f1".into(),
-            witness: "w1".into(),
-            finished: 5,
-        }
-        .render();
-        struct Case {
-            name: &'static str,
-            stored: Option<&'static str>,
-            fp: &'static str,
-            witness: &'static str,
-            force: bool,
-            want: Decision,
-        }
-        let stamp: &'static str = Box::leak(stamp.into_boxed_str());
-        let cases = [
-            Case {
-                name: "unchanged",
-                stored: Some(stamp),
-                fp: "f1",
-                witness: "w1",
-                force: false,
-                want: Decision::Skip { finished: 5 },
-            },
-            Case {
-                name: "never ran",
-                stored: None,
-                fp: "f1",
-                witness: "w1",
-                force: false,
-                want: Decision::Run(Reason::NoStamp),
-            },
-            Case {
-                name: "inputs changed",
-                stored: Some(stamp),
-                fp: "f2",
-                witness: "w1",
-                force: false,
-                want: Decision::Run(Reason::InputsChanged),
-            },
-            Case {
-                name: "output replaced",
-                stored: Some(stamp),
-                fp: "f1",
-                witness: "w2",
-                force: false,
-                want: Decision::Run(Reason::OutputChanged {
-                    was: "w1".into(),
-                    now: "w2".into(),
-                }),
-            },
-            Case {
-                name: "truncated",
-                stored: Some("bitpoll-launcher stamp v1\nstep=migrate\n"),
-                fp: "f1",
-                witness: "w1",
-                force: false,
-                want: Decision::Run(Reason::BadStamp),
-            },
-            Case {
-                name: "garbage",
-                stored: Some("hello"),
-                fp: "f1",
-                witness: "w1",
-                force: false,
-                want: Decision::Run(Reason::BadStamp),
-            },
-            Case {
-                name: "forced",
-                stored: Some(stamp),
-                fp: "f1",
-                witness: "w1",
-                force: true,
-                want: Decision::Run(Reason::Forced),
-            },
-        ];
-        for c in cases {
-            assert_eq!(
-                decide(Step::Migrate, c.stored, c.fp, c.witness, c.force),
-                c.want,
-                "{}",
-                c.name
-            );
-        }
+    fn decisions_name_what_changed() {
+        let f1 = fp(&env(&[("X", "1"), ("Y", "1")]), "s");
+        let text = stamp(&f1).render();
+        let d = |stored: Option<&str>, f: &Fingerprint, w: &str, force| {
+            decide(Step::Migrate, stored, f, w, force)
+        };
+        assert!(matches!(
+            d(Some(&text), &f1, "w1", false),
+            Decision::Skip(_)
+        ));
+        assert_eq!(d(None, &f1, "w1", false), Decision::Run(Reason::NoStamp));
         assert_eq!(
-            decide(Step::Collectstatic, Some(stamp), "f1", "w1", false),
+            d(Some(&text), &fp(&env(&[("X", "2")]), "s2"), "w1", false),
+            Decision::Run(Reason::InputsChanged(vec![
+                "$X".into(),
+                "app source".into(),
+                "$Y".into()
+            ]))
+        );
+        assert_eq!(
+            d(Some(&text), &f1, "w2", false),
+            Decision::Run(Reason::OutputChanged {
+                was: "w1".into(),
+                now: "w2".into()
+            })
+        );
+        assert_eq!(
+            d(
+                Some("bitpoll-launcher stamp v2\nstep=migrate\n"),
+                &f1,
+                "w1",
+                false
+            ),
+            Decision::Run(Reason::BadStamp)
+        );
+        assert_eq!(
+            d(Some("hello"), &f1, "w1", false),
+            Decision::Run(Reason::BadStamp)
+        );
+        assert_eq!(
+            d(
+                Some("bitpoll-launcher stamp v1\nstep=migrate\n"),
+                &f1,
+                "w1",
+                false
+            ),
+            Decision::Run(Reason::OldStamp)
+        );
+        assert_eq!(
+            d(Some(&text), &f1, "w1", true),
+            Decision::Run(Reason::Forced)
+        );
+        assert_eq!(
+            decide(Step::Collectstatic, Some(&text), &f1, "w1", false),
             Decision::Run(Reason::BadStamp),
             "a stamp of another step never counts"
         );
+    }
+
+    #[test]
+    fn utc_formats_epoch_seconds() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_795_635_566), "2026-11-25 19:39:26 UTC");
     }
 }

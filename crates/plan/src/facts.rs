@@ -1,0 +1,283 @@
+//! Facts: what the launcher observed on the host, as plain typed values.
+//!
+//! The binary's observer (`src/observe`) fills a [`Facts`] once, read-only, before anything
+//! is decided; the judgements in [`crate::judge`] turn config + facts into decisions.
+//! Nothing here reads the host or decides anything: these are the inputs of every rule,
+//! so a rule can be tested with a literal `Facts` and `run` and `check` cannot see two
+//! different worlds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use launcher_config::GenerateKind;
+
+use crate::Step;
+use crate::secret::SecretValue;
+
+/// Who observed the facts, relative to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Observer {
+    /// root: sees everything `run` as root sees.
+    #[default]
+    Root,
+    /// The service user itself (`run` in the unprivileged mode).
+    ServiceUser,
+    /// Anyone else (`check` by an admin without root): some facts are hidden.
+    Other,
+}
+
+/// Where the facts were observed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    /// As the service: `run`, which must have everything the app needs.
+    #[default]
+    Service,
+    /// From outside the running unit: `check` and `manage`, which report what they cannot
+    /// see (a credential only the unit receives) instead of failing on it.
+    Outside,
+}
+
+/// Everything observed, in one value.
+#[derive(Debug)]
+pub struct Facts {
+    /// The effective uid of the observing process (root for `run` as ExecStart).
+    pub euid: u32,
+    pub observer: Observer,
+    pub view: View,
+    /// The launcher's own environment (UTF-8 entries only).
+    pub inherited: Vec<(String, String)>,
+    pub programs: Programs,
+    pub account: AccountFacts,
+    pub tree: TreeFacts,
+    /// One entry per configured secret, in config order.
+    pub secrets: Vec<SecretFact>,
+    pub database: DatabaseFacts,
+    /// The app source; None when it could not be read (the error text).
+    pub source: Result<SourceFacts, String>,
+    /// Identity of the interpreter and its installed packages (see the observer).
+    pub python_identity: String,
+    /// Stamp text per step, as read from the state directory (absent: None).
+    pub stamps: BTreeMap<Step, String>,
+    /// The current state of each step's output (see [`crate::stamp`]).
+    pub witnesses: BTreeMap<Step, String>,
+    pub systemd: SystemdFacts,
+}
+
+/// The programs the launcher needs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Programs {
+    /// app.python is an executable regular file (links followed).
+    pub python_executable: bool,
+    /// server.command[0] is an executable regular file.
+    pub server_executable: bool,
+}
+
+/// A user database entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    pub shell: PathBuf,
+}
+
+/// A group database entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+/// The service account as the account database has it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AccountFacts {
+    pub user: Option<UserEntry>,
+    pub group: Option<GroupEntry>,
+    /// The user's supplementary groups (from the group database), with their names.
+    pub supplementary: Vec<(u32, String)>,
+    /// /etc is on a read-only mount (ProtectSystem=strict or full, a read-only root).
+    pub etc_read_only: bool,
+}
+
+/// One directory of the data directory layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirFact {
+    /// Relative name in the layout ("" for the data directory itself).
+    pub name: &'static str,
+    pub path: PathBuf,
+    /// The mode the layout wants.
+    pub want_mode: u32,
+    pub state: DirState,
+}
+
+/// A directory as found, without following links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirState {
+    Missing,
+    Symlink,
+    NotADirectory,
+    /// Could not be looked at: permission denied for a caller that is not root, or an
+    /// I/O error (the text says which).
+    Unreadable {
+        denied: bool,
+        error: String,
+    },
+    Present {
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        /// The owner's name, when the account database knows it.
+        owner_name: Option<String>,
+    },
+}
+
+/// The data directory tree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TreeFacts {
+    /// The data directory's parent exists.
+    pub parent_exists: bool,
+    /// The layout, parents first (empty when the parent is missing).
+    pub dirs: Vec<DirFact>,
+    /// Free bytes for unprivileged users on the data directory's file system (or its
+    /// parent's when it does not exist yet).
+    pub free_bytes: Option<(PathBuf, u64)>,
+}
+
+impl TreeFacts {
+    pub fn dir(&self, name: &str) -> Option<&DirFact> {
+        self.dirs.iter().find(|d| d.name == name)
+    }
+}
+
+/// Why reading a secret failed, by kind: the judgement picks the severity and fix by kind,
+/// never by message text. The message names the file and never the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFailure {
+    /// The file does not exist.
+    Missing,
+    /// The observer may not read it (only possible when it is not root).
+    PermissionDenied,
+    /// Readable or writable by other users.
+    Exposed,
+    /// Not to be trusted: a link, another owner, several names, not a regular file, a
+    /// path others can change.
+    Untrusted,
+    /// The content breaks a rule of secret values (empty, too large, not UTF-8, NUL).
+    Invalid,
+    /// A publicly known sample value.
+    KnownSample,
+    /// A stored generated secret that is not of its kind (not a Fernet key...).
+    WrongKind,
+    /// A credential, but no credentials directory is known.
+    NoCredentialsDirectory,
+    /// Any other I/O error.
+    Io,
+}
+
+/// Where a secret's value came from, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Credential(PathBuf),
+    /// Generated by an earlier start and kept in the secrets directory.
+    Generated(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::Credential(p) => write!(f, "credential {}", p.display()),
+            Origin::Generated(p) => write!(f, "generated earlier, kept in {}", p.display()),
+        }
+    }
+}
+
+/// What reading one secret found.
+#[derive(Debug)]
+pub enum SecretState {
+    Read {
+        value: SecretValue,
+        origin: Origin,
+    },
+    /// A generated secret that does not exist yet (or whose directory does not).
+    NotGenerated {
+        kind: GenerateKind,
+        path: PathBuf,
+    },
+    Failed {
+        failure: SecretFailure,
+        message: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct SecretFact {
+    pub name: String,
+    /// The source as the admin wrote it ("file /run/keys/x", "generate fernet-key").
+    pub source: String,
+    pub state: SecretState,
+}
+
+/// A file as found, without following links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Missing,
+    Regular,
+    Symlink,
+    Directory,
+    Other,
+}
+
+/// The SQLite database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteFacts {
+    pub path: PathBuf,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Number of names of the file (a planted hard link has more than one).
+    pub links: u64,
+    /// The migrations the database records as applied (`django_migrations`), read with a
+    /// read-only connection; Err(why) when it could not be read exactly.
+    pub applied: Result<BTreeSet<String>, String>,
+}
+
+/// The database, as far as the launcher can see it without starting Django.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DatabaseFacts {
+    pub sqlite: Option<SqliteFacts>,
+}
+
+/// A directory holding translation catalogs (.po), with its owner and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoDir {
+    pub path: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// The app source tree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SourceFacts {
+    /// source_dir/manage.py is a regular file.
+    pub manage_py: bool,
+    /// A digest of every file's path, size, mode and mtime (see the observer).
+    pub digest: String,
+    pub po_files: usize,
+    /// Catalogs whose .mo exists and is at least as new as the .po.
+    pub fresh_mo_files: usize,
+    pub po_dirs: Vec<PoDir>,
+}
+
+/// What systemd handed the launcher.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SystemdFacts {
+    /// $CREDENTIALS_DIRECTORY, or for `check`/`manage` outside the unit the running unit's
+    /// credentials directory.
+    pub credentials_dir: Option<PathBuf>,
+    /// Started by systemd (INVOCATION_ID is set).
+    pub invocation: bool,
+}

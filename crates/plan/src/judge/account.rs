@@ -1,0 +1,246 @@
+//! The service account: it exists or `run` can create it, and it is safe to hand the app.
+
+use launcher_config::Config;
+
+use crate::facts::{Facts, Observer};
+use crate::finding::{Finding, Group};
+
+/// How to declare the account ahead, for every message that needs it.
+const DECLARE: &str = "it must be declared ahead: on NixOS with users.users/users.groups (the module does), elsewhere with `bitpoll-launcher sysusers --config FILE > /etc/sysusers.d/bitpoll.conf && systemd-sysusers`; then set service.create_user = false";
+
+/// What `run` does about the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// It exists as required.
+    Use,
+    /// `run` creates the group and/or user as root.
+    Create { group: bool, user: bool },
+    /// It cannot be used: the findings say why.
+    Refuse,
+}
+
+/// The findings about the account, and what `run` does about it.
+pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
+    let svc = &cfg.service;
+    let acc = &facts.account;
+    // `check` as another user predicts a start as root; only the service user itself
+    // cannot create accounts.
+    let can_create = svc.create_user && facts.observer != Observer::ServiceUser;
+    let mut out = Vec::new();
+    let group_subject = format!("group {}", svc.group);
+    let user_subject = format!("user {}", svc.user);
+    match &acc.group {
+        Some(g) if g.gid == 0 => out.push(Finding::error(
+            Group::Account,
+            &group_subject,
+            format!("{} has gid 0", svc.group),
+            "use a dedicated non-root group",
+        )),
+        Some(g) => out.push(Finding::ok(
+            Group::Account,
+            &group_subject,
+            format!("exists (gid {})", g.gid),
+        )),
+        None if can_create && acc.etc_read_only => out.push(read_only_etc(&group_subject)),
+        None if can_create => out.push(Finding::info(
+            Group::Account,
+            &group_subject,
+            "does not exist yet; `run` creates it (create_user = true)",
+        )),
+        None => out.push(missing(&group_subject, svc.create_user)),
+    }
+    match &acc.user {
+        Some(u) if u.uid == 0 => out.push(Finding::error(
+            Group::Account,
+            &user_subject,
+            format!("{} has uid 0", svc.user),
+            "the service must run unprivileged: give it its own non-root uid",
+        )),
+        Some(u) => {
+            out.push(Finding::ok(
+                Group::Account,
+                &user_subject,
+                format!("exists (uid {}, primary gid {})", u.uid, u.gid),
+            ));
+            if u.home != svc.data_dir {
+                out.push(Finding::warning(
+                    Group::Account,
+                    &user_subject,
+                    format!(
+                        "home is {}, not the data directory {}",
+                        u.home.display(),
+                        svc.data_dir.display()
+                    ),
+                    format!("usermod -d {} {}", svc.data_dir.display(), svc.user),
+                ));
+            }
+            let shell = u.shell.to_string_lossy();
+            if !(shell.ends_with("nologin") || shell.ends_with("false")) {
+                out.push(Finding::warning(
+                    Group::Account,
+                    &user_subject,
+                    format!("has a login shell ({shell})"),
+                    format!("usermod -s /usr/sbin/nologin {}", svc.user),
+                ));
+            }
+            if let Some(g) = &acc.group {
+                if u.gid != g.gid && !g.members.contains(&u.name) {
+                    out.push(Finding::info(
+                        Group::Account,
+                        &user_subject,
+                        format!(
+                            "is not a member of {}; the launcher runs the app with gid {} anyway",
+                            svc.group, g.gid
+                        ),
+                    ));
+                }
+            }
+        }
+        None if can_create && acc.etc_read_only => out.push(read_only_etc(&user_subject)),
+        None if can_create => out.push(Finding::info(
+            Group::Account,
+            &user_subject,
+            "does not exist yet; `run` creates it as a system user (create_user = true)",
+        )),
+        None => out.push(missing(&user_subject, svc.create_user)),
+    }
+    let action = if out.iter().any(Finding::is_error) {
+        Action::Refuse
+    } else {
+        match (&acc.group, &acc.user) {
+            (Some(_), Some(_)) => Action::Use,
+            (g, u) => Action::Create {
+                group: g.is_none(),
+                user: u.is_none(),
+            },
+        }
+    };
+    (action, out)
+}
+
+fn missing(subject: &str, create_user: bool) -> Finding {
+    if create_user {
+        Finding::error(
+            Group::Account,
+            subject,
+            "does not exist, and only root can create it",
+            format!("run the launcher as root once, or {DECLARE}"),
+        )
+    } else {
+        Finding::error(
+            Group::Account,
+            subject,
+            "does not exist and service.create_user = false",
+            DECLARE,
+        )
+    }
+}
+
+fn read_only_etc(subject: &str) -> Finding {
+    Finding::error(
+        Group::Account,
+        subject,
+        "does not exist, and /etc is read-only here (a unit with ProtectSystem=strict or full), so `run` cannot create it",
+        DECLARE,
+    )
+}
+
+/// A launcher that is not root must already be the service user (`run` only: `check` by
+/// another user reports what it could not see instead).
+pub fn launcher_identity(cfg: &Config, facts: &Facts) -> Option<Finding> {
+    if facts.euid == 0 {
+        return None;
+    }
+    let subject = format!("uid {}", facts.euid);
+    let fix = format!("run it as root or as {}", cfg.service.user);
+    match &facts.account.user {
+        Some(u) if u.uid == facts.euid => None,
+        Some(u) => Some(Finding::error(
+            Group::Account,
+            subject,
+            format!(
+                "the launcher runs as uid {}, not as the configured user {} (uid {})",
+                facts.euid, cfg.service.user, u.uid
+            ),
+            fix,
+        )),
+        None => Some(Finding::error(
+            Group::Account,
+            subject,
+            format!(
+                "the launcher is not root and the user {} does not exist, so it cannot be created",
+                cfg.service.user
+            ),
+            format!("run the launcher as root once, or {DECLARE}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::fixture;
+
+    #[test]
+    fn missing_account_is_created_as_root_with_create_user() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.account.user = None;
+        facts.account.group = None;
+        let (action, f) = judge(&cfg, &facts);
+        assert_eq!(
+            action,
+            Action::Create {
+                group: true,
+                user: true
+            }
+        );
+        assert!(f.iter().all(|f| !f.is_error()), "{f:?}");
+    }
+
+    #[test]
+    fn missing_account_without_create_user_must_be_declared_ahead() {
+        let cfg = fixture::config("create_user = false");
+        let mut facts = fixture::facts();
+        facts.account.user = None;
+        let (action, f) = judge(&cfg, &facts);
+        assert_eq!(action, Action::Refuse);
+        let e = f.iter().find(|f| f.is_error()).unwrap();
+        assert!(e.fix.as_deref().unwrap().contains("sysusers"));
+        assert!(e.fix.as_deref().unwrap().contains("users.users"));
+    }
+
+    #[test]
+    fn read_only_etc_refuses_creation() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.account.user = None;
+        facts.account.etc_read_only = true;
+        let (action, f) = judge(&cfg, &facts);
+        assert_eq!(action, Action::Refuse);
+        assert!(f.iter().any(|f| f.message.contains("/etc is read-only")));
+    }
+
+    #[test]
+    fn root_ids_are_refused() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.account.user.as_mut().unwrap().uid = 0;
+        facts.account.group.as_mut().unwrap().gid = 0;
+        let (action, f) = judge(&cfg, &facts);
+        assert_eq!(action, Action::Refuse);
+        assert_eq!(f.iter().filter(|f| f.is_error()).count(), 2);
+    }
+
+    #[test]
+    fn an_unprivileged_launcher_must_be_the_service_user() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.euid = 4242;
+        assert!(launcher_identity(&cfg, &facts).is_some());
+        facts.euid = facts.account.user.as_ref().unwrap().uid;
+        assert!(launcher_identity(&cfg, &facts).is_none());
+        facts.euid = 0;
+        assert!(launcher_identity(&cfg, &facts).is_none());
+    }
+}

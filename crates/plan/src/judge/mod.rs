@@ -1,0 +1,73 @@
+//! Judgements: pure functions from the validated config and the observed [`Facts`] to
+//! decisions and findings. Every rule the launcher applies to a deployment lives here,
+//! once: `run` acts on these decisions and refuses on their errors, `check` prints the
+//! very same findings. A new rule goes into the module of its subject, with a table test.
+//!
+//! [`Facts`]: crate::facts::Facts
+
+pub mod account;
+pub mod data_dir;
+pub mod prepare;
+pub mod programs;
+pub mod secrets;
+
+use launcher_config::{Config, Database};
+
+use crate::Step;
+use crate::facts::{Facts, FileKind};
+use crate::finding::Finding;
+
+/// The judgement of a deployment before anything is changed: every finding in the order
+/// `check` prints them, and what `run` does about the account and each secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub findings: Vec<Finding>,
+    pub account: account::Action,
+    pub secrets: Vec<secrets::Verdict>,
+}
+
+/// Judge programs, account, data directory, database file and secrets.
+pub fn deployment(cfg: &Config, facts: &Facts) -> Deployment {
+    let mut findings = programs::judge(cfg, facts);
+    let (account, account_findings) = account::judge(cfg, facts);
+    findings.extend(account_findings);
+    findings.extend(data_dir::judge(cfg, facts));
+    findings.extend(prepare::database(cfg, facts));
+    let secrets = secrets::judge(cfg, facts);
+    findings.extend(secrets.iter().map(|v| v.finding.clone()));
+    Deployment {
+        findings,
+        account,
+        secrets,
+    }
+}
+
+/// Evidence that the app's database already holds data, for the rules that protect it
+/// (never generate a new encryption key for existing data). None when there is none.
+pub fn existing_data(cfg: &Config, facts: &Facts) -> Option<String> {
+    if facts.stamps.contains_key(&Step::Migrate) {
+        return Some(format!(
+            "state/{} records an earlier migration",
+            crate::layout::stamp_file_name(Step::Migrate)
+        ));
+    }
+    match (&cfg.database, &facts.database.sqlite) {
+        (Database::Sqlite { .. }, Some(db)) => {
+            if let Ok(applied) = &db.applied {
+                if !applied.is_empty() {
+                    return Some(format!(
+                        "{} records {} applied migration(s)",
+                        db.path.display(),
+                        applied.len()
+                    ));
+                }
+            }
+            (db.kind != FileKind::Missing && db.size > 0)
+                .then(|| format!("{} exists, {} bytes", db.path.display(), db.size))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixture;

@@ -1,0 +1,80 @@
+//! The programs the launcher runs: the interpreter, the app's manage.py, the server.
+
+use launcher_config::Config;
+
+use crate::facts::Facts;
+use crate::finding::{Finding, Group};
+
+/// One finding per program that is missing; ok findings for those present.
+pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let python = cfg.app.python.display().to_string();
+    if !facts.programs.python_executable {
+        out.push(Finding::error(
+            Group::Python,
+            python,
+            "is not an executable file",
+            "point app.python at the virtualenv's bin/python",
+        ));
+    }
+    let src = cfg.app.source_dir.display().to_string();
+    match &facts.source {
+        Ok(s) if s.manage_py => out.push(Finding::ok(Group::App, src, "holds manage.py")),
+        Ok(_) => out.push(Finding::error(
+            Group::App,
+            src,
+            "has no manage.py",
+            "point app.source_dir at the directory holding the app's manage.py",
+        )),
+        Err(e) => out.push(Finding::error(
+            Group::App,
+            src,
+            format!("cannot be read: {e}"),
+            "make the app source readable",
+        )),
+    }
+    let server = cfg.server.command[0].clone();
+    if facts.programs.server_executable {
+        out.push(Finding::ok(Group::Server, server, "is executable"));
+    } else {
+        out.push(Finding::error(
+            Group::Server,
+            server,
+            "is not an executable file",
+            "fix server.command[0]: the full path of the server program",
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::fixture;
+
+    #[test]
+    fn missing_programs_are_errors_naming_the_key_to_fix() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.programs.python_executable = false;
+        facts.programs.server_executable = false;
+        let f = judge(&cfg, &facts);
+        let errors: Vec<_> = f.iter().filter(|f| f.is_error()).collect();
+        assert_eq!(errors.len(), 2, "{f:?}");
+        assert!(errors[0].fix.as_deref().unwrap().contains("app.python"));
+        assert!(errors[1].fix.as_deref().unwrap().contains("server.command"));
+    }
+
+    #[test]
+    fn a_source_without_manage_py_is_an_error() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.source.as_mut().unwrap().manage_py = false;
+        let f = judge(&cfg, &facts);
+        assert!(
+            f.iter()
+                .any(|f| f.is_error() && f.message == "has no manage.py"),
+            "{f:?}"
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! `bitpoll-launcher check`: validate a deployment read-only and say how to fix each
+//! problem, like `nginx -t`, but reporting every problem at once.
+//!
+//! It observes the host with the same facts layer as `run` (crate::observe) and prints
+//! the very same judgements (launcher_plan::judge) as findings: what `run` would refuse is
+//! an error here, what it would repair or create is info, and each preparation step says
+//! whether the next start runs or skips it and why. On top come the probes only check
+//! makes: the app itself (probe.rs, Django's `check --deploy`, the database as Django sees
+//! it), the server's ports (server.rs) and the systemd unit (systemd.rs). It never writes
+//! anything: no directory is created, no secret generated, no bytecode written, no
+//! database file opened for writing.
+
+mod probe;
+mod report;
+mod server;
+mod systemd;
+
+use launcher_config::Config;
+use launcher_plan::env::{self, Purpose};
+use launcher_plan::facts::{Facts, Observer, SecretState, View};
+use launcher_plan::finding::{Group, Severity};
+use launcher_plan::judge::{self, secrets::Action};
+use launcher_plan::secret::SecretValue;
+
+use crate::cli::CheckArgs;
+use crate::exit::Exit;
+use crate::observe::{self, Options};
+use report::Report;
+
+/// Who runs the check, relative to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer {
+    Root,
+    ServiceUser,
+    Other,
+}
+
+pub fn run(args: &CheckArgs) -> Result<u8, Exit> {
+    let mut report = Report::default();
+    let cfg = match launcher_config::load(&args.config) {
+        Ok(cfg) => {
+            report.ok(Group::Config, args.config.display().to_string(), "valid");
+            Some(cfg)
+        }
+        Err(e) => {
+            for p in e.problems() {
+                let subject = if p.key.is_empty() {
+                    args.config.display().to_string()
+                } else {
+                    p.key.clone()
+                };
+                let fix = p
+                    .hint
+                    .clone()
+                    .unwrap_or_else(|| format!("edit {}", args.config.display()));
+                report.error(Group::Config, subject, p.message.clone(), fix);
+            }
+            None
+        }
+    };
+    if let Some(cfg) = &cfg {
+        check_deployment(cfg, args, &mut report);
+    }
+    report::print(&report, &args.config, args.json);
+    Ok(match report.worst() {
+        Severity::Ok | Severity::Info => 0,
+        Severity::Warning => 1,
+        Severity::Error => 2,
+    })
+}
+
+fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
+    let unit = args.unit.as_deref().unwrap_or("bitpoll");
+    let facts = observe::observe(
+        cfg,
+        &Options {
+            view: View::Outside,
+            unit,
+        },
+    );
+    let viewer = match facts.observer {
+        Observer::Root => Viewer::Root,
+        Observer::ServiceUser => Viewer::ServiceUser,
+        Observer::Other => Viewer::Other,
+    };
+    if viewer == Viewer::Other {
+        r.warn(
+            Group::Check,
+            format!("uid {}", facts.euid),
+            format!(
+                "running as neither root nor {}: files only they can read were not checked, and the app was probed as uid {}",
+                cfg.service.user, facts.euid
+            ),
+            format!(
+                "run `sudo bitpoll-launcher check --config {}` for a complete check",
+                args.config.display()
+            ),
+        );
+    }
+
+    // Exactly what `run` judges before it changes anything.
+    let judged = judge::deployment(cfg, &facts);
+    for f in &judged.findings {
+        r.push(f.clone());
+    }
+    if let Some(f) = judge::prepare::catalogs(cfg, &facts) {
+        r.push(f);
+    }
+
+    let values = secret_values(&facts, &judged.secrets);
+    let account = launcher_sys::account::lookup(&cfg.service.user, &cfg.service.group)
+        .ok()
+        .flatten();
+    let app_env = account.as_ref().map(|a| {
+        env::build(
+            &env::Inputs {
+                config: cfg,
+                secrets: &values,
+                inherited: &facts.inherited,
+                user: &a.user,
+                home: &cfg.service.data_dir,
+            },
+            Purpose::Prepare,
+        )
+    });
+
+    // What the next start does about each preparation step.
+    let env_for_plan = app_env.clone().unwrap_or_else(|| {
+        env::build(
+            &env::Inputs {
+                config: cfg,
+                secrets: &values,
+                inherited: &facts.inherited,
+                user: &cfg.service.user,
+                home: &cfg.service.data_dir,
+            },
+            Purpose::Prepare,
+        )
+    });
+    for p in judge::prepare::judge(
+        cfg,
+        &facts,
+        &judge::prepare::Inputs {
+            env: &env_for_plan,
+            force: false,
+        },
+    ) {
+        r.push(p.finding(cfg));
+    }
+
+    let probe = probe(cfg, &facts, account.as_ref(), viewer, app_env, &values, r);
+    let uid = facts.account.user.as_ref().map(|u| u.uid);
+    if let Some(p) = &probe {
+        let first = r.findings.len();
+        probe::report_probe(cfg, p, uid, r);
+        if viewer == Viewer::Other {
+            // The probe ran as this user, not as the service user: what failed for it
+            // may well work for the service.
+            for f in &mut r.findings[first..] {
+                if f.severity == Severity::Error {
+                    f.severity = Severity::Warning;
+                    f.message = format!(
+                        "{} (seen as uid {}, not as the service user)",
+                        f.message, facts.euid
+                    );
+                }
+            }
+        }
+    }
+    server::check_server(cfg, uid.map(Into::into), probe.as_ref(), r);
+    if let Some(unit) = args.unit.as_deref().map(str::to_string).or_else(|| {
+        facts
+            .systemd
+            .invocation
+            .then(|| systemd::current_unit().unwrap_or_else(|| "bitpoll".into()))
+    }) {
+        systemd::check_unit(cfg, &unit, facts.account.user.is_some(), r);
+    }
+}
+
+/// The values the probe starts the app with: every secret read, and a throwaway value for
+/// one not generated yet (never stored).
+fn secret_values(
+    facts: &Facts,
+    verdicts: &[judge::secrets::Verdict],
+) -> Vec<(String, SecretValue)> {
+    let mut values = Vec::new();
+    for (fact, verdict) in facts.secrets.iter().zip(verdicts) {
+        match (&fact.state, verdict.action) {
+            (SecretState::Read { value, .. }, Action::Use) => {
+                values.push((fact.name.clone(), value.clone()))
+            }
+            (_, Action::Generate(kind)) => {
+                let mut failed = false;
+                let v = launcher_plan::secret::generate(kind, |b| {
+                    failed |= launcher_sys::random_bytes(b).is_err()
+                });
+                if !failed {
+                    values.push((fact.name.clone(), v));
+                }
+            }
+            _ => {}
+        }
+    }
+    values
+}
+
+/// Start the app probe when everything it needs is there; otherwise say why not.
+fn probe(
+    cfg: &Config,
+    facts: &Facts,
+    account: Option<&launcher_sys::account::Account>,
+    viewer: Viewer,
+    app_env: Option<Vec<(String, String)>>,
+    values: &[(String, SecretValue)],
+    r: &mut Report,
+) -> Option<probe::Probe> {
+    let (Some(account), Some(app_env)) = (account, app_env) else {
+        r.info(
+            Group::App,
+            "probe",
+            "the app was not probed: the service account does not exist yet",
+        );
+        return None;
+    };
+    if !facts.programs.python_executable {
+        return None;
+    }
+    let missing: Vec<&str> = cfg
+        .secrets
+        .keys()
+        .filter(|k| !values.iter().any(|(n, _)| n == *k))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        r.info(
+            Group::App,
+            "probe",
+            format!(
+                "the app was not started: secret(s) {} could not be loaded here",
+                missing.join(", ")
+            ),
+        );
+        return None;
+    }
+    probe::probe_app(cfg, facts, account, viewer, app_env, r)
+}

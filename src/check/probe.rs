@@ -1,0 +1,371 @@
+//! The app probe: the interpreter runs check's probe script (probe.py) as the service
+//! user with the app's environment and answers what only the app knows: Django's
+//! version and `check --deploy`, the database as Django sees it, pending migrations, the
+//! static manifest, gunicorn and msgfmt on the app's PATH, write access to the data tree.
+//! It never writes (no bytecode, no database file created, no state-changing command).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use launcher_config::{Config, Database};
+use launcher_plan::facts::{DirState, Facts};
+use launcher_plan::finding::Group;
+
+use super::Viewer;
+use super::report::Report;
+
+const PROBE: &str = include_str!("probe.py");
+const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The probe's answer (check.py).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Probe {
+    python: Option<String>,
+    #[serde(default)]
+    access: BTreeMap<String, Access>,
+    pub gunicorn: Option<String>,
+    msgfmt: Option<String>,
+    django: Option<String>,
+    django_error: Option<String>,
+    setup_error: Option<String>,
+    checks: Option<Vec<DjangoCheck>>,
+    checks_error: Option<String>,
+    db: Option<DbInfo>,
+    pending: Option<Vec<String>>,
+    manifest: Option<Manifest>,
+    static_error: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Access {
+    exists: bool,
+    writable: bool,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DjangoCheck {
+    level: u32,
+    id: Option<String>,
+    msg: String,
+    hint: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DbInfo {
+    vendor: String,
+    name: Option<String>,
+    exists: bool,
+    error: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Manifest {
+    path: String,
+    exists: bool,
+}
+
+/// Paths the service user must be able to write, limited to what the observer found to
+/// be real directories and regular files: the probe must never look through a link.
+fn writable_paths(cfg: &Config, facts: &Facts) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = facts
+        .tree
+        .dirs
+        .iter()
+        .filter(|d| matches!(d.state, DirState::Present { .. }))
+        .map(|d| d.path.clone())
+        .collect();
+    if let Database::Sqlite { path } = &cfg.database {
+        if let Some(parent) = path.parent() {
+            let real_dir = std::fs::symlink_metadata(parent).is_ok_and(|m| m.is_dir());
+            let in_tree = parent == cfg.service.data_dir;
+            if real_dir
+                && !paths.iter().any(|p| p == parent)
+                && (!in_tree || paths.contains(&cfg.service.data_dir))
+            {
+                paths.push(parent.to_path_buf());
+            }
+        }
+        if facts
+            .database
+            .sqlite
+            .as_ref()
+            .is_some_and(|d| d.kind == launcher_plan::facts::FileKind::Regular)
+        {
+            paths.push(path.clone());
+        }
+    }
+    paths
+}
+
+/// Run the probe as the service user (as this user when check runs as someone else) with
+/// the app's environment `app_env`.
+pub fn probe_app(
+    cfg: &Config,
+    facts: &Facts,
+    account: &launcher_sys::account::Account,
+    viewer: Viewer,
+    mut app_env: Vec<(String, String)>,
+    r: &mut Report,
+) -> Option<Probe> {
+    let python = &cfg.app.python;
+    app_env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    // Another user's view of write access says nothing about the service user's.
+    let paths: Vec<String> = if viewer == Viewer::Other {
+        Vec::new()
+    } else {
+        writable_paths(cfg, facts)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    };
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("-c")
+        .arg(PROBE)
+        .arg(serde_json::to_string(&paths).unwrap_or_else(|_| "[]".into()))
+        .current_dir(&cfg.app.source_dir)
+        .env_clear()
+        .envs(app_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let drop = match viewer {
+        Viewer::Root => Some(true),
+        Viewer::ServiceUser => Some(false),
+        Viewer::Other => None,
+    };
+    if let Some(privileged) = drop {
+        match launcher_sys::privs::Target::for_account(account, privileged) {
+            Ok(t) => launcher_sys::privs::drop_in_child(&mut cmd, t),
+            Err(e) => {
+                r.error(
+                    Group::Python,
+                    "probe",
+                    format!("cannot prepare the privilege drop: {e}"),
+                    "check /proc is mounted",
+                );
+                return None;
+            }
+        }
+    }
+    let output = match run_with_timeout(cmd, PROBE_TIMEOUT) {
+        Ok(o) => o,
+        Err(e) => {
+            r.error(
+                Group::Python,
+                python.display().to_string(),
+                format!("cannot run: {e}"),
+                "check app.python",
+            );
+            return None;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match last.and_then(|l| serde_json::from_str::<Probe>(l).ok()) {
+        Some(p) => Some(p),
+        None => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            r.error(
+                Group::Python,
+                python.display().to_string(),
+                format!("the probe failed ({}): {}", output.status, tail.join(" | ")),
+                "run the interpreter by hand as the service user to see why",
+            );
+            None
+        }
+    }
+}
+
+fn run_with_timeout(
+    mut cmd: std::process::Command,
+    timeout: Duration,
+) -> std::io::Result<std::process::Output> {
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(std::io::Error::other(format!(
+                "no answer within {} s",
+                timeout.as_secs()
+            )))
+        }
+    }
+}
+
+pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
+    let python = cfg.app.python.display().to_string();
+    r.ok(
+        Group::Python,
+        python,
+        format!("Python {}", p.python.as_deref().unwrap_or("?")),
+    );
+    for (path, a) in &p.access {
+        let who = uid.map_or_else(|| "the service user".to_string(), |u| format!("uid {u}"));
+        if !a.exists {
+            continue;
+        }
+        if a.writable {
+            r.ok(
+                Group::DataDir,
+                format!("write access to {path}"),
+                format!("{who} can write"),
+            );
+        } else {
+            r.error(
+                Group::DataDir,
+                format!("write access to {path}"),
+                format!("{who} cannot write"),
+                format!(
+                    "chown {} {path} (run fixes directories of the layout, not files inside them)",
+                    cfg.service.user
+                ),
+            );
+        }
+    }
+    if let Some(e) = &p.django_error {
+        r.error(
+            Group::App,
+            "django",
+            format!("cannot be imported: {e}"),
+            "install Django into the interpreter's environment",
+        );
+        return;
+    }
+    r.ok(
+        Group::App,
+        "django",
+        format!("Django {}", p.django.as_deref().unwrap_or("?")),
+    );
+    if let Some(e) = &p.setup_error {
+        r.error(
+            Group::App,
+            cfg.app.settings_module.clone(),
+            format!("the app does not start: {e}"),
+            "fix the settings or the app's environment ([environment], [secrets])",
+        );
+        return;
+    }
+    r.ok(
+        Group::App,
+        cfg.app.settings_module.clone(),
+        "imports and Django starts with the app's environment",
+    );
+    if let Some(e) = &p.checks_error {
+        r.error(
+            Group::App,
+            "manage.py check --deploy",
+            e.clone(),
+            "run manage.py check --deploy as the service user",
+        );
+    }
+    let checks = p.checks.as_deref().unwrap_or_default();
+    if checks.is_empty() && p.checks_error.is_none() {
+        r.ok(Group::App, "manage.py check --deploy", "no issues");
+    }
+    for c in checks {
+        let subject = format!("check --deploy {}", c.id.as_deref().unwrap_or("?"));
+        let fix = c
+            .hint
+            .clone()
+            .unwrap_or_else(|| "see Django's deployment checklist".into());
+        match c.level {
+            l if l >= 40 => r.error(Group::App, subject, c.msg.clone(), fix),
+            l if l >= 30 => r.warn(Group::App, subject, c.msg.clone(), fix),
+            _ => r.info(Group::App, subject, c.msg.clone()),
+        }
+    }
+    if let Some(db) = &p.db {
+        let subject = match (&db.vendor[..], &db.name) {
+            ("sqlite", Some(name)) => format!("sqlite {name}"),
+            (vendor, _) => vendor.to_string(),
+        };
+        if !db.exists {
+            r.info(
+                Group::Database,
+                subject,
+                "does not exist yet; migrate creates it",
+            );
+        } else if let Some(e) = &db.error {
+            r.error(
+                Group::Database,
+                subject,
+                format!("not reachable: {e}"),
+                "check the database settings and that the server is running",
+            );
+        } else {
+            r.ok(Group::Database, subject.clone(), "reachable");
+            match p.pending.as_deref() {
+                Some([]) => r.ok(Group::Database, "migrations", "all applied"),
+                Some(pending) if cfg.prepare.migrate => r.info(Group::Database, "migrations", format!("{} pending ({}); `run` applies them", pending.len(), abbreviate(pending))),
+                Some(pending) => r.warn(Group::Database, "migrations", format!("{} pending ({}) and prepare.migrate = false", pending.len(), abbreviate(pending)), "run `bitpoll-launcher manage --config FILE -- migrate` or enable prepare.migrate"),
+                None => {}
+            }
+        }
+    }
+    if let Some(m) = &p.manifest {
+        if m.exists {
+            r.ok(
+                Group::App,
+                "static files",
+                format!("manifest {} present", m.path),
+            );
+        } else if cfg.prepare.collectstatic {
+            r.info(
+                Group::App,
+                "static files",
+                format!("no manifest at {} yet; `run` collects static files", m.path),
+            );
+        } else {
+            r.error(
+                Group::App,
+                "static files",
+                format!(
+                    "no manifest at {} and prepare.collectstatic = false: every page will fail",
+                    m.path
+                ),
+                "enable prepare.collectstatic or run collectstatic at deploy time",
+            );
+        }
+    }
+    if let Some(e) = &p.static_error {
+        r.warn(
+            Group::App,
+            "static files",
+            e.clone(),
+            "check STATIC_ROOT and STORAGES",
+        );
+    }
+    if cfg.prepare.compilemessages {
+        match &p.msgfmt {
+            Some(path) => r.ok(Group::App, "msgfmt", format!("found at {path}")),
+            None => r.error(Group::App, "msgfmt", "GNU gettext's msgfmt is not on the app's PATH, and prepare.compilemessages = true", "install gettext, or compile the catalogs at build time and set compilemessages = false"),
+        }
+    }
+}
+
+fn abbreviate(items: &[String]) -> String {
+    if items.len() <= 3 {
+        items.join(", ")
+    } else {
+        format!("{}, ...", items[..3].join(", "))
+    }
+}

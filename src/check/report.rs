@@ -1,0 +1,171 @@
+//! The findings of one check and how they are printed: grouped text for people, JSON for
+//! tools (the schema is docs/check.md; version 1).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+
+use serde::Serialize;
+
+use launcher_plan::finding::{Finding, Group, Severity};
+
+#[derive(Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Add a finding; a multi-line text (a tool's stderr) is joined into one line.
+    pub fn push(&mut self, f: Finding) {
+        let one_line = |t: &str| {
+            t.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        self.findings.push(Finding {
+            subject: one_line(&f.subject),
+            message: one_line(&f.message),
+            fix: f.fix.as_deref().map(one_line),
+            ..f
+        });
+    }
+
+    pub fn ok(&mut self, group: Group, subject: impl Into<String>, message: impl Into<String>) {
+        self.push(Finding::ok(group, subject, message));
+    }
+
+    pub fn info(&mut self, group: Group, subject: impl Into<String>, message: impl Into<String>) {
+        self.push(Finding::info(group, subject, message));
+    }
+
+    pub fn warn(
+        &mut self,
+        group: Group,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.push(Finding::warning(group, subject, message, fix));
+    }
+
+    pub fn error(
+        &mut self,
+        group: Group,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.push(Finding::error(group, subject, message, fix));
+    }
+
+    pub fn worst(&self) -> Severity {
+        self.findings
+            .iter()
+            .map(|f| f.severity)
+            .max()
+            .unwrap_or(Severity::Ok)
+    }
+
+    fn counts(&self) -> BTreeMap<&'static str, usize> {
+        [
+            Severity::Ok,
+            Severity::Info,
+            Severity::Warning,
+            Severity::Error,
+        ]
+        .into_iter()
+        .map(|sev| {
+            (
+                sev.label(),
+                self.findings.iter().filter(|f| f.severity == sev).count(),
+            )
+        })
+        .collect()
+    }
+}
+
+#[derive(Serialize)]
+struct JsonFinding<'a> {
+    severity: &'static str,
+    group: &'static str,
+    subject: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    version: u32,
+    config: String,
+    checked_as_uid: u32,
+    summary: BTreeMap<&'static str, usize>,
+    findings: Vec<JsonFinding<'a>>,
+}
+
+fn colour(s: Severity) -> &'static str {
+    match s {
+        Severity::Ok => "\x1b[32m",
+        Severity::Info => "\x1b[36m",
+        Severity::Warning => "\x1b[33m",
+        Severity::Error => "\x1b[31m",
+    }
+}
+
+/// Print the report on stdout.
+pub fn print(report: &Report, config: &std::path::Path, json: bool) {
+    let counts = report.counts();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        let json = JsonReport {
+            version: 1,
+            config: config.display().to_string(),
+            checked_as_uid: nix::unistd::geteuid().as_raw(),
+            summary: counts,
+            findings: report
+                .findings
+                .iter()
+                .map(|f| JsonFinding {
+                    severity: f.severity.label(),
+                    group: f.group.name(),
+                    subject: &f.subject,
+                    message: &f.message,
+                    fix: f.fix.as_deref(),
+                })
+                .collect(),
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        );
+        return;
+    }
+    let colour_on = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    for g in Group::ALL
+        .into_iter()
+        .filter(|g| report.findings.iter().any(|f| f.group == *g))
+    {
+        let _ = writeln!(out, "{g}:");
+        for f in report.findings.iter().filter(|f| f.group == g) {
+            let label = format!("{:<7}", f.severity.label());
+            let label = if colour_on {
+                format!("{}{label}\x1b[0m", colour(f.severity))
+            } else {
+                label
+            };
+            let _ = write!(out, "  {label} {}: {}", f.subject, f.message);
+            if let Some(fix) = &f.fix {
+                let _ = write!(out, "\n          fix: {fix}");
+            }
+            let _ = writeln!(out);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} error(s), {} warning(s), {} info, {} ok",
+        counts["error"], counts["warning"], counts["info"], counts["ok"]
+    );
+}

@@ -1,0 +1,141 @@
+//! The systemd unit, when asked (--unit) or when check runs inside one: the settings the
+//! launcher depends on (Type=notify, NotifyAccess=main, the capabilities of the drop).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use launcher_config::Config;
+use launcher_plan::finding::Group;
+
+use super::report::Report;
+
+/// The unit this process runs in, from its cgroup path ("/system.slice/bitpoll.service").
+pub fn current_unit() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .find(|name| name.ends_with(".service"))
+        .map(str::to_string)
+}
+
+pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
+    let out = std::process::Command::new("systemctl")
+        .args([
+            "show",
+            unit,
+            "-p",
+            "LoadState,Type,NotifyAccess,ProtectSystem,CapabilityBoundingSet,User",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            r.warn(
+                Group::Systemd,
+                unit,
+                format!(
+                    "cannot query systemd: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                "run check on the host that runs the unit",
+            );
+            return;
+        }
+        Err(e) => {
+            r.warn(
+                Group::Systemd,
+                unit,
+                format!("cannot run systemctl: {e}"),
+                "run check on the host that runs the unit",
+            );
+            return;
+        }
+    };
+    let props: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    if props.get("LoadState") != Some(&"loaded") {
+        r.error(
+            Group::Systemd,
+            unit,
+            format!(
+                "is not loaded (LoadState={})",
+                props.get("LoadState").unwrap_or(&"?")
+            ),
+            "install the unit (bitpoll-launcher unit) and systemctl daemon-reload",
+        );
+        return;
+    }
+    match props.get("Type") {
+        Some(&"notify") | Some(&"notify-reload") => {
+            r.ok(Group::Systemd, format!("{unit} Type"), "notify")
+        }
+        other => r.error(
+            Group::Systemd,
+            format!("{unit} Type"),
+            format!(
+                "is {}, so systemd does not wait for the server's READY=1",
+                other.unwrap_or(&"?")
+            ),
+            "set Type=notify",
+        ),
+    }
+    match props.get("NotifyAccess") {
+        Some(&"main") => r.ok(Group::Systemd, format!("{unit} NotifyAccess"), "main"),
+        Some(&"all") | Some(&"exec") => r.warn(
+            Group::Systemd,
+            format!("{unit} NotifyAccess"),
+            "lets processes other than the main one (gunicorn's workers) notify",
+            "set NotifyAccess=main",
+        ),
+        other => r.error(
+            Group::Systemd,
+            format!("{unit} NotifyAccess"),
+            format!(
+                "is {}: the launcher's STATUS and gunicorn's READY=1 are ignored",
+                other.unwrap_or(&"?")
+            ),
+            "set NotifyAccess=main",
+        ),
+    }
+    let runs_as_root = props
+        .get("User")
+        .is_none_or(|u| u.is_empty() || *u == "root");
+    if runs_as_root {
+        let caps = props.get("CapabilityBoundingSet").copied().unwrap_or("");
+        let needed = ["cap_setuid", "cap_setgid", "cap_setpcap", "cap_chown"];
+        let missing: Vec<&str> = needed
+            .iter()
+            .copied()
+            .filter(|c| !caps.contains(c))
+            .collect();
+        if missing.is_empty() {
+            r.ok(
+                Group::Systemd,
+                format!("{unit} CapabilityBoundingSet"),
+                "allows the privilege drop",
+            );
+        } else {
+            r.error(
+                Group::Systemd,
+                format!("{unit} CapabilityBoundingSet"),
+                format!("lacks {}", missing.join(", ")),
+                "use the hardening list of nixos/hardening.toml (bitpoll-launcher unit)",
+            );
+        }
+        let strict = matches!(props.get("ProtectSystem"), Some(&"strict") | Some(&"full"));
+        if strict && cfg.service.create_user && !user_exists {
+            r.error(
+                Group::Systemd,
+                format!("{unit} ProtectSystem"),
+                "makes /etc read-only, so the missing user cannot be created at start",
+                "declare the user ahead (bitpoll-launcher sysusers) and set create_user = false",
+            );
+        }
+    } else {
+        r.info(
+            Group::Systemd,
+            unit,
+            "runs the launcher unprivileged (User= set): account and directories are only verified",
+        );
+    }
+}

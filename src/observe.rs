@@ -1,0 +1,540 @@
+//! The facts layer: observe the host once, read-only, into [`Facts`].
+//!
+//! Everything `run` and `check` judge is read here and nowhere else: the account, the data
+//! directory tree (without following links), the secrets (as root, before any change), the
+//! database as far as the launcher can see it without starting Django, the app source,
+//! the interpreter, the preparation stamps and the outputs they vouch for. Nothing here
+//! creates, changes or decides anything; every read is bounded and never blocks on a FIFO.
+
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use launcher_config::{Config, Database, SecretSource};
+use launcher_plan::Step;
+use launcher_plan::facts::*;
+use launcher_plan::layout::{self, SECRETS_DIR, STATE_DIR, TREE, stamp_file_name};
+use launcher_plan::secret;
+use launcher_sys::files::SecretFileError;
+use launcher_sys::tree::{self, Inspected, Observed};
+
+/// How to look.
+pub struct Options<'a> {
+    pub view: View,
+    /// The unit whose credentials directory `check` and `manage` read from outside it.
+    pub unit: &'a str,
+}
+
+/// Observe everything the judgements need.
+pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
+    let euid = nix::unistd::geteuid().as_raw();
+    let account = account(cfg);
+    let observer = match &account.user {
+        _ if euid == 0 => Observer::Root,
+        Some(u) if u.uid == euid => Observer::ServiceUser,
+        _ => Observer::Other,
+    };
+    let inspected = tree::inspect(&cfg.service.data_dir, TREE);
+    let fd_of = |name: &str| {
+        inspected
+            .iter()
+            .find(|d| d.spec.name == name)
+            .and_then(Inspected::fd)
+    };
+    let credentials_dir = credentials_dir(opts);
+    let service_uid = account.user.as_ref().map_or(euid, |u| u.uid);
+    let secrets = secrets(
+        cfg,
+        fd_of(SECRETS_DIR).map(|fd| (fd, cfg.service.data_dir.join(SECRETS_DIR))),
+        service_uid,
+        credentials_dir.as_deref(),
+    );
+    let stamps = fd_of(STATE_DIR)
+        .map(|state| {
+            Step::ALL
+                .into_iter()
+                .filter_map(|s| {
+                    Some((
+                        s,
+                        launcher_sys::files::read_state(state, &stamp_file_name(s))?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let source = SourceTree::of(cfg);
+    let data_fd = fd_of("");
+    let witnesses = Step::ALL
+        .into_iter()
+        .map(|s| (s, witness(cfg, data_fd, s, source.as_ref().ok())))
+        .collect();
+    Facts {
+        euid,
+        observer,
+        view: opts.view,
+        inherited: inherited_env(),
+        programs: Programs {
+            python_executable: executable(&cfg.app.python),
+            server_executable: executable(Path::new(&cfg.server.command[0])),
+        },
+        tree: tree_facts(cfg, &inspected),
+        account,
+        secrets,
+        database: database(cfg),
+        python_identity: python_identity(&cfg.app.python),
+        source: source.map(|s| s.facts).map_err(|e| e.to_string()),
+        stamps,
+        witnesses,
+        systemd: SystemdFacts {
+            credentials_dir,
+            invocation: std::env::var_os("INVOCATION_ID").is_some(),
+        },
+    }
+}
+
+/// The launcher's own environment (UTF-8 entries only), the input of env::build.
+pub fn inherited_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+fn executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn account(cfg: &Config) -> AccountFacts {
+    let user = nix::unistd::User::from_name(&cfg.service.user)
+        .ok()
+        .flatten();
+    let group = nix::unistd::Group::from_name(&cfg.service.group)
+        .ok()
+        .flatten();
+    let supplementary = match (&user, &group) {
+        (Some(u), Some(g)) => std::ffi::CString::new(u.name.clone())
+            .ok()
+            .and_then(|name| nix::unistd::getgrouplist(&name, g.gid).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|gid| {
+                let name = nix::unistd::Group::from_gid(gid)
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| gid.to_string(), |g| g.name);
+                (gid.as_raw(), name)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    AccountFacts {
+        user: user.map(|u| UserEntry {
+            name: u.name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            home: u.dir,
+            shell: u.shell,
+        }),
+        group: group.map(|g| GroupEntry {
+            name: g.name,
+            gid: g.gid.as_raw(),
+            members: g.mem,
+        }),
+        supplementary,
+        etc_read_only: launcher_sys::account::etc_is_read_only(),
+    }
+}
+
+fn tree_facts(cfg: &Config, inspected: &[Inspected]) -> TreeFacts {
+    let data_dir = &cfg.service.data_dir;
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    let parent_exists = parent.is_dir();
+    let dirs = inspected
+        .iter()
+        .map(|d| DirFact {
+            name: d.spec.name,
+            path: d.path.clone(),
+            want_mode: d.spec.mode,
+            state: match &d.observed {
+                Observed::Missing => DirState::Missing,
+                Observed::Symlink => DirState::Symlink,
+                Observed::NotADirectory => DirState::NotADirectory,
+                Observed::Unreadable(e) => DirState::Unreadable {
+                    denied: *e == nix::errno::Errno::EACCES,
+                    error: e.to_string(),
+                },
+                Observed::Present { uid, gid, mode } => DirState::Present {
+                    uid: *uid,
+                    gid: *gid,
+                    mode: *mode,
+                    owner_name: nix::unistd::User::from_uid((*uid).into())
+                        .ok()
+                        .flatten()
+                        .map(|u| u.name),
+                },
+            },
+        })
+        .collect();
+    let at = if data_dir.exists() { data_dir } else { parent };
+    TreeFacts {
+        parent_exists,
+        dirs,
+        free_bytes: tree::free_bytes(at).map(|b| (at.to_path_buf(), b)),
+    }
+}
+
+/// Where credentials are: `$CREDENTIALS_DIRECTORY` inside the unit; outside it (check,
+/// manage), the running unit's own directory `/run/credentials/<unit>` (readable by root).
+fn credentials_dir(opts: &Options<'_>) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        return Some(PathBuf::from(dir));
+    }
+    if opts.view == View::Service {
+        return None;
+    }
+    let unit = if opts.unit.contains('.') {
+        opts.unit.to_string()
+    } else {
+        format!("{}.service", opts.unit)
+    };
+    let dir = PathBuf::from("/run/credentials").join(unit);
+    dir.is_dir().then_some(dir)
+}
+
+/// A source as the admin wrote it, for messages.
+pub fn describe(source: &SecretSource) -> String {
+    match source {
+        SecretSource::File(p) => format!("file {}", p.display()),
+        SecretSource::Credential(id) => format!("credential {id}"),
+        SecretSource::Generate(kind) => format!("generate {kind}"),
+    }
+}
+
+fn secrets(
+    cfg: &Config,
+    secrets_dir: Option<(BorrowedFd<'_>, PathBuf)>,
+    owner_uid: u32,
+    credentials_dir: Option<&Path>,
+) -> Vec<SecretFact> {
+    cfg.secrets
+        .iter()
+        .map(|(name, source)| {
+            let state = match source {
+                SecretSource::File(path) => read_file(path, Origin::File(path.clone())),
+                SecretSource::Credential(id) => match credentials_dir {
+                    Some(dir) => read_file(&dir.join(id), Origin::Credential(dir.join(id))),
+                    None => SecretState::Failed {
+                        failure: SecretFailure::NoCredentialsDirectory,
+                        message:
+                            "CREDENTIALS_DIRECTORY is not set, so systemd passed no credentials"
+                                .into(),
+                    },
+                },
+                SecretSource::Generate(kind) => {
+                    let path = cfg.service.data_dir.join(SECRETS_DIR).join(name);
+                    match &secrets_dir {
+                        None => SecretState::NotGenerated { kind: *kind, path },
+                        Some((dir, dir_path)) => {
+                            match launcher_sys::files::read_generated(
+                                *dir,
+                                dir_path,
+                                name,
+                                owner_uid.into(),
+                            ) {
+                                Ok(None) => SecretState::NotGenerated { kind: *kind, path },
+                                Ok(Some(bytes)) => match secret::from_bytes(bytes.to_vec())
+                                    .and_then(|v| secret::check_kind(*kind, &v).map(|()| v))
+                                {
+                                    Ok(value) => SecretState::Read {
+                                        value,
+                                        origin: Origin::Generated(path),
+                                    },
+                                    Err(e) => SecretState::Failed {
+                                        failure: SecretFailure::WrongKind,
+                                        message: format!(
+                                            "{} {e}; it was not written by the launcher",
+                                            path.display()
+                                        ),
+                                    },
+                                },
+                                Err(e) => file_failure(&e),
+                            }
+                        }
+                    }
+                }
+            };
+            SecretFact {
+                name: name.clone(),
+                source: describe(source),
+                state,
+            }
+        })
+        .collect()
+}
+
+fn read_file(path: &Path, origin: Origin) -> SecretState {
+    match launcher_sys::files::read_secret_file(path) {
+        Err(e) => file_failure(&e),
+        Ok(bytes) => match secret::from_bytes(bytes.to_vec()) {
+            Ok(value) => SecretState::Read { value, origin },
+            Err(e) => SecretState::Failed {
+                failure: match e {
+                    secret::SecretProblem::KnownSample(_) => SecretFailure::KnownSample,
+                    _ => SecretFailure::Invalid,
+                },
+                message: format!("{} {e}", path.display()),
+            },
+        },
+    }
+}
+
+/// A refused secret file, by kind.
+fn file_failure(e: &SecretFileError) -> SecretState {
+    use SecretFileError as E;
+    let failure = match e {
+        E::Missing { .. } => SecretFailure::Missing,
+        E::Open {
+            source: nix::errno::Errno::EACCES,
+            ..
+        } => SecretFailure::PermissionDenied,
+        E::Open { .. } | E::Read { .. } => SecretFailure::Io,
+        E::WorldReadable { .. } | E::WorldWritable { .. } | E::NotPrivate { .. } => {
+            SecretFailure::Exposed
+        }
+        E::Symlink { .. }
+        | E::NotRegular { .. }
+        | E::HardLinked { .. }
+        | E::UntrustedOwner { .. } => SecretFailure::Untrusted,
+        E::TooLarge { .. } => SecretFailure::Invalid,
+    };
+    SecretState::Failed {
+        failure,
+        message: e.to_string(),
+    }
+}
+
+/// The SQLite database: what the file is, and which migrations it records.
+fn database(cfg: &Config) -> DatabaseFacts {
+    let Database::Sqlite { path } = &cfg.database else {
+        return DatabaseFacts::default();
+    };
+    let meta = std::fs::symlink_metadata(path);
+    let kind = match &meta {
+        Err(_) => FileKind::Missing,
+        Ok(m) if m.file_type().is_symlink() => FileKind::Symlink,
+        Ok(m) if m.is_file() => FileKind::Regular,
+        Ok(m) if m.is_dir() => FileKind::Directory,
+        Ok(_) => FileKind::Other,
+    };
+    let (size, links) = meta.as_ref().map_or((0, 0), |m| (m.size(), m.nlink()));
+    let applied = if kind == FileKind::Regular && links == 1 {
+        crate::sqlite::applied_migrations(path)
+    } else {
+        Err(format!("{} is not a plain database file", path.display()))
+    };
+    DatabaseFacts {
+        sqlite: Some(SqliteFacts {
+            path: path.clone(),
+            kind,
+            size,
+            links,
+            applied,
+        }),
+    }
+}
+
+/// The current state of a step's output (see launcher_plan::stamp). `data_dir` is the
+/// data directory's descriptor: files inside it are looked up without following links.
+pub fn witness(
+    cfg: &Config,
+    data_dir: Option<BorrowedFd<'_>>,
+    step: Step,
+    source: Option<&SourceTree>,
+) -> String {
+    match step {
+        Step::Migrate => match &cfg.database {
+            Database::Sqlite { path } => match file_identity(cfg, data_dir, path) {
+                Some(id) => format!("sqlite {} {id}", path.display()),
+                None => format!("sqlite {} absent", path.display()),
+            },
+            Database::Postgresql {
+                name, host, port, ..
+            } => format!(
+                "postgresql {name}@{}:{}",
+                host.as_deref().unwrap_or("local"),
+                port.map_or("default".into(), |p| p.to_string())
+            ),
+        },
+        Step::Collectstatic => {
+            let root = layout::static_root(cfg);
+            let dir = std::fs::symlink_metadata(&root)
+                .map(|m| format!("{}:{}", m.dev(), m.ino()))
+                .unwrap_or_else(|_| "absent".into());
+            let manifest = root.join("staticfiles.json").is_file();
+            format!("static {} {dir} manifest={manifest}", root.display())
+        }
+        Step::Compilemessages => match source {
+            Some(source) => format!(
+                "catalogs po={} mo-up-to-date={}",
+                source.facts.po_files, source.facts.fresh_mo_files
+            ),
+            // Never matches a real witness: the step would simply run again.
+            None => "catalogs not scanned".into(),
+        },
+    }
+}
+
+/// "dev:ino" of a file; inside the data directory looked up without following links.
+fn file_identity(cfg: &Config, data_dir: Option<BorrowedFd<'_>>, path: &Path) -> Option<String> {
+    match (path.parent(), path.file_name(), data_dir) {
+        (Some(parent), Some(name), Some(fd)) if parent == cfg.service.data_dir => {
+            launcher_sys::files::identity_at(fd, name.to_str()?)
+        }
+        _ => std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| format!("{}:{}", m.dev(), m.ino())),
+    }
+}
+
+/// The interpreter and its installed packages: the path as configured (a Nix store path
+/// changes with any dependency), the resolved binary, and the modification times of the
+/// environment's site-packages directories (pip install/upgrade changes them).
+fn python_identity(python: &Path) -> String {
+    let mut id = python.display().to_string();
+    if let Ok(real) = std::fs::canonicalize(python) {
+        if let Ok(m) = std::fs::metadata(&real) {
+            id.push_str(&format!(
+                " {} {}:{} {} {}",
+                real.display(),
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime()
+            ));
+        }
+    }
+    if let Some(prefix) = python.parent().and_then(Path::parent) {
+        if let Ok(entries) = std::fs::read_dir(prefix.join("lib")) {
+            let mut dirs: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path().join("site-packages"))
+                .filter(|p| p.is_dir())
+                .collect();
+            dirs.sort();
+            for dir in dirs {
+                if let Ok(m) = std::fs::metadata(&dir) {
+                    id.push_str(&format!(
+                        " {}@{}.{}",
+                        dir.display(),
+                        m.mtime(),
+                        m.mtime_nsec()
+                    ));
+                }
+            }
+        }
+    }
+    id
+}
+
+/// The app source as scanned: its facts. Walked without following links.
+pub struct SourceTree {
+    pub facts: SourceFacts,
+}
+
+impl SourceTree {
+    /// Scan the app source of `cfg`, leaving out what the app itself writes there (a
+    /// static root, media root or SQLite database placed inside the source directory):
+    /// those change on every run and are outputs, not inputs.
+    pub fn of(cfg: &Config) -> std::io::Result<SourceTree> {
+        let mut facts = scan(&cfg.app.source_dir, &layout::app_outputs(cfg))?;
+        facts.manage_py = std::fs::symlink_metadata(cfg.app.source_dir.join("manage.py"))
+            .is_ok_and(|m| m.is_file());
+        Ok(SourceTree { facts })
+    }
+}
+
+/// A digest of every file's relative path, size, mode and modification time, skipping
+/// bytecode, compiled catalogs (which compilemessages writes) and hidden directories; the
+/// translation catalogs with their up-to-date compiled forms and their directories.
+fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
+    let mut entries = Vec::new();
+    let mut po_files = 0;
+    let mut fresh_mo_files = 0;
+    let mut po_dirs: BTreeMap<PathBuf, PoDir> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name == "__pycache__" || name == "node_modules" {
+                continue;
+            }
+            let path = entry.path();
+            if outputs.contains(&path) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if name.ends_with(".pyc") || name.ends_with(".mo") {
+                continue;
+            }
+            if name.ends_with(".po") {
+                po_files += 1;
+                if !po_dirs.contains_key(&dir) {
+                    let m = std::fs::metadata(&dir)?;
+                    po_dirs.insert(
+                        dir.clone(),
+                        PoDir {
+                            path: dir.clone(),
+                            uid: m.uid(),
+                            gid: m.gid(),
+                            mode: m.mode() & 0o7777,
+                        },
+                    );
+                }
+                let mo = path.with_extension("mo");
+                if std::fs::metadata(&mo).is_ok_and(|m| m.mtime() >= meta.mtime()) {
+                    fresh_mo_files += 1;
+                }
+            }
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            let link = if meta.file_type().is_symlink() {
+                std::fs::read_link(&path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            entries.push(format!(
+                "{rel}\0{}\0{:o}\0{}.{}\0{link}",
+                meta.size(),
+                meta.mode(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            ));
+        }
+    }
+    entries.sort();
+    let mut h = Sha256::new();
+    for e in &entries {
+        h.update(e.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(SourceFacts {
+        manage_py: false,
+        digest: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        po_files,
+        fresh_mo_files,
+        po_dirs: po_dirs.into_values().collect(),
+    })
+}
