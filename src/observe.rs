@@ -144,8 +144,28 @@ fn account(cfg: &Config) -> AccountFacts {
         }),
         supplementary,
         etc_read_only: launcher_sys::account::etc_is_read_only(),
+        uid_min: uid_min(),
     }
 }
+
+/// UID_MIN of /etc/login.defs (the first uid of regular accounts), 1000 when not set.
+fn uid_min() -> u32 {
+    std::fs::read_to_string("/etc/login.defs")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some("UID_MIN"))
+                    .then(|| f.next().and_then(|v| v.parse().ok()))
+                    .flatten()
+            })
+        })
+        .unwrap_or(1000)
+}
+
+/// How many names the observer lists from the data directory: enough to tell empty from
+/// not and to name a few.
+const MAX_ENTRIES: usize = 256;
 
 fn tree_facts(cfg: &Config, inspected: &[Inspected]) -> TreeFacts {
     let data_dir = &cfg.service.data_dir;
@@ -178,9 +198,34 @@ fn tree_facts(cfg: &Config, inspected: &[Inspected]) -> TreeFacts {
         })
         .collect();
     let at = if data_dir.exists() { data_dir } else { parent };
+    let mut entries: Vec<String> = inspected
+        .first()
+        .and_then(Inspected::fd)
+        .and_then(|fd| {
+            nix::dir::Dir::openat(
+                fd,
+                ".",
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+        })
+        .map(|mut dir| {
+            dir.iter()
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "." && n != "..")
+                .take(MAX_ENTRIES)
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort();
     TreeFacts {
         parent_exists,
         dirs,
+        entries,
         free_bytes: tree::free_bytes(at).map(|b| (at.to_path_buf(), b)),
     }
 }

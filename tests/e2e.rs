@@ -1356,7 +1356,7 @@ fn a_data_dir_whose_parent_is_missing_is_refused() {
     env.expect_failure(
         3,
         &[&format!(
-            "the parent directory {} of the data directory does not exist",
+            "its parent {} does not exist",
             data.parent().unwrap().display()
         )],
         FAIL_FAST,

@@ -36,6 +36,8 @@ pub struct Service {
     pub group: String,
     /// As root: create the user and group when missing. When false they must exist.
     pub create_user: bool,
+    /// Accept an account that looks like a person's (a regular uid with a login shell).
+    pub allow_login_account: bool,
     pub data_dir: PathBuf,
 }
 
@@ -149,36 +151,55 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "BITPOLL_AUTH_LDAP_BIND_PASSWORD",
 ];
 
-/// Directories that are never acceptable as `service.data_dir`: the launcher changes the
-/// owner and mode of the data directory, and doing that to one of these would break the
-/// system.
-const FORBIDDEN_DATA_DIRS: &[&str] = &[
+/// Where `service.data_dir` may never be: the launcher gives the data directory to the
+/// service user, so it must be a directory of the service's own, never a system location.
+/// Everything below these is refused...
+const SYSTEM_TREES: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/nix", "/proc",
+    "/root", "/run", "/sbin", "/sys", "/usr",
+];
+/// ...and these themselves (a directory of its own below them is fine).
+const SYSTEM_DIRS: &[&str] = &[
     "/",
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
     "/home",
-    "/lib",
-    "/lib64",
+    "/media",
     "/mnt",
-    "/nix",
-    "/nix/store",
     "/opt",
-    "/proc",
-    "/root",
-    "/run",
-    "/sbin",
     "/srv",
-    "/sys",
     "/tmp",
-    "/usr",
     "/var",
     "/var/lib",
     "/var/tmp",
     "/var/log",
     "/var/cache",
+    "/var/spool",
+    "/var/mail",
+    "/var/www",
+    "/var/backups",
+    "/var/opt",
+    "/var/local",
 ];
+
+/// Why `dir` cannot be the data directory, if it cannot.
+pub fn system_location(dir: &Path) -> Option<String> {
+    if let Some(tree) = SYSTEM_TREES.iter().find(|t| dir.starts_with(t)) {
+        return Some(format!(
+            "{} is inside the system tree {tree}",
+            dir.display()
+        ));
+    }
+    SYSTEM_DIRS
+        .iter()
+        .any(|d| Path::new(d) == dir)
+        .then(|| format!("{} is a system directory", dir.display()))
+}
+
+/// Longest value of one [environment] variable (the kernel refuses a single environment
+/// string over 128 KiB at exec; secrets are bounded separately).
+pub const MAX_ENV_VALUE: usize = 32 * 1024;
+/// Longest [environment] in total, so the server's whole environment stays far below the
+/// kernel's limit for argv + environment.
+pub const MAX_ENV_TOTAL: usize = 256 * 1024;
 
 pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 300;
 
@@ -307,7 +328,13 @@ const TOP_KEYS: &[&str] = &[
     "environment",
     "server",
 ];
-const SERVICE_KEYS: &[&str] = &["user", "group", "create_user", "data_dir"];
+const SERVICE_KEYS: &[&str] = &[
+    "user",
+    "group",
+    "create_user",
+    "allow_login_account",
+    "data_dir",
+];
 const APP_KEYS: &[&str] = &["python", "source_dir", "settings_module"];
 const DATABASE_KEYS: &[&str] = &["engine", "path", "name", "user", "host", "port"];
 const PREPARE_KEYS: &[&str] = &[
@@ -395,22 +422,22 @@ fn read_service(r: &mut Reader, t: Option<&Table>) -> Option<Service> {
         None => user.clone(),
     };
     let create_user = r.bool(t, "service", "create_user", true);
+    let allow_login_account = r.bool(t, "service", "allow_login_account", false);
     let data_dir = r
         .string(t, "service", "data_dir", true)
         .and_then(|d| absolute_path(r, "service.data_dir", &d));
-    if let Some(dir) = &data_dir {
-        if FORBIDDEN_DATA_DIRS.iter().any(|f| Path::new(f) == dir) {
-            r.problem(
-                "service.data_dir",
-                format!("{} is a system directory", dir.display()),
-                Some("the launcher owns and chmods the data directory; use a directory of its own such as /var/lib/bitpoll".into()),
-            );
-        }
+    if let Some(why) = data_dir.as_deref().and_then(system_location) {
+        r.problem(
+            "service.data_dir",
+            why,
+            Some("the launcher gives the data directory to the service user; use a directory of its own such as /var/lib/bitpoll".into()),
+        );
     }
     Some(Service {
         user: user?,
         group: group?,
         create_user: create_user?,
+        allow_login_account: allow_login_account?,
         data_dir: data_dir?,
     })
 }
@@ -657,6 +684,17 @@ fn read_environment(r: &mut Reader, t: Option<&Table>) -> Option<BTreeMap<String
             continue;
         }
         match value.as_str() {
+            Some(s) if s.len() > MAX_ENV_VALUE => {
+                r.problem(
+                    &key,
+                    format!("is {} bytes long, more than {MAX_ENV_VALUE}", s.len()),
+                    Some(
+                        "keep environment values short; put large data in a file the app reads"
+                            .into(),
+                    ),
+                );
+                ok = false;
+            }
             Some(s) if s.contains('\0') => {
                 r.problem(&key, "contains a NUL byte", None);
                 ok = false;
@@ -673,6 +711,15 @@ fn read_environment(r: &mut Reader, t: Option<&Table>) -> Option<BTreeMap<String
                 ok = false;
             }
         }
+    }
+    let total: usize = out.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if total > MAX_ENV_TOTAL {
+        r.problem(
+            "environment",
+            format!("holds {total} bytes in all, more than {MAX_ENV_TOTAL}"),
+            Some("keep the environment small; put large data in a file the app reads".into()),
+        );
+        ok = false;
     }
     ok.then_some(out)
 }

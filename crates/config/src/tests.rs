@@ -309,3 +309,52 @@ fn load_names_the_file_in_every_error() {
         "{err}"
     );
 }
+
+#[test]
+fn system_locations_are_refused_by_rule_not_by_list() {
+    for (dir, want) in [
+        ("/usr/local", "inside the system tree /usr"),
+        ("/usr/local/lib/bitpoll", "inside the system tree /usr"),
+        ("/etc/bitpoll", "inside the system tree /etc"),
+        ("/nix/store/abc-bitpoll", "inside the system tree /nix"),
+        ("/root/bitpoll", "inside the system tree /root"),
+        ("/home", "is a system directory"),
+        ("/var", "is a system directory"),
+        ("/opt", "is a system directory"),
+    ] {
+        let out = rendered(&GOOD.replace("/var/lib/bitpoll\"", &format!("{dir}\"")));
+        assert!(out.contains(want), "{dir}: {out}");
+    }
+    for dir in [
+        "/var/lib/bitpoll",
+        "/srv/bitpoll",
+        "/home/bitpoll",
+        "/opt/bitpoll/data",
+    ] {
+        assert!(
+            parse_str(&GOOD.replace("/var/lib/bitpoll\"", &format!("{dir}\""))).is_ok(),
+            "{dir} is a directory of its own"
+        );
+    }
+}
+
+#[test]
+fn oversized_environment_values_are_refused_with_their_key() {
+    let big = "x".repeat(MAX_ENV_VALUE + 1);
+    let text = GOOD.replace(
+        "[environment]\n",
+        &format!("[environment]\nBITPOLL_BIG = \"{big}\"\n"),
+    );
+    let out = rendered(&text);
+    assert!(
+        out.contains("environment.BITPOLL_BIG: is 32769 bytes long"),
+        "{out}"
+    );
+    let mut vars = String::from("[environment]\n");
+    for i in 0..10 {
+        vars.push_str(&format!("BITPOLL_V{i} = \"{}\"\n", "y".repeat(30_000)));
+    }
+    let text = GOOD.replace("[environment]\n", &vars);
+    let out = rendered(&text);
+    assert!(out.contains("environment: holds"), "{out}");
+}

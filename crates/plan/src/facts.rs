@@ -99,6 +99,8 @@ pub struct AccountFacts {
     pub supplementary: Vec<(u32, String)>,
     /// /etc is on a read-only mount (ProtectSystem=strict or full, a read-only root).
     pub etc_read_only: bool,
+    /// The first uid of regular (human) accounts: UID_MIN of /etc/login.defs, or 1000.
+    pub uid_min: u32,
 }
 
 /// One directory of the data directory layout.
@@ -140,6 +142,8 @@ pub struct TreeFacts {
     pub parent_exists: bool,
     /// The layout, parents first (empty when the parent is missing).
     pub dirs: Vec<DirFact>,
+    /// Names inside the data directory, when it exists (at most a few hundred).
+    pub entries: Vec<String>,
     /// Free bytes for unprivileged users on the data directory's file system (or its
     /// parent's when it does not exist yet).
     pub free_bytes: Option<(PathBuf, u64)>,

@@ -8,6 +8,41 @@ use crate::finding::{Finding, Group};
 /// How to declare the account ahead, for every message that needs it.
 const DECLARE: &str = "it must be declared ahead: on NixOS with users.users/users.groups (the module does), elsewhere with `bitpoll-launcher sysusers --config FILE > /etc/sysusers.d/bitpoll.conf && systemd-sysusers`; then set service.create_user = false";
 
+/// Groups whose members can read or change what the system keeps from everyone else:
+/// the app must not carry them (its code runs with every group of its user).
+pub const PRIVILEGED_GROUPS: &[&str] = &[
+    "root",
+    "wheel",
+    "sudo",
+    "admin",
+    "adm",
+    "shadow",
+    "disk",
+    "kmem",
+    "mem",
+    "docker",
+    "podman",
+    "lxd",
+    "incus",
+    "libvirt",
+    "kvm",
+    "systemd-journal",
+    "systemd-network",
+    "staff",
+    "operator",
+    "tty",
+    "input",
+    "video",
+    "audio",
+    "lp",
+    "dialout",
+    "nixbld",
+    "trusted",
+];
+
+/// Shared "no one" accounts: files they own belong to every service that uses them.
+const SHARED_ACCOUNTS: &[&str] = &["nobody", "nfsnobody", "nogroup"];
+
 /// What `run` does about the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -104,6 +139,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
         )),
         None => out.push(missing(&user_subject, svc.create_user)),
     }
+    out.extend(identity(cfg, facts));
     let action = if out.iter().any(Finding::is_error) {
         Action::Refuse
     } else {
@@ -116,6 +152,83 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
         }
     };
     (action, out)
+}
+
+/// The identity handed to the app: no privileged group, not a shared account, not a
+/// person's login unless the config says so.
+fn identity(cfg: &Config, facts: &Facts) -> Vec<Finding> {
+    let svc = &cfg.service;
+    let acc = &facts.account;
+    let subject = format!("user {}", svc.user);
+    let mut out = Vec::new();
+    let privileged: Vec<String> = acc
+        .supplementary
+        .iter()
+        .filter(|(gid, name)| *gid == 0 || PRIVILEGED_GROUPS.contains(&name.as_str()))
+        .map(|(gid, name)| format!("{name} ({gid})"))
+        .collect();
+    if !privileged.is_empty() {
+        let names: Vec<&str> = acc
+            .supplementary
+            .iter()
+            .filter(|(gid, name)| *gid == 0 || PRIVILEGED_GROUPS.contains(&name.as_str()))
+            .map(|(_, name)| name.as_str())
+            .collect();
+        out.push(Finding::error(
+            Group::Account,
+            &subject,
+            format!(
+                "is a member of the privileged group(s) {}, which the app would keep",
+                privileged.join(", ")
+            ),
+            format!(
+                "give the service an account of its own without them: {}",
+                names
+                    .iter()
+                    .map(|g| format!("gpasswd -d {} {g}", svc.user))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    let shared = |name: &str| SHARED_ACCOUNTS.contains(&name);
+    if let Some(u) = &acc.user {
+        if shared(&u.name) || u.uid == 65534 {
+            out.push(Finding::error(
+                Group::Account,
+                &subject,
+                format!(
+                    "{} is the shared account of many services: files it owns are theirs too",
+                    u.name
+                ),
+                "use a dedicated account such as \"bitpoll\"",
+            ));
+        }
+        let shell = u.shell.to_string_lossy();
+        let login = !(shell.ends_with("nologin") || shell.ends_with("false"));
+        if u.uid >= acc.uid_min && u.uid != 65534 && login && !svc.allow_login_account {
+            out.push(Finding::error(
+                Group::Account,
+                &subject,
+                format!(
+                    "looks like a person's account (uid {} >= UID_MIN {}, login shell {shell}): the app would own that person's files and sessions",
+                    u.uid, acc.uid_min
+                ),
+                "use a dedicated system account (the launcher creates one with create_user = true), or set service.allow_login_account = true if this really is the service's account",
+            ));
+        }
+    }
+    if let Some(g) = &acc.group {
+        if shared(&g.name) || g.gid == 65534 {
+            out.push(Finding::error(
+                Group::Account,
+                format!("group {}", svc.group),
+                format!("{} is the shared group of many services", g.name),
+                "use a dedicated group",
+            ));
+        }
+    }
+    out
 }
 
 fn missing(subject: &str, create_user: bool) -> Finding {
@@ -230,6 +343,43 @@ mod tests {
         let (action, f) = judge(&cfg, &facts);
         assert_eq!(action, Action::Refuse);
         assert_eq!(f.iter().filter(|f| f.is_error()).count(), 2);
+    }
+
+    #[test]
+    fn a_privileged_supplementary_group_is_refused() {
+        let cfg = fixture::config("");
+        for (gid, name) in [(0, "root"), (27, "sudo"), (999, "docker"), (4, "adm")] {
+            let mut facts = fixture::facts();
+            facts.account.supplementary.push((gid, name.into()));
+            let (action, f) = judge(&cfg, &facts);
+            assert_eq!(action, Action::Refuse, "{name}");
+            let e = f.iter().find(|f| f.is_error()).unwrap();
+            assert!(e.message.contains(name), "{e}");
+            assert!(
+                e.fix.as_deref().unwrap().contains("gpasswd -d bitpoll"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn nobody_and_human_accounts_are_refused_unless_allowed() {
+        let mut facts = fixture::facts();
+        facts.account.user.as_mut().unwrap().name = "nobody".into();
+        facts.account.user.as_mut().unwrap().uid = 65534;
+        assert_eq!(judge(&fixture::config(""), &facts).0, Action::Refuse);
+
+        let mut facts = fixture::facts();
+        let u = facts.account.user.as_mut().unwrap();
+        u.uid = 1000;
+        u.shell = "/bin/bash".into();
+        let (action, f) = judge(&fixture::config(""), &facts);
+        assert_eq!(action, Action::Refuse, "{f:?}");
+        let (action, _) = judge(&fixture::config("allow_login_account = true"), &facts);
+        assert_eq!(action, Action::Use);
+        // A system account with a shell is only a warning.
+        facts.account.user.as_mut().unwrap().uid = 990;
+        assert_eq!(judge(&fixture::config(""), &facts).0, Action::Use);
     }
 
     #[test]

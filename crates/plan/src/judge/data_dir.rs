@@ -46,7 +46,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
             DirState::Symlink => out.push(Finding::error(
                 Group::DataDir,
                 subject,
-                "is a symbolic link; the launcher never follows links in the data directory",
+                "is a symbolic link; the launcher refuses to follow links here",
                 "replace it with a real directory (or point service.data_dir at the link's target)",
             )),
             DirState::NotADirectory => out.push(Finding::error(
@@ -110,6 +110,21 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                         break;
                     }
                     continue;
+                }
+                if *uid == 0 && d.name.is_empty() && !is_user && !tree.entries.is_empty() {
+                    out.push(Finding::error(
+                        Group::DataDir,
+                        subject,
+                        format!(
+                            "belongs to root and is not empty ({}); `run` only takes over an empty directory",
+                            crate::stamp::abbreviate(&tree.entries, 3)
+                        ),
+                        format!(
+                            "if it really is the service's data (a restored backup), give it to the service: `chown -R {user}: {}`; otherwise choose another service.data_dir",
+                            d.path.display()
+                        ),
+                    ));
+                    break;
                 }
                 let mut notes = Vec::new();
                 if *uid == 0 {
@@ -213,12 +228,30 @@ mod tests {
             mode: 0o755,
             owner_name: None,
         };
+        facts.tree.entries.clear();
         let f = judge(&fixture::config(""), &facts);
         assert!(errors(&f).is_empty(), "{f:?}");
         assert!(
             f.iter().any(|f| f.message
                 == "owned by root; `run` gives it to bitpoll; mode 0755; `run` sets 0750")
         );
+    }
+
+    #[test]
+    fn a_root_owned_data_dir_is_taken_over_only_when_empty() {
+        let mut facts = fixture::facts();
+        facts.tree.dirs[0].state = DirState::Present {
+            uid: 0,
+            gid: 0,
+            mode: 0o750,
+            owner_name: None,
+        };
+        let f = judge(&fixture::config(""), &facts);
+        let e = errors(&f);
+        assert_eq!(e.len(), 1, "{f:?}");
+        assert!(e[0].message.contains("db.sqlite3, secrets"), "{}", e[0]);
+        facts.tree.entries.clear();
+        assert!(errors(&judge(&fixture::config(""), &facts)).is_empty());
     }
 
     #[test]

@@ -90,10 +90,12 @@ pub fn facts() -> Facts {
             }),
             supplementary: vec![(gid, "bitpoll".into())],
             etc_read_only: false,
+            uid_min: 1000,
         },
         tree: TreeFacts {
             parent_exists: true,
             dirs,
+            entries: vec!["db.sqlite3".into(), "secrets".into()],
             free_bytes: Some(("/var/lib/bitpoll".into(), 10 << 30)),
         },
         secrets: vec![

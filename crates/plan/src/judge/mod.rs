@@ -53,17 +53,14 @@ pub fn existing_data(cfg: &Config, facts: &Facts) -> Option<String> {
     }
     match (&cfg.database, &facts.database.sqlite) {
         (Database::Sqlite { .. }, Some(db)) => {
-            if let Ok(applied) = &db.applied {
-                if !applied.is_empty() {
-                    return Some(format!(
-                        "{} records {} applied migration(s)",
-                        db.path.display(),
-                        applied.len()
-                    ));
+            let applied = db.applied.as_ref().map_or(0, |a| a.len());
+            (db.kind != FileKind::Missing && (db.size > 0 || applied > 0)).then(|| {
+                let mut e = format!("{} exists, {} bytes", db.path.display(), db.size);
+                if applied > 0 {
+                    e.push_str(&format!(", with {applied} applied migration(s)"));
                 }
-            }
-            (db.kind != FileKind::Missing && db.size > 0)
-                .then(|| format!("{} exists, {} bytes", db.path.display(), db.size))
+                e
+            })
         }
         _ => None,
     }

@@ -41,7 +41,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
             Group::Server,
             server,
             "is not an executable file",
-            "fix server.command[0]: the full path of the server program",
+            "fix server.command[0]",
         ));
     }
     out
