@@ -594,7 +594,13 @@ fn check_secrets(
 }
 
 fn fix_for_secret(message: &str) -> String {
-    if message.contains("readable by every user")
+    // A directory or link on the path failed the trust rule; the message ends with its fix.
+    if message.contains(": directory ")
+        || message.contains(": symbolic link ")
+        || message.contains("a directory others can write")
+    {
+        "keep the file where only root can change it (see the message)".into()
+    } else if message.contains("readable by every user")
         || message.contains("writable by every user")
         || message.contains("accessible to other users")
     {

@@ -489,3 +489,33 @@ fn a_symlink_loop_is_refused() {
         TrustError::TooManyLinks { .. }
     ));
 }
+
+#[test]
+fn a_secret_file_in_a_directory_the_service_user_owns_is_refused_with_the_fix() {
+    let t = TempDir::new("secretdir");
+    // The service user could replace `key` by a link to any file only root can read.
+    let svc = dir(&t.path("var/lib/svc"), 0o700, OTHER);
+    let key = file(&svc.join("key"), b"SECRET-MARKER-41k", 0o600, 0);
+    let err = crate::files::read_secret_file(&key).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, crate::files::SecretFileError::Untrusted(TrustError::Owner { component, .. }) if *component == svc),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("move the file to a directory only root can change"),
+        "{msg}"
+    );
+    assert!(!msg.contains("SECRET-MARKER"), "{msg}");
+
+    // The same file under root's own directory is read; group-readable is fine for a
+    // secret, group-writable is not.
+    let keys = dir(&t.path("etc/keys"), 0o750, 0);
+    let key = file(&keys.join("key"), b"k\n", 0o640, 0);
+    assert_eq!(&crate::files::read_secret_file(&key).unwrap()[..], b"k\n");
+    chmod(&key, 0o660);
+    let msg = crate::files::read_secret_file(&key)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("is writable by its group (mode 0660"), "{msg}");
+}
