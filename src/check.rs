@@ -168,7 +168,7 @@ enum Viewer {
 
 pub fn run(args: &CheckArgs) -> Result<u8, Exit> {
     let mut report = Report::default();
-    let cfg = match launcher_config::load(&args.config) {
+    let cfg = match crate::config::load(&args.config) {
         Ok(cfg) => {
             report.ok("config", args.config.display().to_string(), "valid");
             Some(cfg)

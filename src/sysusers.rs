@@ -9,7 +9,7 @@ use crate::cli::ConfigArgs;
 use crate::exit::{self, Exit, OrExit};
 
 pub fn run(args: &ConfigArgs) -> Result<(), Exit> {
-    let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
+    let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     print!("{}", render(&cfg));
     Ok(())
 }
@@ -17,7 +17,7 @@ pub fn run(args: &ConfigArgs) -> Result<(), Exit> {
 /// `bitpoll-launcher tmpfiles`: the data directory as a tmpfiles.d(5) entry. A unit with
 /// ProtectSystem=strict cannot create it below a read-only /var/lib.
 pub fn run_tmpfiles(args: &ConfigArgs) -> Result<(), Exit> {
-    let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
+    let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     print!("{}", render_tmpfiles(&cfg));
     Ok(())
 }
