@@ -231,8 +231,8 @@ impl TrustError {
                 file,
                 component,
                 kind,
-                uid,
                 mode,
+                ..
             } => {
                 let by = if mode & 0o002 != 0 {
                     "every user"
@@ -240,7 +240,7 @@ impl TrustError {
                     "its group"
                 };
                 format!(
-                    "{} is writable by {by} (mode {mode:04o}, owner uid {uid})",
+                    "{} is writable by {by} (mode {mode:04o})",
                     subject(file, component, *kind)
                 )
             }

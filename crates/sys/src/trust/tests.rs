@@ -101,8 +101,9 @@ fn a_group_writable_directory_is_refused_with_the_chmod_fix() {
     let msg = err.to_string();
     assert!(
         msg.contains(&format!(
-            "{}: directory {} is writable by its group (mode 0775, owner uid 0)",
+            "{}: directory {} is writable by its group (mode 0775); chmod go-w {}",
             p.display(),
+            conf.display(),
             conf.display()
         )),
         "{msg}"
