@@ -5,6 +5,7 @@
 
 mod check;
 mod cli;
+mod config;
 mod exit;
 mod manage;
 mod notify;

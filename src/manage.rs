@@ -18,7 +18,7 @@ use crate::exit::{self, Exit, OrExit};
 use crate::observe::{self, Options};
 
 pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
-    let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
+    let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     let privileged = launcher_sys::is_root();
     let account = if privileged {
         launcher_sys::account::lookup(&cfg.service.user, &cfg.service.group)

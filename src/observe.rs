@@ -338,21 +338,30 @@ fn read_file(path: &Path, origin: Origin) -> SecretState {
 /// A refused secret file, by kind.
 fn file_failure(e: &SecretFileError) -> SecretState {
     use SecretFileError as E;
+    use launcher_sys::trust::TrustError as T;
     let failure = match e {
-        E::Missing { .. } => SecretFailure::Missing,
-        E::Open {
+        E::Untrusted(T::Missing { .. }) => SecretFailure::Missing,
+        E::Untrusted(T::Open {
+            source: nix::errno::Errno::EACCES,
+            ..
+        })
+        | E::Open {
             source: nix::errno::Errno::EACCES,
             ..
         } => SecretFailure::PermissionDenied,
-        E::Open { .. } | E::Read { .. } => SecretFailure::Io,
-        E::WorldReadable { .. } | E::WorldWritable { .. } | E::NotPrivate { .. } => {
-            SecretFailure::Exposed
+        E::Untrusted(T::Open { .. } | T::Read { .. }) | E::Open { .. } | E::Read { .. } => {
+            SecretFailure::Io
         }
-        E::Symlink { .. }
+        E::Untrusted(T::TooLarge { .. }) | E::TooLarge { .. } => SecretFailure::Invalid,
+        E::Untrusted(T::Writable {
+            file, component, ..
+        }) if file == component => SecretFailure::Exposed,
+        E::WorldReadable { .. } | E::NotPrivate { .. } => SecretFailure::Exposed,
+        E::Untrusted(_)
+        | E::Symlink { .. }
         | E::NotRegular { .. }
         | E::HardLinked { .. }
         | E::UntrustedOwner { .. } => SecretFailure::Untrusted,
-        E::TooLarge { .. } => SecretFailure::Invalid,
     };
     SecretState::Failed {
         failure,

@@ -70,7 +70,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
 
     let phase = Phase::begin("config", "Reading configuration");
-    let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
+    let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     phase.end(&format!("configuration {} is valid", args.config.display()));
 
     let phase = Phase::begin("judge", "Checking the deployment");

@@ -9,7 +9,7 @@ use crate::cli::ConfigArgs;
 use crate::exit::{self, Exit, OrExit};
 
 pub fn run(args: &ConfigArgs) -> Result<(), Exit> {
-    let cfg = launcher_config::load(&args.config).or_exit(exit::CONFIG)?;
+    let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     print!("{}", render(&cfg));
     Ok(())
 }

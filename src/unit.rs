@@ -23,7 +23,7 @@ pub fn run(args: &UnitArgs) -> Result<(), Exit> {
     let config_path = std::path::absolute(&args.config)
         .with_context(|| format!("cannot resolve {}", args.config.display()))
         .or_exit(exit::CONFIG)?;
-    let cfg = launcher_config::load(&config_path).or_exit(exit::CONFIG)?;
+    let cfg = crate::config::load(&config_path).or_exit(exit::CONFIG)?;
     let hardening = match &args.hardening {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read hardening file {}", path.display()))

@@ -692,6 +692,42 @@ fn config_errors_are_all_reported_at_once_with_did_you_mean_and_nothing_is_creat
 }
 
 #[test]
+fn a_config_someone_else_could_change_or_a_fifo_is_refused_before_anything_is_done() {
+    let mut env = TestEnv::new("config_trust");
+    env.write_config();
+    let text = fs::read(env.config_path()).unwrap();
+
+    // In a directory another user owns, the file could be swapped under root's feet.
+    let theirs = env.dir.join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let config = theirs.join("launcher.toml");
+    write_file(&config, &text, 0o644);
+    env.launch_with(Launch::default().config(&config));
+    env.expect_failure(
+        2,
+        &[
+            "cannot read config file",
+            &format!("directory {} is owned by uid 65534", theirs.display()),
+            "move the file to a directory only root can change",
+        ],
+        FAIL_FAST,
+    );
+    env.assert_nothing_created();
+
+    // A FIFO is refused at once: nobody ever writes to it, so a read would hang.
+    let fifo = env.dir.join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    env.launch_with(Launch::default().config(&fifo));
+    env.expect_failure(
+        2,
+        &["is not a regular file (it is a FIFO (named pipe))"],
+        FAIL_FAST,
+    );
+    env.assert_nothing_created();
+}
+
+#[test]
 fn a_missing_user_with_create_user_false_must_be_declared_ahead() {
     let mut env = TestEnv::new("create_user_false");
     env.config.set("service", "create_user", "false");

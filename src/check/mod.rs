@@ -37,7 +37,7 @@ pub enum Viewer {
 
 pub fn run(args: &CheckArgs) -> Result<u8, Exit> {
     let mut report = Report::default();
-    let cfg = match launcher_config::load(&args.config) {
+    let cfg = match crate::config::load(&args.config) {
         Ok(cfg) => {
             report.ok(Group::Config, args.config.display().to_string(), "valid");
             Some(cfg)

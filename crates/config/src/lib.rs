@@ -1,8 +1,9 @@
 //! The launcher's configuration: one TOML file turned into a validated [`Config`].
 //!
 //! This crate owns the meaning of every key and every rule a value must satisfy. It does
-//! no I/O beyond the single read in [`load`]; [`parse_str`] is pure and is what the tests
-//! exercise. Validation never stops at the first problem: every unknown key, wrong type,
+//! no I/O: the binary reads the file (as root, under the launcher's trust rule, at most
+//! [`MAX_CONFIG_BYTES`]) and hands its bytes to [`from_bytes`]; [`parse_str`] is the pure
+//! core the tests exercise. Validation never stops at the first problem: every unknown key, wrong type,
 //! missing key and conflicting value is collected, so an admin fixes the file in one go.
 //! Both `run` and `check` go through here, so they can never disagree about a config.
 
@@ -230,11 +231,13 @@ impl fmt::Display for Problem {
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
+    /// The file could not be read, or is not trusted (someone other than root could change
+    /// it or a directory on its path). `reason` names the file; `fix` says what to do.
+    #[error("cannot read config file: {reason}; {fix}")]
+    Unreadable {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: String,
+        fix: String,
     },
     #[error("{path}: invalid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -249,10 +252,10 @@ impl ConfigError {
     /// Every problem found, for callers that report them one by one (`check`).
     pub fn problems(&self) -> Vec<Problem> {
         match self {
-            ConfigError::Read { source, .. } => vec![Problem {
+            ConfigError::Unreadable { reason, fix, .. } => vec![Problem {
                 key: String::new(),
-                message: format!("cannot read the file: {source}"),
-                hint: Some("check the path given with --config and its permissions".into()),
+                message: format!("cannot read the file: {reason}"),
+                hint: Some(fix.clone()),
             }],
             ConfigError::Syntax { message, .. } => vec![Problem {
                 key: String::new(),
@@ -280,13 +283,32 @@ fn render_problems(problems: &[Problem]) -> String {
         .join("\n")
 }
 
-/// Read and validate the config file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_str(&text).map_err(|e| match e {
+/// The largest config file the launcher reads; a real one is a few KiB. Bounds what a
+/// wrong `--config` (a log file, a device) can make root read into memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Validate the bytes of the config file at `path` (read by the caller). Errors name
+/// `path`; a syntax error gives line and column, never the file's text.
+pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => from_text(path, text),
+        Err(e) => {
+            // The valid prefix locates the first bad byte; the bytes themselves are not shown.
+            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+            let (line, column) = line_column(valid, valid.len());
+            Err(ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: format!(
+                    "line {line}, column {column}: the file is not UTF-8 text; save it as UTF-8"
+                ),
+            })
+        }
+    }
+}
+
+/// Validate the text of the config file at `path`. Pure; errors name `path`.
+pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_str(text).map_err(|e| match e {
         ParseError::Syntax(message) => ConfigError::Syntax {
             path: path.to_path_buf(),
             message,
@@ -301,22 +323,51 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Why a config text was refused, before a file name is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
+    /// "line L, column C: what is wrong"; never an excerpt of the text.
     Syntax(String),
     Invalid(Vec<Problem>),
 }
 
 /// Parse and validate config text. Pure: no file system access.
 pub fn parse_str(text: &str) -> Result<Config, ParseError> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| {
-        // toml's message already carries line and column and a caret excerpt.
-        ParseError::Syntax(e.to_string().trim_end().to_string())
-    })?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
     let mut r = Reader::default();
     let cfg = read_config(&mut r, &table);
     match (cfg, r.into_problems()) {
         (Some(cfg), problems) if problems.is_empty() => Ok(cfg),
         (_, problems) => Err(ParseError::Invalid(problems)),
     }
+}
+
+/// toml's own rendering quotes the offending line under a caret; a config may hold
+/// something sensitive on that line, so only the message and the position are kept.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ParseError {
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    ParseError::Syntax(match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    })
+}
+
+/// 1-based line and column (in characters) of byte offset `at` of `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
 const TOP_KEYS: &[&str] = &[

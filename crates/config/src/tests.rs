@@ -295,18 +295,46 @@ fn postgresql_config_is_read() {
 #[test]
 fn syntax_errors_carry_a_location() {
     match parse_str("[service\nuser = 1") {
-        Err(ParseError::Syntax(msg)) => assert!(msg.contains("line 1"), "{msg}"),
+        Err(ParseError::Syntax(msg)) => assert!(msg.starts_with("line 1, column 9: "), "{msg}"),
         other => panic!("expected a syntax error, got {other:?}"),
     }
 }
 
 #[test]
-fn load_names_the_file_in_every_error() {
-    let err = load(Path::new("/nonexistent/bitpoll.toml")).unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("cannot read config file /nonexistent/bitpoll.toml"),
-        "{err}"
+fn syntax_errors_never_quote_the_text_of_the_file() {
+    let cases = [
+        "[service]\nuser = \"bitpoll\"\nnote = \"hunter2-MARKER\" trailing\n",
+        "[secrets]\nX = { file = \"/k\", value = hunter2-MARKER }\n",
+        "hunter2-MARKER\n",
+        "[service]\nuser = \"x\"\nuser = \"hunter2-MARKER\"\n",
+        "a = \"\\q hunter2-MARKER\"\n",
+        "[[hunter2-MARKER\n",
+    ];
+    for text in cases {
+        let err = from_text(Path::new("/etc/bitpoll/launcher.toml"), text).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{text:?}: {msg}");
+        assert!(
+            msg.starts_with("/etc/bitpoll/launcher.toml: invalid TOML: line "),
+            "{text:?}: {msg}"
+        );
+        assert!(!msg.contains("MARKER"), "{text:?}: the text leaked: {msg}");
+        assert!(!msg.contains('\n'), "{text:?}: one line, no excerpt: {msg}");
+    }
+}
+
+#[test]
+fn the_position_of_a_syntax_error_counts_characters_on_its_line() {
+    let err = parse_str("# ä comment\nkey = \"ü\" x\n").unwrap_err();
+    assert_eq!(
+        err,
+        ParseError::Syntax(match &err {
+            ParseError::Syntax(m) => {
+                assert!(m.starts_with("line 2, column 11: "), "{m}");
+                m.clone()
+            }
+            other => panic!("{other:?}"),
+        })
     );
 }
 
@@ -357,4 +385,219 @@ fn oversized_environment_values_are_refused_with_their_key() {
     let text = GOOD.replace("[environment]\n", &vars);
     let out = rendered(&text);
     assert!(out.contains("environment: holds"), "{out}");
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_refused_with_its_position_only() {
+    let err = from_bytes(
+        Path::new("/etc/b.toml"),
+        b"[service]\nuser = \"b\xe9-MARKER\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/b.toml: invalid TOML: line 2, column 10: the file is not UTF-8 text; save it as UTF-8"
+    );
+}
+
+#[test]
+fn from_bytes_names_the_file_in_every_error() {
+    let path = Path::new("/etc/bitpoll/launcher.toml");
+    let err = from_bytes(path, b"[service]\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/etc/bitpoll/launcher.toml: 6 problems:\n  - service.user: is missing"),
+        "{err}"
+    );
+    assert_eq!(
+        from_bytes(path, GOOD.as_bytes()).unwrap(),
+        parse_str(GOOD).unwrap()
+    );
+    let unreadable = ConfigError::Unreadable {
+        path: path.into(),
+        reason: format!("{} does not exist", path.display()),
+        fix: "create the file".into(),
+    };
+    assert_eq!(
+        unreadable.to_string(),
+        "cannot read config file: /etc/bitpoll/launcher.toml does not exist; create the file"
+    );
+    assert_eq!(
+        unreadable.problems(),
+        vec![Problem {
+            key: String::new(),
+            message: "cannot read the file: /etc/bitpoll/launcher.toml does not exist".into(),
+            hint: Some("create the file".into()),
+        }]
+    );
+}
+
+/// Nesting deep enough to overflow a recursive parser's stack many times over. Runs on a
+/// test thread, whose stack (2 MiB) is smaller than the launcher's main thread's.
+#[test]
+fn deeply_nested_input_is_refused_without_overflowing_the_stack() {
+    const DEPTH: usize = 100_000;
+    let cases = [
+        "[".repeat(DEPTH),
+        format!("a = {}", "[".repeat(DEPTH)),
+        format!("a = {}1{}", "[".repeat(DEPTH), "]".repeat(DEPTH)),
+        format!("a = {}1{}", "{ b = ".repeat(DEPTH), " }".repeat(DEPTH)),
+        format!("{}a = 1", "a.".repeat(DEPTH)),
+        format!("[{}a]", "a.".repeat(DEPTH)),
+    ];
+    for text in cases {
+        match parse_str(&text) {
+            Err(ParseError::Syntax(msg)) => assert!(msg.starts_with("line 1, column "), "{msg}"),
+            other => panic!("{}...: expected a syntax error, got {other:?}", &text[..20]),
+        }
+    }
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Keys the validator knows, and a few it does not, so generated documents reach the
+    /// validation of every table and not just "unknown key".
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "service",
+                "app",
+                "database",
+                "prepare",
+                "secrets",
+                "environment",
+                "server",
+                "user",
+                "group",
+                "create_user",
+                "data_dir",
+                "python",
+                "source_dir",
+                "settings_module",
+                "engine",
+                "path",
+                "name",
+                "host",
+                "port",
+                "migrate",
+                "collectstatic",
+                "compilemessages",
+                "stall_timeout_sec",
+                "command",
+                "file",
+                "credential",
+                "generate",
+                "BITPOLL_SECRET_KEY",
+                "BITPOLL_FIELD_ENCRYPTION_KEY",
+            ])
+            .prop_map(String::from),
+            "[A-Za-z_][A-Za-z0-9_-]{0,8}",
+        ]
+    }
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            "\\PC{0,12}".prop_map(|s| format!("{s:?}")),
+            Just("\"/var/lib/bitpoll\"".to_string()),
+            Just("\"django-secret-key\"".to_string()),
+            Just("1979-05-27T07:32:00Z".to_string()),
+        ]
+    }
+
+    /// A TOML value: scalars, arrays and inline tables nested a few levels.
+    fn value() -> impl Strategy<Value = String> {
+        scalar().prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
+                prop::collection::vec((key(), inner), 0..6).prop_map(|kv| {
+                    let body: Vec<String> = kv.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", body.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// A document of tables (dotted headers included) with key = value lines.
+    fn document() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            (
+                prop::collection::vec(key(), 0..3),
+                prop::collection::vec((key(), value()), 0..6),
+            ),
+            0..8,
+        )
+        .prop_map(|tables| {
+            let mut out = String::new();
+            for (header, lines) in tables {
+                if !header.is_empty() {
+                    out.push_str(&format!("[{}]\n", header.join(".")));
+                }
+                for (k, v) in lines {
+                    out.push_str(&format!("{k} = {v}\n"));
+                }
+            }
+            out
+        })
+    }
+
+    /// Characters TOML gives meaning to, to make near-TOML garbage.
+    fn tomlish() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(vec![
+                    "[", "]", "[[", "]]", "{", "}", "=", ",", ".", "\"", "'", "\"\"\"", "\\", "#",
+                    "\n", "\r\n", " ", "\t", "service", "user", "=\"x\"", "1", "-", "+", "e", "T",
+                    ":", "nan", "inf", "true", "\u{0}", "\u{feff}", "ä",
+                ])
+                .prop_map(String::from),
+                key(),
+            ],
+            0..200,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn parse_str_never_panics_on_any_string(text in any::<String>()) {
+            let _ = parse_str(&text);
+        }
+
+        #[test]
+        fn from_bytes_never_panics_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = from_bytes(Path::new("/c.toml"), &bytes);
+        }
+
+        #[test]
+        fn parse_str_never_panics_on_toml_like_garbage(text in tomlish()) {
+            let _ = parse_str(&text);
+        }
+
+        #[test]
+        fn parse_str_never_panics_on_nested_documents(text in document()) {
+            let _ = parse_str(&text);
+        }
+
+        #[test]
+        fn a_syntax_error_position_lies_inside_the_text(text in tomlish()) {
+            if let Err(ParseError::Syntax(msg)) = parse_str(&text) {
+                let pos = msg.strip_prefix("line ").and_then(|m| m.split_once(", column "));
+                let (line, rest) = pos.unwrap_or_else(|| panic!("no position: {msg}"));
+                let line: usize = line.parse().unwrap();
+                let column: usize = rest.split_once(':').unwrap().0.parse().unwrap();
+                let lines: Vec<&str> = text.split('\n').collect();
+                prop_assert!(line >= 1 && line <= lines.len(), "{msg}");
+                prop_assert!(column >= 1 && column <= lines[line - 1].chars().count() + 1, "{msg}");
+            }
+        }
+    }
 }

@@ -6,18 +6,22 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, open, openat};
+use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 use zeroize::Zeroizing;
 
 use launcher_plan::secret::MAX_SECRET_BYTES;
 
+use crate::trust::{self, TrustError};
+
 /// Why a secret file is refused. Never carries the file's content.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
-    #[error("{path} does not exist")]
-    Missing { path: PathBuf },
+    /// Refused by the trust rule (owner and mode of the file and of every directory and
+    /// link on its path), or not found, or not readable.
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
     #[error("cannot open {path}: {source}")]
     Open {
         path: PathBuf,
@@ -38,8 +42,6 @@ pub enum SecretFileError {
         "{path} is readable by every user (mode {mode:04o}); restrict it: chmod 0600 {path} (or 0640 owned by a group of the launcher)"
     )]
     WorldReadable { path: PathBuf, mode: u32 },
-    #[error("{path} is writable by every user (mode {mode:04o}); restrict it: chmod 0600 {path}")]
-    WorldWritable { path: PathBuf, mode: u32 },
     #[error(
         "{path} is accessible to other users (mode {mode:04o}); a generated secret must be 0600: chmod 0600 {path}"
     )]
@@ -66,33 +68,19 @@ const READ_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NONBLOCK);
 
 /// Read a secret file named by the admin (a path in the config, or a systemd credential).
-/// Links in that path are the admin's business and are followed; the opened file is then
-/// checked through its descriptor: regular, not world-readable or -writable, at most
-/// [`MAX_SECRET_BYTES`].
+/// The path, links included, must pass the trust rule ([`crate::trust`]) for the launching
+/// uid: otherwise whoever can change a directory on it could swap the secret, or point it
+/// at any file root can read. The opened file must in addition not be readable by every
+/// user, and is read up to [`MAX_SECRET_BYTES`].
 pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretFileError> {
-    let fd = open(path, READ_FLAGS, Mode::empty()).map_err(|e| match e {
-        Errno::ENOENT => SecretFileError::Missing { path: path.into() },
-        source => SecretFileError::Open {
-            path: path.into(),
-            source,
-        },
-    })?;
-    let st = stat(&fd, path)?;
-    check_regular(&st, path)?;
-    let mode = st.st_mode & 0o7777;
-    if mode & 0o004 != 0 {
+    let file = trust::open_trusted(path, nix::unistd::geteuid())?;
+    if file.mode & 0o004 != 0 {
         return Err(SecretFileError::WorldReadable {
             path: path.into(),
-            mode,
+            mode: file.mode,
         });
     }
-    if mode & 0o002 != 0 {
-        return Err(SecretFileError::WorldWritable {
-            path: path.into(),
-            mode,
-        });
-    }
-    read_capped(fd, &st, path)
+    Ok(file.read(MAX_SECRET_BYTES)?)
 }
 
 /// Read a secret the launcher generated earlier, from `dir` (the data directory's

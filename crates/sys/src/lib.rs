@@ -1,5 +1,5 @@
 //! Everything the launcher asks of the kernel: accounts, the data directory tree, secret
-//! files, the privilege drop and exec.
+//! files, reading root's files under the trust rule, the privilege drop and exec.
 //!
 //! This is the only crate of the workspace that may contain `unsafe`; each block carries a
 //! `SAFETY:` comment. Functions here do one system-level thing each and report failures as
@@ -12,6 +12,7 @@ pub mod exec;
 pub mod files;
 pub mod privs;
 pub mod tree;
+pub mod trust;
 
 pub use nix::unistd::{Gid, Uid};
 
