@@ -8,6 +8,7 @@
 //! no chown of a tree owned by someone else); what to do is decided by the caller.
 
 pub mod account;
+pub mod child;
 pub mod exec;
 pub mod files;
 pub mod privs;
