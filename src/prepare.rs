@@ -6,12 +6,15 @@
 //! output counts as progress and keeps systemd's start timeout extended, and a step that is
 //! silent for `prepare.stall_timeout_sec` is stopped with a clear error instead of being
 //! killed by an opaque timeout. A step's stamp is written only after the driver reported
-//! that step finished.
+//! that step finished. A stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT) stops the driver
+//! (SIGTERM, a grace period, SIGKILL; always reaped) and the interrupted step gets no
+//! stamp.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -23,6 +26,7 @@ use launcher_config::{Config, Database};
 use launcher_plan::Step;
 use launcher_plan::layout::{STAMP_FILE_MODE, STATE_DIR, STATIC_DIR, stamp_file_name};
 use launcher_plan::stamp::{self, Decision, Stamp};
+use launcher_sys::StopSignal;
 use launcher_sys::privs::Target;
 use launcher_sys::tree::{DataTree, Owner};
 
@@ -364,9 +368,9 @@ pub enum PrepareError {
         tail: Vec<String>,
     },
     #[error(
-        "stopped by signal {signal} during preparation step {step}; the step's stamp was not written, so it runs again on the next start"
+        "stopped by signal {} ({signal}) during preparation step {step}; the step's stamp was not written, so it runs again on the next start", .signal.raw()
     )]
-    Interrupted { signal: i32, step: String },
+    Interrupted { signal: StopSignal, step: String },
     #[error("cannot record that step {step} finished: {source}")]
     Stamp {
         step: Step,
@@ -375,6 +379,16 @@ pub enum PrepareError {
     },
     #[error("preparation I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl PrepareError {
+    /// The signal that stopped preparation, when that is why it failed.
+    pub fn stop_signal(&self) -> Option<StopSignal> {
+        match self {
+            PrepareError::Interrupted { signal, .. } => Some(*signal),
+            _ => None,
+        }
+    }
 }
 
 fn tail_text(tail: &[String]) -> String {
@@ -426,15 +440,40 @@ pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<(), PrepareErro
     rt.block_on(supervise(ctx, planned, &steps))
 }
 
+/// The stop signals, caught while the driver runs (their handlers outlive the runtime:
+/// the caller restores the default actions with launcher_sys::default_stop_signals).
+struct StopSignals(Vec<(StopSignal, tokio::signal::unix::Signal)>);
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignal::ALL
+            .into_iter()
+            .map(|s| Ok((s, signal(SignalKind::from_raw(s.raw()))?)))
+            .collect::<std::io::Result<_>>()
+            .map(StopSignals)
+    }
+
+    /// The next stop signal received.
+    async fn recv(&mut self) -> StopSignal {
+        std::future::poll_fn(|cx| {
+            for (stop, stream) in &mut self.0 {
+                if let Poll::Ready(Some(())) = stream.poll_recv(cx) {
+                    return Poll::Ready(*stop);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 async fn supervise(
     ctx: &Context<'_>,
     planned: &[Planned],
     steps: &[Step],
 ) -> Result<(), PrepareError> {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut stop_signals = StopSignals::install()?;
 
     let python = ctx.cfg.app.python.display().to_string();
     let mut cmd = std::process::Command::new(&ctx.cfg.app.python);
@@ -512,8 +551,7 @@ async fn supervise(
                     }
                 }
             },
-            _ = sigterm.recv() => return interrupted(&mut child, &events, libc_sig::TERM).await,
-            _ = sigint.recv() => return interrupted(&mut child, &events, libc_sig::INT).await,
+            signal = stop_signals.recv() => return interrupted(&mut child, &events, signal).await,
         }
         if let (Some((status, _)), false, false) = (exited, out_open, err_open) {
             return events.finish(status);
@@ -521,18 +559,13 @@ async fn supervise(
     }
 }
 
-mod libc_sig {
-    pub const TERM: i32 = 15;
-    pub const INT: i32 = 2;
-}
-
 async fn interrupted(
     child: &mut tokio::process::Child,
     events: &Events<'_, '_>,
-    signal: i32,
+    signal: StopSignal,
 ) -> Result<(), PrepareError> {
     let step = events.current_name();
-    warn!(phase = "prepare", step = %step, signal, "stop requested during preparation, stopping the preparation process");
+    warn!(phase = "prepare", step = %step, signal = %signal, "{signal} received during preparation, stopping the preparation process");
     notify::status(&format!("Stopping: interrupted during {step}"));
     stop(child).await;
     Err(PrepareError::Interrupted { signal, step })

@@ -154,12 +154,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         .iter()
         .filter(|p| matches!(p.decision, Decision::Run(_)))
         .count();
-    prepare::execute(&ctx, &planned).map_err(|e| {
-        let code = match &e {
-            prepare::PrepareError::Interrupted { signal, .. } => 128 + *signal as u8,
-            _ => exit::RUNTIME,
-        };
-        Exit::new(code, e)
+    prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {
+        Some(signal) => Exit::stopped(signal, e),
+        None => Exit::new(exit::RUNTIME, e),
     })?;
     // The database is the app's alone, not the web server's that shares the group.
     for file in sqlite_files(&cfg, &tree) {
@@ -177,7 +174,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     });
     drop(ctx);
     launcher_sys::default_stop_signals()
-        .context("cannot restore the default action of SIGTERM")
+        .context("cannot restore the default action of the stop signals")
         .or_exit(exit::RUNTIME)?;
 
     let server_env = env::build(&env_inputs, Purpose::Server);

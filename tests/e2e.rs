@@ -498,12 +498,19 @@ fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_outpu
     );
 }
 
-#[test]
-fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
-    let mut env = TestEnv::new("sigterm");
+/// Launch with a slow migration, send `signal` to the launcher while migrate runs, and
+/// check what every stop signal must do: the preparation process is stopped and reaped
+/// within the grace period, the launcher dies of the same signal (128+N), says why, and
+/// writes no stamp. Returns the env and the launcher's exit status.
+fn a_stop_signal_during_preparation(
+    name: &str,
+    signal: Signal,
+    launch: Launch,
+) -> (TestEnv, std::process::ExitStatus) {
+    let mut env = TestEnv::new(name);
     env.config
         .set_str("environment", "DEMO_MIGRATION_DELAY", "30");
-    let pid = env.launch();
+    let pid = env.launch_with(launch);
     env.wait_for_log("demo migration: step", READY);
     let drivers = children_of(pid);
     assert!(
@@ -512,17 +519,32 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
     );
 
     let sent = Instant::now();
-    env.signal(Signal::SIGTERM);
-    let code = env.wait_exit(Duration::from_secs(20));
+    env.signal(signal);
+    let status = loop {
+        if let Some(status) = env.try_wait() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "the launcher still runs 20 s after {signal}\n{}",
+            env.log_context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let took = sent.elapsed();
-    assert_eq!(code, 143, "exit code after SIGTERM\n{}", env.log_context());
-    assert!(took < Duration::from_secs(6), "took {took:?} to stop");
-    assert!(
-        env.stderr()
-            .contains("stopped by signal 15 during preparation step migrate"),
-        "{}",
+    let code = env.wait_exit(Duration::ZERO);
+    assert_eq!(
+        code,
+        128 + signal as i32,
+        "exit code after {signal}\n{}",
         env.log_context()
     );
+    assert!(took < Duration::from_secs(6), "took {took:?} to stop");
+    let why = format!(
+        "stopped by signal {} ({signal}) during preparation step migrate",
+        signal as i32
+    );
+    assert!(env.stderr().contains(&why), "{}", env.log_context());
     let left = processes_in_group(pid as i32);
     assert!(
         left.is_empty(),
@@ -551,6 +573,13 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
         "{:?}",
         statuses(&env)
     );
+    (env, status)
+}
+
+#[test]
+fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
+    let (mut env, _) =
+        a_stop_signal_during_preparation("sigterm", Signal::SIGTERM, Launch::default());
 
     // The interrupted step runs again next time.
     env.config.remove("environment", "DEMO_MIGRATION_DELAY");
@@ -562,6 +591,34 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
         env.log_context()
     );
     env.stop();
+}
+
+#[test]
+fn sighup_during_preparation_stops_the_child_and_writes_no_stamp() {
+    a_stop_signal_during_preparation("sighup", Signal::SIGHUP, Launch::default());
+}
+
+#[test]
+fn sigquit_during_preparation_stops_the_child_and_dumps_no_core_of_the_launcher() {
+    // With core dumps allowed, a root process dying of SIGQUIT would leave a core (and
+    // the secrets in it) in its working directory, the test directory.
+    let (env, status) = a_stop_signal_during_preparation(
+        "sigquit",
+        Signal::SIGQUIT,
+        Launch::default().wrap(&["prlimit", "--core=unlimited", "--"]),
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        !status.core_dumped(),
+        "the launcher dumped core: {status:?}"
+    );
+    let cores: Vec<String> = fs::read_dir(&env.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("core"))
+        .collect();
+    assert!(cores.is_empty(), "core files: {cores:?}");
 }
 
 #[test]
@@ -609,7 +666,7 @@ fn sigint_or_a_group_wide_sigterm_during_preparation_stop_cleanly() {
     assert_eq!(code, 130, "exit code after SIGINT\n{}", env.log_context());
     assert!(
         env.stderr()
-            .contains("stopped by signal 2 during preparation step migrate"),
+            .contains("stopped by signal 2 (SIGINT) during preparation step migrate"),
         "{}",
         env.log_context()
     );

@@ -1,5 +1,6 @@
 //! The preparation child's plumbing: a pipe whose write end the child alone inherits,
-//! under a fixed descriptor number.
+//! under a fixed descriptor number, and the signals that stop the launcher while the child
+//! runs.
 //!
 //! The pipe is created close-on-exec, so nothing the launcher starts inherits it by
 //! accident; the one child meant to write to it gets a copy placed at its number between
@@ -53,6 +54,57 @@ pub fn pass_fd_in_child(cmd: &mut Command, fd: OwnedFd, as_fd: RawFd) {
     // errno value is stored inline). It runs after Command's own stdio setup, so `as_fd`
     // above 2 cannot be overwritten by it.
     unsafe { cmd.pre_exec(place) };
+}
+
+/// The signals that ask the launcher to stop: SIGTERM (`systemctl stop`), SIGINT
+/// (Ctrl-C), SIGHUP (the controlling terminal went away) and SIGQUIT (Ctrl-\). While the
+/// preparation child runs the launcher catches them and stops the child first; otherwise
+/// their default action ends the launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopSignal {
+    Term,
+    Int,
+    Hup,
+    Quit,
+}
+
+impl StopSignal {
+    pub const ALL: [StopSignal; 4] = [
+        StopSignal::Term,
+        StopSignal::Int,
+        StopSignal::Hup,
+        StopSignal::Quit,
+    ];
+
+    /// The signal number.
+    pub fn raw(self) -> i32 {
+        self.nix() as i32
+    }
+
+    /// The signal's name, e.g. `SIGTERM`.
+    pub fn name(self) -> &'static str {
+        self.nix().as_str()
+    }
+
+    pub fn from_raw(raw: i32) -> Option<StopSignal> {
+        StopSignal::ALL.into_iter().find(|s| s.raw() == raw)
+    }
+
+    pub(crate) fn nix(self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal;
+        match self {
+            StopSignal::Term => Signal::SIGTERM,
+            StopSignal::Int => Signal::SIGINT,
+            StopSignal::Hup => Signal::SIGHUP,
+            StopSignal::Quit => Signal::SIGQUIT,
+        }
+    }
+}
+
+impl std::fmt::Display for StopSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[cfg(test)]
@@ -126,5 +178,21 @@ mod tests {
         let err = cmd.spawn().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
         drop(read);
+    }
+
+    #[test]
+    fn stop_signals_have_the_kernels_numbers_and_names() {
+        let want = [
+            (StopSignal::Term, libc::SIGTERM, "SIGTERM"),
+            (StopSignal::Int, libc::SIGINT, "SIGINT"),
+            (StopSignal::Hup, libc::SIGHUP, "SIGHUP"),
+            (StopSignal::Quit, libc::SIGQUIT, "SIGQUIT"),
+        ];
+        for (signal, raw, name) in want {
+            assert_eq!(signal.raw(), raw);
+            assert_eq!(signal.to_string(), name);
+            assert_eq!(StopSignal::from_raw(raw), Some(signal));
+        }
+        assert_eq!(StopSignal::from_raw(libc::SIGKILL), None);
     }
 }
