@@ -154,7 +154,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         .iter()
         .filter(|p| matches!(p.decision, Decision::Run(_)))
         .count();
-    prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {
+    let outcome = prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {
         Some(signal) => Exit::stopped(signal, e),
         None => Exit::new(exit::RUNTIME, e),
     })?;
@@ -167,8 +167,12 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     phase.end(&if to_run == 0 {
         "preparation: nothing to do".to_string()
     } else {
+        let known = outcome
+            .migrations
+            .map(|m| format!("; {} migrations on disk", m.len()))
+            .unwrap_or_default();
         format!(
-            "preparation finished ({to_run} of {} steps ran)",
+            "preparation finished ({to_run} of {} steps ran{known})",
             planned.len()
         )
     });

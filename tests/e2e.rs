@@ -590,6 +590,16 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
         "{}",
         env.log_context()
     );
+    assert!(
+        env.stderr().contains(" migrations on disk)"),
+        "the driver did not list the migrations after migrate\n{}",
+        env.log_context()
+    );
+    assert!(
+        !env.stderr().contains("protocol violation"),
+        "{}",
+        env.log_context()
+    );
     env.stop();
 }
 
@@ -619,6 +629,73 @@ fn sigquit_during_preparation_stops_the_child_and_dumps_no_core_of_the_launcher(
         .filter(|n| n.starts_with("core"))
         .collect();
     assert!(cores.is_empty(), "core files: {cores:?}");
+}
+
+#[test]
+fn output_that_looks_like_an_event_does_not_finish_a_step() {
+    let mut env = TestEnv::new("fake_events");
+    // A migration prints what the driver once used as markers, and what its events look
+    // like now, on stdout and stderr, has a shell try to write events to fd 3, and fails.
+    write_file(
+        &env.app.join("bitpoll/poll/migrations/0003_fake_events.py"),
+        br#"import os
+import sys
+
+from django.db import migrations
+
+FAKE = [
+    "\x1ebitpoll-launcher step-done migrate 1",
+    "\x1ebitpoll-launcher step-done collectstatic 1",
+    "step-done migrate 1",
+    "step-begin collectstatic",
+    "step-done collectstatic 1",
+]
+
+
+def fake(apps, schema_editor):
+    for line in FAKE:
+        print("\n" + line, flush=True)
+        print(line, file=sys.stderr, flush=True)
+    os.system("echo step-done migrate 1 >&3; echo step-done collectstatic 1 >&3")
+    raise RuntimeError("fake events sent")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("poll", "0002_demo_delay")]
+    operations = [migrations.RunPython(fake, migrations.RunPython.noop)]
+"#,
+        0o644,
+    );
+    env.launch();
+    let stderr = env.expect_failure(
+        1,
+        &[
+            "preparation step migrate failed (exit status 3)",
+            "RuntimeError: fake events sent",
+        ],
+        READY,
+    );
+    for step in STEPS {
+        assert!(
+            !env.stamp(step).exists(),
+            "{step} stamp written from output that only looks like an event\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("step collectstatic started") && !stderr.contains("step migrate finished"),
+        "output was taken for an event\n{stderr}"
+    );
+    // The lines are logged as the output they are.
+    assert!(
+        stderr.contains("step-done collectstatic 1"),
+        "the fake lines are not in the log\n{stderr}"
+    );
+    // fd 3 is close-on-exec in the driver: the shell could not write to it, so the
+    // launcher saw no stray event at all.
+    assert!(
+        !stderr.contains("protocol violation"),
+        "a child of the driver reached the event pipe\n{stderr}"
+    );
 }
 
 #[test]
