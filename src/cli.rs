@@ -10,8 +10,8 @@ Exit status (run never returns on success: it becomes the server):
   2    the configuration file is missing or invalid
   3    the system is not as required (account, data directory, secrets)
   4    privileges could not be dropped for good
-  128+N  stopped by SIGTERM or SIGINT during preparation: the launcher stops the step,
-         then dies of the same signal (systemd records a clean stop; shells show 128+N)";
+  128+N  stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT during preparation: the launcher
+         stops the step, then dies of the same signal (shells show 128+N)";
 
 #[derive(Debug, Parser)]
 #[command(

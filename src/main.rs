@@ -37,12 +37,12 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(exit) => {
-            let code = exit.code;
+            let signal = exit.signal;
             let status = exit.report();
             // Stopped during preparation: die of the same signal, as an unhandled stop
             // would, so systemd records a clean stop and shells print 128+N.
-            if let Some(signal @ (2 | 15)) = code.checked_sub(128) {
-                launcher_sys::die_of_signal(i32::from(signal));
+            if let Some(signal) = signal {
+                launcher_sys::die_of_signal(signal);
             }
             status
         }

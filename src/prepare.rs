@@ -1,25 +1,37 @@
 //! Preparation: decide which of migrate, collectstatic and compilemessages have something
 //! to do, run those in one Python process as the service user, and keep systemd informed.
 //!
-//! The driver (prepare.py, embedded) starts Django once and runs the steps in order. Its
-//! output is read as it comes: every line goes to the log with the step it belongs to, any
-//! output counts as progress and keeps systemd's start timeout extended, and a step that is
-//! silent for `prepare.stall_timeout_sec` is stopped with a clear error instead of being
-//! killed by an opaque timeout. A step's stamp is written only after the driver reported
-//! that step finished.
+//! The driver (prepare.py, embedded) starts Django once and runs the steps in order. It
+//! reports its progress as events on a pipe of its own, its fd 3 (the protocol is in
+//! launcher_plan::protocol); its stdout and stderr carry the commands' output only, so
+//! nothing a command prints can pass for an event. All three are read as they come, each
+//! with a fixed memory bound: every output line goes to the log with the step it belongs to
+//! (a very long one cut), any output or event counts as progress and keeps systemd's start
+//! timeout extended, and a step that is silent for `prepare.stall_timeout_sec` is stopped
+//! with a clear error instead of being killed by an opaque timeout.
+//!
+//! A step's stamp is written only after the driver reported that very step finished, in
+//! its turn; an event that does not fit the plan is logged as a protocol violation and
+//! changes nothing. A stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT) stops the driver
+//! (SIGTERM, a grace period, SIGKILL; always reaped) and the interrupted step gets no
+//! stamp. This module never panics on what the driver sends.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::process::{ExitStatus, Stdio};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use launcher_config::Config;
 use launcher_plan::Step;
 use launcher_plan::judge::prepare::Planned;
 use launcher_plan::layout::{STAMP_FILE_MODE, STATE_DIR, stamp_file_name};
+use launcher_plan::protocol::{Effect, Event, LOG_LINE_MAX, LineSplitter, Parser, Progress};
 use launcher_plan::stamp::Stamp;
+use launcher_sys::StopSignal;
 use launcher_sys::privs::Target;
 use launcher_sys::tree::{DataTree, Owner};
 
@@ -27,7 +39,8 @@ use crate::notify;
 use crate::observe::{SourceTree, witness};
 
 const DRIVER: &str = include_str!("prepare.py");
-const MARK: &str = "\x1ebitpoll-launcher ";
+/// The driver's descriptor for events (the write end of a pipe only it inherits).
+const EVENT_FD: RawFd = 3;
 const TAIL_LINES: usize = 20;
 /// How much longer than the stall limit systemd's timeout is kept, so the launcher's own
 /// stall detection always fires first and explains itself.
@@ -69,9 +82,9 @@ pub enum PrepareError {
         tail: Vec<String>,
     },
     #[error(
-        "stopped by signal {signal} during preparation step {step}; the step's stamp was not written, so it runs again on the next start"
+        "stopped by signal {} ({signal}) during preparation step {step}; the step's stamp was not written, so it runs again on the next start", .signal.raw()
     )]
-    Interrupted { signal: i32, step: String },
+    Interrupted { signal: StopSignal, step: String },
     #[error("cannot record that step {step} finished: {source}")]
     Stamp {
         step: Step,
@@ -80,6 +93,16 @@ pub enum PrepareError {
     },
     #[error("preparation I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl PrepareError {
+    /// The signal that stopped preparation, when that is why it failed.
+    pub fn stop_signal(&self) -> Option<StopSignal> {
+        match self {
+            PrepareError::Interrupted { signal, .. } => Some(*signal),
+            _ => None,
+        }
+    }
 }
 
 fn tail_text(tail: &[String]) -> String {
@@ -100,15 +123,23 @@ fn failure_text(step: &Option<Step>, status: &str, tail: &[String]) -> String {
     format!("{what}{}", tail_text(tail))
 }
 
+/// What running the steps produced, for the caller.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Every migration Django found on disk after migrate succeeded (`app_label.name`,
+    /// sorted); None when migrate did not run or the driver did not list them.
+    pub migrations: Option<Vec<String>>,
+}
+
 /// Run the planned steps that must run. Returns after all finished.
-pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<(), PrepareError> {
+pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<Outcome, PrepareError> {
     let steps: Vec<Step> = planned
         .iter()
         .filter(|p| p.runs())
         .map(|p| p.step)
         .collect();
     if steps.is_empty() {
-        return Ok(());
+        return Ok(Outcome::default());
     }
     // Stamps of the steps about to run go first: a step interrupted half-way must never
     // be skipped next time on the strength of an older success.
@@ -131,17 +162,44 @@ pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<(), PrepareErro
     rt.block_on(supervise(ctx, planned, &steps))
 }
 
+/// The stop signals, caught while the driver runs (their handlers outlive the runtime:
+/// the caller restores the default actions with launcher_sys::default_stop_signals).
+struct StopSignals(Vec<(StopSignal, tokio::signal::unix::Signal)>);
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignal::ALL
+            .into_iter()
+            .map(|s| Ok((s, signal(SignalKind::from_raw(s.raw()))?)))
+            .collect::<std::io::Result<_>>()
+            .map(StopSignals)
+    }
+
+    /// The next stop signal received.
+    async fn recv(&mut self) -> StopSignal {
+        std::future::poll_fn(|cx| {
+            for (stop, stream) in &mut self.0 {
+                if let Poll::Ready(Some(())) = stream.poll_recv(cx) {
+                    return Poll::Ready(*stop);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 async fn supervise(
     ctx: &Context<'_>,
     planned: &[Planned],
     steps: &[Step],
-) -> Result<(), PrepareError> {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
+) -> Result<Outcome, PrepareError> {
+    let mut stop_signals = StopSignals::install()?;
 
     let python = ctx.cfg.app.python.display().to_string();
+    let (event_read, event_write) = launcher_sys::child::pipe()?;
+    let mut event_pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(event_read)?;
     let mut cmd = std::process::Command::new(&ctx.cfg.app.python);
     cmd.arg("-c")
         .arg(DRIVER)
@@ -152,57 +210,44 @@ async fn supervise(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    launcher_sys::child::pass_fd_in_child(&mut cmd, event_write, EVENT_FD);
     launcher_sys::privs::drop_in_child(&mut cmd, ctx.target.clone());
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| PrepareError::Spawn { python, source })?;
+    let spawned = cmd.spawn();
+    // The command holds this process's copy of the event pipe's write end: close it, so
+    // the pipe reaches its end when the driver is gone.
+    drop(cmd);
+    let mut child = spawned.map_err(|source| PrepareError::Spawn { python, source })?;
     let pid = child.id();
     info!(phase = "prepare", steps = %names(steps), pid, "preparation started: {}", names(steps));
 
     let stall = ctx.cfg.prepare.stall_timeout;
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
-    let (mut out_buf, mut err_buf) = ([0u8; 8192], [0u8; 8192]);
-    let (mut out_line, mut err_line) = (Vec::new(), Vec::new());
-    let (mut out_open, mut err_open) = (true, true);
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
-    let mut current: Option<Step> = None;
-    let mut done: Vec<Step> = Vec::new();
-    let mut step_started = Instant::now();
+    let (mut out_buf, mut err_buf, mut event_buf) = ([0u8; 8192], [0u8; 8192], [0u8; 8192]);
+    let (mut out_open, mut err_open, mut events_open) = (true, true, true);
     let mut last_progress = Instant::now();
     let mut last_extend: Option<Instant> = None;
     let mut exited: Option<(ExitStatus, Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-
-    let mut events = Events {
-        ctx,
-        planned,
-        steps,
-        current: &mut current,
-        done: &mut done,
-        tail: &mut tail,
-        step_started: &mut step_started,
-    };
+    let mut events = Events::new(ctx, planned, steps);
 
     loop {
+        // In this order: a stop request and the timer are never starved by a flood of
+        // output, and output the driver flushed before an event is logged before the
+        // event is acted on (so it is attributed to the step that printed it).
         tokio::select! {
-            r = stdout.read(&mut out_buf), if out_open => match r {
-                Ok(0) | Err(_) => { out_open = false; events.flush(&mut out_line, "stdout")?; }
-                Ok(n) => { last_progress = Instant::now(); events.feed(&out_buf[..n], &mut out_line, "stdout")?; }
-            },
-            r = stderr.read(&mut err_buf), if err_open => match r {
-                Ok(0) | Err(_) => { err_open = false; events.flush(&mut err_line, "stderr")?; }
-                Ok(n) => { last_progress = Instant::now(); events.feed(&err_buf[..n], &mut err_line, "stderr")?; }
-            },
-            status = child.wait(), if exited.is_none() => {
-                exited = Some((status?, Instant::now()));
-            },
+            biased;
+            signal = stop_signals.recv() => return interrupted(&mut child, &events, signal).await,
             _ = tick.tick() => {
                 if let Some((_, at)) = exited {
-                    // Output still buffered in a pipe held open by a grandchild: stop waiting.
-                    if at.elapsed() > Duration::from_secs(2) { out_open = false; err_open = false; }
+                    // A stream held open by a grandchild of the driver: stop waiting.
+                    if at.elapsed() > Duration::from_secs(2) {
+                        if std::mem::take(&mut out_open) { events.output_end(Stream::Stdout); }
+                        if std::mem::take(&mut err_open) { events.output_end(Stream::Stderr); }
+                        if std::mem::take(&mut events_open) { events.protocol_end()?; }
+                    }
                 } else {
                     let silent = last_progress.elapsed();
                     if silent >= stall {
@@ -217,27 +262,36 @@ async fn supervise(
                     }
                 }
             },
-            _ = sigterm.recv() => return interrupted(&mut child, &events, libc_sig::TERM).await,
-            _ = sigint.recv() => return interrupted(&mut child, &events, libc_sig::INT).await,
+            r = stdout.read(&mut out_buf), if out_open => match r {
+                Ok(0) | Err(_) => { out_open = false; events.output_end(Stream::Stdout); }
+                Ok(n) => { last_progress = Instant::now(); events.output(Stream::Stdout, &out_buf[..n]); }
+            },
+            r = stderr.read(&mut err_buf), if err_open => match r {
+                Ok(0) | Err(_) => { err_open = false; events.output_end(Stream::Stderr); }
+                Ok(n) => { last_progress = Instant::now(); events.output(Stream::Stderr, &err_buf[..n]); }
+            },
+            r = event_pipe.read(&mut event_buf), if events_open => match r {
+                Ok(0) | Err(_) => { events_open = false; events.protocol_end()?; }
+                Ok(n) => { last_progress = Instant::now(); events.protocol(&event_buf[..n])?; }
+            },
+            status = child.wait(), if exited.is_none() => {
+                exited = Some((status?, Instant::now()));
+            },
         }
-        if let (Some((status, _)), false, false) = (exited, out_open, err_open) {
+        if let (Some((status, _)), false, false, false) = (exited, out_open, err_open, events_open)
+        {
             return events.finish(status);
         }
     }
 }
 
-mod libc_sig {
-    pub const TERM: i32 = 15;
-    pub const INT: i32 = 2;
-}
-
 async fn interrupted(
     child: &mut tokio::process::Child,
     events: &Events<'_, '_>,
-    signal: i32,
-) -> Result<(), PrepareError> {
+    signal: StopSignal,
+) -> Result<Outcome, PrepareError> {
     let step = events.current_name();
-    warn!(phase = "prepare", step = %step, signal, "stop requested during preparation, stopping the preparation process");
+    warn!(phase = "prepare", step = %step, signal = %signal, "{signal} received during preparation, stopping the preparation process");
     notify::status(&format!("Stopping: interrupted during {step}"));
     stop(child).await;
     Err(PrepareError::Interrupted { signal, step })
@@ -272,62 +326,109 @@ fn names(steps: &[Step]) -> String {
         .join(", ")
 }
 
-/// Turns driver output into log records, markers into stamps.
+/// The driver's output streams.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Turns the driver's output into log records and its events into stamps.
 struct Events<'c, 'a> {
     ctx: &'c Context<'a>,
     planned: &'c [Planned],
-    steps: &'c [Step],
-    current: &'c mut Option<Step>,
-    done: &'c mut Vec<Step>,
-    tail: &'c mut VecDeque<String>,
-    step_started: &'c mut Instant,
+    progress: Progress,
+    parser: Parser,
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+    tail: VecDeque<String>,
 }
 
-impl Events<'_, '_> {
+impl<'c, 'a> Events<'c, 'a> {
+    fn new(ctx: &'c Context<'a>, planned: &'c [Planned], steps: &[Step]) -> Events<'c, 'a> {
+        Events {
+            ctx,
+            planned,
+            progress: Progress::new(steps),
+            parser: Parser::new(),
+            stdout: LineSplitter::new(LOG_LINE_MAX),
+            stderr: LineSplitter::new(LOG_LINE_MAX),
+            tail: VecDeque::with_capacity(TAIL_LINES),
+        }
+    }
+
+    /// The step output belongs to: the one that began last, or Django's start.
     fn current_name(&self) -> String {
-        self.current
+        self.progress
+            .latest()
             .map_or_else(|| "setup".to_string(), |s| s.name().to_string())
     }
 
-    fn feed(
-        &mut self,
-        bytes: &[u8],
-        line: &mut Vec<u8>,
-        stream: &'static str,
-    ) -> Result<(), PrepareError> {
-        for &b in bytes {
-            if b == b'\n' {
-                self.flush(line, stream)?;
-            } else {
-                line.push(b);
-            }
+    fn splitter(&mut self, stream: Stream) -> &mut LineSplitter {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
         }
-        Ok(())
     }
 
-    fn flush(&mut self, line: &mut Vec<u8>, stream: &'static str) -> Result<(), PrepareError> {
-        let text = String::from_utf8_lossy(line).trim_end().to_string();
-        line.clear();
-        if text.is_empty() {
-            return Ok(());
+    fn output(&mut self, stream: Stream, bytes: &[u8]) {
+        let mut lines = Vec::new();
+        self.splitter(stream)
+            .feed(bytes, |line| lines.push(line.to_text()));
+        for line in lines {
+            self.log_output(stream, line);
         }
-        if let Some(marker) = text.strip_prefix(MARK) {
-            return self.marker(marker);
+    }
+
+    /// The stream ended: log its unterminated last line.
+    fn output_end(&mut self, stream: Stream) {
+        let mut lines = Vec::new();
+        self.splitter(stream)
+            .finish(|line| lines.push(line.to_text()));
+        for line in lines {
+            self.log_output(stream, line);
+        }
+    }
+
+    fn log_output(&mut self, stream: Stream, text: String) {
+        if text.is_empty() {
+            return;
         }
         let step = self.current_name();
-        info!(phase = "prepare", step = %step, stream, "{text}");
+        info!(phase = "prepare", step = %step, stream = stream.name(), "{text}");
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
         self.tail.push_back(text);
+    }
+
+    fn protocol(&mut self, bytes: &[u8]) -> Result<(), PrepareError> {
+        for event in self.parser.feed(bytes) {
+            self.apply(event)?;
+        }
         Ok(())
     }
 
-    fn marker(&mut self, marker: &str) -> Result<(), PrepareError> {
-        let mut parts = marker.split(' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("setup-done"), Some(ms), _) => {
-                let ms: u64 = ms.parse().unwrap_or(0);
+    /// The event pipe ended: an unterminated last line is reported, not acted on.
+    fn protocol_end(&mut self) -> Result<(), PrepareError> {
+        for event in self.parser.finish() {
+            self.apply(event)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Event) -> Result<(), PrepareError> {
+        match self.progress.apply(event) {
+            Effect::SetupDone { ms } => {
                 info!(
                     phase = "prepare",
                     step = "setup",
@@ -335,40 +436,36 @@ impl Events<'_, '_> {
                     "Django started in {ms} ms"
                 );
             }
-            (Some("step-begin"), Some(name), _) => {
-                if let Some(step) = Step::from_name(name) {
-                    *self.current = Some(step);
-                    *self.step_started = Instant::now();
-                    let n = self
-                        .steps
-                        .iter()
-                        .position(|s| *s == step)
-                        .map_or(0, |i| i + 1);
-                    notify::status(&format!("Preparing: {step} ({n}/{})", self.steps.len()));
-                    info!(phase = "prepare", step = %step, "step {step} started");
-                }
+            Effect::Began { step, number, of } => {
+                notify::status(&format!("Preparing: {step} ({number}/{of})"));
+                info!(phase = "prepare", step = %step, "step {step} started");
             }
-            (Some("step-done"), Some(name), ms) => {
-                if let Some(step) = Step::from_name(name) {
-                    let ms: u64 = ms
-                        .and_then(|m| m.parse().ok())
-                        .unwrap_or_else(|| self.step_started.elapsed().as_millis() as u64);
-                    self.write_stamp(step)?;
-                    self.done.push(step);
-                    info!(phase = "prepare", step = %step, duration_ms = ms, "step {step} finished in {ms} ms");
-                }
+            Effect::Finished { step, ms } => {
+                self.write_stamp(step)?;
+                info!(phase = "prepare", step = %step, duration_ms = ms, "step {step} finished in {ms} ms");
             }
-            _ => {}
+            Effect::Migrations { count } => {
+                debug!(
+                    phase = "prepare",
+                    step = "migrate",
+                    migrations = count,
+                    "Django knows {count} migrations on disk"
+                );
+            }
+            Effect::Violation(what) => {
+                let step = self.current_name();
+                warn!(phase = "prepare", step = %step, "protocol violation by the preparation process, ignored: {what}");
+            }
         }
         Ok(())
     }
 
     fn write_stamp(&self, step: Step) -> Result<(), PrepareError> {
-        let planned = self
-            .planned
-            .iter()
-            .find(|p| p.step == step)
-            .expect("only planned steps run");
+        // Progress finishes only steps of the running list, which is made from `planned`.
+        let Some(planned) = self.planned.iter().find(|p| p.step == step) else {
+            warn!(phase = "prepare", step = %step, "step {step} finished but was not planned; no stamp written");
+            return Ok(());
+        };
         // The witness is taken after the step: it describes the output this run produced.
         // Only the catalogs' witness needs a fresh look at the source tree.
         let source = match step {
@@ -387,7 +484,12 @@ impl Events<'_, '_> {
             finished: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            migrations: None,
+            // What migrate applied, so the next start can ask the database whether it
+            // still holds it (the driver lists it before step-done migrate).
+            migrations: match step {
+                Step::Migrate => self.progress.migrations().map(<[String]>::to_vec),
+                _ => None,
+            },
         };
         let owner = self
             .ctx
@@ -406,25 +508,27 @@ impl Events<'_, '_> {
         .map_err(|source| PrepareError::Stamp { step, source })
     }
 
-    fn finish(&mut self, status: ExitStatus) -> Result<(), PrepareError> {
-        if status.success() && self.done.len() == self.steps.len() {
-            return Ok(());
+    fn finish(self, status: ExitStatus) -> Result<Outcome, PrepareError> {
+        if status.success() && self.progress.all_finished() {
+            return Ok(Outcome {
+                migrations: self.progress.into_migrations(),
+            });
         }
-        let step = if self.current.is_some() {
-            // The step that began but did not finish, or the last one if all "finished"
-            // and the driver failed on exit.
-            self.steps
-                .iter()
-                .copied()
-                .find(|s| !self.done.contains(s))
-                .or(*self.current)
+        // Once a step began: the first that did not finish, or the last one if all
+        // finished and the driver failed on exit.
+        let step = self
+            .progress
+            .latest()
+            .map(|latest| self.progress.unfinished().unwrap_or(latest));
+        let status = if status.success() {
+            "exit status 0, but it did not report every step finished".to_string()
         } else {
-            None
+            describe(status)
         };
         Err(PrepareError::Failed {
             step,
-            status: describe(status),
-            tail: self.tail.iter().cloned().collect(),
+            status,
+            tail: self.tail.into_iter().collect(),
         })
     }
 }

@@ -179,12 +179,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         env: prepare_env,
         target: target.clone(),
     };
-    prepare::execute(&ctx, &planned).map_err(|e| {
-        let code = match &e {
-            prepare::PrepareError::Interrupted { signal, .. } => 128 + *signal as u8,
-            _ => exit::RUNTIME,
-        };
-        Exit::new(code, e)
+    let outcome = prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {
+        Some(signal) => Exit::stopped(signal, e),
+        None => Exit::new(exit::RUNTIME, e),
     })?;
     // The database is the app's alone, not the web server's that shares the group.
     for file in sqlite_files_in_data_dir(&cfg) {
@@ -195,14 +192,18 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     phase.end(&if to_run == 0 {
         "preparation: nothing to do".to_string()
     } else {
+        let known = outcome
+            .migrations
+            .map(|m| format!("; {} migrations on disk", m.len()))
+            .unwrap_or_default();
         format!(
-            "preparation finished ({to_run} of {} steps ran)",
+            "preparation finished ({to_run} of {} steps ran{known})",
             planned.len()
         )
     });
     drop(ctx);
     launcher_sys::default_stop_signals()
-        .context("cannot restore the default action of SIGTERM")
+        .context("cannot restore the default action of the stop signals")
         .or_exit(exit::RUNTIME)?;
 
     let server_env = env::build(&env_inputs, Purpose::Server);

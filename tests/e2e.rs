@@ -485,12 +485,19 @@ fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_outpu
     );
 }
 
-#[test]
-fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
-    let mut env = TestEnv::new("sigterm");
+/// Launch with a slow migration, send `signal` to the launcher while migrate runs, and
+/// check what every stop signal must do: the preparation process is stopped and reaped
+/// within the grace period, the launcher dies of the same signal (128+N), says why, and
+/// writes no stamp. Returns the env and the launcher's exit status.
+fn a_stop_signal_during_preparation(
+    name: &str,
+    signal: Signal,
+    launch: Launch,
+) -> (TestEnv, std::process::ExitStatus) {
+    let mut env = TestEnv::new(name);
     env.config
         .set_str("environment", "DEMO_MIGRATION_DELAY", "30");
-    let pid = env.launch();
+    let pid = env.launch_with(launch);
     env.wait_for_log("demo migration: step", READY);
     let drivers = children_of(pid);
     assert!(
@@ -499,17 +506,32 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
     );
 
     let sent = Instant::now();
-    env.signal(Signal::SIGTERM);
-    let code = env.wait_exit(Duration::from_secs(20));
+    env.signal(signal);
+    let status = loop {
+        if let Some(status) = env.try_wait() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "the launcher still runs 20 s after {signal}\n{}",
+            env.log_context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let took = sent.elapsed();
-    assert_eq!(code, 143, "exit code after SIGTERM\n{}", env.log_context());
-    assert!(took < Duration::from_secs(6), "took {took:?} to stop");
-    assert!(
-        env.stderr()
-            .contains("stopped by signal 15 during preparation step migrate"),
-        "{}",
+    let code = env.wait_exit(Duration::ZERO);
+    assert_eq!(
+        code,
+        128 + signal as i32,
+        "exit code after {signal}\n{}",
         env.log_context()
     );
+    assert!(took < Duration::from_secs(6), "took {took:?} to stop");
+    let why = format!(
+        "stopped by signal {} ({signal}) during preparation step migrate",
+        signal as i32
+    );
+    assert!(env.stderr().contains(&why), "{}", env.log_context());
     let left = processes_in_group(pid as i32);
     assert!(
         left.is_empty(),
@@ -538,6 +560,13 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
         "{:?}",
         statuses(&env)
     );
+    (env, status)
+}
+
+#[test]
+fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
+    let (mut env, _) =
+        a_stop_signal_during_preparation("sigterm", Signal::SIGTERM, Launch::default());
 
     // The interrupted step runs again next time.
     env.config.remove("environment", "DEMO_MIGRATION_DELAY");
@@ -548,7 +577,112 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
         "{}",
         env.log_context()
     );
+    assert!(
+        env.stderr().contains(" migrations on disk)"),
+        "the driver did not list the migrations after migrate\n{}",
+        env.log_context()
+    );
+    assert!(
+        !env.stderr().contains("protocol violation"),
+        "{}",
+        env.log_context()
+    );
     env.stop();
+}
+
+#[test]
+fn sighup_during_preparation_stops_the_child_and_writes_no_stamp() {
+    a_stop_signal_during_preparation("sighup", Signal::SIGHUP, Launch::default());
+}
+
+#[test]
+fn sigquit_during_preparation_stops_the_child_and_dumps_no_core_of_the_launcher() {
+    // With core dumps allowed, a root process dying of SIGQUIT would leave a core (and
+    // the secrets in it) in its working directory, the test directory.
+    let (env, status) = a_stop_signal_during_preparation(
+        "sigquit",
+        Signal::SIGQUIT,
+        Launch::default().wrap(&["prlimit", "--core=unlimited", "--"]),
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        !status.core_dumped(),
+        "the launcher dumped core: {status:?}"
+    );
+    let cores: Vec<String> = fs::read_dir(&env.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("core"))
+        .collect();
+    assert!(cores.is_empty(), "core files: {cores:?}");
+}
+
+#[test]
+fn output_that_looks_like_an_event_does_not_finish_a_step() {
+    let mut env = TestEnv::new("fake_events");
+    // A migration prints what the driver once used as markers, and what its events look
+    // like now, on stdout and stderr, has a shell try to write events to fd 3, and fails.
+    write_file(
+        &env.app.join("bitpoll/poll/migrations/0003_fake_events.py"),
+        br#"import os
+import sys
+
+from django.db import migrations
+
+FAKE = [
+    "\x1ebitpoll-launcher step-done migrate 1",
+    "\x1ebitpoll-launcher step-done collectstatic 1",
+    "step-done migrate 1",
+    "step-begin collectstatic",
+    "step-done collectstatic 1",
+]
+
+
+def fake(apps, schema_editor):
+    for line in FAKE:
+        print("\n" + line, flush=True)
+        print(line, file=sys.stderr, flush=True)
+    os.system("echo step-done migrate 1 >&3; echo step-done collectstatic 1 >&3")
+    raise RuntimeError("fake events sent")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("poll", "0002_demo_delay")]
+    operations = [migrations.RunPython(fake, migrations.RunPython.noop)]
+"#,
+        0o644,
+    );
+    env.launch();
+    let stderr = env.expect_failure(
+        1,
+        &[
+            "preparation step migrate failed (exit status 3)",
+            "RuntimeError: fake events sent",
+        ],
+        READY,
+    );
+    for step in STEPS {
+        assert!(
+            !env.stamp(step).exists(),
+            "{step} stamp written from output that only looks like an event\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("step collectstatic started") && !stderr.contains("step migrate finished"),
+        "output was taken for an event\n{stderr}"
+    );
+    // The lines are logged as the output they are.
+    assert!(
+        stderr.contains("step-done collectstatic 1"),
+        "the fake lines are not in the log\n{stderr}"
+    );
+    // fd 3 is close-on-exec in the driver: the shell could not write to it, so the
+    // launcher saw no stray event at all.
+    assert!(
+        !stderr.contains("protocol violation"),
+        "a child of the driver reached the event pipe\n{stderr}"
+    );
 }
 
 #[test]
@@ -596,7 +730,7 @@ fn sigint_or_a_group_wide_sigterm_during_preparation_stop_cleanly() {
     assert_eq!(code, 130, "exit code after SIGINT\n{}", env.log_context());
     assert!(
         env.stderr()
-            .contains("stopped by signal 2 during preparation step migrate"),
+            .contains("stopped by signal 2 (SIGINT) during preparation step migrate"),
         "{}",
         env.log_context()
     );

@@ -8,13 +8,16 @@
 //! - [`env`]: the app's environment, built from scratch from explicit inputs;
 //! - [`secret`]: the rules a secret value must pass, and generation from given random bytes;
 //! - [`stamp`]: fingerprints of a preparation step's inputs and the run/skip decision;
-//! - [`layout`]: the data directory tree with its modes.
+//! - [`layout`]: the data directory tree with its modes;
+//! - [`protocol`]: the preparation driver's events, bounded line splitting, and which
+//!   steps the events prove finished.
 
 pub mod env;
 pub mod facts;
 pub mod finding;
 pub mod judge;
 pub mod layout;
+pub mod protocol;
 pub mod secret;
 pub mod stamp;
 

@@ -8,12 +8,14 @@
 //! no chown of a tree owned by someone else); what to do is decided by the caller.
 
 pub mod account;
+pub mod child;
 pub mod exec;
 pub mod files;
 pub mod privs;
 pub mod tree;
 pub mod trust;
 
+pub use child::StopSignal;
 pub use nix::unistd::{Gid, Uid};
 
 /// True when the effective user is root.
@@ -37,15 +39,16 @@ pub fn thread_count() -> std::io::Result<usize> {
         .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
 }
 
-/// Put SIGTERM and SIGINT back to their default action (terminate). The preparation's
-/// async runtime installed handlers for them that outlive it; between its end and the
-/// exec of the server a stop request must still stop the launcher, not be swallowed.
+/// Put the stop signals (see [`StopSignal`]) back to their default action. The
+/// preparation's async runtime installed handlers for them that outlive it; between its
+/// end and the exec of the server a stop request must still stop the launcher, not be
+/// swallowed, and the server must start with the default actions.
 pub fn default_stop_signals() -> nix::Result<()> {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+    use nix::sys::signal::{SigHandler, signal};
+    for sig in StopSignal::ALL {
         // SAFETY: installing SIG_DFL runs no handler code, so no async-signal-safety
         // requirement applies; the previous handler is not used afterwards.
-        unsafe { signal(sig, SigHandler::SigDfl) }?;
+        unsafe { signal(sig.nix(), SigHandler::SigDfl) }?;
     }
     Ok(())
 }
@@ -53,11 +56,15 @@ pub fn default_stop_signals() -> nix::Result<()> {
 /// End the process by `signal` with its default action, so the service manager sees a
 /// death by that signal (for SIGTERM: a clean stop) rather than an exit status. Returns
 /// only if the signal did not end the process.
-pub fn die_of_signal(signal: i32) {
-    use nix::sys::signal::{SigHandler, SigSet, Signal, raise, signal as set_handler};
-    let Ok(sig) = Signal::try_from(signal) else {
-        return;
-    };
+///
+/// SIGQUIT's default action also dumps core; a core of this process would hold the
+/// secrets it loaded, so the process is made non-dumpable first and the kernel writes
+/// none.
+pub fn die_of_signal(signal: StopSignal) {
+    use nix::sys::signal::{SigHandler, SigSet, raise, signal as set_handler};
+    let sig = signal.nix();
+    // SAFETY: prctl with integer arguments only; no memory is passed to the kernel.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: installing SIG_DFL runs no handler code.
     if unsafe { set_handler(sig, SigHandler::SigDfl) }.is_err() {
         return;

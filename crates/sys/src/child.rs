@@ -1,0 +1,198 @@
+//! The preparation child's plumbing: a pipe whose write end the child alone inherits,
+//! under a fixed descriptor number, and the signals that stop the launcher while the child
+//! runs.
+//!
+//! The pipe is created close-on-exec, so nothing the launcher starts inherits it by
+//! accident; the one child meant to write to it gets a copy placed at its number between
+//! fork and exec. What the child does with it further (keeping it from its own children)
+//! is the child's business.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// A pipe with both ends close-on-exec: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Give the child that `cmd` spawns a copy of `fd` as descriptor `as_fd`, kept across
+/// exec; every other descriptor keeps its close-on-exec flag. `as_fd` must be above 2
+/// (stdin, stdout and stderr are `Command`'s), else the spawn fails with EINVAL.
+///
+/// `cmd` owns `fd` from now on: drop `cmd` right after spawning, or this process keeps
+/// its copy open too (for a pipe's write end: the reader never sees end of file).
+pub fn pass_fd_in_child(cmd: &mut Command, fd: OwnedFd, as_fd: RawFd) {
+    let place = move || -> io::Result<()> {
+        if as_fd <= 2 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let from = fd.as_raw_fd();
+        loop {
+            let rc = if from == as_fd {
+                // dup2 onto itself changes nothing, close-on-exec included: clear it.
+                // SAFETY: fcntl with integer arguments on a descriptor owned by `fd`.
+                unsafe { libc::fcntl(as_fd, libc::F_SETFD, 0) }
+            } else {
+                // The copy dup2 makes is never close-on-exec. Whatever the child had at
+                // `as_fd` is closed, in the child only.
+                // SAFETY: dup2 with integer arguments; `from` is owned by `fd`.
+                unsafe { libc::dup2(from, as_fd) }
+            };
+            if rc != -1 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    };
+    // SAFETY: the closure runs in the forked child before exec and is async-signal-safe:
+    // it calls dup2 or fcntl and reads errno, and allocates nothing (io::Error from an
+    // errno value is stored inline). It runs after Command's own stdio setup, so `as_fd`
+    // above 2 cannot be overwritten by it.
+    unsafe { cmd.pre_exec(place) };
+}
+
+/// The signals that ask the launcher to stop: SIGTERM (`systemctl stop`), SIGINT
+/// (Ctrl-C), SIGHUP (the controlling terminal went away) and SIGQUIT (Ctrl-\). While the
+/// preparation child runs the launcher catches them and stops the child first; otherwise
+/// their default action ends the launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopSignal {
+    Term,
+    Int,
+    Hup,
+    Quit,
+}
+
+impl StopSignal {
+    pub const ALL: [StopSignal; 4] = [
+        StopSignal::Term,
+        StopSignal::Int,
+        StopSignal::Hup,
+        StopSignal::Quit,
+    ];
+
+    /// The signal number.
+    pub fn raw(self) -> i32 {
+        self.nix() as i32
+    }
+
+    /// The signal's name, e.g. `SIGTERM`.
+    pub fn name(self) -> &'static str {
+        self.nix().as_str()
+    }
+
+    pub fn from_raw(raw: i32) -> Option<StopSignal> {
+        StopSignal::ALL.into_iter().find(|s| s.raw() == raw)
+    }
+
+    pub(crate) fn nix(self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal;
+        match self {
+            StopSignal::Term => Signal::SIGTERM,
+            StopSignal::Int => Signal::SIGINT,
+            StopSignal::Hup => Signal::SIGHUP,
+            StopSignal::Quit => Signal::SIGQUIT,
+        }
+    }
+}
+
+impl std::fmt::Display for StopSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    /// Run `script` with `sh -c`, a pipe's write end passed as `as_fd`; returns its exit
+    /// status and what arrived on the pipe.
+    fn run(script: &str, as_fd: RawFd) -> (std::process::ExitStatus, String) {
+        let (read, write) = pipe().unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        pass_fd_in_child(&mut cmd, write, as_fd);
+        let mut child = cmd.spawn().unwrap();
+        drop(cmd);
+        let mut got = String::new();
+        std::fs::File::from(read).read_to_string(&mut got).unwrap();
+        (child.wait().unwrap(), got)
+    }
+
+    #[test]
+    fn the_child_writes_to_the_passed_descriptor_and_the_reader_sees_its_end() {
+        let (status, got) = run("echo hello >&3", 3);
+        assert!(status.success());
+        assert_eq!(got, "hello\n");
+    }
+
+    #[test]
+    fn a_child_that_is_not_given_the_pipe_does_not_inherit_it() {
+        // The write end lives in this process under some number; a child spawned
+        // without pass_fd_in_child does not have it (close-on-exec).
+        let (read, write) = pipe().unwrap();
+        let n = write.as_raw_fd();
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("test -e /proc/self/fd/{n}"))
+            .status()
+            .unwrap();
+        assert!(!status.success(), "fd {n} was inherited");
+        drop((read, write));
+    }
+
+    #[test]
+    fn a_descriptor_already_at_the_wanted_number_loses_close_on_exec() {
+        let (read, write) = pipe().unwrap();
+        // A number far from what the test harness's threads use.
+        let high =
+            nix::fcntl::fcntl(write.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(200)).unwrap();
+        drop(write);
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("echo same > /proc/self/fd/{high}"));
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
+        pass_fd_in_child(&mut cmd, owned, high);
+        let mut child = cmd.spawn().unwrap();
+        drop(cmd);
+        let mut got = String::new();
+        std::fs::File::from(read).read_to_string(&mut got).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(got, "same\n");
+    }
+
+    #[test]
+    fn a_standard_stream_number_is_refused() {
+        let (read, write) = pipe().unwrap();
+        let mut cmd = Command::new("/bin/true");
+        pass_fd_in_child(&mut cmd, write, 1);
+        let err = cmd.spawn().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        drop(read);
+    }
+
+    #[test]
+    fn stop_signals_have_the_kernels_numbers_and_names() {
+        let want = [
+            (StopSignal::Term, libc::SIGTERM, "SIGTERM"),
+            (StopSignal::Int, libc::SIGINT, "SIGINT"),
+            (StopSignal::Hup, libc::SIGHUP, "SIGHUP"),
+            (StopSignal::Quit, libc::SIGQUIT, "SIGQUIT"),
+        ];
+        for (signal, raw, name) in want {
+            assert_eq!(signal.raw(), raw);
+            assert_eq!(signal.to_string(), name);
+            assert_eq!(StopSignal::from_raw(raw), Some(signal));
+        }
+        assert_eq!(StopSignal::from_raw(libc::SIGKILL), None);
+    }
+}
