@@ -9,6 +9,7 @@
 
 mod reader;
 mod suggest;
+pub mod unit;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use reader::{Reader, Table};
+pub use unit::{Directive, Limit, Section, Unit};
 
 /// A validated launcher configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +31,8 @@ pub struct Config {
     /// Plain (non-secret) variables for the app.
     pub environment: BTreeMap<String, String>,
     pub server: Server,
+    /// Limits and restart policy of the unit (rendered by `unit` and the NixOS module).
+    pub unit: Unit,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +114,31 @@ impl fmt::Display for GenerateKind {
 pub struct Server {
     /// argv of the server; `command[0]` is an absolute path.
     pub command: Vec<String>,
+    /// When systemd is told the service is ready.
+    pub ready: Ready,
+}
+
+/// Who sends READY=1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// The server itself: gunicorn's arbiter, once its socket listens and before any
+    /// worker exists (unit: NotifyAccess=main).
+    Arbiter,
+    /// gunicorn's first worker, once it has loaded the app, through a gunicorn config
+    /// file the launcher passes (`-c`); the arbiter's own READY=1 is suppressed (unit:
+    /// NotifyAccess=all).
+    Worker,
+}
+
+impl Ready {
+    pub const ALL: [Ready; 2] = [Ready::Arbiter, Ready::Worker];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ready::Arbiter => "arbiter",
+            Ready::Worker => "worker",
+        }
+    }
 }
 
 /// The variable the launcher always gives the app: the data directory.
@@ -378,6 +407,7 @@ const TOP_KEYS: &[&str] = &[
     "secrets",
     "environment",
     "server",
+    "unit",
 ];
 const SERVICE_KEYS: &[&str] = &[
     "user",
@@ -394,17 +424,18 @@ const PREPARE_KEYS: &[&str] = &[
     "compilemessages",
     "stall_timeout_sec",
 ];
-const SERVER_KEYS: &[&str] = &["command"];
+const SERVER_KEYS: &[&str] = &["command", "ready"];
 const SECRET_SOURCE_KEYS: &[&str] = &["file", "credential", "generate"];
 
 /// All keys of all fixed tables, to tell an admin that a key lives in another table.
 fn table_of_key(key: &str) -> Option<&'static str> {
-    let tables: [(&str, &[&str]); 5] = [
+    let tables: [(&str, &[&str]); 6] = [
         ("service", SERVICE_KEYS),
         ("app", APP_KEYS),
         ("database", DATABASE_KEYS),
         ("prepare", PREPARE_KEYS),
         ("server", SERVER_KEYS),
+        ("unit", unit::UNIT_KEYS),
     ];
     tables
         .iter()
@@ -428,6 +459,8 @@ fn read_config(r: &mut Reader, root: &toml::Table) -> Option<Config> {
     let environment = read_environment(r, t.as_ref());
     let t = r.table(root, "", "server", true);
     let server = read_server(r, t.as_ref());
+    let t = r.table(root, "", "unit", false);
+    let unit = unit::read_unit(r, t.as_ref());
 
     if let (Some(secrets), Some(environment)) = (&secrets, &environment) {
         for name in secrets.keys() {
@@ -460,6 +493,7 @@ fn read_config(r: &mut Reader, root: &toml::Table) -> Option<Config> {
         secrets: secrets?,
         environment: environment?,
         server: server?,
+        unit: unit?,
     })
 }
 
@@ -803,8 +837,56 @@ fn read_server(r: &mut Reader, t: Option<&Table>) -> Option<Server> {
             r.problem("server.command", "an argument contains a NUL byte", None);
             None
         }
-        Some(_) => Some(Server { command }),
+        Some(_) => {
+            let ready = read_ready(r, t, &command)?;
+            Some(Server { command, ready })
+        }
     }
+}
+
+fn read_ready(r: &mut Reader, t: &Table, command: &[String]) -> Option<Ready> {
+    let value = r.string(t, "server", "ready", false);
+    let ready = match value.as_deref() {
+        None => Ready::Arbiter,
+        Some(v) => match Ready::ALL.iter().find(|k| k.as_str() == v) {
+            Some(k) => *k,
+            None => {
+                let names: Vec<&str> = Ready::ALL.iter().map(|k| k.as_str()).collect();
+                let hint = suggest::did_you_mean(v, &names)
+                    .unwrap_or_else(|| format!("use one of: {}", names.join(", ")));
+                r.problem("server.ready", format!("unknown value {v:?}"), Some(hint));
+                return None;
+            }
+        },
+    };
+    if ready == Ready::Worker {
+        let gunicorn = command.iter().take(3).any(|a| {
+            Path::new(a)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("gunicorn"))
+        });
+        if !gunicorn {
+            r.problem(
+                "server.ready",
+                "\"worker\" needs gunicorn as the server",
+                Some("it works through a gunicorn hook; with another server use ready = \"arbiter\" (the default)".into()),
+            );
+            return None;
+        }
+        if let Some(a) = command.iter().find(|a| {
+            *a == "-c"
+                || a.starts_with("--config")
+                || (a.starts_with("-c") && a.len() > 2 && !a.starts_with("--"))
+        }) {
+            r.problem(
+                "server.ready",
+                format!("\"worker\" passes its own gunicorn config file, and server.command already has {a}"),
+                Some("move those settings to command-line options, or use ready = \"arbiter\"".into()),
+            );
+            return None;
+        }
+    }
+    Some(ready)
 }
 
 fn check_account_name(r: &mut Reader, key: &str, name: &str) -> bool {

@@ -453,6 +453,118 @@ fn deeply_nested_input_is_refused_without_overflowing_the_stack() {
     }
 }
 
+#[test]
+fn the_unit_table_defaults_come_from_the_shared_file_and_validate() {
+    let cfg = parse_str(GOOD).unwrap();
+    let defaults: toml::Table = toml::from_str(unit::DEFAULTS).unwrap();
+    for key in defaults.keys() {
+        assert!(
+            unit::UNIT_KEYS.contains(&key.as_str()),
+            "unknown default {key}"
+        );
+    }
+    let u = &cfg.unit;
+    assert_eq!(u.memory_high, Limit::Bytes(1 << 30));
+    assert_eq!(u.memory_max, Limit::Bytes(1536 << 20));
+    assert_eq!(u.tasks_max, Limit::Count(512));
+    assert_eq!(
+        (u.memory_high.to_string(), u.memory_max.to_string()),
+        ("1G".into(), "1536M".into())
+    );
+    assert_eq!(Limit::Bytes(1000).to_string(), "1000");
+    assert_eq!((u.limit_nofile, u.restart_sec), (8192, 5));
+    assert_eq!((u.restart_steps, u.restart_max_delay_sec), (None, None));
+    assert_eq!((u.start_limit_interval_sec, u.start_limit_burst), (600, 10));
+    assert_eq!(cfg.server.ready, Ready::Arbiter);
+}
+
+#[test]
+fn unit_keys_override_the_defaults_and_render_as_directives() {
+    let cfg = parse_str(&format!(
+        "{GOOD}\n[unit]\nmemory_max = \"infinity\"\nmemory_high = \"50%\"\ntasks_max = \"infinity\"\nrestart_sec = 2\nrestart_steps = 4\nrestart_max_delay_sec = 60\n"
+    ))
+    .unwrap();
+    let lines: Vec<String> = cfg
+        .unit
+        .directives()
+        .iter()
+        .map(|d| format!("{:?} {}={}", d.section, d.name, d.value))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "Unit StartLimitIntervalSec=600s",
+            "Unit StartLimitBurst=10",
+            "Service RestartSec=2s",
+            "Service RestartSteps=4",
+            "Service RestartMaxDelaySec=60s",
+            "Service MemoryHigh=50%",
+            "Service MemoryMax=infinity",
+            "Service TasksMax=infinity",
+            "Service LimitNOFILE=8192",
+        ]
+    );
+}
+
+#[test]
+fn bad_unit_values_are_reported_with_their_keys() {
+    let text = rendered(&format!(
+        "{GOOD}\n[unit]\nmemory_max = \"1 GB\"\nmemory_high = \"2G\"\ntasks_max = 0\nlimit_nofile = 10\nrestart_steps = 3\nstart_limit_burst = \"5\"\nmemroy_max = 1\n"
+    ));
+    for want in [
+        "unit.memory_max: \"1 GB\" is not a memory size",
+        "unit.tasks_max: 0 is not a task limit",
+        "unit.limit_nofile: 10 is out of range",
+        "unit: restart_steps and restart_max_delay_sec go together",
+        "unit.start_limit_burst: must be an integer, not a string",
+        "unit.memroy_max: unknown key (did you mean `memory_max`?)",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let text = rendered(&format!(
+        "{GOOD}\n[unit]\nmemory_high = \"2G\"\nmemory_max = \"1G\"\nrestart_steps = 3\nrestart_max_delay_sec = 5\n"
+    ));
+    assert!(
+        text.contains("unit.memory_high: 2147483648 bytes is above unit.memory_max"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unit.restart_max_delay_sec: 5 is not above restart_sec (5)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn ready_worker_needs_gunicorn_without_a_config_file_of_its_own() {
+    let with = |command: &str| {
+        GOOD.replace(
+            "command = [\"/opt/bitpoll/venv/bin/gunicorn\", \"--bind\", \"127.0.0.1:3008\", \"bitpoll.wsgi:application\"]",
+            &format!("command = {command}\nready = \"worker\""),
+        )
+    };
+    let cfg = parse_str(&with("[\"/v/bin/gunicorn\", \"app:wsgi\"]")).unwrap();
+    assert_eq!(cfg.server.ready, Ready::Worker);
+    let cfg = parse_str(&with(
+        "[\"/v/bin/python\", \"-m\", \"gunicorn\", \"app:wsgi\"]",
+    ))
+    .unwrap();
+    assert_eq!(cfg.server.ready, Ready::Worker);
+    let text = rendered(&with("[\"/usr/bin/uwsgi\", \"--http\", \":8000\"]"));
+    assert!(
+        text.contains("server.ready: \"worker\" needs gunicorn"),
+        "{text}"
+    );
+    let text = rendered(&with(
+        "[\"/v/bin/gunicorn\", \"-c\", \"/etc/g.py\", \"app:wsgi\"]",
+    ));
+    assert!(text.contains("server.command already has -c"), "{text}");
+    let text = rendered(&GOOD.replace("[server]\n", "[server]\nready = \"workers\"\n"));
+    assert!(
+        text.contains("server.ready: unknown value \"workers\" (did you mean `worker`?)"),
+        "{text}"
+    );
+}
+
 mod properties {
     use proptest::prelude::*;
 
