@@ -16,6 +16,9 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     let data_dir = &cfg.service.data_dir;
     let user_uid = facts.account.user.as_ref().map(|u| u.uid);
     let mut out = Vec::new();
+    if let Some(f) = state_directory(cfg, facts) {
+        out.push(f);
+    }
     let tree = &facts.tree;
     if !tree.parent_exists {
         let parent = data_dir.parent().unwrap_or(data_dir);
@@ -169,6 +172,36 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     out
 }
 
+/// In a unit with `StateDirectory=` (the unprivileged unit), systemd creates the service
+/// user's directory and names it in `STATE_DIRECTORY` (absolute paths, ':'-separated).
+/// The data directory must be one of them: anywhere else it is not the directory systemd
+/// made writable and owns for the user, and under ProtectSystem=strict it cannot be
+/// created at all.
+fn state_directory(cfg: &Config, facts: &Facts) -> Option<Finding> {
+    let (_, value) = facts
+        .inherited
+        .iter()
+        .find(|(k, _)| k == "STATE_DIRECTORY")?;
+    let data_dir = &cfg.service.data_dir;
+    if value
+        .split(':')
+        .any(|p| std::path::Path::new(p) == data_dir.as_path())
+    {
+        return None;
+    }
+    let first = value.split(':').next().unwrap_or(value);
+    Some(Finding::error(
+        Group::DataDir,
+        data_dir.display().to_string(),
+        format!(
+            "is not the directory systemd created for the unit (StateDirectory=, STATE_DIRECTORY={value})"
+        ),
+        format!(
+            "set service.data_dir = \"{first}\", or render the unit again from this config (`bitpoll-launcher unit --unprivileged` derives StateDirectory= from service.data_dir)"
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +298,34 @@ mod tests {
             owner_name: None,
         };
         assert_eq!(errors(&judge(&fixture::config(""), &facts)).len(), 1);
+    }
+
+    #[test]
+    fn the_data_dir_must_be_the_state_directory_systemd_made() {
+        let mut facts = fixture::facts();
+        let data_dir = fixture::config("").service.data_dir;
+        facts.inherited = vec![(
+            "STATE_DIRECTORY".into(),
+            format!("/var/lib/other:{}", data_dir.display()),
+        )];
+        assert!(errors(&judge(&fixture::config(""), &facts)).is_empty());
+        facts.inherited = vec![("STATE_DIRECTORY".into(), "/var/lib/other".into())];
+        let f = judge(&fixture::config(""), &facts);
+        let e = errors(&f);
+        assert_eq!(e.len(), 1, "{f:?}");
+        assert!(
+            e[0].message.contains("STATE_DIRECTORY=/var/lib/other"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[0].fix
+                .as_deref()
+                .unwrap()
+                .contains("service.data_dir = \"/var/lib/other\""),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]
