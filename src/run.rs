@@ -18,12 +18,12 @@ use std::time::Instant;
 use anyhow::{Context as _, anyhow};
 use tracing::{info, warn};
 
-use launcher_config::Config;
+use launcher_config::{Config, Ready};
 use launcher_plan::env::{self, Purpose};
 use launcher_plan::facts::{Facts, SecretState, View};
 use launcher_plan::finding::{Finding, Severity, refusal};
 use launcher_plan::judge::{self, prepare::Decision, secrets::Action};
-use launcher_plan::layout::{TREE, sqlite_files_in_data_dir};
+use launcher_plan::layout::{self, READY_HOOK_FILE, STATE_DIR, TREE, sqlite_files_in_data_dir};
 use launcher_plan::secret::SecretValue;
 use launcher_sys::account::Account;
 use launcher_sys::privs::Target;
@@ -68,6 +68,11 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let started = Instant::now();
     // Files the preparation and the app create are not readable by others.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+    // Socket activation: the listening sockets are for the server only, not for the
+    // preparation child.
+    let sockets = launcher_sys::exec::hold_listen_fds()
+        .context("the sockets systemd passed (LISTEN_FDS) are not usable")
+        .or_exit(exit::RUNTIME)?;
 
     let phase = Phase::begin("config", "Reading configuration");
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
@@ -208,6 +213,10 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
 
     let server_env = env::build(&env_inputs, Purpose::Server);
     drop(secret_values);
+    if cfg.server.ready == Ready::Worker {
+        write_ready_hook(&tree, owner).or_exit(exit::SYSTEM)?;
+    }
+    let server_argv = layout::server_argv(&cfg);
 
     let phase = Phase::begin("drop", "Dropping privileges");
     drop_privileges(&target, &cfg.app.source_dir).or_exit(exit::PRIVILEGES)?;
@@ -219,10 +228,38 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     ));
 
     let total = started.elapsed().as_millis() as u64;
+    if sockets > 0 {
+        info!(
+            phase = "exec",
+            sockets,
+            "handing {sockets} listening socket(s) from systemd to the server (socket activation)"
+        );
+    }
     notify::status("Starting the server");
-    info!(phase = "exec", duration_ms = total, program = %cfg.server.command[0], "launcher done in {total} ms, executing {}", cfg.server.command.join(" "));
-    let err = launcher_sys::exec::exec(&cfg.server.command, &server_env);
+    info!(phase = "exec", duration_ms = total, program = %server_argv[0], "launcher done in {total} ms, executing {}", server_argv.join(" "));
+    let err = launcher_sys::exec::exec(&server_argv, &server_env);
     Err(Exit::new(exit::RUNTIME, err))
+}
+
+/// gunicorn's config file with the worker readiness hook (`[server] ready = "worker"`),
+/// written on every start so it is always the launcher's own text.
+fn write_ready_hook(tree: &tree::DataTree, owner: Owner) -> anyhow::Result<()> {
+    const HOOK: &str = include_str!("gunicorn_ready.py");
+    launcher_sys::files::write_atomic(
+        tree.dir(STATE_DIR),
+        &tree.path_of(STATE_DIR),
+        READY_HOOK_FILE,
+        HOOK.as_bytes(),
+        0o600,
+        owner.privileged.then_some((owner.uid, owner.gid)),
+        true,
+    )
+    .with_context(|| {
+        format!(
+            "cannot write gunicorn's readiness hook into {}",
+            tree.path_of(STATE_DIR).display()
+        )
+    })
 }
 
 /// The secrets' values: those read as root during observation, and those generated now.

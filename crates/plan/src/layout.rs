@@ -49,6 +49,28 @@ pub const SECRET_FILE_MODE: u32 = 0o600;
 /// Mode of stamp files.
 pub const STAMP_FILE_MODE: u32 = 0o600;
 
+/// File name, inside [`STATE_DIR`], of the gunicorn config with the readiness hook that
+/// `[server] ready = "worker"` passes to the server (written on every start).
+pub const READY_HOOK_FILE: &str = "gunicorn-ready.py";
+
+/// The server's argv: `server.command`, plus `-c <hook>` when the first worker, not
+/// gunicorn's arbiter, reports readiness (gunicorn takes options after the app too).
+pub fn server_argv(cfg: &Config) -> Vec<String> {
+    let mut argv = cfg.server.command.clone();
+    if cfg.server.ready == launcher_config::Ready::Worker {
+        argv.push("-c".into());
+        argv.push(
+            cfg.service
+                .data_dir
+                .join(STATE_DIR)
+                .join(READY_HOOK_FILE)
+                .display()
+                .to_string(),
+        );
+    }
+    argv
+}
+
 /// File name of a step's stamp inside [`STATE_DIR`].
 pub fn stamp_file_name(step: crate::Step) -> String {
     format!("{}.stamp", step.name())
@@ -114,6 +136,35 @@ pub fn app_outputs(cfg: &Config) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_readiness_hook_is_passed_as_gunicorns_config_file() {
+        let text = r#"
+[service]
+user = "bitpoll"
+data_dir = "/var/lib/bitpoll"
+[app]
+python = "/v/bin/python"
+source_dir = "/src"
+[secrets]
+BITPOLL_SECRET_KEY = { generate = "django-secret-key" }
+BITPOLL_FIELD_ENCRYPTION_KEY = { generate = "fernet-key" }
+[server]
+command = ["/v/bin/gunicorn", "app:wsgi"]
+"#;
+        let cfg = launcher_config::parse_str(text).unwrap();
+        assert_eq!(server_argv(&cfg), ["/v/bin/gunicorn", "app:wsgi"]);
+        let cfg = launcher_config::parse_str(&format!("{text}ready = \"worker\"\n")).unwrap();
+        assert_eq!(
+            server_argv(&cfg),
+            [
+                "/v/bin/gunicorn",
+                "app:wsgi",
+                "-c",
+                "/var/lib/bitpoll/state/gunicorn-ready.py"
+            ]
+        );
+    }
 
     #[test]
     fn data_dir_comes_first_and_secrets_are_private() {
