@@ -118,6 +118,26 @@ pub struct UnitArgs {
     /// Use this hardening list instead of the built-in copy of nixos/hardening.toml.
     #[arg(long, value_name = "FILE")]
     pub hardening: Option<PathBuf>,
+
+    /// Start the launcher as the service user (User=, StateDirectory=, no capabilities)
+    /// instead of as root. service.data_dir must be below /var/lib, and secrets come from
+    /// credentials or are generated, not from root's files.
+    #[arg(long)]
+    pub unprivileged: bool,
+
+    /// Activate the service by a bitpoll.socket unit that holds the listening socket across
+    /// restarts (print that unit with --socket-unit).
+    #[arg(long)]
+    pub socket: bool,
+
+    /// Print the bitpoll.socket unit instead of the service.
+    #[arg(long)]
+    pub socket_unit: bool,
+
+    /// The socket unit's address: HOST:PORT or a unix socket path (default: the --bind of
+    /// server.command). Implies --socket.
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Args)]

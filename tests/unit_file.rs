@@ -1,13 +1,16 @@
-//! The unit for non-NixOS hosts and the NixOS module share one hardening list, and the
-//! unit `bitpoll-launcher unit` prints is valid and meets the security target.
+//! The unit for non-NixOS hosts and the NixOS module share one hardening list and one
+//! table of limits, and the units `bitpoll-launcher unit` prints, in both modes and with
+//! socket activation, are valid and meet their security targets.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bitpoll-launcher");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-/// `systemd-analyze security` exposure target, times ten.
-const THRESHOLD: &str = "25";
+/// `systemd-analyze security` exposure targets, times ten: the privileged unit (the
+/// launcher starts as root) and the unprivileged one (started as the service user).
+const THRESHOLD_PRIVILEGED: u32 = 25;
+const THRESHOLD_UNPRIVILEGED: u32 = 12;
 
 struct Dir(PathBuf);
 
@@ -54,28 +57,36 @@ command = ["/usr/bin/python3", "-m", "gunicorn"]
     config
 }
 
-fn render_unit(dir: &Path) -> PathBuf {
+/// `bitpoll-launcher unit --config <dir>/launcher.toml ARGS...`, written to
+/// `<dir>/<file>`.
+fn render_unit_with(dir: &Path, args: &[&str], file: &str) -> PathBuf {
     let config = write_config(dir);
     let out = Command::new(BIN)
         .args(["unit", "--config"])
         .arg(&config)
         .args(["--binary", BIN, "--credential", "fek=/etc/bitpoll/fek"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "unit failed: {}",
+        "unit {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let unit = dir.join("bitpoll.service");
+    let unit = dir.join(file);
     std::fs::write(&unit, &out.stdout).unwrap();
     unit
 }
 
-/// The hardening table as `Directive=value` lines, rendered the way both readers do.
-fn hardening_lines_from(json: &serde_json::Value) -> Vec<String> {
+fn render_unit(dir: &Path) -> PathBuf {
+    render_unit_with(dir, &[], "bitpoll.service")
+}
+
+/// A table of the hardening file as `Directive=value` lines, rendered the way both readers
+/// do.
+fn hardening_lines_from(json: &serde_json::Value, table: &str) -> Vec<String> {
     let mut lines = Vec::new();
-    for (k, v) in json["Service"].as_object().expect("a Service table") {
+    for (k, v) in json[table].as_object().expect("a table of that name") {
         let scalar = |v: &serde_json::Value| match v {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -101,6 +112,13 @@ fn the_module_reads_the_same_hardening_file_the_unit_is_rendered_from() {
         module.contains("serviceConfig = hardening //"),
         "the module must apply that list to the unit"
     );
+    assert!(
+        module.contains("hardeningFile.Service")
+            && module.contains(
+                "(if cfg.unprivileged then hardeningFile.Unprivileged else hardeningFile.Privileged)"
+            ),
+        "the module must add the mode's table to the shared one"
+    );
     let src = std::fs::read_to_string(Path::new(ROOT).join("src/unit.rs")).unwrap();
     assert!(
         src.contains("include_str!(\"../nixos/hardening.toml\")"),
@@ -111,7 +129,6 @@ fn the_module_reads_the_same_hardening_file_the_unit_is_rendered_from() {
     let toml_text = std::fs::read_to_string(Path::new(ROOT).join("nixos/hardening.toml")).unwrap();
     let as_rust: toml::Table = toml::from_str(&toml_text).unwrap();
     let as_json = serde_json::to_value(&as_rust).unwrap();
-    let mut expected = hardening_lines_from(&as_json);
     if let Ok(out) = Command::new("nix-instantiate")
         .current_dir(ROOT)
         .args([
@@ -137,37 +154,120 @@ fn the_module_reads_the_same_hardening_file_the_unit_is_rendered_from() {
         eprintln!("nix-instantiate not installed: compared with the TOML parser only");
     }
     let dir = Dir::new("same");
-    let unit = std::fs::read_to_string(render_unit(&dir.0)).unwrap();
-    expected.sort();
-    for line in expected {
-        assert!(
-            unit.lines().any(|l| l == line),
-            "rendered unit lacks hardening line {line:?}:\n{unit}"
-        );
+    for (mode, args) in [
+        ("Privileged", &[][..]),
+        ("Unprivileged", &["--unprivileged"][..]),
+    ] {
+        let unit =
+            std::fs::read_to_string(render_unit_with(&dir.0, args, "bitpoll.service")).unwrap();
+        let mut expected = hardening_lines_from(&as_json, "Service");
+        expected.extend(hardening_lines_from(&as_json, mode));
+        for line in expected {
+            assert!(
+                unit.lines().any(|l| l == line),
+                "the {mode} unit lacks hardening line {line:?}:\n{unit}"
+            );
+        }
+        let other = if mode == "Privileged" {
+            "Unprivileged"
+        } else {
+            "Privileged"
+        };
+        for line in hardening_lines_from(&as_json, other) {
+            if !hardening_lines_from(&as_json, mode).contains(&line) {
+                assert!(
+                    !unit.lines().any(|l| l == line),
+                    "the {mode} unit has the {other} line {line:?}"
+                );
+            }
+        }
     }
 }
 
 #[test]
-fn the_rendered_unit_verifies_and_meets_the_security_target() {
-    let dir = Dir::new("verify");
-    let unit = render_unit(&dir.0);
+fn the_module_renders_the_unit_table_as_the_launcher_does() {
+    let module = std::fs::read_to_string(Path::new(ROOT).join("nixos/module.nix")).unwrap();
+    for want in [
+        "builtins.fromTOML (builtins.readFile ./unit-defaults.toml)",
+        "import ./unit-directives.nix cfg.settings.unit",
+        "unit = mapAttrs (_: mkDefault) unitDefaults;",
+        "serviceConfig = hardening // unitDirectives.serviceConfig //",
+        "unitConfig = unitDirectives.unitConfig //",
+    ] {
+        assert!(module.contains(want), "nixos/module.nix lacks {want:?}");
+    }
+    let Some(nix) = nix_instantiate() else {
+        eprintln!("SKIP: BITPOLL_SKIP_NIX=1");
+        return;
+    };
+    let dir = Dir::new("limits");
+    let extra = "restart_steps = 3\nrestart_max_delay_sec = 60\nmemory_max = \"2G\"\n";
+    let config = write_config(&dir.0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[unit]\n{extra}")).unwrap();
+    let out = Command::new(BIN)
+        .args(["unit", "--config"])
+        .arg(&config)
+        .args(["--binary", BIN, "--credential", "fek=/etc/bitpoll/fek"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = String::from_utf8(out.stdout).unwrap();
+    let expr = format!(
+        "import ./nixos/unit-directives.nix (builtins.fromTOML (builtins.readFile ./nixos/unit-defaults.toml) // builtins.fromTOML ''{extra}'')"
+    );
+    let out = Command::new(nix)
+        .current_dir(ROOT)
+        .args(["--eval", "--strict", "--json", "-E", &expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_nix: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (unit_section, service) = unit.split_once("\n[Service]\n").unwrap();
+    let mut seen = 0;
+    for (table, section) in [("unitConfig", unit_section), ("serviceConfig", service)] {
+        for line in hardening_lines_from(&from_nix, table) {
+            assert!(
+                section.lines().any(|l| l == line),
+                "the module renders {line:?} ({table}), the launcher's unit does not:\n{unit}"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 9, "every key of the [unit] table, steps included");
+}
+
+/// `systemd-analyze verify` of the unit files, which must pass without a word.
+fn verify(units: &[&Path]) {
     let verify = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&unit)
+        .args(units)
         .output()
         .expect("systemd-analyze is installed");
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(
-        verify.status.success(),
-        "systemd-analyze verify failed:\n{stderr}"
+        verify.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify {units:?} failed:\n{stderr}"
     );
+}
+
+/// `systemd-analyze security --offline=true --threshold=N`: fails above N/10.
+fn assert_exposure_at_most(unit: &Path, threshold: u32) {
     let security = Command::new("systemd-analyze")
         .args([
             "security",
             "--offline=true",
-            &format!("--threshold={THRESHOLD}"),
+            &format!("--threshold={threshold}"),
         ])
-        .arg(&unit)
+        .arg(unit)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&security.stdout);
@@ -176,11 +276,57 @@ fn the_rendered_unit_verifies_and_meets_the_security_target() {
         .find(|l| l.contains("Overall exposure level"))
         .unwrap_or("no overall line")
         .to_string();
-    eprintln!("{overall}");
+    eprintln!("{}: {overall}", unit.display());
     assert!(
         security.status.success(),
-        "exposure above {THRESHOLD}/10:\n{text}"
+        "{}: exposure above {threshold}/10:\n{text}",
+        unit.display()
     );
+}
+
+#[test]
+fn the_privileged_unit_verifies_and_meets_its_security_target() {
+    let dir = Dir::new("verify");
+    let unit = render_unit(&dir.0);
+    verify(&[&unit]);
+    assert_exposure_at_most(&unit, THRESHOLD_PRIVILEGED);
+}
+
+#[test]
+fn the_unprivileged_unit_verifies_and_meets_its_security_target() {
+    let dir = Dir::new("unpriv");
+    let unit = render_unit_with(&dir.0, &["--unprivileged"], "bitpoll.service");
+    verify(&[&unit]);
+    assert_exposure_at_most(&unit, THRESHOLD_UNPRIVILEGED);
+}
+
+#[test]
+fn socket_activated_units_verify_in_both_modes_with_tcp_and_unix_sockets() {
+    for (listen, unprivileged) in [("127.0.0.1:8000", true), ("/run/bitpoll/http.sock", false)] {
+        let dir = Dir::new("socket");
+        let mut args = vec!["--socket", "--listen", listen];
+        if unprivileged {
+            args.push("--unprivileged");
+        }
+        let service = render_unit_with(&dir.0, &args, "bitpoll.service");
+        let socket = render_unit_with(
+            &dir.0,
+            &["--socket-unit", "--listen", listen],
+            "bitpoll.socket",
+        );
+        verify(&[&service, &socket]);
+        let text = std::fs::read_to_string(&socket).unwrap();
+        assert!(
+            text.lines().any(|l| l == format!("ListenStream={listen}")),
+            "{text}"
+        );
+        let threshold = if unprivileged {
+            THRESHOLD_UNPRIVILEGED
+        } else {
+            THRESHOLD_PRIVILEGED
+        };
+        assert_exposure_at_most(&service, threshold);
+    }
 }
 
 #[test]

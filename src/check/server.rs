@@ -109,6 +109,13 @@ fn check_port(bind: &str, uid: Option<Uid>, r: &mut Report) {
         }
     }
     match holder_of(&inodes) {
+        Some((1, _, comm)) => {
+            r.ok(
+                Group::Server,
+                subject,
+                format!("held by the service manager ({comm}, pid 1): a socket unit passes it to the server"),
+            );
+        }
         Some((pid, puid, comm)) if uid.is_some_and(|u| u.as_raw() == puid) => {
             r.ok(
                 Group::Server,

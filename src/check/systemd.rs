@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
-use launcher_config::Config;
+use launcher_config::{Config, Ready};
 use launcher_plan::finding::Group;
 
 use super::report::Report;
@@ -79,22 +79,38 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
             "set Type=notify",
         ),
     }
-    match props.get("NotifyAccess") {
-        Some(&"main") => r.ok(Group::Systemd, format!("{unit} NotifyAccess"), "main"),
-        Some(&"all") | Some(&"exec") => r.warn(
+    let worker = cfg.server.ready == Ready::Worker;
+    match (props.get("NotifyAccess"), worker) {
+        (Some(&"main"), false) => r.ok(Group::Systemd, format!("{unit} NotifyAccess"), "main"),
+        (Some(&"all"), true) => r.ok(
+            Group::Systemd,
+            format!("{unit} NotifyAccess"),
+            "all (server.ready = \"worker\": a gunicorn worker sends READY=1)",
+        ),
+        (Some(&"all") | Some(&"exec"), false) => r.warn(
             Group::Systemd,
             format!("{unit} NotifyAccess"),
             "lets processes other than the main one (gunicorn's workers) notify",
             "set NotifyAccess=main",
         ),
-        other => r.error(
+        (Some(&"main") | Some(&"exec"), true) => r.error(
+            Group::Systemd,
+            format!("{unit} NotifyAccess"),
+            "ignores the READY=1 of gunicorn's worker (server.ready = \"worker\"), so the start times out",
+            "set NotifyAccess=all (bitpoll-launcher unit renders it)",
+        ),
+        (other, _) => r.error(
             Group::Systemd,
             format!("{unit} NotifyAccess"),
             format!(
                 "is {}: the launcher's STATUS and gunicorn's READY=1 are ignored",
                 other.unwrap_or(&"?")
             ),
-            "set NotifyAccess=main",
+            if worker {
+                "set NotifyAccess=all"
+            } else {
+                "set NotifyAccess=main"
+            },
         ),
     }
     let runs_as_root = props
