@@ -7,8 +7,14 @@
 # service user, drops every privilege and execs gunicorn, which keeps the
 # main PID and reports READY=1 (Type=notify, NotifyAccess=main).
 #
-# The data directory is created by tmpfiles and made writable with
-# ReadWritePaths=, not StateDirectory=: for a unit without User= systemd
+# With services.bitpoll.unprivileged, systemd starts the launcher as the
+# service user instead (User=, StateDirectory=, no capabilities), and with
+# services.bitpoll.socket.enable a bitpoll.socket unit holds the listening
+# socket across restarts.
+#
+# In the (default) privileged mode the data directory is created by tmpfiles
+# and made writable with ReadWritePaths=, not StateDirectory=: for a unit
+# without User= systemd
 # chowns a StateDirectory tree back to root:root on every start whenever its
 # top is owned by someone else, undoing the launcher's ownership (and making
 # the SQLite database read-only for the service user, Bitpoll issue #199).
@@ -38,8 +44,12 @@ let
   cfg = config.services.bitpoll;
   settingsFormat = pkgs.formats.toml { };
 
-  # The one hardening list, shared with `bitpoll-launcher unit`.
-  hardening = (builtins.fromTOML (builtins.readFile ./hardening.toml)).Service;
+  # The one hardening list, shared with `bitpoll-launcher unit`: what both modes
+  # share, and what the mode adds (services.bitpoll.unprivileged).
+  hardeningFile = builtins.fromTOML (builtins.readFile ./hardening.toml);
+  hardening =
+    hardeningFile.Service
+    // (if cfg.unprivileged then hardeningFile.Unprivileged else hardeningFile.Privileged);
 
   python = cfg.package.python;
 
@@ -54,6 +64,16 @@ let
   controlSocketArgs = optionals (lib.versionAtLeast gunicornVersion "25.1") [ "--no-control-socket" ];
 
   configFile = settingsFormat.generate "bitpoll-launcher.toml" cfg.settings;
+
+  # --- unprivileged and socket-activated modes, limits (docs/nixos.md) ---------------
+  # The [unit] table's defaults, shared with the launcher (crates/config embeds the file),
+  # and its directives, named and valued as `bitpoll-launcher unit` renders them.
+  unitDefaults = builtins.fromTOML (builtins.readFile ./unit-defaults.toml);
+  unitDirectives = import ./unit-directives.nix cfg.settings.unit;
+  # StateDirectory= of the unprivileged unit: the data directory below /var/lib.
+  stateDirectory = lib.removePrefix "/var/lib/" (toString cfg.dataDir);
+  socketIsUnix = lib.hasPrefix "/" cfg.socket.listen;
+  notifyAccess = if (cfg.settings.server.ready or "arbiter") == "worker" then "all" else "main";
 
   nginxTls =
     let
@@ -197,6 +217,36 @@ in
       };
     };
 
+    # --- unprivileged and socket-activated modes (docs/nixos.md) -----------------------
+    unprivileged = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Start the launcher as {option}`services.bitpoll.user` (`User=`, `Group=`) with
+        no capability at any time, `PrivateUsers=`, and the data directory created by
+        systemd (`StateDirectory=`, so {option}`services.bitpoll.dataDir` must be below
+        /var/lib). Secrets come from {option}`services.bitpoll.secretFiles` (credentials)
+        or are generated. See docs/hardening.md for when to choose which mode.
+      '';
+    };
+
+    socket = {
+      enable = mkEnableOption ''
+        socket activation: systemd holds the listening socket (bitpoll.socket) while the
+        service restarts, prepares and migrates, so clients wait instead of being refused
+      '';
+      listen = mkOption {
+        type = types.str;
+        default = bind;
+        defaultText = literalExpression ''"''${listenAddress}:''${toString port}"'';
+        example = "/run/bitpoll/http.sock";
+        description = ''
+          `ListenStream=` of bitpoll.socket: HOST:PORT, or the path of a unix socket that
+          nginx (a member of the service group) connects to.
+        '';
+      };
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -213,6 +263,10 @@ in
       {
         assertion = cfg.port > 1023;
         message = "services.bitpoll.port must be above 1023: gunicorn runs without CAP_NET_BIND_SERVICE.";
+      }
+      {
+        assertion = !cfg.unprivileged || (lib.hasPrefix "/var/lib/" (toString cfg.dataDir) && !(lib.hasPrefix "private" stateDirectory));
+        message = "services.bitpoll.unprivileged needs services.bitpoll.dataDir below /var/lib (systemd's StateDirectory=).";
       }
       {
         assertion = lib.all (p: lib.hasPrefix "/" p && !(lib.hasPrefix "${builtins.storeDir}/" p)) (
@@ -251,6 +305,7 @@ in
           BITPOLL_FIELD_ENCRYPTION_KEY = mkDefault { generate = "fernet-key"; };
         };
       environment = mapAttrs (_: mkDefault) cfg.environment;
+      unit = mapAttrs (_: mkDefault) unitDefaults;
       server.command = mkDefault (
         [
           "${python}/bin/gunicorn"
@@ -284,7 +339,7 @@ in
       extraGroups = [ cfg.group ];
     };
 
-    systemd.tmpfiles.settings."10-bitpoll".${toString cfg.dataDir}.d = {
+    systemd.tmpfiles.settings."10-bitpoll".${toString cfg.dataDir}.d = mkIf (!cfg.unprivileged) {
       inherit (cfg) user group;
       mode = "0750";
     };
@@ -299,34 +354,69 @@ in
       documentation = [ "https://github.com/fsinfuhh/Bitpoll" ];
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
-      after = [ "network-online.target" ] ++ optional config.services.postgresql.enable "postgresql.service";
+      requires = optional cfg.socket.enable "bitpoll.socket";
+      after =
+        [ "network-online.target" ]
+        ++ optional config.services.postgresql.enable "postgresql.service"
+        ++ optional cfg.socket.enable "bitpoll.socket";
 
-      unitConfig.RequiresMountsFor = [ (toString cfg.dataDir) ];
+      unitConfig = unitDirectives.unitConfig // {
+        RequiresMountsFor = [ (toString cfg.dataDir) ];
+      };
 
-      serviceConfig = hardening // {
+      serviceConfig = hardening // unitDirectives.serviceConfig // {
         Type = "notify";
-        NotifyAccess = "main";
+        NotifyAccess = notifyAccess;
         ExecStart = "${lib.getExe cfg.launcherPackage} run --config ${configFile}";
         # gunicorn's output; the launcher's own records say bitpoll-launcher.
         SyslogIdentifier = "bitpoll";
         Restart = "on-failure";
-        RestartSec = "5s";
         # Config invalid, system not as required, drop failed: restarting cannot help
         # and would hide the launcher's message from `systemctl status`.
         RestartPreventExitStatus = "2 3 4";
         # Migrations can take long; the launcher extends the timeout
         # (EXTEND_TIMEOUT_USEC) while they make progress and fails on a stall.
         TimeoutStartSec = "5min";
-        ReadWritePaths = [ (toString cfg.dataDir) ];
         LoadCredential = mapAttrsToList (name: path: "${name}:${toString path}") cfg.secretFiles;
-      };
+      }
+      // (
+        if cfg.unprivileged then
+          {
+            User = cfg.user;
+            Group = cfg.group;
+            StateDirectory = stateDirectory;
+            StateDirectoryMode = "0750";
+          }
+        else
+          { ReadWritePaths = [ (toString cfg.dataDir) ]; }
+      );
+    };
+
+    systemd.sockets.bitpoll = mkIf cfg.socket.enable {
+      description = "Bitpoll's listening socket (held across restarts of bitpoll.service)";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ cfg.socket.listen ];
+      socketConfig =
+        {
+          Backlog = 1024;
+        }
+        // (
+          if socketIsUnix then
+            {
+              SocketGroup = cfg.group;
+              SocketMode = "0660";
+              RemoveOnStop = true;
+            }
+          else
+            { NoDelay = true; }
+        );
     };
 
     services.nginx = mkIf cfg.nginx.enable {
       enable = true;
       virtualHosts.${cfg.nginx.hostName} = {
         locations."/" = {
-          proxyPass = "http://${bind}";
+          proxyPass = if cfg.socket.enable && socketIsUnix then "http://unix:${cfg.socket.listen}" else "http://${bind}";
           recommendedProxySettings = true;
         };
         locations."/static/" = {

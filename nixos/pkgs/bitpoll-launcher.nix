@@ -32,6 +32,8 @@ rustPlatform.buildRustPackage {
       (fs.maybeMissing (root + "/clippy.toml"))
       (fs.maybeMissing (root + "/rustfmt.toml"))
       (root + "/nixos/hardening.toml")
+      # crates/config embeds the [unit] table's defaults.
+      (root + "/nixos/unit-defaults.toml")
     ];
   };
 
