@@ -4,7 +4,9 @@
 //!
 //! Everything is rendered by the launcher itself inside the container (so the paths in the
 //! unit are container paths), and the unit is installed exactly as rendered: the hardening
-//! under test is the shipped nixos/hardening.toml compiled into the binary.
+//! under test is the shipped nixos/hardening.toml compiled into the binary. A [`Spec`]
+//! picks the mode (privileged, the default, or `unit --unprivileged`) and socket
+//! activation (`unit --socket`, with the `bitpoll.socket` unit it prints).
 
 use std::collections::HashMap;
 use std::sync::Once;
@@ -14,6 +16,10 @@ use super::{Container, ContainerBuilder, JsonRecord, LAUNCHER_PATH};
 
 pub const UNIT: &str = "bitpoll.service";
 pub const UNIT_PATH: &str = "/etc/systemd/system/bitpoll.service";
+pub const SOCKET_UNIT: &str = "bitpoll.socket";
+pub const SOCKET_UNIT_PATH: &str = "/etc/systemd/system/bitpoll.socket";
+/// The unix socket of [`Listen::Unix`] specs.
+pub const UNIX_SOCKET: &str = "/run/bitpoll/http.sock";
 pub const DROPIN_DIR: &str = "/etc/systemd/system/bitpoll.service.d";
 pub const CONFIG_PATH: &str = "/etc/bitpoll/launcher.toml";
 pub const SYSUSERS_PATH: &str = "/etc/sysusers.d/bitpoll.conf";
@@ -71,6 +77,24 @@ pub enum Fek {
     Credential,
 }
 
+/// How the unit starts the launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No User=: the launcher starts as root (the unit `bitpoll-launcher unit` prints).
+    Privileged,
+    /// `bitpoll-launcher unit --unprivileged`: User=, StateDirectory=, no capabilities.
+    Unprivileged,
+}
+
+/// Where a socket-activated unit listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// The address gunicorn would bind, [`SERVER_URL`].
+    Tcp,
+    /// [`UNIX_SOCKET`], as for nginx.
+    Unix,
+}
+
 /// What varies between the tests' configurations.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -78,6 +102,15 @@ pub struct Spec {
     pub stall_timeout_sec: Option<u64>,
     /// Extra `[environment]` variables (DEMO_MIGRATION_DELAY, DEMO_REPORT_ENV, ...).
     pub environment: Vec<(String, String)>,
+    pub mode: Mode,
+    /// Socket activation (`unit --socket`), listening there.
+    pub socket: Option<Listen>,
+    /// Extra `[server]` lines (`ready = "worker"`).
+    pub server: Vec<String>,
+    /// `server.command` instead of gunicorn, as TOML.
+    pub command: Option<String>,
+    /// `[unit]` lines (limits, restart policy).
+    pub unit: Vec<String>,
 }
 
 impl Default for Spec {
@@ -86,11 +119,41 @@ impl Default for Spec {
             fek: Fek::Generate,
             stall_timeout_sec: None,
             environment: Vec::new(),
+            mode: Mode::Privileged,
+            socket: None,
+            server: Vec::new(),
+            command: None,
+            unit: Vec::new(),
         }
     }
 }
 
 impl Spec {
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn socket(mut self, listen: Listen) -> Self {
+        self.socket = Some(listen);
+        self
+    }
+
+    pub fn server_line(mut self, line: &str) -> Self {
+        self.server.push(line.to_owned());
+        self
+    }
+
+    pub fn command(mut self, toml_array: &str) -> Self {
+        self.command = Some(toml_array.to_owned());
+        self
+    }
+
+    pub fn unit_line(mut self, line: &str) -> Self {
+        self.unit.push(line.to_owned());
+        self
+    }
+
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.environment.push((name.to_owned(), value.to_owned()));
         self
@@ -121,6 +184,25 @@ impl Spec {
         for (k, v) in &self.environment {
             environment.push_str(&format!("{k} = {v:?}\n"));
         }
+        let command = self.command.clone().unwrap_or_else(|| {
+            format!(
+                r#"["{VENV}/bin/gunicorn", "--bind", "127.0.0.1:8000", "--workers", "1",
+           "--no-control-socket", "bitpoll.wsgi:application"]"#
+            )
+        });
+        let mut server = String::new();
+        for line in &self.server {
+            server.push_str(line);
+            server.push('\n');
+        }
+        let mut unit = String::new();
+        if !self.unit.is_empty() {
+            unit.push_str("\n[unit]\n");
+            for line in &self.unit {
+                unit.push_str(line);
+                unit.push('\n');
+            }
+        }
         format!(
             r#"# bitpoll-launcher configuration for the systemd end-to-end tests.
 [service]
@@ -142,9 +224,8 @@ BITPOLL_FIELD_ENCRYPTION_KEY = {fek}
 [environment]
 {environment}
 [server]
-command = ["{VENV}/bin/gunicorn", "--bind", "127.0.0.1:8000", "--workers", "1",
-           "--no-control-socket", "bitpoll.wsgi:application"]
-"#
+command = {command}
+{server}{unit}"#
         )
     }
 }
@@ -187,10 +268,13 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     c.exec_ok(&["id", USER]);
 
     // The data directory, from the tmpfiles.d entry the launcher prints (the hardened unit
-    // cannot create it below a read-only /var/lib).
-    let tmpfiles = c.exec_ok(&[LAUNCHER_PATH, "tmpfiles", "--config", CONFIG_PATH]);
-    c.write_file(TMPFILES_PATH, tmpfiles.as_bytes(), 0o644);
-    c.exec_ok(&["systemd-tmpfiles", "--create", TMPFILES_PATH]);
+    // cannot create it below a read-only /var/lib). The unprivileged unit's StateDirectory=
+    // makes systemd create it for the user instead.
+    if spec.mode == Mode::Privileged {
+        let tmpfiles = c.exec_ok(&[LAUNCHER_PATH, "tmpfiles", "--config", CONFIG_PATH]);
+        c.write_file(TMPFILES_PATH, tmpfiles.as_bytes(), 0o644);
+        c.exec_ok(&["systemd-tmpfiles", "--create", TMPFILES_PATH]);
+    }
 
     // The app: a copy keeping modification times; compilemessages writes next to the .po
     // files, so the service group may write the catalogs.
@@ -221,6 +305,27 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
         unit_args.extend(["--credential", &cred_arg]);
     }
 
+    if spec.mode == Mode::Unprivileged {
+        unit_args.push("--unprivileged");
+    }
+    let listen = match spec.socket {
+        Some(Listen::Tcp) => Some("127.0.0.1:8000"),
+        Some(Listen::Unix) => Some(UNIX_SOCKET),
+        None => None,
+    };
+    if let Some(listen) = listen {
+        unit_args.extend(["--socket", "--listen", listen]);
+        let socket = c.exec_ok(&[
+            LAUNCHER_PATH,
+            "unit",
+            "--config",
+            CONFIG_PATH,
+            "--socket-unit",
+            "--listen",
+            listen,
+        ]);
+        c.write_file(SOCKET_UNIT_PATH, socket.as_bytes(), 0o644);
+    }
     // The unit, as rendered (no --hardening: the shipped list).
     let unit = c.exec_ok(&unit_args);
     c.write_file(UNIT_PATH, unit.as_bytes(), 0o644);
@@ -286,20 +391,25 @@ impl Bitpoll {
 
     /// GET `path` from the server inside the container: (HTTP status, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        let out = self.c.exec_with_timeout(
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "20",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                &format!("{SERVER_URL}{path}"),
-            ],
-            Duration::from_secs(30),
-        );
+        let url = match self.spec.socket {
+            Some(Listen::Unix) => format!("http://localhost{path}"),
+            _ => format!("{SERVER_URL}{path}"),
+        };
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ];
+        if self.spec.socket == Some(Listen::Unix) {
+            argv.extend(["--unix-socket", UNIX_SOCKET]);
+        }
+        argv.push(&url);
+        let out = self.c.exec_with_timeout(&argv, Duration::from_secs(30));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
         let code = code.trim().parse().unwrap_or(0);
