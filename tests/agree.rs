@@ -135,7 +135,9 @@ fn a_data_dir_owned_by_another_user_is_refused_by_both() {
 #[test]
 fn a_symlink_in_the_layout_is_refused_by_both() {
     let mut env = TestEnv::new("agree_symlink");
+    let (uid, gid) = create_service_account(&env);
     fs::create_dir(&env.data).unwrap();
+    std::os::unix::fs::chown(&env.data, Some(uid), Some(gid)).unwrap();
     std::os::unix::fs::symlink("/etc", env.data.join("static")).unwrap();
     both_refuse(&mut env, "data_dir", "is a symbolic link");
 }
