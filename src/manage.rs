@@ -36,6 +36,10 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
             unit: &args.unit,
         },
     );
+    let locale_paths: Vec<std::path::PathBuf> = judge::prepare::catalog_targets(&cfg, &facts)
+        .into_iter()
+        .map(|(_, to)| to)
+        .collect();
     let mut values = Vec::new();
     let mut problems = Vec::new();
     let verdicts = judge::secrets::judge(&cfg, &facts);
@@ -70,6 +74,7 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
             inherited: &inherited,
             user: &account.user,
             home: &cfg.service.data_dir,
+            locale_paths: &locale_paths,
         },
         Purpose::Manage,
     );

@@ -127,12 +127,15 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         if secret_values.len() == 1 { "" } else { "s" }
     ));
 
+    let catalogs = judge::prepare::catalog_targets(&cfg, &facts);
+    let locale_paths: Vec<std::path::PathBuf> = catalogs.iter().map(|(_, to)| to.clone()).collect();
     let env_inputs = env::Inputs {
         config: &cfg,
         secrets: &secret_values,
         inherited: &facts.inherited,
         user: &account.user,
         home: &cfg.service.data_dir,
+        locale_paths: &locale_paths,
     };
     let target = Target::for_account(&account, privileged)
         .context("cannot read the kernel's capability range")
@@ -149,14 +152,11 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         },
     );
     for p in &planned {
-        let f = p.finding(&cfg);
+        let f = p.finding();
         match &p.decision {
             Decision::Refuse(_) => return Err(Exit::new(exit::SYSTEM, anyhow!("{f}"))),
-            Decision::Skip { .. } => {
+            Decision::Skip { .. } | Decision::NoWork(_) => {
                 info!(phase = "prepare", step = %p.step, skipped = true, "step {} {}", p.step, f.message)
-            }
-            Decision::SkipReadOnly { .. } => {
-                warn!(phase = "prepare", step = %p.step, skipped = true, "{f}")
             }
             Decision::Run(reason) => {
                 info!(phase = "prepare", step = %p.step, skipped = false, "step {} runs: {reason}", p.step)
@@ -169,6 +169,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         tree: &tree,
         owner,
         env: prepare_env,
+        catalogs,
         target: target.clone(),
     };
     let outcome = prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {
