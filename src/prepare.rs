@@ -233,6 +233,8 @@ async fn supervise(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     launcher_sys::child::pass_fd_in_child(&mut cmd, event_write, EVENT_FD);
+    // Nothing the launcher inherited reaches the driver: only stdio and the event pipe.
+    launcher_sys::fds::close_in_child(&mut cmd, EVENT_FD..EVENT_FD + 1);
     launcher_sys::privs::drop_in_child(&mut cmd, ctx.target.clone());
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);

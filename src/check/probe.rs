@@ -130,6 +130,8 @@ pub fn probe_app(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // The probe runs the app's code: nothing the launcher inherited reaches it.
+    launcher_sys::fds::close_in_child(&mut cmd, 0..0);
     let drop = match viewer {
         Viewer::Root => Some(true),
         Viewer::ServiceUser => Some(false),

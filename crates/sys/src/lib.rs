@@ -1,5 +1,6 @@
 //! Everything the launcher asks of the kernel: accounts, the data directory tree, secret
-//! files, reading root's files under the trust rule, the privilege drop and exec.
+//! files, reading root's files under the trust rule, the privilege drop, inherited
+//! descriptors and exec.
 //!
 //! This is the only crate of the workspace that may contain `unsafe`; each block carries a
 //! `SAFETY:` comment. Functions here do one system-level thing each and report failures as
@@ -10,6 +11,7 @@
 pub mod account;
 pub mod child;
 pub mod exec;
+pub mod fds;
 pub mod files;
 pub mod privs;
 pub mod tree;
