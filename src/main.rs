@@ -33,7 +33,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(&args).map(|never| match never {}),
         Command::Check(args) => check::run(&args),
-        Command::Manage(args) => manage::run(&args).map(|never| match never {}),
+        Command::Manage(args) => manage::run(&args),
         Command::Unit(args) => unit::run(&args).map(|()| 0),
         Command::Sysusers(args) => sysusers::run(&args).map(|()| 0),
         Command::Tmpfiles(args) => tmpfiles::run(&args).map(|()| 0),

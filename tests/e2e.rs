@@ -1496,6 +1496,8 @@ fn server_environment_is_built_from_scratch() {
         "DJANGO_SETTINGS_MODULE",
         "PYTHONUNBUFFERED",
         "BITPOLL_DATA_DIR",
+        // The demo source carries no compiled catalogs: they are in the data directory.
+        "BITPOLL_LOCALE_PATHS",
         "BITPOLL_DB_ENGINE",
         "BITPOLL_DB_PATH",
         "BITPOLL_SECRET_KEY",

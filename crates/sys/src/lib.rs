@@ -14,6 +14,7 @@ pub mod exec;
 pub mod fds;
 pub mod files;
 pub mod privs;
+pub mod pty;
 pub mod tree;
 pub mod trust;
 
