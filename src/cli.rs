@@ -47,7 +47,8 @@ pub enum Command {
     #[command(after_help = CHECK_EXIT_CODES)]
     Check(CheckArgs),
     /// Run manage.py exactly as the service would: as the service user, with its
-    /// environment, secrets and working directory.
+    /// environment, secrets and working directory (from a root terminal, on a terminal of
+    /// its own).
     Manage(ManageArgs),
     /// Print a hardened systemd unit for this config (hosts without NixOS).
     Unit(UnitArgs),
@@ -88,6 +89,13 @@ pub struct ManageArgs {
     /// The unit whose credentials directory holds credential secrets (when run outside it).
     #[arg(long, value_name = "NAME", default_value = "bitpoll")]
     pub unit: String,
+
+    /// Pass a variable to this one command: NAME=VALUE, or NAME for your own value
+    /// (repeatable). DJANGO_SUPERUSER_* variables of your environment are passed always, so
+    /// `createsuperuser --noinput` works. Launcher-set variables and secrets cannot be
+    /// replaced.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
 
     /// Arguments for manage.py, after `--`.
     #[arg(last = true, required = true, value_name = "ARGS")]

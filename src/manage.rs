@@ -69,7 +69,7 @@ pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{}", problems.join("\n"))));
     }
     let inherited = observe::inherited_env();
-    let app_env = env::build(
+    let mut app_env = env::build(
         &env::Inputs {
             config: &cfg,
             secrets: &values,
@@ -80,6 +80,11 @@ pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
         },
         Purpose::Manage,
     );
+    let extras = env::manage_extras(&args.env, &inherited, &cfg)
+        .map_err(|e| Exit::new(exit::CONFIG, anyhow!("{e}")))?;
+    app_env.retain(|(k, _)| !extras.iter().any(|(e, _)| e == k));
+    app_env.extend(extras);
+    app_env.sort();
     drop(values);
     let target = Target::for_account(&account, privileged).or_exit(exit::PRIVILEGES)?;
     let mut argv = vec![

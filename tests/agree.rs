@@ -302,3 +302,88 @@ fn each_step_decision_of_check_is_what_the_next_start_does() {
     }
     assert!(log.contains("$BITPOLL_SITE_NAME"), "{log}");
 }
+
+#[test]
+fn a_service_user_in_a_privileged_group_is_refused_by_both() {
+    let mut env = TestEnv::new("agree_group");
+    create_service_account(&env);
+    let status = std::process::Command::new("/usr/sbin/usermod")
+        .args(["-aG", "adm", &env.user])
+        .status()
+        .unwrap();
+    assert!(status.success(), "usermod -aG adm");
+    both_refuse(
+        &mut env,
+        "account",
+        "is a member of the privileged group(s) adm",
+    );
+}
+
+#[test]
+fn a_persons_login_account_is_refused_by_both_unless_the_config_allows_it() {
+    let mut env = TestEnv::new("agree_login");
+    // A regular (non-system) account with a login shell, as useradd makes for a person.
+    let status = std::process::Command::new("/usr/sbin/useradd")
+        .args(["--shell", "/bin/bash", "--no-create-home", "--home-dir"])
+        .arg(&env.data)
+        .arg(&env.user)
+        .status()
+        .unwrap();
+    assert!(status.success(), "useradd");
+    both_refuse(&mut env, "account", "looks like a person's account");
+    env.config.set("service", "allow_login_account", "true");
+    both_accept(&mut env);
+}
+
+#[test]
+fn a_nearly_full_file_system_is_refused_by_both() {
+    let mut env = TestEnv::new("agree_full");
+    let mount = env.dir.join("small");
+    fs::create_dir(&mount).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a tmpfs");
+    let _unmount = Unmount(mount.clone());
+    let data = mount.join("data");
+    env.config
+        .set_str("service", "data_dir", &data.display().to_string());
+    both_refuse(&mut env, "data_dir", "MiB free");
+    assert!(
+        !data.exists(),
+        "run created the data directory on a full file system"
+    );
+}
+
+/// Unmounts when the test ends, also when it fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_data_dir_in_a_system_tree_is_refused_by_both_before_anything_is_touched() {
+    let mut env = TestEnv::new("agree_system_dir");
+    env.config
+        .set_str("service", "data_dir", "/usr/local/bitpoll-launcher-test");
+    let findings = check(&env);
+    assert!(
+        findings.iter().any(|f| f.severity == "error"
+            && f.group == "config"
+            && f.message.contains("inside the system tree /usr")),
+        "{}",
+        listing(&findings)
+    );
+    env.launch();
+    env.expect_failure(2, &["inside the system tree /usr"], FAIL_FAST);
+    assert!(!std::path::Path::new("/usr/local/bitpoll-launcher-test").exists());
+    assert!(!env.user_exists());
+}

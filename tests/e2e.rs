@@ -1631,3 +1631,35 @@ fn files_the_app_writes_inside_its_source_do_not_count_as_source_changes() {
         "ran again although only its own output changed",
     );
 }
+
+/// A descriptor the caller left open (here a root-only file on fd 9, without
+/// close-on-exec) reaches neither the preparation child nor the server.
+#[test]
+fn descriptors_the_caller_left_open_reach_neither_the_preparation_nor_the_server() {
+    let mut env = TestEnv::new("leaked_fd");
+    let secret = env.dir.join("root-only");
+    write_file(&secret, b"root only\n", 0o600);
+    // The demo app's migration lists its open descriptors when asked.
+    env.config.set_str("environment", "DEMO_REPORT_FDS", "1");
+    let open_9 = format!("exec 9<{}; exec \"$0\" \"$@\"", secret.display());
+    let pid = env.launch_with(Launch::default().wrap(&["sh", "-c", &open_9]));
+    env.wait_ready(READY);
+    let log = env.stderr();
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for fd in &fds {
+        let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default();
+        assert_ne!(target, secret, "the server holds the caller's fd {fd}");
+    }
+    let report = log
+        .lines()
+        .find(|l| l.contains("demo migration: open fds"))
+        .unwrap_or_else(|| panic!("no fd report from the preparation\n{log}"));
+    assert!(
+        !report.contains(&secret.display().to_string()),
+        "the preparation child holds the caller's file: {report}"
+    );
+    env.stop();
+}

@@ -207,3 +207,75 @@ fn manage_from_a_root_terminal_cannot_push_input_into_it() {
         "the app had no terminal: {app_line}"
     );
 }
+
+#[test]
+fn manage_passes_django_superuser_variables_and_env_options_for_one_command() {
+    let mut env = TestEnv::new("manage_env");
+    launch_once(&mut env);
+    sync_config(&env);
+    let args = [
+        "manage",
+        "--config",
+        &config_arg(&env),
+        "--env",
+        "DEMO_GREETING=hello from --env",
+        "--",
+        "createsuperuser",
+        "--noinput",
+    ];
+    let out = run_launcher(
+        &env,
+        &Run::new(&args)
+            .env("DJANGO_SUPERUSER_USERNAME", "admin")
+            .env("DJANGO_SUPERUSER_EMAIL", "admin@example.org")
+            .env("DJANGO_SUPERUSER_PASSWORD", "a-long-test-password-1"),
+    );
+    assert_eq!(out.code, 0, "{}", out.context());
+    let script = "import os\nfrom django.contrib.auth import get_user_model\n\
+        u = get_user_model().objects.get(username='admin')\n\
+        print('superuser', u.is_superuser, u.check_password('a-long-test-password-1'))\n\
+        print('greeting', os.environ.get('DEMO_GREETING'))\n";
+    let out = run_launcher(
+        &env,
+        &Run::new(&[
+            "manage",
+            "--config",
+            &config_arg(&env),
+            "--env",
+            "DEMO_GREETING=hello from --env",
+            "--",
+            "shell",
+            "-c",
+            script,
+        ]),
+    );
+    assert_eq!(out.code, 0, "{}", out.context());
+    assert!(
+        out.stdout.contains("superuser True True"),
+        "{}",
+        out.context()
+    );
+    assert!(
+        out.stdout.contains("greeting hello from --env"),
+        "{}",
+        out.context()
+    );
+
+    // A variable the launcher sets, or a secret, cannot be replaced.
+    for bad in ["BITPOLL_DATA_DIR=/tmp", "BITPOLL_SECRET_KEY=x"] {
+        let out = run_launcher(
+            &env,
+            &Run::new(&[
+                "manage",
+                "--config",
+                &config_arg(&env),
+                "--env",
+                bad,
+                "--",
+                "check",
+            ]),
+        );
+        assert_eq!(out.code, 2, "{bad}: {}", out.context());
+        assert!(out.stderr.contains("--env BITPOLL_"), "{}", out.context());
+    }
+}
