@@ -64,6 +64,8 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
                 .collect()
         })
         .unwrap_or_default();
+    let key_record = fd_of(STATE_DIR)
+        .and_then(|state| launcher_sys::files::read_state(state, layout::KEYS_FILE));
     let source = SourceTree::of(cfg);
     let data_fd = fd_of("");
     let witnesses = Step::ALL
@@ -87,6 +89,7 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
         source: source.map(|s| s.facts).map_err(|e| e.to_string()),
         stamps,
         witnesses,
+        key_record,
         systemd: SystemdFacts {
             credentials_dir,
             invocation: std::env::var_os("INVOCATION_ID").is_some(),

@@ -19,7 +19,8 @@
 # launcher passes BITPOLL_LAUNCHER_CATALOGS, a JSON list of [source base directory,
 # target directory] pairs, and each .po below a source base is compiled with GNU msgfmt,
 # as Django's compilemessages does, to the same relative path below its target. The app
-# finds the targets through BITPOLL_LOCALE_PATHS.
+# finds the targets through BITPOLL_LOCALE_PATHS. With BITPOLL_LAUNCHER_BACKUP set, the
+# SQLite database is backed up there before migrate.
 import os
 import sys
 import time
@@ -31,8 +32,32 @@ COMMANDS = {
     "collectstatic": ("collectstatic", {"interactive": False}),
     "compilemessages": None,
 }
-# For the driver alone: the app's own code does not see it.
+# For the driver alone: the app's own code does not see them.
 CATALOGS = os.environ.pop("BITPOLL_LAUNCHER_CATALOGS", "[]")
+BACKUP = os.environ.pop("BITPOLL_LAUNCHER_BACKUP", "")
+
+
+def backup_database(target):
+    """An online backup of the SQLite database (SQLite's backup API, never a file copy of
+    a live database) to `target`, written through a temporary file and renamed."""
+    import sqlite3
+
+    from django.db import connections
+
+    name = str(connections["default"].settings_dict["NAME"])
+    tmp = "%s.tmp-%d" % (target, os.getpid())
+    source = sqlite3.connect("file:%s?mode=ro" % name, uri=True)
+    try:
+        copy = sqlite3.connect(tmp)
+        with copy:
+            source.backup(copy)
+        copy.close()
+        os.replace(tmp, target)
+    finally:
+        source.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print("database backed up to %s (%d bytes)" % (target, os.path.getsize(target)))
 
 
 def compile_catalogs(pairs):
@@ -129,6 +154,8 @@ def main(steps):
     for step in steps:
         send("step-begin", step)
         t = time.monotonic()
+        if step == "migrate" and BACKUP:
+            backup_database(BACKUP)
         if step == "compilemessages":
             import json
 

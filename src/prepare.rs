@@ -59,6 +59,8 @@ pub struct Context<'a> {
     /// Translation base directories and where their catalogs are compiled to
     /// (launcher_plan::judge::prepare::catalog_targets).
     pub catalogs: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Where the driver backs up the SQLite database before migrate, if anywhere.
+    pub backup: Option<std::path::PathBuf>,
     /// The identity the driver runs as.
     pub target: Target,
 }
@@ -229,6 +231,11 @@ async fn supervise(
         .env_clear()
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))
         .envs(catalogs_var(&ctx.catalogs))
+        .envs(
+            ctx.backup
+                .as_ref()
+                .map(|b| ("BITPOLL_LAUNCHER_BACKUP", b.display().to_string())),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

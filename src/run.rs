@@ -23,7 +23,10 @@ use launcher_plan::env::{self, Purpose};
 use launcher_plan::facts::{Facts, SecretState, View};
 use launcher_plan::finding::{Finding, Severity, refusal};
 use launcher_plan::judge::{self, prepare::Decision, secrets::Action};
-use launcher_plan::layout::{TREE, sqlite_files_in_data_dir};
+use launcher_plan::layout::{
+    BACKUPS_DIR, KEYS_FILE, STAMP_FILE_MODE, STATE_DIR, TREE, is_backup_name,
+    sqlite_files_in_data_dir,
+};
 use launcher_plan::secret::SecretValue;
 use launcher_sys::account::Account;
 use launcher_sys::privs::Target;
@@ -163,6 +166,20 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
             }
         }
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let backup = judge::prepare::backup(&cfg, &facts, &planned, now);
+    if let Some(f) = backup.finding() {
+        match f.severity {
+            Severity::Warning => warn!(phase = "prepare", "{f}"),
+            _ => info!(phase = "prepare", "{}", f.message),
+        }
+    }
+    let backup = match backup {
+        judge::prepare::Backup::Take(path) => Some(path),
+        _ => None,
+    };
     let to_run = planned.iter().filter(|p| p.runs()).count();
     let ctx = prepare::Context {
         cfg: &cfg,
@@ -170,18 +187,29 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         owner,
         env: prepare_env,
         catalogs,
+        backup: backup.clone(),
         target: target.clone(),
     };
     let outcome = prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {
         Some(signal) => Exit::stopped(signal, e),
-        None => Exit::new(exit::RUNTIME, e),
+        None => match backup.as_ref().filter(|b| b.exists()) {
+            Some(b) => Exit::new(
+                exit::RUNTIME,
+                anyhow::Error::new(e).context(restore_hint(&cfg, b)),
+            ),
+            None => Exit::new(exit::RUNTIME, e),
+        },
     })?;
+    if backup.is_some() {
+        prune_backups(&cfg, &tree);
+    }
     // The database is the app's alone, not the web server's that shares the group.
     for file in sqlite_files_in_data_dir(&cfg) {
         if let Some(change) = tree::make_private(&tree, &file, owner).or_exit(exit::SYSTEM)? {
             info!(phase = "prepare", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
         }
     }
+    record_keys(&facts, &secret_values, &tree, owner).or_exit(exit::SYSTEM)?;
     phase.end(&if to_run == 0 {
         "preparation: nothing to do".to_string()
     } else {
@@ -255,6 +283,89 @@ fn secrets(
     } else {
         Err(anyhow!("{}", problems.join("\n")))
     }
+}
+
+/// How to put the database back as it was before the migrate that failed.
+fn restore_hint(cfg: &Config, backup: &Path) -> String {
+    let db = match &cfg.database {
+        launcher_config::Database::Sqlite { path } => path.display().to_string(),
+        launcher_config::Database::Postgresql { .. } => "the database".into(),
+    };
+    format!(
+        "the database as it was before this migrate is saved in {}; to go back: systemctl stop the service, then `install -m 0600 -o {} -g {} {} {db}`",
+        backup.display(),
+        cfg.service.user,
+        cfg.service.group,
+        backup.display()
+    )
+}
+
+/// Keep the newest prepare.backups backups; a failure to prune is logged, not fatal.
+fn prune_backups(cfg: &Config, tree: &tree::DataTree) {
+    match launcher_sys::files::prune(
+        tree.dir(BACKUPS_DIR),
+        &tree.path_of(BACKUPS_DIR),
+        is_backup_name,
+        cfg.prepare.backups as usize,
+    ) {
+        Ok(removed) => {
+            for name in removed {
+                info!(
+                    phase = "prepare",
+                    "removed the old backup {name} (prepare.backups = {})", cfg.prepare.backups
+                );
+            }
+        }
+        Err(e) => warn!(phase = "prepare", "cannot remove old backups: {e}"),
+    }
+}
+
+/// Record the fingerprints of the keys this start ran with (launcher_plan::keys), once
+/// the app was prepared with them; unchanged keys leave the record as it is.
+fn record_keys(
+    facts: &Facts,
+    values: &[(String, SecretValue)],
+    tree: &tree::DataTree,
+    owner: Owner,
+) -> anyhow::Result<()> {
+    use launcher_plan::keys::{FIELD_KEY, Record, SECRET_KEY};
+    let get = |name: &str| {
+        values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.expose())
+    };
+    let previous = facts.key_record.as_deref().and_then(Record::parse);
+    let salt = match &previous {
+        Some(p) => p.salt.clone(),
+        None => {
+            let mut raw = [0u8; 16];
+            launcher_sys::random_bytes(&mut raw).context("cannot read random bytes")?;
+            raw.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let record = Record::of(salt, get(FIELD_KEY), get(SECRET_KEY), now);
+    if previous.is_some_and(|p| p.field == record.field && p.secret == record.secret) {
+        return Ok(());
+    }
+    launcher_sys::files::write_atomic(
+        tree.dir(STATE_DIR),
+        &tree.path_of(STATE_DIR),
+        KEYS_FILE,
+        record.render().as_bytes(),
+        STAMP_FILE_MODE,
+        owner.privileged.then_some((owner.uid, owner.gid)),
+        true,
+    )
+    .context("cannot record the keys' fingerprints")?;
+    info!(
+        phase = "prepare",
+        "recorded the fingerprints of FIELD_ENCRYPTION_KEY and SECRET_KEY"
+    );
+    Ok(())
 }
 
 fn account(cfg: &Config, privileged: bool) -> anyhow::Result<Account> {

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use util::cli::{Run, config_arg, create_service_account, run_launcher, sync_config};
-use util::{TestEnv, file_secret, write_file};
+use util::cli::{Run, config_arg, create_service_account, manage, run_launcher, sync_config};
+use util::{TestEnv, fernet_key, file_secret, write_file};
 
 const READY: Duration = Duration::from_secs(60);
 const FAIL_FAST: Duration = Duration::from_secs(30);
@@ -67,7 +67,11 @@ fn listing(findings: &[Finding]) -> String {
 /// (no user, no data directory entries beyond what was there).
 fn both_refuse(env: &mut TestEnv, group: &str, message: &str) {
     let findings = check(env);
-    let errors: Vec<&Finding> = findings.iter().filter(|f| f.severity == "error").collect();
+    // Errors of the judgements; the app probe's own findings (check only) are not run's.
+    let errors: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.severity == "error" && !f.subject.starts_with("encrypted data ("))
+        .collect();
     assert!(
         errors
             .iter()
@@ -386,4 +390,54 @@ fn a_data_dir_in_a_system_tree_is_refused_by_both_before_anything_is_touched() {
     env.expect_failure(2, &["inside the system tree /usr"], FAIL_FAST);
     assert!(!std::path::Path::new("/usr/local/bitpoll-launcher-test").exists());
     assert!(!env.user_exists());
+}
+
+#[test]
+fn a_changed_field_encryption_key_over_encrypted_data_is_refused_by_both_and_a_rotation_accepted() {
+    let mut env = TestEnv::new("agree_fek");
+    let fek = env.dir.join("field-encryption-key");
+    let old = fernet_key();
+    write_file(&fek, format!("{old}\n").as_bytes(), 0o600);
+    env.config.set(
+        "secrets",
+        "BITPOLL_FIELD_ENCRYPTION_KEY",
+        &file_secret(&fek),
+    );
+    create_service_account(&env);
+    both_accept(&mut env);
+    let store = "from bitpoll.poll.models import CalendarLink\n\
+        CalendarLink.objects.create(name='cal', url='https://calendar.example/private')\n";
+    let out = manage(&env, &["shell", "-c", store]);
+    assert_eq!(out.code, 0, "{}", out.context());
+
+    // Another valid key: run refuses, check says so, also from the stored value itself.
+    let new = fernet_key();
+    write_file(&fek, format!("{new}\n").as_bytes(), 0o600);
+    let findings = check(&env);
+    assert!(
+        findings.iter().any(|f| f.severity == "error"
+            && f.subject == "encrypted data (poll.CalendarLink.url)"),
+        "{}",
+        listing(&findings)
+    );
+    both_refuse(
+        &mut env,
+        "secrets",
+        "none of its keys is the one that encrypted the existing data",
+    );
+
+    // Rotation: the new key first, the old one after. Both accept, the data reads.
+    write_file(&fek, format!("{new},{old}\n").as_bytes(), 0o600);
+    both_accept(&mut env);
+    let show = "from bitpoll.poll.models import CalendarLink\n\
+        print('url', CalendarLink.objects.get(name='cal').url)\n";
+    let out = manage(&env, &["shell", "-c", show]);
+    assert!(
+        out.stdout.contains("url https://calendar.example/private"),
+        "{}",
+        out.context()
+    );
+    // The old key back alone is still a key that encrypted the data.
+    write_file(&fek, format!("{old}\n").as_bytes(), 0o600);
+    both_accept(&mut env);
 }

@@ -1663,3 +1663,80 @@ fn descriptors_the_caller_left_open_reach_neither_the_preparation_nor_the_server
     );
     env.stop();
 }
+
+/// Before a migrate that has work, the SQLite database is backed up (online, by SQLite's
+/// backup API) into data_dir/backups; the backup holds the database as it was, only the
+/// newest prepare.backups are kept, and a start with nothing to migrate takes none.
+#[test]
+fn the_database_is_backed_up_before_a_migrate_with_work_and_old_backups_are_pruned() {
+    let mut env = TestEnv::new("backup");
+    env.config.set("prepare", "backups", "1");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let backups = env.data.join("backups");
+    let list = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&backups)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(
+        list().is_empty(),
+        "a fresh database was backed up: {:?}",
+        list()
+    );
+    assert_eq!(owner_mode(&backups).2, 0o700);
+
+    // An upgrade brings a migration: the backup holds the database before it.
+    util::add_migration(&env, "0003_upgrade");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    env.stop();
+    let first = list();
+    assert_eq!(first.len(), 1, "{log}");
+    assert!(log.contains("database backed up to"), "{log}");
+    let copy = backups.join(&first[0]);
+    let applied = |db: &Path| {
+        let out = std::process::Command::new(util::PYTHON)
+            .args([
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print(sorted(n for (n,) in c.execute(\"select name from django_migrations where app='poll'\")))",
+            ])
+            .arg(db)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(applied(&copy), "['0001_initial', '0002_demo_delay']");
+    assert_eq!(
+        applied(&env.data.join("db.sqlite3")),
+        "['0001_initial', '0002_demo_delay', '0003_upgrade']"
+    );
+
+    // Nothing to migrate: no backup.
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    assert_eq!(list(), first);
+
+    // Another migration, one second later at least: a new backup replaces the old one.
+    std::thread::sleep(Duration::from_millis(1100));
+    util::add_migration(&env, "0004_upgrade");
+    fs::write(
+        env.app.join("bitpoll/poll/migrations/0004_upgrade.py"),
+        b"from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"poll\", \"0003_upgrade\")]\n    operations = []\n",
+    )
+    .unwrap();
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    env.stop();
+    let second = list();
+    assert_eq!(second.len(), 1, "prepare.backups = 1 keeps one\n{log}");
+    assert_ne!(second, first);
+    assert!(log.contains("removed the old backup"), "{log}");
+}

@@ -36,6 +36,14 @@ pub struct Probe {
     pending: Option<Vec<String>>,
     manifest: Option<Manifest>,
     static_error: Option<String>,
+    encrypted: Option<Encrypted>,
+}
+
+/// One stored encrypted value, decrypted (or not) with the configured keys.
+#[derive(Debug, serde::Deserialize)]
+struct Encrypted {
+    field: String,
+    ok: bool,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -357,6 +365,23 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
                 Some(pending) => r.warn(Group::Database, "migrations", format!("{} pending ({}) and prepare.migrate = false", pending.len(), abbreviate(pending)), "run `bitpoll-launcher manage --config FILE -- migrate` or enable prepare.migrate"),
                 None => {}
             }
+        }
+    }
+    if let Some(e) = &p.encrypted {
+        let subject = format!("encrypted data ({})", e.field);
+        if e.ok {
+            r.ok(
+                Group::Database,
+                subject,
+                "a stored value decrypts with the configured FIELD_ENCRYPTION_KEY",
+            );
+        } else {
+            r.error(
+                Group::Database,
+                subject,
+                "a stored value does not decrypt with the configured FIELD_ENCRYPTION_KEY: the app shows ciphertext instead of the data",
+                "configure the key the data was encrypted with (or a rotation list \"NEW,OLD\" holding it)",
+            );
         }
     }
     if let Some(m) = &p.manifest {

@@ -1212,3 +1212,16 @@ pub fn describe_processes(pids: &[i32]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Add an empty migration `name` after 0002_demo_delay to the test's copy of the demo app
+/// (an upgrade that brings a migration). Returns the name.
+pub fn add_migration<'a>(env: &TestEnv, name: &'a str) -> &'a str {
+    write_file(
+        &env.app
+            .join("bitpoll/poll/migrations")
+            .join(format!("{name}.py")),
+        b"from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"poll\", \"0002_demo_delay\")]\n    operations = []\n",
+        0o644,
+    );
+    name
+}

@@ -60,6 +60,8 @@ pub struct Facts {
     pub stamps: BTreeMap<Step, String>,
     /// The current state of each step's output (see [`crate::stamp`]).
     pub witnesses: BTreeMap<Step, String>,
+    /// `state/keys`: the key fingerprints of the last successful start (crate::keys).
+    pub key_record: Option<String>,
     pub systemd: SystemdFacts,
 }
 

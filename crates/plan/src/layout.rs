@@ -18,6 +18,9 @@ pub const SECRETS_DIR: &str = "secrets";
 pub const STATE_DIR: &str = "state";
 pub const STATIC_DIR: &str = "static";
 pub const MEDIA_DIR: &str = "media";
+/// Sub-directory holding backups of the SQLite database taken before migrations (0700:
+/// they hold everything the database holds).
+pub const BACKUPS_DIR: &str = "backups";
 /// Sub-directory holding the translation catalogs compiled from a source the service may
 /// not write (created by the preparation as the service user).
 pub const LOCALE_DIR: &str = "locale";
@@ -45,12 +48,37 @@ pub const TREE: &[DirSpec] = &[
         name: SECRETS_DIR,
         mode: 0o700,
     },
+    DirSpec {
+        name: BACKUPS_DIR,
+        mode: 0o700,
+    },
 ];
+
+/// A backup's file name for a time (seconds since the epoch): names sort by age.
+pub fn backup_name(secs: u64) -> String {
+    format!(
+        "db-{}.sqlite3",
+        crate::stamp::utc(secs)
+            .replace([' ', ':'], "")
+            .trim_end_matches("UTC")
+            .replace('-', "")
+    )
+}
+
+/// Is `name` a backup's file name (see [`backup_name`])?
+pub fn is_backup_name(name: &str) -> bool {
+    name.strip_prefix("db-")
+        .and_then(|n| n.strip_suffix(".sqlite3"))
+        .is_some_and(|t| t.len() == 14 && t.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// Mode of generated secret files.
 pub const SECRET_FILE_MODE: u32 = 0o600;
 /// Mode of stamp files.
 pub const STAMP_FILE_MODE: u32 = 0o600;
+
+/// File name of the key record (crate::keys) inside [`STATE_DIR`].
+pub const KEYS_FILE: &str = "keys";
 
 /// File name of a step's stamp inside [`STATE_DIR`].
 pub fn stamp_file_name(step: crate::Step) -> String {
@@ -130,6 +158,22 @@ pub fn app_outputs(cfg: &Config) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_names_sort_by_time_and_are_recognized() {
+        let a = backup_name(1_795_635_566);
+        assert_eq!(a, "db-20261125193926.sqlite3");
+        assert!(is_backup_name(&a));
+        assert!(backup_name(1_795_635_567) > a);
+        for other in [
+            "db.sqlite3",
+            "db-x.sqlite3",
+            "db-2026.sqlite3",
+            "../db-20261125193926.sqlite3",
+        ] {
+            assert!(!is_backup_name(other), "{other}");
+        }
+    }
 
     #[test]
     fn catalogs_mirror_the_source_layout_in_the_data_dir() {

@@ -62,18 +62,20 @@ def _list(name):
 
 
 def _fernet_key(name):
-    key = _required(name)
-    try:
-        raw = _base64.urlsafe_b64decode(key.encode("ascii"))
-    except (ValueError, UnicodeEncodeError, _binascii.Error):
-        raw = b""
-    if len(raw) != 32:
-        raise _ImproperlyConfigured(
-            f"{name} is not a Fernet key (32 url-safe base64-encoded bytes); "
-            "generate one with: python -c "
-            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
-        )
-    return key
+    # One key, or a rotation list "NEW,OLD": the first encrypts, every one decrypts.
+    keys = [k.strip() for k in _required(name).split(",") if k.strip()]
+    for key in keys:
+        try:
+            raw = _base64.urlsafe_b64decode(key.encode("ascii"))
+        except (ValueError, UnicodeEncodeError, _binascii.Error):
+            raw = b""
+        if len(raw) != 32:
+            raise _ImproperlyConfigured(
+                f"{name} is not a Fernet key or a comma-separated list of them (32 url-safe "
+                "base64-encoded bytes each); generate one with: python -c "
+                "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+            )
+    return keys[0] if len(keys) == 1 else keys
 
 
 # --- Data and secrets -------------------------------------------------------
@@ -81,6 +83,7 @@ def _fernet_key(name):
 DATA_DIR = _required("BITPOLL_DATA_DIR")
 
 SECRET_KEY = _required("BITPOLL_SECRET_KEY")
+SECRET_KEY_FALLBACKS = _list("BITPOLL_SECRET_KEY_FALLBACKS")
 
 # Encrypts stored CalDAV URLs. Losing it makes them unreadable: never rotate it
 # by regenerating while a database exists.

@@ -8,7 +8,9 @@ The launcher sets these variables (names are a contract, keep them in sync):
 
   BITPOLL_DATA_DIR                 required; state lives below it
   BITPOLL_SECRET_KEY               required -> SECRET_KEY
-  BITPOLL_FIELD_ENCRYPTION_KEY     required -> FIELD_ENCRYPTION_KEY (a Fernet key)
+  BITPOLL_FIELD_ENCRYPTION_KEY     required -> FIELD_ENCRYPTION_KEY (a Fernet key, or a
+                                   rotation list "NEW,OLD": the first encrypts, all decrypt)
+  BITPOLL_SECRET_KEY_FALLBACKS     optional, comma-separated -> SECRET_KEY_FALLBACKS
   BITPOLL_ALLOWED_HOSTS            comma-separated, default "localhost,127.0.0.1"
   BITPOLL_DEBUG                    "1"/"true"/"yes" -> True, default False
   BITPOLL_DB_ENGINE                "sqlite" (default) or "postgresql"
@@ -66,10 +68,20 @@ SECRET_KEY = _required("BITPOLL_SECRET_KEY", "Django's SECRET_KEY")
 # Checked by encrypted_model_fields on every Django start (bitpoll.poll.models has an
 # encrypted field): a missing or invalid Fernet key stops migrate, collectstatic,
 # compilemessages and the web server alike, exactly like the real Bitpoll.
-FIELD_ENCRYPTION_KEY = _required(
-    "BITPOLL_FIELD_ENCRYPTION_KEY",
-    "a Fernet key (cryptography.fernet.Fernet.generate_key())",
-)
+# One key, or a rotation list "NEW,OLD": the first encrypts, every one decrypts.
+FIELD_ENCRYPTION_KEY = [
+    key.strip()
+    for key in _required(
+        "BITPOLL_FIELD_ENCRYPTION_KEY",
+        "a Fernet key (cryptography.fernet.Fernet.generate_key())",
+    ).split(",")
+    if key.strip()
+]
+if len(FIELD_ENCRYPTION_KEY) == 1:
+    FIELD_ENCRYPTION_KEY = FIELD_ENCRYPTION_KEY[0]
+SECRET_KEY_FALLBACKS = [
+    key for key in (_get("BITPOLL_SECRET_KEY_FALLBACKS") or "").split(",") if key
+]
 
 ALLOWED_HOSTS = [
     host.strip()

@@ -133,6 +133,7 @@ pub fn facts() -> Facts {
             .into_iter()
             .map(|s| (s, format!("{s} output")))
             .collect(),
+        key_record: None,
         systemd: SystemdFacts::default(),
     }
 }

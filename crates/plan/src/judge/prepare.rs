@@ -186,6 +186,64 @@ pub fn catalog_targets(cfg: &Config, facts: &Facts) -> Vec<(PathBuf, PathBuf)> {
         .collect()
 }
 
+/// The backup taken before migrate changes an SQLite database that holds data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backup {
+    /// Nothing to back up (no migration runs, no data, PostgreSQL, backups = 0).
+    None,
+    /// Written here (an online backup, by the preparation process).
+    Take(PathBuf),
+    /// Not taken: too little free space for a copy of the database.
+    NoRoom { need: u64, free: u64 },
+}
+
+impl Backup {
+    pub fn finding(&self) -> Option<Finding> {
+        match self {
+            Backup::None => None,
+            Backup::Take(path) => Some(Finding::info(
+                Group::Prepare,
+                "backup",
+                format!(
+                    "the database is backed up to {} before migrate",
+                    path.display()
+                ),
+            )),
+            Backup::NoRoom { need, free } => Some(Finding::warning(
+                Group::Prepare,
+                "backup",
+                format!(
+                    "no backup before migrate: it needs {} MiB, the data directory's file system has {} MiB free",
+                    need >> 20,
+                    free >> 20
+                ),
+                "free disk space, or set prepare.backups = 0 to migrate without a backup",
+            )),
+        }
+    }
+}
+
+/// Whether and where to back up the database before the migrate of `planned`.
+pub fn backup(cfg: &Config, facts: &Facts, planned: &[Planned], now: u64) -> Backup {
+    let migrates = planned.iter().any(|p| p.step == Step::Migrate && p.runs());
+    let (Database::Sqlite { .. }, Some(db)) = (&cfg.database, &facts.database.sqlite) else {
+        return Backup::None;
+    };
+    if !migrates || cfg.prepare.backups == 0 || db.kind != FileKind::Regular || db.size == 0 {
+        return Backup::None;
+    }
+    let need = db.size + db.size / 10 + (16 << 20);
+    match facts.tree.free_bytes {
+        Some((_, free)) if free < need => Backup::NoRoom { need, free },
+        _ => Backup::Take(
+            cfg.service
+                .data_dir
+                .join(crate::layout::BACKUPS_DIR)
+                .join(crate::layout::backup_name(now)),
+        ),
+    }
+}
+
 /// The database file must be a plain file of its own, or absent (migrate creates it).
 pub fn database(cfg: &Config, facts: &Facts) -> Option<Finding> {
     let Database::Sqlite { path } = &cfg.database else {
@@ -370,6 +428,28 @@ mod tests {
         off.prepare.compilemessages = false;
         facts.source.as_mut().unwrap().fresh_mo_files = 0;
         assert!(catalog_targets(&off, &facts).is_empty());
+    }
+
+    #[test]
+    fn a_database_with_data_is_backed_up_before_a_migrate_when_there_is_room() {
+        let cfg = fixture::config("");
+        let facts = fixture::facts();
+        let p = planned(&cfg, &facts);
+        assert!(
+            matches!(backup(&cfg, &facts, &p, 1_795_635_566), Backup::Take(ref path)
+            if path.ends_with("backups/db-20261125193926.sqlite3"))
+        );
+        // Nothing migrates: no backup.
+        let warm = after_success(&cfg, &["poll.0001_initial"]);
+        assert_eq!(backup(&cfg, &warm, &planned(&cfg, &warm), 1), Backup::None);
+        // No room.
+        let mut full = fixture::facts();
+        full.tree.free_bytes = Some(("/var/lib".into(), 1 << 20));
+        assert!(matches!(backup(&cfg, &full, &p, 1), Backup::NoRoom { .. }));
+        // Turned off.
+        let mut off = cfg.clone();
+        off.prepare.backups = 0;
+        assert_eq!(backup(&off, &facts, &p, 1), Backup::None);
     }
 
     #[test]
