@@ -330,7 +330,7 @@ in
           recommendedProxySettings = true;
         };
         locations."/static/" = {
-          alias = "${toString cfg.dataDir}/static/";
+          alias = "${toString cfg.dataDir}/static/current/";
           extraConfig = ''
             expires 7d;
             add_header Cache-Control "public";

@@ -423,14 +423,31 @@ pub fn witness(
                 port.map_or("default".into(), |p| p.to_string())
             ),
         },
-        Step::Collectstatic => {
-            let root = layout::static_root(cfg);
-            let dir = std::fs::symlink_metadata(&root)
-                .map(|m| format!("{}:{}", m.dev(), m.ino()))
-                .unwrap_or_else(|_| "absent".into());
-            let manifest = root.join("staticfiles.json").is_file();
-            format!("static {} {dir} manifest={manifest}", root.display())
-        }
+        Step::Collectstatic => match layout::static_layout(cfg) {
+            layout::StaticLayout::Versioned { dir } => {
+                // The tree `current` names, and whether it is complete.
+                let current = dir.join(layout::STATIC_CURRENT);
+                let target = std::fs::read_link(&current)
+                    .ok()
+                    .filter(|t| t.components().count() == 1)
+                    .map(|t| t.display().to_string());
+                let manifest = target
+                    .as_ref()
+                    .is_some_and(|t| dir.join(t).join("staticfiles.json").is_file());
+                format!(
+                    "static {} -> {} manifest={manifest}",
+                    current.display(),
+                    target.as_deref().unwrap_or("absent")
+                )
+            }
+            layout::StaticLayout::Fixed(root) => {
+                let id = std::fs::symlink_metadata(&root)
+                    .map(|m| format!("{}:{}", m.dev(), m.ino()))
+                    .unwrap_or_else(|_| "absent".into());
+                let manifest = root.join("staticfiles.json").is_file();
+                format!("static {} {id} manifest={manifest}", root.display())
+            }
+        },
         Step::Compilemessages => match source {
             Some(source) => format!(
                 "catalogs po={} compiled-into-data-dir={}",
@@ -511,7 +528,34 @@ impl SourceTree {
     }
 }
 
-/// A digest of every file's relative path, size, mode and modification time, skipping
+mod libc_flags {
+    pub const NONBLOCK_NOFOLLOW: i32 =
+        nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOFOLLOW.bits();
+}
+
+/// SHA-256 of a file's content (hex).
+fn content_digest(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never blocks on a FIFO swapped in after the stat, never follows a link.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags::NONBLOCK_NOFOLLOW)
+        .open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A digest of every file's relative path, size, mode and modification time (and the
+/// content of files whose modification time is normalized to 0 or 1), skipping
 /// bytecode, compiled catalogs (which compilemessages writes) and hidden directories; the
 /// translation catalogs with their up-to-date compiled forms and their directories.
 fn scan(cfg: &Config, root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
@@ -577,8 +621,15 @@ fn scan(cfg: &Config, root: &Path, outputs: &[PathBuf]) -> std::io::Result<Sourc
             } else {
                 String::new()
             };
+            // A normalized timestamp (1 in a Nix store, 0 from some archives) says nothing
+            // about the content: such files count by their content.
+            let content = if meta.is_file() && meta.mtime() <= 1 {
+                content_digest(&path)?
+            } else {
+                String::new()
+            };
             entries.push(format!(
-                "{rel}\0{}\0{:o}\0{}.{}\0{link}",
+                "{rel}\0{}\0{:o}\0{}.{}\0{link}\0{content}",
                 meta.size(),
                 meta.mode(),
                 meta.mtime(),

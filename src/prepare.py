@@ -20,7 +20,9 @@
 # target directory] pairs, and each .po below a source base is compiled with GNU msgfmt,
 # as Django's compilemessages does, to the same relative path below its target. The app
 # finds the targets through BITPOLL_LOCALE_PATHS. With BITPOLL_LAUNCHER_BACKUP set, the
-# SQLite database is backed up there before migrate.
+# SQLite database is backed up there before migrate. With BITPOLL_LAUNCHER_STATIC set (a
+# directory), collectstatic fills a fresh tree below it and then switches the link
+# `current`, which the app and the web server use, to it in one rename.
 import os
 import sys
 import time
@@ -35,6 +37,41 @@ COMMANDS = {
 # For the driver alone: the app's own code does not see them.
 CATALOGS = os.environ.pop("BITPOLL_LAUNCHER_CATALOGS", "[]")
 BACKUP = os.environ.pop("BITPOLL_LAUNCHER_BACKUP", "")
+STATIC_DIR = os.environ.pop("BITPOLL_LAUNCHER_STATIC", "")
+CURRENT = "current"
+
+
+def fresh_static_tree(static_dir):
+    """A new, empty tree for collectstatic below `static_dir`; the app's STATIC_ROOT
+    points there for this process only. Nothing older is trusted: every file is copied."""
+    tree = os.path.join(static_dir, "v-%d" % time.time_ns())
+    os.makedirs(tree, mode=0o750)
+    os.environ["BITPOLL_STATIC_ROOT"] = tree
+    return tree
+
+
+def switch_static_tree(static_dir, tree):
+    """Point `current` at the complete `tree` in one rename, then remove the trees older
+    than the one it replaces (kept for a server still reading it)."""
+    import re
+    import shutil
+
+    link = os.path.join(static_dir, CURRENT)
+    try:
+        previous = os.readlink(link)
+    except OSError:
+        previous = None
+    tmp = os.path.join(static_dir, ".%s.tmp-%d" % (CURRENT, os.getpid()))
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.basename(tree), tmp)
+    os.replace(tmp, link)
+    print("static files: %s now serves %s" % (link, os.path.basename(tree)))
+    keep = {os.path.basename(tree), previous}
+    for name in os.listdir(static_dir):
+        path = os.path.join(static_dir, name)
+        if re.fullmatch(r"v-[0-9]+", name) and name not in keep and not os.path.islink(path):
+            shutil.rmtree(path)
 
 
 def backup_database(target):
@@ -145,6 +182,9 @@ def main(steps):
         events.flush()
 
     t0 = time.monotonic()
+    static_tree = None
+    if STATIC_DIR and "collectstatic" in steps:
+        static_tree = fresh_static_tree(STATIC_DIR)
     import django
 
     django.setup()
@@ -163,6 +203,8 @@ def main(steps):
         else:
             name, options = COMMANDS[step]
             call_command(name, verbosity=1, **options)
+        if step == "collectstatic" and static_tree is not None:
+            switch_static_tree(STATIC_DIR, static_tree)
         sys.stdout.flush()
         sys.stderr.flush()
         if step == "migrate":

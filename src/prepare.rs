@@ -61,6 +61,9 @@ pub struct Context<'a> {
     pub catalogs: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// Where the driver backs up the SQLite database before migrate, if anywhere.
     pub backup: Option<std::path::PathBuf>,
+    /// The directory of versioned static trees (launcher_plan::layout::StaticLayout),
+    /// when the static files are collected there.
+    pub static_dir: Option<std::path::PathBuf>,
     /// The identity the driver runs as.
     pub target: Target,
 }
@@ -235,6 +238,11 @@ async fn supervise(
             ctx.backup
                 .as_ref()
                 .map(|b| ("BITPOLL_LAUNCHER_BACKUP", b.display().to_string())),
+        )
+        .envs(
+            ctx.static_dir
+                .as_ref()
+                .map(|d| ("BITPOLL_LAUNCHER_STATIC", d.display().to_string())),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

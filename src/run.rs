@@ -188,6 +188,10 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         env: prepare_env,
         catalogs,
         backup: backup.clone(),
+        static_dir: match launcher_plan::layout::static_layout(&cfg) {
+            launcher_plan::layout::StaticLayout::Versioned { dir } => Some(dir),
+            launcher_plan::layout::StaticLayout::Fixed(_) => None,
+        },
         target: target.clone(),
     };
     let outcome = prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {

@@ -1560,7 +1560,7 @@ fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
         "app",
         "static files",
         &format!(
-            "no manifest at {}/static/staticfiles.json yet; `run` collects static files",
+            "no manifest at {}/static/current/staticfiles.json yet; `run` collects static files",
             env.data.display()
         ),
     );
@@ -1621,7 +1621,7 @@ fn pending_migrations_are_listed() {
         "app",
         "static files",
         &format!(
-            "manifest {}/static/staticfiles.json present",
+            "manifest {}/static/current/staticfiles.json present",
             env.data.display()
         ),
     );
@@ -1672,7 +1672,7 @@ fn a_missing_static_manifest_without_collectstatic_is_an_error() {
         "app",
         "static files",
         &format!(
-            "no manifest at {}/static/staticfiles.json and prepare.collectstatic = false",
+            "no manifest at {}/static/current/staticfiles.json and prepare.collectstatic = false",
             env.data.display()
         ),
     );

@@ -200,7 +200,7 @@ fn serves_the_demo_app_as_the_service_user_without_privileges() {
         "db.sqlite3"
     );
     assert!(
-        env.data.join("static/staticfiles.json").is_file(),
+        env.data.join("static/current/staticfiles.json").is_file(),
         "collectstatic wrote no manifest"
     );
     assert_tree_owned_by(&env.data.join("static"), u);
@@ -1498,6 +1498,7 @@ fn server_environment_is_built_from_scratch() {
         "BITPOLL_DATA_DIR",
         // The demo source carries no compiled catalogs: they are in the data directory.
         "BITPOLL_LOCALE_PATHS",
+        "BITPOLL_STATIC_ROOT",
         "BITPOLL_DB_ENGINE",
         "BITPOLL_DB_PATH",
         "BITPOLL_SECRET_KEY",
@@ -1739,4 +1740,66 @@ fn the_database_is_backed_up_before_a_migrate_with_work_and_old_backups_are_prun
     assert_eq!(second.len(), 1, "prepare.backups = 1 keeps one\n{log}");
     assert_ne!(second, first);
     assert!(log.contains("removed the old backup"), "{log}");
+}
+
+/// Set every file of the app copy to mtime 1, as in a Nix store.
+fn nix_mtimes(root: &Path) {
+    for entry in fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            nix_mtimes(&path);
+        } else if meta.is_file() {
+            set_mtime(&path, SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        }
+    }
+}
+
+/// An upgrade in a Nix-style store (every mtime 1) changes a static file: the new content
+/// is collected and served (collectstatic alone would keep the older copy, whose mtime is
+/// newer), into a fresh tree that `current` switches to; the tree before stays, older
+/// ones go.
+#[test]
+fn an_upgraded_static_file_with_mtime_1_is_collected_into_a_fresh_tree() {
+    let mut env = TestEnv::new("static_upgrade");
+    let css = env.app.join("bitpoll/static/css/demo.css");
+    nix_mtimes(&env.app);
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let current = env.data.join("static/current");
+    let first = fs::read_link(&current).expect("static/current is a link");
+    assert!(current.join("css/demo.css").is_file());
+
+    for round in 1..=2 {
+        fs::write(
+            &css,
+            format!("/* upgraded, round {round} */\nbody {{ color: #{round}{round}{round}; }}\n"),
+        )
+        .unwrap();
+        nix_mtimes(&env.app);
+        env.launch();
+        env.wait_ready(READY);
+        let log = env.stderr();
+        env.stop();
+        let served = fs::read_to_string(current.join("css/demo.css")).unwrap();
+        assert!(
+            served.contains(&format!("round {round}")),
+            "the old static file is still served after the upgrade: {served}\n{log}"
+        );
+    }
+    let trees: Vec<String> = fs::read_dir(env.data.join("static"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("v-"))
+        .collect();
+    assert_eq!(
+        trees.len(),
+        2,
+        "the served tree and the one before it: {trees:?}"
+    );
+    assert!(
+        !trees.contains(&first.display().to_string()),
+        "the oldest tree was kept: {trees:?}"
+    );
 }

@@ -116,7 +116,11 @@ def main(paths):
         from django.contrib.staticfiles.storage import staticfiles_storage
 
         manifest = getattr(staticfiles_storage, "manifest_name", None)
-        if settings.STATIC_ROOT and os.path.islink(str(settings.STATIC_ROOT)):
+        root = str(settings.STATIC_ROOT) if settings.STATIC_ROOT else ""
+        # The launcher's own link `current` (a name in the same directory) is expected.
+        if root and os.path.islink(root) and (
+            os.path.basename(root) != "current" or "/" in os.readlink(root)
+        ):
             res["static_error"] = "STATIC_ROOT %s is a symbolic link" % settings.STATIC_ROOT
         elif manifest and settings.STATIC_ROOT:
             path = os.path.join(str(settings.STATIC_ROOT), manifest)

@@ -130,6 +130,12 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
     set("DJANGO_SETTINGS_MODULE", cfg.app.settings_module.clone());
     set("PYTHONUNBUFFERED", "1".into());
     set(DATA_DIR_VAR, cfg.service.data_dir.display().to_string());
+    if let crate::layout::StaticLayout::Versioned { .. } = crate::layout::static_layout(cfg) {
+        set(
+            "BITPOLL_STATIC_ROOT",
+            crate::layout::static_root(cfg).display().to_string(),
+        );
+    }
     if !inputs.locale_paths.is_empty() {
         let paths: Vec<String> = inputs
             .locale_paths
@@ -299,6 +305,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             ("BITPOLL_DB_ENGINE", "sqlite"),
             ("BITPOLL_DB_PATH", "/var/lib/bitpoll/db.sqlite3"),
             ("BITPOLL_SECRET_KEY", "s3cr3t-value-xyz"),
+            ("BITPOLL_STATIC_ROOT", "/var/lib/bitpoll/static/current"),
             ("DJANGO_SETTINGS_MODULE", "bitpoll.settings"),
             ("HOME", "/var/lib/bitpoll"),
             ("INVOCATION_ID", "abc"),

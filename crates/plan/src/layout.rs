@@ -85,12 +85,42 @@ pub fn stamp_file_name(step: crate::Step) -> String {
     format!("{}.stamp", step.name())
 }
 
-/// Where collected static files go: the app's BITPOLL_STATIC_ROOT, or <data_dir>/static.
+/// The link inside `<data_dir>/static` that names the static tree being served.
+pub const STATIC_CURRENT: &str = "current";
+
+/// Where collected static files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaticLayout {
+    /// The default: each collectstatic fills a fresh `<dir>/v-<time>` tree, and the link
+    /// `<dir>/current` is switched to it in one rename once it is complete; the app's
+    /// STATIC_ROOT (and a web server's alias) is `<dir>/current`.
+    Versioned { dir: PathBuf },
+    /// The admin's own BITPOLL_STATIC_ROOT: collected in place.
+    Fixed(PathBuf),
+}
+
+impl StaticLayout {
+    /// The app's STATIC_ROOT.
+    pub fn root(&self) -> PathBuf {
+        match self {
+            StaticLayout::Versioned { dir } => dir.join(STATIC_CURRENT),
+            StaticLayout::Fixed(root) => root.clone(),
+        }
+    }
+}
+
+pub fn static_layout(cfg: &Config) -> StaticLayout {
+    match cfg.environment.get("BITPOLL_STATIC_ROOT") {
+        Some(root) => StaticLayout::Fixed(PathBuf::from(root)),
+        None => StaticLayout::Versioned {
+            dir: cfg.service.data_dir.join(STATIC_DIR),
+        },
+    }
+}
+
+/// Where the app's STATIC_ROOT is (see [`static_layout`]).
 pub fn static_root(cfg: &Config) -> PathBuf {
-    cfg.environment
-        .get("BITPOLL_STATIC_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cfg.service.data_dir.join(STATIC_DIR))
+    static_layout(cfg).root()
 }
 
 /// Where uploaded files go: the app's BITPOLL_MEDIA_ROOT, or <data_dir>/media.

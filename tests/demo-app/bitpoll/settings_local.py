@@ -17,7 +17,8 @@ The launcher sets these variables (names are a contract, keep them in sync):
     sqlite:      BITPOLL_DB_PATH (default $BITPOLL_DATA_DIR/db.sqlite3)
     postgresql:  BITPOLL_DB_NAME, BITPOLL_DB_USER, BITPOLL_DB_HOST, BITPOLL_DB_PORT,
                  BITPOLL_DB_PASSWORD
-  BITPOLL_STATIC_ROOT              default $BITPOLL_DATA_DIR/static
+  BITPOLL_STATIC_ROOT              default $BITPOLL_DATA_DIR/static (the launcher sets
+                                   $BITPOLL_DATA_DIR/static/current)
   BITPOLL_MEDIA_ROOT               default $BITPOLL_DATA_DIR/media
   BITPOLL_LOCALE_PATHS             ":"-separated catalog directories put before the
                                    source's locale/ in LOCALE_PATHS (the launcher compiles
