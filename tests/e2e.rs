@@ -1724,6 +1724,28 @@ fn the_database_is_backed_up_before_a_migrate_with_work_and_old_backups_are_prun
     env.stop();
     assert_eq!(list(), first);
 
+    // The backup restored in place (same file, older content): the database decides,
+    // migrate runs again and the app serves.
+    let db = env.data.join("db.sqlite3");
+    let ino = fs::metadata(&db).unwrap().ino();
+    fs::write(&db, fs::read(&copy).unwrap()).unwrap();
+    assert_eq!(fs::metadata(&db).unwrap().ino(), ino, "restored in place");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    assert!(
+        log.contains("step migrate runs: the database lacks 1 migration(s) applied before (poll.0003_upgrade)"),
+        "{log}"
+    );
+    assert_eq!(env.http_get("/").status, 200);
+    env.stop();
+    assert_eq!(
+        applied(&db),
+        "['0001_initial', '0002_demo_delay', '0003_upgrade']"
+    );
+    // That migrate had work: a backup of the restored database was taken too.
+    let first = list();
+
     // Another migration, one second later at least: a new backup replaces the old one.
     std::thread::sleep(Duration::from_millis(1100));
     util::add_migration(&env, "0004_upgrade");
@@ -1802,4 +1824,34 @@ fn an_upgraded_static_file_with_mtime_1_is_collected_into_a_fresh_tree() {
         !trees.contains(&first.display().to_string()),
         "the oldest tree was kept: {trees:?}"
     );
+}
+
+/// A start from an admin's root shell (another PATH, LANG, HOME) between two starts by
+/// the service manager changes nothing the app sees: every step stays skipped, before
+/// and after.
+#[test]
+fn a_start_from_a_root_shell_environment_does_not_rerun_preparation() {
+    let mut env = TestEnv::new("root_shell_env");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let shell = Launch::default()
+        .env(
+            "PATH",
+            "/root/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "de_DE.UTF-8")
+        .env("LC_ALL", "de_DE.UTF-8")
+        .env("HOME", "/root")
+        .env("TZ", "Europe/Berlin");
+    env.launch_with(shell);
+    env.wait_ready(READY);
+    let log = env.stderr();
+    env.stop();
+    assert_every_step(&log, "skipped", "re-ran for the caller's environment");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    env.stop();
+    assert_every_step(&log, "skipped", "re-ran after a start from a root shell");
 }
