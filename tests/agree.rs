@@ -441,3 +441,57 @@ fn a_changed_field_encryption_key_over_encrypted_data_is_refused_by_both_and_a_r
     write_file(&fek, format!("{old}\n").as_bytes(), 0o600);
     both_accept(&mut env);
 }
+
+/// A config laid out as NixOS does it: /etc/bitpoll/launcher.toml is a link to
+/// /etc/static/..., which leads into a store directory that is sticky and group-writable
+/// (1775 root:nixbld) holding a root-owned 0444 file. Both commands accept it; the same
+/// chain with the store file owned by someone else is refused by both.
+#[test]
+fn a_nixos_shaped_config_chain_is_trusted_by_both_and_a_foreign_store_file_is_not() {
+    let mut env = TestEnv::new("agree_nixos");
+    let root = env.dir.join("nixos");
+    let store = root.join("nix/store");
+    fs::create_dir_all(&store).unwrap();
+    fs::create_dir_all(root.join("etc-static/bitpoll")).unwrap();
+    fs::create_dir_all(root.join("etc/bitpoll")).unwrap();
+    let (_, nogroup) = util::cli::nobody();
+    std::os::unix::fs::chown(&store, Some(0), Some(nogroup)).unwrap();
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o1775)).unwrap();
+    let object = store.join("0123456789abcdef-launcher.toml");
+    write_file(&object, env.config.render().as_bytes(), 0o444);
+    let static_link = root.join("etc-static/bitpoll/launcher.toml");
+    std::os::unix::fs::symlink(&object, &static_link).unwrap();
+    let config = root.join("etc/bitpoll/launcher.toml");
+    std::os::unix::fs::symlink(&static_link, &config).unwrap();
+
+    let run_check = |env: &TestEnv| {
+        let out = run_launcher(
+            env,
+            &Run::new(&["check", "--config", &config.display().to_string(), "--json"]),
+        );
+        let doc: Value = serde_json::from_str(&out.stdout).expect("JSON");
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["group"] == "config" && f["severity"] == "error")
+            .map(|f| f["message"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run_check(&env), Vec::<String>::new());
+    env.launch_with(util::Launch::default().config(&config));
+    env.wait_ready(READY);
+    assert_eq!(env.http_get("/").status, 200);
+    env.stop();
+
+    // A store object still owned by a build user: refused by both, nothing read.
+    let (nobody_uid, _) = util::cli::nobody();
+    std::os::unix::fs::lchown(&object, Some(nobody_uid), None).unwrap();
+    let errors = run_check(&env);
+    assert!(
+        errors.iter().any(|m| m.contains("owned by")),
+        "check accepted a store file owned by uid {nobody_uid}: {errors:?}"
+    );
+    env.launch_with(util::Launch::default().config(&config));
+    env.expect_failure(2, &["cannot read config file", "owned by"], FAIL_FAST);
+}
