@@ -43,7 +43,7 @@ pub fn run(args: &UnitArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-fn parse_credentials(items: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+pub fn parse_credentials(items: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for item in items {
         let (id, path) = item
