@@ -1623,3 +1623,37 @@ fn files_the_app_writes_inside_its_source_do_not_count_as_source_changes() {
         "ran again although only its own output changed",
     );
 }
+
+#[test]
+fn a_foreign_host_header_gets_400_and_one_log_line_without_a_traceback() {
+    let mut env = TestEnv::new("foreign_host");
+    env.launch();
+    env.wait_ready(READY);
+    for _ in 0..2 {
+        let resp = util::http_get_host(env.port, "/healthz", "foreign.example");
+        assert_eq!(resp.status, 400, "{}", resp.body);
+    }
+    env.wait_for_log("foreign.example", READY);
+    // The second request's line too (both are logged by the same worker, in order).
+    let deadline = Instant::now() + READY;
+    while env.stderr().matches("foreign.example").count() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = env.stderr();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("foreign.example"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per request:\n{log}");
+    for line in &lines {
+        assert!(
+            line.starts_with(
+                "ERROR django.security.DisallowedHost: Invalid HTTP_HOST header: 'foreign.example'."
+            ),
+            "{line}"
+        );
+    }
+    assert!(!log.contains("Traceback"), "{log}");
+    assert_eq!(env.http_get("/healthz").status, 200);
+    env.stop();
+}
