@@ -121,8 +121,15 @@ else:
 
 # --- Files ------------------------------------------------------------------
 
-# collectstatic writes here; nginx serves it as /static/.
-STATIC_ROOT = _optional("BITPOLL_STATIC_ROOT", _os.path.join(DATA_DIR, "static"))
+# The package runs collectstatic when it is built, into share/bitpoll-static
+# beside the source; nginx serves it as /static/ and Django reads its
+# staticfiles.json. Without it (a tree that was not built so), collectstatic
+# writes below the data directory.
+_BUILT_STATIC = _os.path.join(_os.path.dirname(_SOURCE_DIR), "bitpoll-static")
+STATIC_ROOT = _optional(
+    "BITPOLL_STATIC_ROOT",
+    _BUILT_STATIC if _os.path.isdir(_BUILT_STATIC) else _os.path.join(DATA_DIR, "static"),
+)
 STATIC_PRECOMPILER_ROOT = STATIC_ROOT
 MEDIA_ROOT = _optional("BITPOLL_MEDIA_ROOT", _os.path.join(DATA_DIR, "media"))
 
