@@ -6,7 +6,6 @@
 //! the interpreter, the preparation stamps and the outputs they vouch for. Nothing here
 //! creates, changes or decides anything; every read is bounded and never blocks on a FIFO.
 
-use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -431,8 +430,8 @@ pub fn witness(
         }
         Step::Compilemessages => match source {
             Some(source) => format!(
-                "catalogs po={} mo-up-to-date={}",
-                source.facts.po_files, source.facts.fresh_mo_files
+                "catalogs po={} compiled-into-data-dir={}",
+                source.facts.po_files, source.facts.fresh_in_data_dir
             ),
             // Never matches a real witness: the step would simply run again.
             None => "catalogs not scanned".into(),
@@ -502,7 +501,7 @@ impl SourceTree {
     /// static root, media root or SQLite database placed inside the source directory):
     /// those change on every run and are outputs, not inputs.
     pub fn of(cfg: &Config) -> std::io::Result<SourceTree> {
-        let mut facts = scan(&cfg.app.source_dir, &layout::app_outputs(cfg))?;
+        let mut facts = scan(cfg, &cfg.app.source_dir, &layout::app_outputs(cfg))?;
         facts.manage_py = std::fs::symlink_metadata(cfg.app.source_dir.join("manage.py"))
             .is_ok_and(|m| m.is_file());
         Ok(SourceTree { facts })
@@ -512,11 +511,12 @@ impl SourceTree {
 /// A digest of every file's relative path, size, mode and modification time, skipping
 /// bytecode, compiled catalogs (which compilemessages writes) and hidden directories; the
 /// translation catalogs with their up-to-date compiled forms and their directories.
-fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
+fn scan(cfg: &Config, root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
     let mut entries = Vec::new();
     let mut po_files = 0;
     let mut fresh_mo_files = 0;
-    let mut po_dirs: BTreeMap<PathBuf, PoDir> = BTreeMap::new();
+    let mut fresh_in_data_dir = 0;
+    let mut locale_dirs: Vec<PathBuf> = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
@@ -540,21 +540,26 @@ fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
             }
             if name.ends_with(".po") {
                 po_files += 1;
-                if !po_dirs.contains_key(&dir) {
-                    let m = std::fs::metadata(&dir)?;
-                    po_dirs.insert(
-                        dir.clone(),
-                        PoDir {
-                            path: dir.clone(),
-                            uid: m.uid(),
-                            gid: m.gid(),
-                            mode: m.mode() & 0o7777,
-                        },
-                    );
-                }
-                let mo = path.with_extension("mo");
-                if std::fs::metadata(&mo).is_ok_and(|m| m.mtime() >= meta.mtime()) {
+                let fresh = |mo: &Path| {
+                    std::fs::symlink_metadata(mo)
+                        .is_ok_and(|m| m.is_file() && m.mtime() >= meta.mtime())
+                };
+                if fresh(&path.with_extension("mo")) {
                     fresh_mo_files += 1;
+                }
+                // <base>/<lang>/LC_MESSAGES/<domain>.po
+                let base = dir.parent().and_then(Path::parent);
+                if let Some(rel) = base.and_then(|b| b.strip_prefix(root).ok()) {
+                    if !locale_dirs.iter().any(|d| d == rel) {
+                        locale_dirs.push(rel.to_path_buf());
+                    }
+                    let below = path.strip_prefix(base.unwrap_or(root)).unwrap_or(&path);
+                    let target = layout::catalog_target(cfg, rel)
+                        .join(below)
+                        .with_extension("mo");
+                    if fresh(&target) {
+                        fresh_in_data_dir += 1;
+                    }
                 }
             }
             let rel = path
@@ -589,6 +594,10 @@ fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
         digest: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
         po_files,
         fresh_mo_files,
-        po_dirs: po_dirs.into_values().collect(),
+        locale_dirs: {
+            locale_dirs.sort();
+            locale_dirs
+        },
+        fresh_in_data_dir,
     })
 }

@@ -14,6 +14,12 @@
 #   step-done <step> <ms>
 # The launcher accepts event lines up to 1 MiB. A failing step prints its traceback to
 # stderr and the driver exits with status 3.
+#
+# compilemessages never writes into the app source (the service user may not own it): the
+# launcher passes BITPOLL_LAUNCHER_CATALOGS, a JSON list of [source base directory,
+# target directory] pairs, and each .po below a source base is compiled with GNU msgfmt,
+# as Django's compilemessages does, to the same relative path below its target. The app
+# finds the targets through BITPOLL_LOCALE_PATHS.
 import os
 import sys
 import time
@@ -23,8 +29,50 @@ EVENT_LINE_MAX = 1 << 20
 COMMANDS = {
     "migrate": ("migrate", {"interactive": False}),
     "collectstatic": ("collectstatic", {"interactive": False}),
-    "compilemessages": ("compilemessages", {}),
+    "compilemessages": None,
 }
+# For the driver alone: the app's own code does not see it.
+CATALOGS = os.environ.pop("BITPOLL_LAUNCHER_CATALOGS", "[]")
+
+
+def compile_catalogs(pairs):
+    """Compile every .po below each source base into its target, skipping a .mo that is
+    already newer than its .po; each written through a temporary file and renamed."""
+    import shutil
+    import subprocess
+
+    msgfmt = shutil.which("msgfmt")
+    if msgfmt is None:
+        raise RuntimeError(
+            "msgfmt (GNU gettext) is not on the app's PATH: install gettext, or compile the "
+            "catalogs when the app is built and set prepare.compilemessages = false"
+        )
+    compiled = fresh = 0
+    for source, target in pairs:
+        for dirpath, dirnames, filenames in os.walk(source):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if not name.endswith(".po"):
+                    continue
+                po = os.path.join(dirpath, name)
+                mo = os.path.join(target, os.path.relpath(po, source))[:-3] + ".mo"
+                try:
+                    if os.stat(mo).st_mtime >= os.stat(po).st_mtime:
+                        fresh += 1
+                        continue
+                except FileNotFoundError:
+                    pass
+                os.makedirs(os.path.dirname(mo), mode=0o750, exist_ok=True)
+                tmp = "%s.tmp-%d" % (mo, os.getpid())
+                try:
+                    subprocess.run([msgfmt, "--check-format", "-o", tmp, po], check=True)
+                    os.replace(tmp, mo)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+                print("compiled %s -> %s" % (po, mo))
+                compiled += 1
+    print("%d catalog(s) compiled, %d already up to date" % (compiled, fresh))
 
 
 def open_events():
@@ -79,10 +127,15 @@ def main(steps):
     from django.core.management import call_command
 
     for step in steps:
-        name, options = COMMANDS[step]
         send("step-begin", step)
         t = time.monotonic()
-        call_command(name, verbosity=1, **options)
+        if step == "compilemessages":
+            import json
+
+            compile_catalogs(json.loads(CATALOGS))
+        else:
+            name, options = COMMANDS[step]
+            call_command(name, verbosity=1, **options)
         sys.stdout.flush()
         sys.stderr.flush()
         if step == "migrate":

@@ -1,7 +1,7 @@
 //! `bitpoll-launcher run`: every phase from config to exec, in order.
 //!
 //! 1. config       load and validate the whole file
-//! 2. judge        observe the host read-only (crate::observe) and judge it with
+//! 2. preflight    observe the host read-only (crate::observe) and judge it with
 //!    launcher_plan::judge: any error stops here, before any change, in the words `check`
 //!    prints
 //! 3. account      create or verify the service user and group
@@ -55,15 +55,6 @@ impl Phase {
     }
 }
 
-/// Log a finding that does not stop the start (warnings; info as info).
-fn log_finding(phase: &'static str, f: &Finding) {
-    match f.severity {
-        Severity::Warning => warn!(phase, subject = %f.subject, "{f}"),
-        Severity::Info => info!(phase, subject = %f.subject, "{f}"),
-        Severity::Ok | Severity::Error => {}
-    }
-}
-
 pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let started = Instant::now();
     // Files the preparation and the app create are not readable by others.
@@ -73,7 +64,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     phase.end(&format!("configuration {} is valid", args.config.display()));
 
-    let phase = Phase::begin("judge", "Checking the deployment");
+    let phase = Phase::begin("preflight", "Checking the deployment");
     let mut facts = observe::observe(
         &cfg,
         &Options {
@@ -89,8 +80,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     if let Some(text) = refusal(&findings) {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
     }
-    for f in &findings {
-        log_finding("judge", f);
+    // What run itself will create or repair is logged when it does; warnings now.
+    for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
+        warn!(phase = "preflight", subject = %f.subject, "{f}");
     }
     phase.end("the deployment is usable");
 
@@ -135,12 +127,15 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         if secret_values.len() == 1 { "" } else { "s" }
     ));
 
+    let catalogs = judge::prepare::catalog_targets(&cfg, &facts);
+    let locale_paths: Vec<std::path::PathBuf> = catalogs.iter().map(|(_, to)| to.clone()).collect();
     let env_inputs = env::Inputs {
         config: &cfg,
         secrets: &secret_values,
         inherited: &facts.inherited,
         user: &account.user,
         home: &cfg.service.data_dir,
+        locale_paths: &locale_paths,
     };
     let target = Target::for_account(&account, privileged)
         .context("cannot read the kernel's capability range")
@@ -157,14 +152,11 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         },
     );
     for p in &planned {
-        let f = p.finding(&cfg);
+        let f = p.finding();
         match &p.decision {
             Decision::Refuse(_) => return Err(Exit::new(exit::SYSTEM, anyhow!("{f}"))),
-            Decision::Skip { .. } => {
+            Decision::Skip { .. } | Decision::NoWork(_) => {
                 info!(phase = "prepare", step = %p.step, skipped = true, "step {} {}", p.step, f.message)
-            }
-            Decision::SkipReadOnly { .. } => {
-                warn!(phase = "prepare", step = %p.step, skipped = true, "{f}")
             }
             Decision::Run(reason) => {
                 info!(phase = "prepare", step = %p.step, skipped = false, "step {} runs: {reason}", p.step)
@@ -177,6 +169,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         tree: &tree,
         owner,
         env: prepare_env,
+        catalogs,
         target: target.clone(),
     };
     let outcome = prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {

@@ -135,7 +135,9 @@ fn a_data_dir_owned_by_another_user_is_refused_by_both() {
 #[test]
 fn a_symlink_in_the_layout_is_refused_by_both() {
     let mut env = TestEnv::new("agree_symlink");
+    let (uid, gid) = create_service_account(&env);
     fs::create_dir(&env.data).unwrap();
+    std::os::unix::fs::chown(&env.data, Some(uid), Some(gid)).unwrap();
     std::os::unix::fs::symlink("/etc", env.data.join("static")).unwrap();
     both_refuse(&mut env, "data_dir", "is a symbolic link");
 }
@@ -205,23 +207,49 @@ fn a_database_that_is_a_fifo_is_refused_by_both() {
 }
 
 #[test]
-fn read_only_catalogs_are_a_warning_in_both_and_the_app_serves() {
+fn catalogs_of_a_read_only_source_are_compiled_into_the_data_dir_by_both_accounts() {
     let mut env = TestEnv::new("agree_catalogs");
     for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
         fs::set_permissions(env.app.join(d), fs::Permissions::from_mode(0o755)).unwrap();
     }
     create_service_account(&env);
-    let (findings, log) = both_accept(&mut env);
+    let into = env.data.join("locale");
+    let findings = check(&env);
     let f = findings
         .iter()
-        .find(|f| f.subject == "step compilemessages")
-        .expect("a compilemessages finding");
-    assert_eq!(f.severity, "warning", "{}", listing(&findings));
+        .find(|f| f.subject == format!("translations in {}", env.app.display()))
+        .expect("a translations finding");
+    assert_eq!(f.severity, "info", "{}", listing(&findings));
     assert!(
-        log.contains("step compilemessages: skipped: compilemessages writes each .mo"),
-        "{log}"
+        f.message
+            .contains(&format!("`run` compiles them into {}", into.display())),
+        "{}",
+        f.message
     );
-    step_agrees(&findings, &log, "migrate", "runs at the next start", "runs");
+    let (findings, log) = both_accept(&mut env);
+    step_agrees(
+        &findings,
+        &log,
+        "compilemessages",
+        "runs at the next start",
+        "runs",
+    );
+    assert!(
+        into.join("de_DE/LC_MESSAGES/django.mo").is_file(),
+        "no catalog in the data directory\n{log}"
+    );
+    // The app serves German from the catalogs in the data directory.
+    env.launch();
+    env.wait_ready(READY);
+    let page = env.http_get("/");
+    assert!(page.body.contains("Willkommen"), "{}", page.body);
+    env.stop();
+    let findings = check(&env);
+    let f = findings
+        .iter()
+        .find(|f| f.subject == format!("translations in {}", env.app.display()))
+        .unwrap();
+    assert_eq!(f.severity, "ok", "{}", listing(&findings));
 }
 
 #[test]

@@ -208,11 +208,17 @@ fn serves_the_demo_app_as_the_service_user_without_privileges() {
     for step in STEPS {
         assert_eq!(owner_mode(&env.stamp(step)), (u, g, 0o600), "{step} stamp");
     }
-    let mo = env.app.join("locale/de_DE/LC_MESSAGES/django.mo");
+    let mo = env.data.join("locale/de_DE/LC_MESSAGES/django.mo");
     assert_eq!(
-        fs::metadata(&mo).expect("django.mo").uid(),
+        fs::metadata(&mo)
+            .expect("django.mo in the data directory")
+            .uid(),
         u,
         "compilemessages did not run as the service user"
+    );
+    assert!(
+        !env.app.join("locale/de_DE/LC_MESSAGES/django.mo").exists(),
+        "compilemessages wrote into the app source"
     );
 
     // A system account, home = data_dir, no login shell.
@@ -1491,6 +1497,8 @@ fn server_environment_is_built_from_scratch() {
         "DJANGO_SETTINGS_MODULE",
         "PYTHONUNBUFFERED",
         "BITPOLL_DATA_DIR",
+        // The demo source carries no compiled catalogs: they are in the data directory.
+        "BITPOLL_LOCALE_PATHS",
         "BITPOLL_DB_ENGINE",
         "BITPOLL_DB_PATH",
         "BITPOLL_SECRET_KEY",

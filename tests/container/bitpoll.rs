@@ -196,13 +196,13 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     c.write_file(TMPFILES_PATH, tmpfiles.as_bytes(), 0o644);
     c.exec_ok(&["systemd-tmpfiles", "--create", TMPFILES_PATH]);
 
-    // The app: a copy keeping modification times; compilemessages writes next to the .po
-    // files, so the service group may write the catalogs.
+    // The app: a root-owned copy keeping modification times, read-only for the service
+    // (the launcher compiles the catalogs into the data directory).
     let script = format!(
         "set -e; mkdir -p {APP_DIR}; cp -a {DEMO_APP_IN}/. {APP_DIR}/; \
          find {APP_DIR} -name __pycache__ -prune -exec rm -rf {{}} +; \
          find {APP_DIR} -name '*.mo' -delete; \
-         chmod -R a+rX /srv/bitpoll; chgrp -R {USER} {APP_DIR}/locale; chmod -R g+w {APP_DIR}/locale"
+         chmod -R a+rX,go-w /srv/bitpoll"
     );
     c.exec_ok(&["sh", "-c", &script]);
 

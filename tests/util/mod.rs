@@ -322,12 +322,8 @@ impl TestEnv {
         let app = dir.join("app");
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo-app");
         copy_app(&demo, &app).expect("copy the demo app");
-        // compilemessages writes .mo files next to the .po files as the service user,
-        // which does not exist yet (the launcher creates it).
-        for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
-            fs::set_permissions(app.join(d), fs::Permissions::from_mode(0o777))
-                .expect("chmod the locale dir");
-        }
+        // The source belongs to root and is read-only for the service user, as in a real
+        // install: the launcher compiles the catalogs into the data directory.
         let port = free_port();
         let data = dir.join("data");
         let mut config = Config::default();

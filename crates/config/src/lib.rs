@@ -118,6 +118,7 @@ pub const DATA_DIR_VAR: &str = "BITPOLL_DATA_DIR";
 /// Variables the launcher sets itself; the config may not set them.
 pub const RESERVED_VARIABLES: &[&str] = &[
     DATA_DIR_VAR,
+    "BITPOLL_LOCALE_PATHS",
     "DJANGO_SETTINGS_MODULE",
     "PYTHONPATH",
     "HOME",

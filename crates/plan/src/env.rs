@@ -81,7 +81,14 @@ pub struct Inputs<'a> {
     /// The service user's name and home directory.
     pub user: &'a str,
     pub home: &'a Path,
+    /// Directories of translation catalogs compiled into the data directory, which the app
+    /// puts first in LOCALE_PATHS (see judge::prepare::catalog_targets); empty when the
+    /// app's own source carries them compiled.
+    pub locale_paths: &'a [std::path::PathBuf],
 }
+
+/// The variable that tells the app where the launcher compiled its catalogs.
+pub const LOCALE_PATHS_VAR: &str = "BITPOLL_LOCALE_PATHS";
 
 /// The environment, sorted by name. Later sources win: allowlisted inherited variables,
 /// the launcher's own variables, `[environment]`, then the secrets. Config validation
@@ -123,6 +130,14 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
     set("DJANGO_SETTINGS_MODULE", cfg.app.settings_module.clone());
     set("PYTHONUNBUFFERED", "1".into());
     set(DATA_DIR_VAR, cfg.service.data_dir.display().to_string());
+    if !inputs.locale_paths.is_empty() {
+        let paths: Vec<String> = inputs
+            .locale_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        set(LOCALE_PATHS_VAR, paths.join(":"));
+    }
     match &cfg.database {
         Database::Sqlite { path } => {
             set("BITPOLL_DB_ENGINE", "sqlite".into());
@@ -211,6 +226,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             inherited: &inherited,
             user: "bitpoll",
             home: Path::new("/var/lib/bitpoll"),
+            locale_paths: &[],
         };
         build(&inputs, purpose).into_iter().collect()
     }
@@ -285,6 +301,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             inherited: &[],
             user: "bitpoll",
             home: Path::new("/var/lib/bitpoll"),
+            locale_paths: &[],
         };
         let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).into_iter().collect();
         assert_eq!(env["PATH"], format!("/opt/venv/bin:{DEFAULT_PATH}"));

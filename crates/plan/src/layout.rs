@@ -18,6 +18,9 @@ pub const SECRETS_DIR: &str = "secrets";
 pub const STATE_DIR: &str = "state";
 pub const STATIC_DIR: &str = "static";
 pub const MEDIA_DIR: &str = "media";
+/// Sub-directory holding the translation catalogs compiled from a source the service may
+/// not write (created by the preparation as the service user).
+pub const LOCALE_DIR: &str = "locale";
 
 /// The tree, parents first. The data directory and static/ are group-readable so a web
 /// server in the service group can serve static files; secrets/ is the user's alone.
@@ -97,6 +100,19 @@ pub fn sqlite_files_in_data_dir(cfg: &Config) -> Vec<String> {
     }
 }
 
+/// Where the catalogs of the source's translation base directory `rel` (relative to the
+/// source, e.g. `locale` or `bitpoll/poll/locale`) are compiled to: the data directory's
+/// locale/ mirrors the source layout without the trailing `locale` component
+/// (`locale` -> `<data_dir>/locale`, `bitpoll/poll/locale` -> `<data_dir>/locale/bitpoll/poll`).
+pub fn catalog_target(cfg: &Config, rel: &Path) -> PathBuf {
+    let rel = if rel.file_name().is_some_and(|n| n == "locale") {
+        rel.parent().unwrap_or(Path::new(""))
+    } else {
+        rel
+    };
+    cfg.service.data_dir.join(LOCALE_DIR).join(rel)
+}
+
 /// What the app writes inside its own source directory when told to (a static root,
 /// media root or SQLite database placed there): outputs, never inputs of a fingerprint.
 pub fn app_outputs(cfg: &Config) -> Vec<PathBuf> {
@@ -114,6 +130,19 @@ pub fn app_outputs(cfg: &Config) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalogs_mirror_the_source_layout_in_the_data_dir() {
+        let cfg = crate::judge::fixture::config("");
+        assert_eq!(
+            catalog_target(&cfg, Path::new("locale")),
+            Path::new("/var/lib/bitpoll/locale")
+        );
+        assert_eq!(
+            catalog_target(&cfg, Path::new("bitpoll/poll/locale")),
+            Path::new("/var/lib/bitpoll/locale/bitpoll/poll")
+        );
+    }
 
     #[test]
     fn data_dir_comes_first_and_secrets_are_private() {

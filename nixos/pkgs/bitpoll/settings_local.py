@@ -133,8 +133,12 @@ STATIC_ROOT = _optional(
 STATIC_PRECOMPILER_ROOT = STATIC_ROOT
 MEDIA_ROOT = _optional("BITPOLL_MEDIA_ROOT", _os.path.join(DATA_DIR, "media"))
 
-# The .mo files are compiled when the package is built (the store is read-only).
-LOCALE_PATHS = (_os.path.join(_SOURCE_DIR, "locale"),)
+# The .mo files are compiled when the package is built (the store is read-only); where
+# they are not, the launcher compiles them into the data directory and names those
+# directories in BITPOLL_LOCALE_PATHS, which come first.
+LOCALE_PATHS = tuple(
+    p for p in (_optional("BITPOLL_LOCALE_PATHS") or "").split(_os.pathsep) if p
+) + (_os.path.join(_SOURCE_DIR, "locale"),)
 
 # --- Site -------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ The launcher sets these variables (names are a contract, keep them in sync):
                  BITPOLL_DB_PASSWORD
   BITPOLL_STATIC_ROOT              default $BITPOLL_DATA_DIR/static
   BITPOLL_MEDIA_ROOT               default $BITPOLL_DATA_DIR/media
+  BITPOLL_LOCALE_PATHS             ":"-separated catalog directories put before the
+                                   source's locale/ in LOCALE_PATHS (the launcher compiles
+                                   the catalogs there when the source has none compiled)
   BITPOLL_LANGUAGE_CODE            default "de-de"
   BITPOLL_TIME_ZONE                default "Europe/Berlin"
   BITPOLL_BASE_URL, BITPOLL_SITE_NAME   optional
@@ -103,6 +106,11 @@ else:
 
 STATIC_ROOT = _get("BITPOLL_STATIC_ROOT", os.path.join(DATA_DIR, "static"))
 MEDIA_ROOT = _get("BITPOLL_MEDIA_ROOT", os.path.join(DATA_DIR, "media"))
+
+_SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCALE_PATHS = tuple(
+    p for p in (_get("BITPOLL_LOCALE_PATHS") or "").split(os.pathsep) if p
+) + (os.path.join(_SOURCE_DIR, "locale"),)
 
 LANGUAGE_CODE = _get("BITPOLL_LANGUAGE_CODE", "de-de")
 TIME_ZONE = _get("BITPOLL_TIME_ZONE", "Europe/Berlin")
