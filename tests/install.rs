@@ -44,14 +44,6 @@ fn fresh_host(tag: &str) -> Bitpoll {
     }
 }
 
-/// The config for this test: compilemessages off (the app tree is root's and read-only to
-/// the service, as an admin's install would be), everything else as the other tests.
-fn config() -> String {
-    Spec::default()
-        .config()
-        .replace("compilemessages = true", "compilemessages = false")
-}
-
 fn launcher(b: &Bitpoll, args: &[&str]) -> std::process::Output {
     let mut argv = vec![LAUNCHER_PATH];
     argv.extend_from_slice(args);
@@ -67,8 +59,8 @@ fn install_on_a_fresh_host_then_start_serves_and_uninstall_keeps_the_data() {
     if !container::require_root_and_nspawn() {
         return;
     }
+    // The app tree stays root's and read-only to the service, as an admin's would.
     let b = fresh_host("install");
-    b.write_config(&config());
     let files = [UNIT_PATH, SYSUSERS, TMPFILES];
 
     // --dry-run shows every file and command, and changes nothing.

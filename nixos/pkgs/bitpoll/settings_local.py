@@ -171,7 +171,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 # --- Logging ----------------------------------------------------------------
 
 
-
 class _WithoutTraceback(_logging.Formatter):
     """One line per record: the message without the exception's traceback."""
 
