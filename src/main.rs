@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod config;
 mod exit;
+mod install;
 mod manage;
 mod notify;
 mod observability;
@@ -37,6 +38,8 @@ fn main() -> std::process::ExitCode {
         Command::Unit(args) => unit::run(&args).map(|()| 0),
         Command::Sysusers(args) => sysusers::run(&args).map(|()| 0),
         Command::Tmpfiles(args) => tmpfiles::run(&args).map(|()| 0),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

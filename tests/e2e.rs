@@ -13,6 +13,7 @@ mod util;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -1854,4 +1855,154 @@ fn a_start_from_a_root_shell_environment_does_not_rerun_preparation() {
     let log = env.stderr();
     env.stop();
     assert_every_step(&log, "skipped", "re-ran after a start from a root shell");
+}
+
+#[test]
+fn a_foreign_host_header_gets_400_and_one_log_line_without_a_traceback() {
+    let mut env = TestEnv::new("foreign_host");
+    env.launch();
+    env.wait_ready(READY);
+    for _ in 0..2 {
+        let resp = util::http_get_host(env.port, "/healthz", "foreign.example");
+        assert_eq!(resp.status, 400, "{}", resp.body);
+    }
+    env.wait_for_log("foreign.example", READY);
+    // The second request's line too (both are logged by the same worker, in order).
+    let deadline = Instant::now() + READY;
+    while env.stderr().matches("foreign.example").count() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = env.stderr();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("foreign.example"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per request:\n{log}");
+    for line in &lines {
+        assert!(
+            line.starts_with(
+                "ERROR django.security.DisallowedHost: Invalid HTTP_HOST header: 'foreign.example'."
+            ),
+            "{line}"
+        );
+    }
+    assert!(!log.contains("Traceback"), "{log}");
+    assert_eq!(env.http_get("/healthz").status, 200);
+    env.stop();
+}
+
+#[test]
+fn the_documented_tryout_runs_as_an_unprivileged_person_and_serves() {
+    let env = TestEnv::new("tryout");
+    // A person's account: a regular uid with a login shell and a group of its own.
+    let out = std::process::Command::new("useradd")
+        .args(["--user-group", "--no-create-home", "--shell", "/bin/bash"])
+        .arg("--home-dir")
+        .arg(&env.dir)
+        .arg(&env.user)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = env.ids().unwrap();
+    // What the user runs, where any user can run it (the checkout may be under /root).
+    let launcher = env.dir.join("bitpoll-launcher");
+    let script = env.dir.join("tryout.sh");
+    fs::copy(util::LAUNCHER, &launcher).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tryout.sh"),
+        &script,
+    )
+    .unwrap();
+    let tmp = env.dir.join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    nix::unistd::chown(
+        &tmp,
+        Some(nix::unistd::Uid::from_raw(ids.uid)),
+        Some(nix::unistd::Gid::from_raw(ids.gid)),
+    )
+    .unwrap();
+    let as_user = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", ids.uid))
+            .arg(format!("--regid={}", ids.gid))
+            .args(["--init-groups", "--", "env", "-i"])
+            .arg(format!("PATH={}", util::PATH))
+            .arg(format!("HOME={}", env.dir.display()))
+            .arg(format!("TMPDIR={}", tmp.display()))
+            .arg(format!("BITPOLL_TRYOUT_PYTHON={}", util::PYTHON))
+            .arg(format!("BITPOLL_TRYOUT_SOURCE={}", env.app.display()))
+            .arg(format!("BITPOLL_TRYOUT_LAUNCHER={}", launcher.display()))
+            .arg(format!("BITPOLL_TRYOUT_PORT={}", env.port))
+            .arg("bash")
+            .arg(&script)
+            .args(args)
+            .current_dir(&env.dir);
+        cmd
+    };
+
+    let log = env.dir.join("tryout.log");
+    let mut server = as_user(&["server"])
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = server.id() as i32;
+    let deadline = Instant::now() + READY;
+    let served = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break Err(format!("the try-out exited: {status}"));
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", env.port)).is_ok() {
+            break Ok(env.http_get("/healthz").status);
+        }
+        if Instant::now() >= deadline {
+            break Err("no server within the deadline".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(served, Ok(200), "{}", text());
+    assert_eq!(env.http_get("/").status, 200, "{}", text());
+    let whoami = env.whoami();
+    assert_eq!((whoami.uid, whoami.gid), (ids.uid, ids.gid));
+    assert!(text().contains("not running as root"), "{}", text());
+
+    // The data is the user's, in the throw-away directory.
+    let data = tmp.join(format!("bitpoll-tryout-{}/data", ids.uid));
+    assert_eq!(owner_mode(&data).0, ids.uid);
+    assert!(data.join("db.sqlite3").is_file(), "{}", text());
+    for key in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        let (uid, _, mode) = owner_mode(&data.join("secrets").join(key));
+        assert_eq!((uid, mode & 0o777), (ids.uid, 0o600), "{key}");
+    }
+
+    // manage runs against the same data.
+    let out = as_user(&["manage", "showmigrations", "poll"])
+        .output()
+        .unwrap();
+    let manage = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{manage}");
+    assert!(manage.contains("[X] 0001_initial"), "{manage}");
+
+    util::kill_group(pgid);
+    let _ = server.wait();
+
+    // As root it refuses, pointing at install instead.
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("server")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not as root"));
 }

@@ -956,6 +956,11 @@ fn free_port() -> u16 {
 
 /// GET `path` from 127.0.0.1:`port`.
 pub fn http_get(port: u16, path: &str) -> Response {
+    http_get_host(port, path, "127.0.0.1")
+}
+
+/// GET `path` from 127.0.0.1:`port` with the given Host header.
+pub fn http_get_host(port: u16, path: &str, host: &str) -> Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
@@ -965,7 +970,7 @@ pub fn http_get(port: u16, path: &str) -> Response {
         .expect("write timeout");
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .expect("send the request");
     let mut raw = Vec::new();

@@ -17,6 +17,7 @@ star import), so every helper here starts with one.
 
 import base64 as _base64
 import binascii as _binascii
+import logging as _logging
 import os as _os
 
 from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured
@@ -123,8 +124,15 @@ else:
 
 # --- Files ------------------------------------------------------------------
 
-# collectstatic writes here; nginx serves it as /static/.
-STATIC_ROOT = _optional("BITPOLL_STATIC_ROOT", _os.path.join(DATA_DIR, "static"))
+# The package runs collectstatic when it is built, into share/bitpoll-static
+# beside the source; nginx serves it as /static/ and Django reads its
+# staticfiles.json. Without it (a tree that was not built so), collectstatic
+# writes below the data directory.
+_BUILT_STATIC = _os.path.join(_os.path.dirname(_SOURCE_DIR), "bitpoll-static")
+STATIC_ROOT = _optional(
+    "BITPOLL_STATIC_ROOT",
+    _BUILT_STATIC if _os.path.isdir(_BUILT_STATIC) else _os.path.join(DATA_DIR, "static"),
+)
 STATIC_PRECOMPILER_ROOT = STATIC_ROOT
 MEDIA_ROOT = _optional("BITPOLL_MEDIA_ROOT", _os.path.join(DATA_DIR, "media"))
 
@@ -165,16 +173,39 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
 # --- Logging ----------------------------------------------------------------
 
+
+class _WithoutTraceback(_logging.Formatter):
+    """One line per record: the message without the exception's traceback."""
+
+    def formatException(self, ei):
+        return ""
+
+    def formatStack(self, stack_info):
+        return ""
+
+
 # Warnings and errors (including the tracebacks of 500 responses, which Django
-# otherwise only mails to ADMINS) go to stderr, i.e. the journal.
+# otherwise only mails to ADMINS) go to stderr, i.e. the journal. A request
+# whose Host header is not in ALLOWED_HOSTS (scanners send them all day) is
+# answered with 400 and logged in one line naming the host, not with a
+# traceback per request.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "formatters": {
+        "one_line": {"()": _WithoutTraceback, "format": "%(levelname)s %(name)s: %(message)s"},
+    },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler"},
+        "stderr_one_line": {"class": "logging.StreamHandler", "formatter": "one_line"},
     },
     "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
         "django": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        "django.security.DisallowedHost": {
+            "handlers": ["stderr_one_line"],
+            "level": "WARNING",
+            "propagate": False,
+        },
     },
 }

@@ -30,6 +30,7 @@ The launcher sets these variables (names are a contract, keep them in sync):
 
 Logging goes to stderr only (the journal under systemd); nothing is logged to files.
 """
+import logging
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -136,11 +137,25 @@ if _flag("BITPOLL_SECURE_COOKIES"):
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 
+class _WithoutTraceback(logging.Formatter):
+    """One line per record: the message without the exception's traceback."""
+
+    def formatException(self, ei):
+        return ""
+
+    def formatStack(self, stack_info):
+        return ""
+
+
+# A request with a Host header not in ALLOWED_HOSTS (scanners send them all day) is
+# answered with 400 and logged by django.security.DisallowedHost with the exception
+# attached: one line saying which host, not a traceback per request.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(levelname)s %(name)s: %(message)s"},
+        "one_line": {"()": _WithoutTraceback, "format": "%(levelname)s %(name)s: %(message)s"},
     },
     "handlers": {
         "console": {
@@ -148,10 +163,20 @@ LOGGING = {
             "stream": "ext://sys.stderr",
             "formatter": "plain",
         },
+        "console_one_line": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "one_line",
+        },
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django.security.DisallowedHost": {
+            "handlers": ["console_one_line"],
+            "level": "WARNING",
+            "propagate": False,
+        },
         "bitpoll": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
