@@ -1,7 +1,7 @@
 //! `bitpoll-launcher run`: every phase from config to exec, in order.
 //!
 //! 1. config       load and validate the whole file
-//! 2. judge        observe the host read-only (crate::observe) and judge it with
+//! 2. preflight    observe the host read-only (crate::observe) and judge it with
 //!    launcher_plan::judge: any error stops here, before any change, in the words `check`
 //!    prints
 //! 3. account      create or verify the service user and group
@@ -23,7 +23,10 @@ use launcher_plan::env::{self, Purpose};
 use launcher_plan::facts::{Facts, SecretState, View};
 use launcher_plan::finding::{Finding, Severity, refusal};
 use launcher_plan::judge::{self, prepare::Decision, secrets::Action};
-use launcher_plan::layout::{self, READY_HOOK_FILE, STATE_DIR, TREE, sqlite_files_in_data_dir};
+use launcher_plan::layout::{
+    self, BACKUPS_DIR, KEYS_FILE, READY_HOOK_FILE, STAMP_FILE_MODE, STATE_DIR, TREE,
+    is_backup_name, sqlite_files_in_data_dir,
+};
 use launcher_plan::secret::SecretValue;
 use launcher_sys::account::Account;
 use launcher_sys::privs::Target;
@@ -55,30 +58,16 @@ impl Phase {
     }
 }
 
-/// Log a finding that does not stop the start (warnings; info as info).
-fn log_finding(phase: &'static str, f: &Finding) {
-    match f.severity {
-        Severity::Warning => warn!(phase, subject = %f.subject, "{f}"),
-        Severity::Info => info!(phase, subject = %f.subject, "{f}"),
-        Severity::Ok | Severity::Error => {}
-    }
-}
-
 pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let started = Instant::now();
     // Files the preparation and the app create are not readable by others.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
-    // Socket activation: the listening sockets are for the server only, not for the
-    // preparation child.
-    let sockets = launcher_sys::exec::hold_listen_fds()
-        .context("the sockets systemd passed (LISTEN_FDS) are not usable")
-        .or_exit(exit::RUNTIME)?;
 
     let phase = Phase::begin("config", "Reading configuration");
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     phase.end(&format!("configuration {} is valid", args.config.display()));
 
-    let phase = Phase::begin("judge", "Checking the deployment");
+    let phase = Phase::begin("preflight", "Checking the deployment");
     let mut facts = observe::observe(
         &cfg,
         &Options {
@@ -94,8 +83,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     if let Some(text) = refusal(&findings) {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
     }
-    for f in &findings {
-        log_finding("judge", f);
+    // What run itself will create or repair is logged when it does; warnings now.
+    for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
+        warn!(phase = "preflight", subject = %f.subject, "{f}");
     }
     phase.end("the deployment is usable");
 
@@ -140,12 +130,15 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         if secret_values.len() == 1 { "" } else { "s" }
     ));
 
+    let catalogs = judge::prepare::catalog_targets(&cfg, &facts);
+    let locale_paths: Vec<std::path::PathBuf> = catalogs.iter().map(|(_, to)| to.clone()).collect();
     let env_inputs = env::Inputs {
         config: &cfg,
         secrets: &secret_values,
         inherited: &facts.inherited,
         user: &account.user,
         home: &cfg.service.data_dir,
+        locale_paths: &locale_paths,
     };
     let target = Target::for_account(&account, privileged)
         .context("cannot read the kernel's capability range")
@@ -162,38 +155,65 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         },
     );
     for p in &planned {
-        let f = p.finding(&cfg);
+        let f = p.finding();
         match &p.decision {
             Decision::Refuse(_) => return Err(Exit::new(exit::SYSTEM, anyhow!("{f}"))),
-            Decision::Skip { .. } => {
+            Decision::Skip { .. } | Decision::NoWork(_) => {
                 info!(phase = "prepare", step = %p.step, skipped = true, "step {} {}", p.step, f.message)
-            }
-            Decision::SkipReadOnly { .. } => {
-                warn!(phase = "prepare", step = %p.step, skipped = true, "{f}")
             }
             Decision::Run(reason) => {
                 info!(phase = "prepare", step = %p.step, skipped = false, "step {} runs: {reason}", p.step)
             }
         }
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let backup = judge::prepare::backup(&cfg, &facts, &planned, now);
+    if let Some(f) = backup.finding() {
+        match f.severity {
+            Severity::Warning => warn!(phase = "prepare", "{f}"),
+            _ => info!(phase = "prepare", "{}", f.message),
+        }
+    }
+    let backup = match backup {
+        judge::prepare::Backup::Take(path) => Some(path),
+        _ => None,
+    };
     let to_run = planned.iter().filter(|p| p.runs()).count();
     let ctx = prepare::Context {
         cfg: &cfg,
         tree: &tree,
         owner,
         env: prepare_env,
+        catalogs,
+        backup: backup.clone(),
+        static_dir: match launcher_plan::layout::static_layout(&cfg) {
+            launcher_plan::layout::StaticLayout::Versioned { dir } => Some(dir),
+            launcher_plan::layout::StaticLayout::Fixed(_) => None,
+        },
         target: target.clone(),
     };
     let outcome = prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {
         Some(signal) => Exit::stopped(signal, e),
-        None => Exit::new(exit::RUNTIME, e),
+        None => match backup.as_ref().filter(|b| b.exists()) {
+            Some(b) => Exit::new(
+                exit::RUNTIME,
+                anyhow::Error::new(e).context(restore_hint(&cfg, b)),
+            ),
+            None => Exit::new(exit::RUNTIME, e),
+        },
     })?;
+    if backup.is_some() {
+        prune_backups(&cfg, &tree);
+    }
     // The database is the app's alone, not the web server's that shares the group.
     for file in sqlite_files_in_data_dir(&cfg) {
         if let Some(change) = tree::make_private(&tree, &file, owner).or_exit(exit::SYSTEM)? {
             info!(phase = "prepare", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
         }
     }
+    record_keys(&facts, &secret_values, &tree, owner).or_exit(exit::SYSTEM)?;
     phase.end(&if to_run == 0 {
         "preparation: nothing to do".to_string()
     } else {
@@ -228,6 +248,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     ));
 
     let total = started.elapsed().as_millis() as u64;
+    let sockets = listen_fds(&server_env);
     if sockets > 0 {
         info!(
             phase = "exec",
@@ -239,6 +260,18 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     info!(phase = "exec", duration_ms = total, program = %server_argv[0], "launcher done in {total} ms, executing {}", server_argv.join(" "));
     let err = launcher_sys::exec::exec(&server_argv, &server_env);
     Err(Exit::new(exit::RUNTIME, err))
+}
+
+/// How many sockets systemd passed for this process (socket activation), which the
+/// server inherits (launcher_sys::exec).
+fn listen_fds(env: &[(String, String)]) -> usize {
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    match (get("LISTEN_PID"), get("LISTEN_FDS")) {
+        (Some(pid), Some(n)) if pid.parse::<u32>().ok() == Some(std::process::id()) => {
+            n.parse().unwrap_or(0)
+        }
+        _ => 0,
+    }
 }
 
 /// gunicorn's config file with the worker readiness hook (`[server] ready = "worker"`),
@@ -299,6 +332,89 @@ fn secrets(
     } else {
         Err(anyhow!("{}", problems.join("\n")))
     }
+}
+
+/// How to put the database back as it was before the migrate that failed.
+fn restore_hint(cfg: &Config, backup: &Path) -> String {
+    let db = match &cfg.database {
+        launcher_config::Database::Sqlite { path } => path.display().to_string(),
+        launcher_config::Database::Postgresql { .. } => "the database".into(),
+    };
+    format!(
+        "the database as it was before this migrate is saved in {}; to go back: systemctl stop the service, then `install -m 0600 -o {} -g {} {} {db}`",
+        backup.display(),
+        cfg.service.user,
+        cfg.service.group,
+        backup.display()
+    )
+}
+
+/// Keep the newest prepare.backups backups; a failure to prune is logged, not fatal.
+fn prune_backups(cfg: &Config, tree: &tree::DataTree) {
+    match launcher_sys::files::prune(
+        tree.dir(BACKUPS_DIR),
+        &tree.path_of(BACKUPS_DIR),
+        is_backup_name,
+        cfg.prepare.backups as usize,
+    ) {
+        Ok(removed) => {
+            for name in removed {
+                info!(
+                    phase = "prepare",
+                    "removed the old backup {name} (prepare.backups = {})", cfg.prepare.backups
+                );
+            }
+        }
+        Err(e) => warn!(phase = "prepare", "cannot remove old backups: {e}"),
+    }
+}
+
+/// Record the fingerprints of the keys this start ran with (launcher_plan::keys), once
+/// the app was prepared with them; unchanged keys leave the record as it is.
+fn record_keys(
+    facts: &Facts,
+    values: &[(String, SecretValue)],
+    tree: &tree::DataTree,
+    owner: Owner,
+) -> anyhow::Result<()> {
+    use launcher_plan::keys::{FIELD_KEY, Record, SECRET_KEY};
+    let get = |name: &str| {
+        values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.expose())
+    };
+    let previous = facts.key_record.as_deref().and_then(Record::parse);
+    let salt = match &previous {
+        Some(p) => p.salt.clone(),
+        None => {
+            let mut raw = [0u8; 16];
+            launcher_sys::random_bytes(&mut raw).context("cannot read random bytes")?;
+            raw.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let record = Record::of(salt, get(FIELD_KEY), get(SECRET_KEY), now);
+    if previous.is_some_and(|p| p.field == record.field && p.secret == record.secret) {
+        return Ok(());
+    }
+    launcher_sys::files::write_atomic(
+        tree.dir(STATE_DIR),
+        &tree.path_of(STATE_DIR),
+        KEYS_FILE,
+        record.render().as_bytes(),
+        STAMP_FILE_MODE,
+        owner.privileged.then_some((owner.uid, owner.gid)),
+        true,
+    )
+    .context("cannot record the keys' fingerprints")?;
+    info!(
+        phase = "prepare",
+        "recorded the fingerprints of FIELD_ENCRYPTION_KEY and SECRET_KEY"
+    );
+    Ok(())
 }
 
 fn account(cfg: &Config, privileged: bool) -> anyhow::Result<Account> {

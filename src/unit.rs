@@ -143,7 +143,7 @@ pub fn run(args: &UnitArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-fn parse_credentials(items: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+pub fn parse_credentials(items: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for item in items {
         let (id, path) = item
@@ -396,10 +396,6 @@ pub fn render(cfg: &Config, o: &Options<'_>) -> anyhow::Result<String> {
             writeln!(w, "StateDirectoryMode=0750")?;
         }
     }
-    if cfg.prepare.compilemessages {
-        writeln!(w, "# compilemessages writes .mo files into the app source.")?;
-        writeln!(w, "ReadWritePaths={}", quote(&cfg.app.source_dir))?;
-    }
     for (id, path) in o.credentials {
         writeln!(w, "LoadCredential={id}:{}", path.display())?;
     }
@@ -540,7 +536,7 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "--bind", "127.0.0.1:3008", "bitpol
         }
         assert!(
             !unit.contains("ReadWritePaths=/opt/bitpoll/src"),
-            "no write access to the source without compilemessages"
+            "never write access to the app source: catalogs go into the data directory"
         );
         assert!(!unit.contains("User="), "{unit}");
     }

@@ -307,19 +307,6 @@ fn token() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Add an empty migration 0003 to the app copy: the database then has one pending.
-fn add_pending_migration(env: &TestEnv) -> &'static str {
-    let name = "0003_check_pending";
-    write_file(
-        &env.app
-            .join("bitpoll/poll/migrations")
-            .join(format!("{name}.py")),
-        b"from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"poll\", \"0002_demo_delay\")]\n    operations = []\n",
-        0o644,
-    );
-    name
-}
-
 // ---------------------------------------------------------------------------------------
 // The "check writes nothing" snapshot
 // ---------------------------------------------------------------------------------------
@@ -1573,7 +1560,7 @@ fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
         "app",
         "static files",
         &format!(
-            "no manifest at {}/static/staticfiles.json yet; `run` collects static files",
+            "no manifest at {}/static/current/staticfiles.json yet; `run` collects static files",
             env.data.display()
         ),
     );
@@ -1634,7 +1621,7 @@ fn pending_migrations_are_listed() {
         "app",
         "static files",
         &format!(
-            "manifest {}/static/staticfiles.json present",
+            "manifest {}/static/current/staticfiles.json present",
             env.data.display()
         ),
     );
@@ -1645,7 +1632,7 @@ fn pending_migrations_are_listed() {
         "1 catalog(s), all compiled and up to date",
     );
 
-    let name = add_pending_migration(&env);
+    let name = util::add_migration(&env, "0003_check_pending");
     let r = check_json(&env, &[]);
     r.expect_exact(
         "info",
@@ -1685,7 +1672,7 @@ fn a_missing_static_manifest_without_collectstatic_is_an_error() {
         "app",
         "static files",
         &format!(
-            "no manifest at {}/static/staticfiles.json and prepare.collectstatic = false",
+            "no manifest at {}/static/current/staticfiles.json and prepare.collectstatic = false",
             env.data.display()
         ),
     );
@@ -2100,7 +2087,7 @@ fn check_writes_nothing_fresh_after_a_launch_and_broken() {
     std::os::unix::fs::symlink(env.app.join("bitpoll"), &media).unwrap();
     let db = env.data.join("db.sqlite3");
     chown(&db, 0, 0);
-    add_pending_migration(&env);
+    util::add_migration(&env, "0003_check_pending");
     let po = env.app.join("locale/de_DE/LC_MESSAGES/django.po");
     fs::File::options()
         .write(true)

@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod data_dir;
+pub mod keys;
 pub mod prepare;
 pub mod programs;
 pub mod secrets;
@@ -35,6 +36,7 @@ pub fn deployment(cfg: &Config, facts: &Facts) -> Deployment {
     findings.extend(prepare::database(cfg, facts));
     let secrets = secrets::judge(cfg, facts);
     findings.extend(secrets.iter().map(|v| v.finding.clone()));
+    findings.extend(keys::judge(cfg, facts));
     Deployment {
         findings,
         account,

@@ -27,8 +27,17 @@ def demo_delay(apps, schema_editor):
 
     DEMO_MIGRATION_DELAY=N: print "demo migration: step i of N" once per second for
     N seconds (visible progress). DEMO_MIGRATION_HANG=N: then sleep N seconds
-    printing nothing (a stall).
+    printing nothing (a stall). DEMO_REPORT_FDS=1: print the open descriptors of the
+    process and what they are.
     """
+    if os.environ.get("DEMO_REPORT_FDS"):
+        fds = []
+        for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+            try:
+                fds.append("%s->%s" % (fd, os.readlink("/proc/self/fd/" + fd)))
+            except OSError:
+                pass
+        print("demo migration: open fds: %s" % " ".join(fds), flush=True)
     steps = _seconds("DEMO_MIGRATION_DELAY")
     if steps:
         for i in range(1, steps + 1):
