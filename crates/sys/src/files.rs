@@ -97,6 +97,33 @@ pub fn read_generated(
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::ELOOP) => return Err(SecretFileError::Symlink { path }),
+        Err(Errno::EACCES) => {
+            // Read by the service user (a root launcher acts as it), a file it may not
+            // open is someone else's: say what it is when that is the reason (a planted
+            // hard link to a root-only file), from its inode, which needs no permission.
+            let st = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|source| SecretFileError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            check_regular(&st, &path)?;
+            if st.st_nlink != 1 {
+                return Err(SecretFileError::HardLinked {
+                    path,
+                    links: st.st_nlink as u64,
+                });
+            }
+            if st.st_uid != owner.as_raw() && st.st_uid != 0 {
+                return Err(SecretFileError::UntrustedOwner {
+                    path,
+                    uid: st.st_uid,
+                });
+            }
+            return Err(SecretFileError::Open {
+                path,
+                source: Errno::EACCES,
+            });
+        }
         Err(source) => return Err(SecretFileError::Open { path, source }),
     };
     let st = stat(&fd, &path)?;

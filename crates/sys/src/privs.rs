@@ -12,6 +12,16 @@
 //! ([`crate::thread_count`] checks).
 //!
 //! This module must not decide whom to drop to: the caller builds the [`Target`].
+//!
+//! Before the drop, a root launcher *acts as* the service user ([`act_as`]) for
+//! everything it does in the user's data directory and to the user's preparation
+//! process: its effective (and so file-system) uid and gid are the user's, while the
+//! real and saved ids stay root's. File access and signals are then checked against the
+//! user's rights, so neither CAP_DAC_OVERRIDE, CAP_FOWNER nor CAP_KILL is needed, and
+//! root's rights never open a file in a tree the user controls. The kernel clears the
+//! effective capabilities while it acts; [`with_root`] takes root back for the few steps
+//! that need it (creating the data directory, giving a root-owned entry to the user),
+//! and the drop takes it back first thing.
 
 use std::io;
 
@@ -65,6 +75,7 @@ fn last_cap() -> io::Result<u32> {
 /// One step of the drop, as named in a [`DropError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropStep {
+    TakeRootBack,
     ReadBounding,
     DropBounding,
     ClearAmbient,
@@ -79,6 +90,7 @@ pub enum DropStep {
 impl std::fmt::Display for DropStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            DropStep::TakeRootBack => "take root back from acting as the service user",
             DropStep::ReadBounding => "read bounding set",
             DropStep::DropBounding => "drop bounding capability (the unit must allow CAP_SETPCAP)",
             DropStep::ClearAmbient => "clear ambient capabilities",
@@ -110,6 +122,9 @@ impl From<DropError> for io::Error {
 /// them. An implementation used between fork and exec must be async-signal-safe: no
 /// allocation, no locks.
 pub trait Kernel {
+    /// Make root the effective uid and gid again when the process acts as another user
+    /// ([`act_as`]); nothing otherwise.
+    fn take_root_back(&mut self) -> Result<(), Errno>;
     /// PR_CAPBSET_READ: whether `cap` is in the bounding set (EINVAL: unknown to the kernel).
     fn read_bounding(&mut self, cap: u32) -> Result<bool, Errno>;
     /// PR_CAPBSET_DROP of `cap` (needs CAP_SETPCAP).
@@ -165,6 +180,13 @@ struct CapData {
 }
 
 impl Kernel for Linux {
+    fn take_root_back(&mut self) -> Result<(), Errno> {
+        if acting() {
+            act_as_root().map_err(|e| e.errno)?;
+        }
+        Ok(())
+    }
+
     fn read_bounding(&mut self, cap: u32) -> Result<bool, Errno> {
         prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0).map(|rc| rc == 1)
     }
@@ -248,6 +270,8 @@ impl Kernel for Linux {
 /// Drop to `t` for good through `k`, stopping at the first failed call.
 ///
 /// The order is fixed here, each step while the process still holds what it needs:
+/// 0. root back as the effective uid and gid, if the process acts as the service user:
+///    the steps below need CAP_SETPCAP, CAP_SETGID and CAP_SETUID in the effective set;
 /// 1. bounding set: every capability up to `t.last_cap` that is in it is dropped
 ///    (PR_CAPBSET_DROP needs CAP_SETPCAP in the effective set, which setresuid clears, so
 ///    this comes first);
@@ -266,11 +290,12 @@ impl Kernel for Linux {
 /// 7. PR_SET_NO_NEW_PRIVS last, as the seal: no later exec of a setuid binary or of a
 ///    file with capabilities can raise them again.
 ///
-/// Steps 1, 3, 4 and 5 only happen when `t.privileged`: a launcher already running as the
-/// service user cannot change its bounding set or identity and sheds what it can.
+/// Steps 0, 1, 3, 4 and 5 only happen when `t.privileged`: a launcher already running as
+/// the service user cannot change its bounding set or identity and sheds what it can.
 pub fn drop_with<K: Kernel>(k: &mut K, t: &Target) -> Result<(), DropError> {
     let at = |step| move |errno| DropError { step, errno };
     if t.privileged {
+        k.take_root_back().map_err(at(DropStep::TakeRootBack))?;
         for cap in 0..=t.last_cap {
             if k.read_bounding(cap).map_err(at(DropStep::ReadBounding))? {
                 k.drop_bounding(cap).map_err(at(DropStep::DropBounding))?;
@@ -294,6 +319,100 @@ pub fn drop_with<K: Kernel>(k: &mut K, t: &Target) -> Result<(), DropError> {
     }
     k.set_no_new_privs().map_err(at(DropStep::NoNewPrivs))?;
     Ok(())
+}
+
+/// A failed change between root and the user root acts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {what}: {errno}")]
+pub struct SwitchError {
+    pub what: &'static str,
+    pub errno: Errno,
+}
+
+fn setres(
+    what: &'static str,
+    call: unsafe extern "C" fn(u32, u32, u32) -> libc::c_int,
+    effective: u32,
+) -> Result<(), SwitchError> {
+    /// "Leave unchanged" for setres[ug]id.
+    const KEEP: u32 = u32::MAX;
+    // SAFETY: setresuid or setresgid with plain integer arguments.
+    let rc = unsafe { call(KEEP, effective, KEEP) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|errno| SwitchError { what, errno })
+}
+
+/// Act as `uid`/`gid` (see the module docs): effective gid first (the change needs
+/// CAP_SETGID, which the uid change takes away), then effective uid; real and saved ids
+/// stay root's. Process-wide: glibc applies set*id calls to every thread.
+/// Async-signal-safe.
+pub fn act_as(uid: Uid, gid: Gid) -> Result<(), SwitchError> {
+    setres(
+        "act as the service user (setresgid)",
+        libc::setresgid,
+        gid.as_raw(),
+    )?;
+    setres(
+        "act as the service user (setresuid)",
+        libc::setresuid,
+        uid.as_raw(),
+    )
+}
+
+/// Take root back after [`act_as`]: allowed without a capability because root is the
+/// real and saved uid; the effective capabilities come back with it. Async-signal-safe.
+pub fn act_as_root() -> Result<(), SwitchError> {
+    setres("take root back (setresuid)", libc::setresuid, 0)?;
+    setres("take root back (setresgid)", libc::setresgid, 0)
+}
+
+/// True while a root process acts as another user ([`act_as`]). Async-signal-safe.
+pub fn acting() -> bool {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three uid_t through valid pointers to locals.
+    let rc = unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    rc == 0 && r == 0 && e != 0
+}
+
+/// Run `f` with root's effective ids when the process acts as another user, and act as
+/// that user again afterwards; otherwise just run `f`.
+pub fn with_root<T>(f: impl FnOnce() -> T) -> Result<T, SwitchError> {
+    if !acting() {
+        return Ok(f());
+    }
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    act_as_root()?;
+    let out = f();
+    act_as(uid, gid)?;
+    Ok(out)
+}
+
+/// Acts as a user until dropped, then root again: for a read-only look at the user's
+/// files by a root process that stays root afterwards (the observer of `run`, `check`
+/// and `manage`).
+#[derive(Debug)]
+pub struct ActingAs(());
+
+impl ActingAs {
+    pub fn new(uid: Uid, gid: Gid) -> Result<ActingAs, SwitchError> {
+        act_as(uid, gid)?;
+        Ok(ActingAs(()))
+    }
+}
+
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        // Cannot fail while the real uid is root (see act_as_root); a process that stayed
+        // the user would be refused by every later root-only step.
+        let _ = act_as_root();
+    }
+}
+
+/// True when CAP_CHOWN is in this process's permitted set: root may then give a file to
+/// another user, also while it acts as that user (through [`with_root`]).
+pub fn may_chown() -> bool {
+    caps::has_cap(None, CapSet::Permitted, caps::Capability::CAP_CHOWN).unwrap_or(false)
 }
 
 /// Drop to `t` for good, on the running kernel. Async-signal-safe (no allocation, no

@@ -5,8 +5,14 @@
 //! changed through that descriptor (`fchown`, `fchmod`), so a symlink planted by the
 //! service user cannot redirect a root-owned operation elsewhere. Nothing is recursive:
 //! only the directories of the layout are inspected on each start.
+//!
+//! A root launcher calls [`ensure`] while it acts as the service user
+//! ([`crate::privs::act_as`]): the user's own directories are opened, created and
+//! chmod-ed with the user's rights, and root is taken back ([`crate::privs::with_root`])
+//! only to create the data directory itself in a parent the user cannot write, to open
+//! a root-only directory, and to give a root-owned entry to the user (CAP_CHOWN).
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -51,6 +57,12 @@ pub enum TreeError {
         "{path} has {links} hard links; a file in the data directory that also exists under another name may be a planted link to a file elsewhere, so the launcher will not touch it: remove the extra link (or the file)"
     )]
     HardLinked { path: PathBuf, links: u64 },
+    #[error(
+        "{path} belongs to root and the launcher may not give it to {user} here (no CAP_CHOWN: the hardened unit does not keep it); run `chown -R {user}: {path}` once"
+    )]
+    NoChown { path: PathBuf, user: String },
+    #[error("cannot switch between root and the service user: {0}")]
+    Identity(#[from] crate::privs::SwitchError),
     #[error("cannot {op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -149,7 +161,7 @@ pub fn ensure(
             )
         };
         let before = changes.len();
-        let fd = open_or_create(at, rel, &path, &mut changes)?;
+        let fd = open_or_create(at, rel, &path, owner.privileged, &mut changes)?;
         let created = changes.len() > before;
         fix_owner_and_mode(&fd, &path, spec.mode, owner, user_name, &mut changes)?;
         if created {
@@ -174,19 +186,37 @@ pub fn ensure(
     ))
 }
 
+/// `f`, and when it is refused with EACCES and the launcher acts as the service user
+/// while root (`privileged`), `f` again as root.
+fn retry_as_root<T>(
+    privileged: bool,
+    f: impl Fn() -> nix::Result<T>,
+) -> Result<nix::Result<T>, TreeError> {
+    match f() {
+        Err(Errno::EACCES) if privileged && crate::privs::acting() => {
+            Ok(crate::privs::with_root(f)?)
+        }
+        other => Ok(other),
+    }
+}
+
 fn open_or_create(
     at: BorrowedFd<'_>,
     rel: &std::ffi::OsStr,
     path: &Path,
+    privileged: bool,
     changes: &mut Vec<Change>,
 ) -> Result<OwnedFd, TreeError> {
-    match openat(at, rel, DIR_FLAGS, Mode::empty()) {
+    let open = || openat(at, rel, DIR_FLAGS, Mode::empty());
+    match retry_as_root(privileged, open)? {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(classify(at, rel, path, e)),
     }
     // Created private first; owner and final mode are set through the descriptor below.
-    match mkdirat(at, rel, Mode::from_bits_truncate(0o700)) {
+    // The data directory's parent is root's: the user may not create entries there.
+    let create = || mkdirat(at, rel, Mode::from_bits_truncate(0o700));
+    match retry_as_root(privileged, create)? {
         Ok(()) => changes.push(Change {
             path: path.to_path_buf(),
             what: "created".into(),
@@ -205,7 +235,7 @@ fn open_or_create(
             });
         }
     }
-    openat(at, rel, DIR_FLAGS, Mode::empty()).map_err(|e| classify(at, rel, path, e))
+    retry_as_root(privileged, open)?.map_err(|e| classify(at, rel, path, e))
 }
 
 /// Turn an open failure into the precise reason: a link, a file, or an I/O error.
@@ -258,10 +288,24 @@ fn fix_owner_and_mode(
             });
         }
         if uid != owner.uid || gid != owner.gid {
-            fchown(fd, Some(owner.uid), Some(owner.gid)).map_err(|source| TreeError::Io {
-                op: "chown",
-                path: path.to_path_buf(),
-                source,
+            let chown = || fchown(fd, Some(owner.uid), Some(owner.gid));
+            // The user may change the group of its own directory; giving root's to the
+            // user needs root (and CAP_CHOWN).
+            let done = if uid == owner.uid {
+                chown()
+            } else {
+                crate::privs::with_root(chown)?
+            };
+            done.map_err(|source| match source {
+                Errno::EPERM if uid.is_root() => TreeError::NoChown {
+                    path: path.to_path_buf(),
+                    user: user_name.to_string(),
+                },
+                source => TreeError::Io {
+                    op: "chown",
+                    path: path.to_path_buf(),
+                    source,
+                },
             })?;
             changes.push(Change {
                 path: path.to_path_buf(),
@@ -294,13 +338,22 @@ fn fix_owner_and_mode(
 /// refused when it has more than one name (a hard link planted by the service user could
 /// otherwise point root at a file elsewhere). None when it does not exist or is not a
 /// regular file.
+///
+/// With `path_only` the file is opened with `O_PATH`: that needs no permission on the
+/// file itself (a root-owned file the user cannot read), and the descriptor serves
+/// `fstat` and `fchownat(AT_EMPTY_PATH)` only.
 fn open_own_file(
     tree: &DataTree,
     name: &str,
+    path_only: bool,
 ) -> Result<Option<(OwnedFd, nix::sys::stat::FileStat, PathBuf)>, TreeError> {
     use nix::sys::stat::SFlag;
     let path = tree.path.join(name);
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let flags = if path_only {
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+    } else {
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK
+    };
     let fd = match openat(tree.dir(""), name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
@@ -318,7 +371,12 @@ fn open_own_file(
         path: path.clone(),
         source,
     })?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFLNK {
+        // O_PATH | O_NOFOLLOW opens the link itself.
+        return Err(TreeError::Symlink { path });
+    }
+    if kind != SFlag::S_IFREG {
         return Ok(None);
     }
     if st.st_nlink != 1 {
@@ -341,16 +399,36 @@ pub fn adopt_root_owned_file(
     if !owner.privileged {
         return Ok(None);
     }
-    let Some((fd, st, path)) = open_own_file(tree, name)? else {
+    let Some((fd, st, path)) = open_own_file(tree, name, true)? else {
         return Ok(None);
     };
     if st.st_uid != 0 {
         return Ok(None);
     }
-    fchown(&fd, Some(owner.uid), Some(owner.gid)).map_err(|source| TreeError::Io {
-        op: "chown",
-        path: path.clone(),
-        source,
+    let chown = || {
+        // SAFETY: fchownat on a descriptor this function owns, with an empty NUL-terminated
+        // path and AT_EMPTY_PATH: it changes exactly the file the descriptor refers to.
+        let rc = unsafe {
+            libc::fchownat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                owner.uid.as_raw(),
+                owner.gid.as_raw(),
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        Errno::result(rc).map(drop)
+    };
+    crate::privs::with_root(chown)?.map_err(|source| match source {
+        Errno::EPERM => TreeError::NoChown {
+            path: path.clone(),
+            user: format!("uid {}", owner.uid),
+        },
+        source => TreeError::Io {
+            op: "chown",
+            path: path.clone(),
+            source,
+        },
     })?;
     Ok(Some(Change {
         path,
@@ -366,7 +444,7 @@ pub fn make_private(
     name: &str,
     owner: Owner,
 ) -> Result<Option<Change>, TreeError> {
-    let Some((fd, st, path)) = open_own_file(tree, name)? else {
+    let Some((fd, st, path)) = open_own_file(tree, name, false)? else {
         return Ok(None);
     };
     let mode = st.st_mode & 0o7777;

@@ -10,6 +10,7 @@ use super::{DropStep, Kernel};
 /// One call as the fake saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
+    TakeRootBack,
     ReadBounding(u32),
     DropBounding(u32),
     ClearAmbient,
@@ -25,6 +26,7 @@ pub enum Call {
 impl Call {
     pub fn step(self) -> DropStep {
         match self {
+            Call::TakeRootBack => DropStep::TakeRootBack,
             Call::ReadBounding(_) => DropStep::ReadBounding,
             Call::DropBounding(_) => DropStep::DropBounding,
             Call::ClearAmbient => DropStep::ClearAmbient,
@@ -47,8 +49,8 @@ enum Fail {
 }
 
 /// Room for a full drop on a kernel with 64 capabilities (a read and a drop each) and the
-/// seven calls after the bounding set.
-const CALLS: usize = 2 * 64 + 7;
+/// eight calls around the bounding set.
+const CALLS: usize = 2 * 64 + 8;
 const GROUPS: usize = 32;
 
 pub struct Fake {
@@ -134,6 +136,10 @@ impl Fake {
 }
 
 impl Kernel for Fake {
+    fn take_root_back(&mut self) -> Result<(), Errno> {
+        self.record(Call::TakeRootBack)
+    }
+
     fn read_bounding(&mut self, cap: u32) -> Result<bool, Errno> {
         self.record(Call::ReadBounding(cap))?;
         if cap > self.last_cap {

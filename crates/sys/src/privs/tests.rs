@@ -24,6 +24,7 @@ fn kernel() -> Fake {
 /// The calls of a complete privileged drop to `target(true)` on `kernel()`.
 fn full_privileged_drop() -> Vec<Call> {
     vec![
+        Call::TakeRootBack,
         Call::ReadBounding(0),
         Call::DropBounding(0),
         Call::ReadBounding(1),
@@ -114,6 +115,7 @@ fn a_failure_at_any_call_stops_the_drop_there_and_names_its_step() {
 #[test]
 fn a_failure_of_each_step_is_reported_as_that_step() {
     for step in [
+        DropStep::TakeRootBack,
         DropStep::ReadBounding,
         DropStep::DropBounding,
         DropStep::ClearAmbient,
@@ -229,5 +231,89 @@ fn the_real_drop_to_the_current_user_passes_verify() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child ran the test: {text}");
+}
+
+const ACTING_CHILD: &str = "LAUNCHER_SYS_PRIVS_ACTING_CHILD";
+/// An id no account on a test machine has.
+const STRANGER: u32 = 64_999;
+
+/// In the re-executed test binary, as root: act as a stranger, whose rights then decide
+/// file access; root comes back for `with_root` only, and the drop takes it back too.
+fn act_as_a_stranger_here(root_only: &std::path::Path) {
+    use std::fs::File;
+    let (uid, gid) = (Uid::from_raw(STRANGER), Gid::from_raw(STRANGER));
+    File::open(root_only).expect("root reads its own file");
+    assert!(!super::acting());
+    super::act_as(uid, gid).unwrap();
+    assert!(super::acting());
+    let r = nix::unistd::getresuid().unwrap();
+    assert_eq!(
+        (r.real, r.effective, r.saved),
+        (Uid::from_raw(0), uid, Uid::from_raw(0))
+    );
+    let denied = File::open(root_only).unwrap_err();
+    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(
+        caps::read(None, caps::CapSet::Effective)
+            .unwrap()
+            .is_empty(),
+        "no effective capability while acting as the user"
+    );
+    assert!(super::with_root(|| File::open(root_only)).unwrap().is_ok());
+    assert_eq!(nix::unistd::geteuid(), uid, "acting as the user again");
+    assert!(File::open(root_only).is_err());
+    {
+        // ActingAs nests the other way round: root again when it ends.
+        super::act_as_root().unwrap();
+        let guard = super::ActingAs::new(uid, gid).unwrap();
+        assert!(File::open(root_only).is_err());
+        drop(guard);
+        assert!(File::open(root_only).is_ok());
+        super::act_as(uid, gid).unwrap();
+    }
+    let t = Target {
+        uid,
+        gid,
+        groups: vec![gid],
+        last_cap: super::last_cap().unwrap(),
+        privileged: true,
+    };
+    super::drop_to(&t).expect("the drop takes root back first");
+    super::verify(&t).unwrap();
+    assert!(!super::acting());
+}
+
+#[test]
+fn acting_as_the_user_checks_access_with_its_rights_and_root_comes_back_only_on_request() {
+    if let Some(path) = std::env::var_os(ACTING_CHILD) {
+        return act_as_a_stranger_here(std::path::Path::new(&path));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("blt-acting-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("root-only");
+    std::fs::write(&file, b"secret").unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // Acting and the drop change the whole process: a process of its own.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "privs::tests::acting_as_the_user_checks_access_with_its_rights_and_root_comes_back_only_on_request",
+            "--test-threads=1",
+        ])
+        .env(ACTING_CHILD, &file)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("1 passed"), "the child ran the test: {text}");
 }
