@@ -28,6 +28,12 @@ pub struct Options<'a> {
 }
 
 /// Observe everything the judgements need.
+///
+/// As root, secret files and credentials are read with root's rights first; a data
+/// directory that belongs to the service user is then looked at *as* that user
+/// (`launcher_sys::privs::ActingAs`), as `run` will act in it, so what is seen is what
+/// the user may see, and root's rights never touch the user's files. Any other data
+/// directory (missing, root's, someone else's) is looked at as root.
 pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
     let euid = nix::unistd::geteuid().as_raw();
     let account = account(cfg);
@@ -36,6 +42,19 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
         Some(u) if u.uid == euid => Observer::ServiceUser,
         _ => Observer::Other,
     };
+    let credentials_dir = credentials_dir(opts);
+    let service_uid = account.user.as_ref().map_or(euid, |u| u.uid);
+    let mut from_root: Vec<Option<SecretState>> = cfg
+        .secrets
+        .values()
+        .map(|source| read_source(source, credentials_dir.as_deref()))
+        .collect();
+    let acting = match &account.user {
+        Some(u) if euid == 0 && owner_of(&cfg.service.data_dir) == Some(u.uid) => {
+            launcher_sys::privs::ActingAs::new(u.uid.into(), u.gid.into()).ok()
+        }
+        _ => None,
+    };
     let inspected = tree::inspect(&cfg.service.data_dir, TREE);
     let fd_of = |name: &str| {
         inspected
@@ -43,13 +62,11 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
             .find(|d| d.spec.name == name)
             .and_then(Inspected::fd)
     };
-    let credentials_dir = credentials_dir(opts);
-    let service_uid = account.user.as_ref().map_or(euid, |u| u.uid);
     let secrets = secrets(
         cfg,
+        &mut from_root,
         fd_of(SECRETS_DIR).map(|fd| (fd, cfg.service.data_dir.join(SECRETS_DIR))),
         service_uid,
-        credentials_dir.as_deref(),
     );
     let stamps = fd_of(STATE_DIR)
         .map(|state| {
@@ -72,6 +89,10 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
         .into_iter()
         .map(|s| (s, witness(cfg, data_fd, s, source.as_ref().ok())))
         .collect();
+    let tree = tree_facts(cfg, &inspected);
+    let database = database(cfg);
+    drop(inspected);
+    drop(acting);
     Facts {
         euid,
         observer,
@@ -81,10 +102,11 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
             python_executable: executable(&cfg.app.python),
             server_executable: executable(Path::new(&cfg.server.command[0])),
         },
-        tree: tree_facts(cfg, &inspected),
+        tree,
         account,
         secrets,
-        database: database(cfg),
+        database,
+        can_chown: euid == 0 && launcher_sys::privs::may_chown(),
         python_identity: python_identity(&cfg.app.python),
         source: source.map(|s| s.facts).map_err(|e| e.to_string()),
         stamps,
@@ -102,6 +124,11 @@ pub fn inherited_env() -> Vec<(String, String)> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()
+}
+
+/// The owner of `path` itself (a link is not followed), as the caller sees it.
+fn owner_of(path: &Path) -> Option<u32> {
+    std::fs::symlink_metadata(path).ok().map(|m| m.uid())
 }
 
 fn executable(p: &Path) -> bool {
@@ -259,27 +286,41 @@ pub fn describe(source: &SecretSource) -> String {
     }
 }
 
+/// A secret the admin placed: a file or a credential, read with the caller's own rights
+/// (root's, for `run`). None for a generated one, which lives in the data directory.
+fn read_source(source: &SecretSource, credentials_dir: Option<&Path>) -> Option<SecretState> {
+    match source {
+        SecretSource::File(path) => Some(read_file(path, Origin::File(path.clone()))),
+        SecretSource::Credential(id) => Some(match credentials_dir {
+            Some(dir) => read_file(&dir.join(id), Origin::Credential(dir.join(id))),
+            None => SecretState::Failed {
+                failure: SecretFailure::NoCredentialsDirectory,
+                message: "CREDENTIALS_DIRECTORY is not set, so systemd passed no credentials"
+                    .into(),
+            },
+        }),
+        SecretSource::Generate(_) => None,
+    }
+}
+
+/// Every secret in config order: those `from_root` read already, and the generated ones
+/// from the data directory's secrets/.
 fn secrets(
     cfg: &Config,
+    from_root: &mut [Option<SecretState>],
     secrets_dir: Option<(BorrowedFd<'_>, PathBuf)>,
     owner_uid: u32,
-    credentials_dir: Option<&Path>,
 ) -> Vec<SecretFact> {
     cfg.secrets
         .iter()
-        .map(|(name, source)| {
-            let state = match source {
-                SecretSource::File(path) => read_file(path, Origin::File(path.clone())),
-                SecretSource::Credential(id) => match credentials_dir {
-                    Some(dir) => read_file(&dir.join(id), Origin::Credential(dir.join(id))),
-                    None => SecretState::Failed {
-                        failure: SecretFailure::NoCredentialsDirectory,
-                        message:
-                            "CREDENTIALS_DIRECTORY is not set, so systemd passed no credentials"
-                                .into(),
-                    },
-                },
-                SecretSource::Generate(kind) => {
+        .zip(from_root.iter_mut())
+        .map(|((name, source), read)| {
+            let state = match (read.take(), source) {
+                (Some(state), _) => state,
+                (None, SecretSource::File(_) | SecretSource::Credential(_)) => {
+                    unreachable!("read_source reads every file and credential")
+                }
+                (None, SecretSource::Generate(kind)) => {
                     let path = cfg.service.data_dir.join(SECRETS_DIR).join(name);
                     match &secrets_dir {
                         None => SecretState::NotGenerated { kind: *kind, path },

@@ -343,7 +343,7 @@ async fn stop(child: &mut tokio::process::Child) {
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         ) {
-            warn!(phase = "prepare", pid, %err, "cannot send SIGTERM to the preparation process (the unit must allow CAP_KILL)");
+            warn!(phase = "prepare", pid, %err, "cannot send SIGTERM to the preparation process");
         }
     }
     if tokio::time::timeout(KILL_GRACE, child.wait())

@@ -4,7 +4,8 @@
 //! 2. preflight    observe the host read-only (crate::observe) and judge it with
 //!    launcher_plan::judge: any error stops here, before any change, in the words `check`
 //!    prints
-//! 3. account      create or verify the service user and group
+//! 3. account      create or verify the service user and group; as root, act as that user
+//!    from here on (root is taken back only where needed: launcher_sys::privs)
 //! 4. directories  the data directory tree with exact owner and mode
 //! 5. secrets      use what was read as root, generate missing keys once
 //! 6. prepare      migrate / collectstatic / compilemessages as the service user, as judged
@@ -96,6 +97,14 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         "service account {} (uid {}) in group {} (gid {})",
         account.user, account.uid, account.group, account.gid
     ));
+    if privileged {
+        // From here on root acts as the service user in the user's data directory and
+        // towards the preparation child; it takes root back only where it must (see
+        // launcher_sys::privs).
+        launcher_sys::privs::act_as(account.uid, account.gid)
+            .context("cannot act as the service user")
+            .or_exit(exit::PRIVILEGES)?;
+    }
 
     let phase = Phase::begin("directories", "Preparing the data directory");
     let owner = Owner {

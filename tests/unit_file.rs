@@ -9,7 +9,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_bitpoll-launcher");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// `systemd-analyze security` exposure targets, times ten: the privileged unit (the
 /// launcher starts as root) and the unprivileged one (started as the service user).
-const THRESHOLD_PRIVILEGED: u32 = 25;
+const THRESHOLD_PRIVILEGED: u32 = 20;
 const THRESHOLD_UNPRIVILEGED: u32 = 12;
 
 struct Dir(PathBuf);

@@ -118,7 +118,7 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
         .is_none_or(|u| u.is_empty() || *u == "root");
     if runs_as_root {
         let caps = props.get("CapabilityBoundingSet").copied().unwrap_or("");
-        let needed = ["cap_setuid", "cap_setgid", "cap_setpcap", "cap_chown"];
+        let needed = ["cap_setuid", "cap_setgid", "cap_setpcap"];
         let missing: Vec<&str> = needed
             .iter()
             .copied()

@@ -63,6 +63,9 @@ pub struct Facts {
     /// `state/keys`: the key fingerprints of the last successful start (crate::keys).
     pub key_record: Option<String>,
     pub systemd: SystemdFacts,
+    /// The observer is root and may give files to another user (CAP_CHOWN in its
+    /// permitted set; the hardened unit does not keep it).
+    pub can_chown: bool,
 }
 
 /// The programs the launcher needs.

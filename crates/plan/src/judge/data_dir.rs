@@ -37,9 +37,18 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
         tree.dirs.first().map(|d| &d.state),
         Some(DirState::Present { .. })
     );
+    // Root without CAP_CHOWN (the hardened privileged unit) acts in the tree as the
+    // user and cannot give anything of root's to it.
+    let no_chown = facts.observer == Observer::Root && !facts.can_chown;
     for d in &tree.dirs {
         let subject = d.path.display().to_string();
         match &d.state {
+            DirState::Missing if d.name.is_empty() && no_chown => out.push(Finding::error(
+                Group::DataDir,
+                subject,
+                format!("does not exist, and without CAP_CHOWN `run` cannot create it for {user}"),
+                "create it ahead: `bitpoll-launcher tmpfiles --config FILE > /etc/tmpfiles.d/bitpoll.conf && systemd-tmpfiles --create` (NixOS: the module does)",
+            )),
             DirState::Missing if d.name.is_empty() || root_usable => out.push(Finding::info(
                 Group::DataDir,
                 subject,
@@ -124,6 +133,18 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                         ),
                         format!(
                             "if it really is the service's data (a restored backup), give it to the service: `chown -R {user}: {}`; otherwise choose another service.data_dir",
+                            d.path.display()
+                        ),
+                    ));
+                    continue;
+                }
+                if *uid == 0 && !is_user && no_chown {
+                    out.push(Finding::error(
+                        Group::DataDir,
+                        subject,
+                        format!("belongs to root, and without CAP_CHOWN `run` cannot give it to {user}"),
+                        format!(
+                            "run `chown -R {user}: {}` once (the hardened unit keeps no CAP_CHOWN, see docs/hardening.md)",
                             d.path.display()
                         ),
                     ));
@@ -326,6 +347,51 @@ mod tests {
             "{}",
             e[0]
         );
+    }
+
+    #[test]
+    fn without_cap_chown_root_owned_or_missing_directories_are_refused() {
+        let mut facts = fixture::facts();
+        facts.can_chown = false;
+        assert!(
+            errors(&judge(&fixture::config(""), &facts)).is_empty(),
+            "the user's own tree needs no chown"
+        );
+        facts.tree.dirs[2].state = DirState::Present {
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+            owner_name: Some("root".into()),
+        };
+        let f = judge(&fixture::config(""), &facts);
+        let e = errors(&f);
+        assert_eq!(e.len(), 1, "{f:?}");
+        assert!(e[0].message.contains("without CAP_CHOWN"), "{}", e[0]);
+        assert!(
+            e[0].fix
+                .as_deref()
+                .unwrap()
+                .contains("chown -R bitpoll: /var/lib/bitpoll/media"),
+            "{}",
+            e[0]
+        );
+
+        let mut facts = fixture::facts();
+        facts.can_chown = false;
+        for d in &mut facts.tree.dirs {
+            d.state = DirState::Missing;
+        }
+        facts.tree.entries.clear();
+        let f = judge(&fixture::config(""), &facts);
+        let e = errors(&f);
+        assert_eq!(e.len(), 1, "{f:?}");
+        assert!(
+            e[0].fix.as_deref().unwrap().contains("tmpfiles"),
+            "{}",
+            e[0]
+        );
+        facts.can_chown = true;
+        assert!(errors(&judge(&fixture::config(""), &facts)).is_empty());
     }
 
     #[test]

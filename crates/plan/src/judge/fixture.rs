@@ -135,5 +135,6 @@ pub fn facts() -> Facts {
             .collect(),
         key_record: None,
         systemd: SystemdFacts::default(),
+        can_chown: true,
     }
 }
