@@ -705,3 +705,46 @@ fn a_unit_that_keeps_failing_is_restarted_as_configured_then_left_failed() {
     );
     let _ = b.exec(&["systemctl", "reset-failed", UNIT]);
 }
+
+#[test]
+fn the_hardened_privileged_unit_refuses_a_root_owned_directory_it_cannot_give_to_the_user() {
+    if !container::require_root_and_nspawn() {
+        return;
+    }
+    let b = bitpoll::install("nochown", Spec::default());
+    let show = b.show(&["CapabilityBoundingSet"]);
+    eprintln!("{show:?}");
+    assert_eq!(
+        show["CapabilityBoundingSet"],
+        "cap_setgid cap_setuid cap_setpcap"
+    );
+    b.start_ok();
+    assert_eq!(b.http_get("/healthz").0, 200);
+    b.stop_and_reset();
+    // A tool run as root left media/ root's (as a restore or `manage.py` as root would).
+    let media = format!("{DATA_DIR}/media");
+    b.exec_ok(&["chown", "root:root", &media]);
+    let (out, _) = b.start(Duration::from_secs(60));
+    let show = b.show(&["Result", "ExecMainStatus"]);
+    b.stop_and_reset();
+    assert!(!out.status.success(), "the start succeeded");
+    assert_eq!(show["ExecMainStatus"], "3", "{show:?}");
+    let recs = b.journal_of_failure(Duration::from_secs(10), |recs| {
+        recs.iter()
+            .any(|r| r.is("SYSLOG_IDENTIFIER", IDENT) && message_has(r, "without CAP_CHOWN"))
+    });
+    let error = recs
+        .iter()
+        .find(|r| message_has(r, "without CAP_CHOWN"))
+        .expect("checked");
+    eprintln!("the launcher said: {}", error.get("MESSAGE").unwrap_or(""));
+    assert!(
+        message_has(error, &format!("chown -R {USER}: {media}")),
+        "{error:?}"
+    );
+    assert_eq!(b.stat("%U", &media), "root", "nothing was changed");
+    // The admin's fix works.
+    b.exec_ok(&["chown", "-R", &format!("{USER}:{USER}"), &media]);
+    b.start_ok();
+    assert_eq!(b.http_get("/healthz").0, 200);
+}

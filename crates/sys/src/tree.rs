@@ -495,7 +495,8 @@ impl Inspected {
 
 /// Look at the tree read-only, with the same no-symlink rules as [`ensure`]. The parent
 /// of the data directory must exist; if it does not, the data directory is reported
-/// missing.
+/// missing. A root caller acting as the service user opens a directory the user may not
+/// open as root instead.
 pub fn inspect(data_dir: &Path, layout: &[DirSpec]) -> Vec<Inspected> {
     let parent = data_dir.parent().unwrap_or(Path::new("/"));
     let name = data_dir.file_name().unwrap_or_default();
@@ -522,7 +523,11 @@ pub fn inspect(data_dir: &Path, layout: &[DirSpec]) -> Vec<Inspected> {
         };
         let (observed, fd) = match at {
             None => (Observed::Missing, None),
-            Some(at) => match openat(at, rel, DIR_FLAGS, Mode::empty()) {
+            // What the service user (as whom a root launcher looks) may not open is looked
+            // at as root: a root-owned directory is then seen as what it is.
+            Some(at) => match retry_as_root(true, || openat(at, rel, DIR_FLAGS, Mode::empty()))
+                .unwrap_or(Err(Errno::EACCES))
+            {
                 Ok(fd) => match fstat(&fd) {
                     Ok(st) => (
                         Observed::Present {
@@ -538,6 +543,33 @@ pub fn inspect(data_dir: &Path, layout: &[DirSpec]) -> Vec<Inspected> {
                 Err(e) => match classify(at, rel, &path, e) {
                     TreeError::Symlink { .. } => (Observed::Symlink, None),
                     TreeError::NotADirectory { .. } => (Observed::NotADirectory, None),
+                    // Neither the user nor root without CAP_DAC_OVERRIDE may open a
+                    // root-only directory inside the user's: its inode still says whose
+                    // it is (nothing inside it is looked at).
+                    _ if e == Errno::EACCES && crate::privs::acting() => {
+                        match nix::sys::stat::fstatat(
+                            at,
+                            rel,
+                            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                        ) {
+                            Ok(st)
+                                if nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                                    & nix::sys::stat::SFlag::S_IFMT
+                                    != nix::sys::stat::SFlag::S_IFDIR =>
+                            {
+                                (Observed::NotADirectory, None)
+                            }
+                            Ok(st) => (
+                                Observed::Present {
+                                    uid: st.st_uid,
+                                    gid: st.st_gid,
+                                    mode: st.st_mode & 0o7777,
+                                },
+                                None,
+                            ),
+                            Err(_) => (Observed::Unreadable(e), None),
+                        }
+                    }
                     _ => (Observed::Unreadable(e), None),
                 },
             },
