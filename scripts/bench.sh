@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark bitpoll-launcher against the bundled demo app (tests/demo-app): start-up time
-# (cold and warm, up to READY=1), the one-process preparation against the shell preStart it
-# replaces, `check` against one bare Django start, and memory. Results and their meaning:
+# (cold and warm, up to READY=1), how long after READY=1 the server answers (READY=1 from
+# gunicorn's arbiter or its first worker), the one-process preparation against the shell
+# preStart it replaces, `check` against one bare Django start, and memory. Results and their meaning:
 # docs/benchmarks.md. Figures are measured here, never asserted in tests (the machine is
 # noisy).
 #
@@ -153,7 +154,13 @@ command = $2
 TOML
 }
 gunicorn="[\"$venv/bin/gunicorn\", \"--bind\", \"127.0.0.1:$port\", \"--workers\", \"2\", \"--no-control-socket\", \"--preload\", \"bitpoll.wsgi:application\"]"
+lazy="[\"$venv/bin/gunicorn\", \"--bind\", \"127.0.0.1:$port\", \"--workers\", \"2\", \"--no-control-socket\", \"bitpoll.wsgi:application\"]"
 write_config "$work/main.toml" "$gunicorn"
+write_config "$work/worker.toml" "$gunicorn
+ready = \"worker\""
+write_config "$work/lazy.toml" "$lazy"
+write_config "$work/lazy-worker.toml" "$lazy
+ready = \"worker\""
 write_config "$work/env.toml" '["/usr/bin/env"]'
 write_config "$work/true.toml" '["/bin/true"]'
 write_config "$work/slow.toml" '["/bin/sleep", "30"]' 'DEMO_MIGRATION_DELAY = "3"'
@@ -193,6 +200,14 @@ say "   and with --force-prepare x $runs: the three steps in one Python process,
 for i in $(seq 1 "$runs"); do
     (cd / && H ready --out "$results" --tag forced --sock "$sock" --log "$logs/forced-$i.log" \
         --expect-ran 3 --expect-skipped 0 -- "$launcher" run --force-prepare --config "$work/main.toml")
+done
+
+say "   and READY=1 -> first HTTP 200 x $runs each: READY=1 from gunicorn's arbiter or its first worker, with and without --preload"
+for i in $(seq 1 "$runs"); do
+    for variant in main:ready_arbiter worker:ready_worker lazy:ready_arbiter_lazy lazy-worker:ready_worker_lazy; do
+        (cd / && H ready --out "$results" --tag "${variant#*:}" --sock "$sock" --answer "127.0.0.1:$port" \
+            --log "$logs/${variant#*:}-$i.log" -- "$launcher" run --config "$work/${variant%%:*}.toml")
+    done
 done
 
 # --- the app's environment, exactly as the launcher passes it --------------------------

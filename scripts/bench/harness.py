@@ -3,14 +3,18 @@
 
 Subcommands (each appends "tag.key<TAB>value" lines to the results file given by --out):
 
-  ready  --sock PATH --log FILE --tag T [--expect-ran N] [--expect-skipped N] -- CMD...
+  ready  --sock PATH --log FILE --tag T [--expect-ran N] [--expect-skipped N]
+         [--answer HOST:PORT] -- CMD...
          Binds an AF_UNIX datagram socket at PATH, starts CMD in a new session with
          NOTIFY_SOCKET=PATH, and waits for READY=1. Records launch->READY (ready_ms),
          launch->"STATUS=Starting the server" (exec_ms, sent by the launcher right before
          exec), the launcher's own figures parsed from its log (done_ms: "launcher done in
          N ms"; prepare_ms: the prepare phase's duration_ms; setup_ms: "Django started in")
-         and the server's VmRSS at READY. Then stops the process group (SIGTERM, SIGKILL
-         after 15 s) and waits until it is gone.
+         and the server's VmRSS at READY. With --answer, sends GET /healthz to HOST:PORT
+         the moment READY=1 arrives (a new connection, retried while refused) and records
+         how long after READY=1 the first HTTP 200 came (answer_ms): how long a client
+         that trusted READY=1 waits. Then stops the process group (SIGTERM, SIGKILL after
+         15 s) and waits until it is gone.
   wall   --log FILE --tag T [--ok 0,1] -- CMD...
          Wall-clock time of CMD (ms) and its ru_maxrss (KiB, the largest process of the
          tree: wait4 folds in the reaped descendants; never below this harness's own RSS,
@@ -163,7 +167,8 @@ def tail(path, n=25):
 
 def cmd_ready(argv):
     head, cmd = split_cmd(argv)
-    o = options(head, {"sock", "log", "tag", "out", "timeout", "expect-ran", "expect-skipped"})
+    o = options(head, {"sock", "log", "tag", "out", "timeout", "expect-ran", "expect-skipped",
+                       "answer"})
     timeout = float(o.get("timeout", "120"))
     sock_path = o["sock"]
     if os.path.exists(sock_path):
@@ -200,6 +205,7 @@ def cmd_ready(argv):
                 exec_at = at
             if "READY=1" in lines:
                 ready = at
+        answered = first_answer(o["answer"], deadline) if "answer" in o else None
         st = proc_status(p.pid)
         rss = st["rss"] if st else None
     finally:
@@ -215,6 +221,8 @@ def cmd_ready(argv):
         record(out, tag, "server_ms", "%.1f" % ((ready - exec_at) * 1000))
     if rss is not None:
         record(out, tag, "server_rss_kib", rss)
+    if answered is not None:
+        record(out, tag, "answer_ms", "%.1f" % ((answered - ready) * 1000))
     parsed = parse_log(o["log"])
     for key in ("done_ms", "prepare_ms", "setup_ms"):
         if key in parsed:
@@ -223,6 +231,24 @@ def cmd_ready(argv):
         if want is not None and parsed[key] != int(want):
             raise SystemExit("harness: %s: expected %s steps %s, the log shows %d\n%s"
                              % (tag, want, key, parsed[key], tail(o["log"])))
+
+
+def first_answer(address, deadline):
+    """The time the first HTTP 200 for GET /healthz came from ADDRESS (host:port)."""
+    host, port = address.rsplit(":", 1)
+    request = b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n"
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=30) as c:
+                c.sendall(request)
+                head = c.recv(64)
+        except ConnectionRefusedError:
+            time.sleep(0.001)
+            continue
+        if head.startswith(b"HTTP/1.") and head.split(b" ")[1] == b"200":
+            return time.monotonic()
+        raise SystemExit("harness: GET /healthz answered %r" % head[:40])
+    raise SystemExit("harness: no HTTP 200 from %s" % address)
 
 
 def cmd_wall(argv):
@@ -407,6 +433,13 @@ def cmd_report(argv):
         ("     gunicorn exec -> READY=1", "warm.server_ms", ms),
         ("   launcher --force-prepare: launch -> READY=1", "forced.ready_ms", ms),
         ("     prepare phase (3 steps, nothing to do)", "forced.prepare_ms", ms),
+        ("6  READY=1 -> first HTTP 200, gunicorn --preload, READY from", None, None),
+        ("     the arbiter (server.ready = \"arbiter\", default)", "ready_arbiter.answer_ms", ms),
+        ("     the first worker (server.ready = \"worker\")", "ready_worker.answer_ms", ms),
+        ("     launch -> READY=1, arbiter", "ready_arbiter.ready_ms", ms),
+        ("     launch -> READY=1, worker", "ready_worker.ready_ms", ms),
+        ("   the same without --preload: READY=1 -> first 200, arbiter", "ready_arbiter_lazy.answer_ms", ms),
+        ("     READY=1 -> first 200, worker", "ready_worker_lazy.answer_ms", ms),
         ("3  shell preStart, fresh (3 x manage.py)", "shell_fresh.wall_ms", ms),
         ("   shell preStart, nothing to do", "shell_noop.wall_ms", ms),
         ("4  bitpoll-launcher check (0 errors)", "check.wall_ms", ms),
