@@ -137,7 +137,7 @@ pkgs.testers.runNixOSTest {
 
     with subtest("the module's unit meets the hardening target"):
         print(machine.succeed("systemd-analyze security --no-pager bitpoll.service"))
-        machine.succeed("systemd-analyze security --threshold=25 bitpoll.service")
+        machine.succeed("systemd-analyze security --threshold=20 bitpoll.service")
 
     with subtest("the unit printed for other distributions verifies and meets the target"):
         machine.succeed("mkdir -p /root/unit")
@@ -145,7 +145,7 @@ pkgs.testers.runNixOSTest {
         print(machine.succeed("cat /root/unit/bitpoll.service"))
         machine.succeed("systemd-analyze verify /root/unit/bitpoll.service")
         machine.succeed(
-            "systemd-analyze security --offline=true --threshold=25 /root/unit/bitpoll.service"
+            "systemd-analyze security --offline=true --threshold=20 /root/unit/bitpoll.service"
         )
         machine.succeed(f"bitpoll-launcher sysusers --config {CONFIG} | grep -w bitpoll")
   '';
