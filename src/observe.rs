@@ -44,10 +44,25 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
     };
     let credentials_dir = credentials_dir(opts);
     let service_uid = account.user.as_ref().map_or(euid, |u| u.uid);
+    // The credentials of the unprivileged unit belong to the service user (systemd gives
+    // them to User=): root reads them as that user, under the trust rule for that user.
+    let credentials_user = match (&account.user, &credentials_dir) {
+        (Some(u), Some(dir)) if euid == 0 && owner_of(dir) == Some(u.uid) => Some(u),
+        _ => None,
+    };
     let mut from_root: Vec<Option<SecretState>> = cfg
         .secrets
         .values()
-        .map(|source| read_source(source, credentials_dir.as_deref()))
+        .map(|source| match (source, credentials_user) {
+            (SecretSource::Credential(_), Some(u)) => {
+                match launcher_sys::privs::ActingAs::new(u.uid.into(), u.gid.into()) {
+                    // Root again when the guard goes, at the end of this arm.
+                    Ok(_acting) => read_source(source, credentials_dir.as_deref()),
+                    Err(_) => read_source(source, credentials_dir.as_deref()),
+                }
+            }
+            _ => read_source(source, credentials_dir.as_deref()),
+        })
         .collect();
     let acting = match &account.user {
         Some(u) if euid == 0 && owner_of(&cfg.service.data_dir) == Some(u.uid) => {

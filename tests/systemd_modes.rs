@@ -185,6 +185,35 @@ fn the_unprivileged_unit_serves_reads_its_credential_restarts_and_holds_its_hard
     assert!(!b.exists(&format!("{DATA_DIR}/secrets/BITPOLL_FIELD_ENCRYPTION_KEY")));
     let cred = format!("/run/credentials/{UNIT}/{FEK_CREDENTIAL}");
     eprintln!("{cred}: {}", b.stat("%U:%G %a", &cred));
+    // systemd gave the credential to the user; check and manage, run by root outside the
+    // unit, read it as that user and agree with the running service.
+    let out = b.exec(&[LAUNCHER_PATH, "check", "--config", CONFIG_PATH]);
+    let text = bitpoll::text(&out);
+    assert!(
+        text.contains("BITPOLL_FIELD_ENCRYPTION_KEY (credential fek)")
+            && !text.contains("  error "),
+        "check as root:\n{text}"
+    );
+    let out = b.exec(&[
+        LAUNCHER_PATH,
+        "manage",
+        "--config",
+        CONFIG_PATH,
+        "--",
+        "shell",
+        "-c",
+        "import hashlib, os; print(hashlib.sha256(os.environ['BITPOLL_FIELD_ENCRYPTION_KEY'].encode()).hexdigest())",
+    ]);
+    assert!(
+        out.status.success(),
+        "manage as root: {}",
+        bitpoll::text(&out)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().last(),
+        b.fek_sha256.as_deref(),
+        "manage got the credential's value"
+    );
 
     // A restart keeps the data and the generated secret, and skips every step.
     let secret = format!("{DATA_DIR}/secrets/BITPOLL_SECRET_KEY");
