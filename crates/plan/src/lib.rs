@@ -9,6 +9,8 @@
 //! - [`secret`]: the rules a secret value must pass, and generation from given random bytes;
 //! - [`stamp`]: fingerprints of a preparation step's inputs and the run/skip decision;
 //! - [`layout`]: the data directory tree with its modes;
+//! - [`postgres`]: the PostgreSQL connection the app makes, the migration lock's key, the
+//!   wait's schedule;
 //! - [`protocol`]: the preparation driver's events, bounded line splitting, and which
 //!   steps the events prove finished.
 
@@ -17,6 +19,7 @@ pub mod facts;
 pub mod finding;
 pub mod judge;
 pub mod layout;
+pub mod postgres;
 pub mod protocol;
 pub mod secret;
 pub mod stamp;
