@@ -15,7 +15,7 @@ use launcher_sys::privs::Target;
 
 use crate::cli::ManageArgs;
 use crate::exit::{self, Exit, OrExit};
-use crate::observe::{self, Options};
+use crate::observe::{self, Options, Postgres};
 
 pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
@@ -34,6 +34,7 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
         &Options {
             view: View::Outside,
             unit: &args.unit,
+            postgres: Postgres::Later,
         },
     );
     let mut values = Vec::new();
