@@ -2,6 +2,7 @@
 # given a RunPython operation that lets tests make `migrate` slow on purpose.
 
 import os
+import subprocess
 import sys
 import time
 
@@ -27,8 +28,17 @@ def demo_delay(apps, schema_editor):
 
     DEMO_MIGRATION_DELAY=N: print "demo migration: step i of N" once per second for
     N seconds (visible progress). DEMO_MIGRATION_HANG=N: then sleep N seconds
-    printing nothing (a stall).
+    printing nothing (a stall). DEMO_MIGRATION_ORPHANS=A,B,...: first leave one
+    orphaned ``sleep`` per number (a shell starts it in the background and exits), which
+    ends after that many seconds; the kernel hands orphans to the PID namespace's init,
+    which must reap them.
     """
+    for raw in os.environ.get("DEMO_MIGRATION_ORPHANS", "").split(","):
+        if raw.strip().isdigit():
+            subprocess.run(
+                ["/bin/sh", "-c", "sleep %d </dev/null >/dev/null 2>&1 &" % int(raw)],
+                check=True,
+            )
     steps = _seconds("DEMO_MIGRATION_DELAY")
     if steps:
         for i in range(1, steps + 1):
