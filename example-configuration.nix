@@ -105,5 +105,5 @@ in
   # Bitpoll sends mail (registration, invitations) through SMTP on
   # localhost:25 by default; run a relay there or leave registration off.
 
-  system.stateVersion = "25.05";
+  system.stateVersion = "26.05";
 }

@@ -2,7 +2,8 @@
   description = "bitpoll-launcher: prepares, hardens and starts Bitpoll (Django) under systemd";
 
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
+    # The current stable NixOS release (supported until the end of 2026).
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
     flake-utils.url = "github:numtide/flake-utils";
 
     # Upstream Bitpoll, pinned. Not a flake: only its source tree is used.
@@ -24,6 +25,7 @@
       overlay = final: _prev: {
         bitpoll-launcher = final.callPackage ./nixos/pkgs/bitpoll-launcher.nix { };
         bitpoll = final.callPackage ./nixos/pkgs/bitpoll { src = bitpoll-src; };
+        bitpoll-tryout = final.callPackage ./nixos/pkgs/bitpoll-tryout.nix { };
       };
 
       # The launcher is Linux-only (systemd, setresuid, capabilities).
@@ -66,7 +68,7 @@
       in
       {
         packages = {
-          inherit (pkgs) bitpoll bitpoll-launcher;
+          inherit (pkgs) bitpoll bitpoll-launcher bitpoll-tryout;
           default = pkgs.bitpoll-launcher;
         };
 
@@ -74,7 +76,20 @@
           bitpoll-launcher = {
             type = "app";
             program = lib.getExe pkgs.bitpoll-launcher;
-            meta.description = "Run bitpoll-launcher (run, check, manage, unit, sysusers)";
+            meta.description = "Run bitpoll-launcher (run, check, manage, unit, install, ...)";
+          };
+          # A try-out as the current user: http://127.0.0.1:8000, a throw-away data
+          # directory under $TMPDIR, generated keys (scripts/tryout.sh).
+          bitpoll-server = {
+            type = "app";
+            program = "${pkgs.bitpoll-tryout}/bin/bitpoll-server";
+            meta.description = "Try Bitpoll as yourself on http://127.0.0.1:8000";
+          };
+          # `nix run .#bitpoll-manage -- createsuperuser`: manage.py against that try-out.
+          bitpoll-manage = {
+            type = "app";
+            program = "${pkgs.bitpoll-tryout}/bin/bitpoll-manage";
+            meta.description = "Run manage.py ARGS against the bitpoll-server try-out";
           };
           default = bitpoll-launcher;
         };
@@ -89,12 +104,12 @@
             (pkgs.python3.withPackages (ps: [ ps.django ]))
             pkgs.gettext
             pkgs.systemd # systemd-analyze security / verify
-            pkgs.nixfmt-rfc-style
+            pkgs.nixfmt
           ];
           RUST_SRC_PATH = "${pkgs.rustPlatform.rustLibSrc}";
         };
 
-        formatter = pkgs.nixfmt-rfc-style;
+        formatter = pkgs.nixfmt;
 
         checks =
           {
@@ -108,7 +123,10 @@
             tests = cargoCheck "tests" ''
               cargo test --offline -p launcher-config -p launcher-plan
             '';
-            inherit (pkgs) bitpoll bitpoll-launcher;
+            inherit (pkgs) bitpoll bitpoll-launcher bitpoll-tryout;
+            # The module evaluated in a NixOS configuration (secret overrides, migrate
+            # only, /static/ from the package); no VM.
+            module-eval = import ./nixos/tests/module-eval.nix { inherit pkgs self nixpkgs; };
           }
           // lib.optionalAttrs (system == "x86_64-linux") {
             vm = import ./nixos/tests/vm.nix { inherit pkgs self; };

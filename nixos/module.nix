@@ -3,9 +3,10 @@
 # The unit's ExecStart is `bitpoll-launcher run --config <launcher.toml>`. The
 # launcher starts as root (inside the hardening of ./hardening.toml), checks
 # the declared user, prepares the data directory, loads secrets (systemd
-# credentials or generated once), runs migrate and collectstatic as the
-# service user, drops every privilege and execs gunicorn, which keeps the
-# main PID and reports READY=1 (Type=notify, NotifyAccess=main).
+# credentials or generated once), runs migrate as the service user, drops
+# every privilege and execs gunicorn, which keeps the main PID and reports
+# READY=1 (Type=notify, NotifyAccess=main). Static files and translations are
+# built into the package; nginx serves /static/ from the store.
 #
 # The data directory is created by tmpfiles and made writable with
 # ReadWritePaths=, not StateDirectory=: for a unit without User= systemd
@@ -49,11 +50,20 @@ let
   bind = hostPort cfg.listenAddress cfg.port;
 
   # gunicorn >= 25.1 opens a control socket under $HOME by default; older
-  # versions (nixpkgs 25.05 ships 23.x) do not know the option and would exit.
+  # versions do not know the option and would exit.
   gunicornVersion = cfg.package.gunicornVersion or "0";
   controlSocketArgs = optionals (lib.versionAtLeast gunicornVersion "25.1") [ "--no-control-socket" ];
 
   configFile = settingsFormat.generate "bitpoll-launcher.toml" cfg.settings;
+
+  # collectstatic's output, made when the package was built.
+  staticDir = "${cfg.package}/share/bitpoll-static";
+
+  # The secret files still read as credentials: a `settings.secrets.<VAR>` of the
+  # admin's own replaces the credential, and then its file is not loaded.
+  credentialFiles = lib.filterAttrs (
+    name: _: (cfg.settings.secrets.${name} or null) == { credential = name; }
+  ) cfg.secretFiles;
 
   nginxTls =
     let
@@ -68,9 +78,10 @@ in
     package = mkPackageOption pkgs "bitpoll" {
       extraDescription = ''
         It must provide `share/bitpoll` (manage.py, the app, compiled
-        translations, a settings_local.py reading BITPOLL_* variables) and
-        `passthru.python`, the interpreter environment with Django and gunicorn
-        (`passthru.gunicornVersion` selects gunicorn options).
+        translations, a settings_local.py reading BITPOLL_* variables),
+        `share/bitpoll-static` (collectstatic's output, the app's STATIC_ROOT)
+        and `passthru.python`, the interpreter environment with Django and
+        gunicorn (`passthru.gunicornVersion` selects gunicorn options).
       '';
     };
 
@@ -85,19 +96,17 @@ in
     group = mkOption {
       type = types.str;
       default = "bitpoll";
-      description = ''
-        The service group (declared by this module). nginx joins it to read
-        the collected static files when {option}`services.bitpoll.nginx.enable` is set.
-      '';
+      description = "The service group (declared by this module).";
     };
 
     dataDir = mkOption {
       type = types.path;
       default = "/var/lib/bitpoll";
       description = ''
-        Persistent state: the SQLite database, collected static files (static/),
-        uploads (media/), generated secrets (secrets/, mode 0700) and the
-        launcher's stamps (state/). Created by tmpfiles as
+        Persistent state: the SQLite database, uploads (media/), generated
+        secrets (secrets/, mode 0700) and the launcher's stamps (state/).
+        Static files are not here: they are built into the package. Created by
+        tmpfiles as
         `0750 user:group`; the launcher creates and checks the rest.
       '';
     };
@@ -159,8 +168,10 @@ in
         application reads. Each is handed to the unit with
         `LoadCredential=<VAR>:<path>` and referenced in the launcher config as
         `{ credential = "<VAR>"; }`, so the files may stay root-only (0400).
-        BITPOLL_SECRET_KEY and BITPOLL_FIELD_ENCRYPTION_KEY that are not given
-        here are generated once by the launcher into `<dataDir>/secrets/`.
+        That reference is a default: `settings.secrets.<VAR>` replaces it (and
+        the file is then not loaded). BITPOLL_SECRET_KEY and
+        BITPOLL_FIELD_ENCRYPTION_KEY given nowhere are generated once by the
+        launcher into `<dataDir>/secrets/`.
         Keep the field encryption key: it encrypts stored CalDAV URLs.
       '';
     };
@@ -184,7 +195,7 @@ in
     };
 
     nginx = {
-      enable = mkEnableOption "an nginx virtual host proxying to gunicorn and serving /static/ from the data directory";
+      enable = mkEnableOption "an nginx virtual host proxying to gunicorn and serving /static/ from the package";
 
       hostName = mkOption {
         type = types.str;
@@ -237,13 +248,14 @@ in
       };
       prepare = {
         migrate = mkDefault true;
-        collectstatic = mkDefault true;
-        # The package compiles the .mo files at build time; the store is read-only.
+        # The package runs collectstatic and compilemessages when it is built (the
+        # store is read-only): a start prepares by migrate alone.
+        collectstatic = mkDefault false;
         compilemessages = mkDefault false;
         stall_timeout_sec = mkDefault 300;
       };
       secrets =
-        mapAttrs (name: _: { credential = name; }) cfg.secretFiles
+        mapAttrs (name: _: mkDefault { credential = name; }) cfg.secretFiles
         // optionalAttrs (!(cfg.secretFiles ? BITPOLL_SECRET_KEY)) {
           BITPOLL_SECRET_KEY = mkDefault { generate = "django-secret-key"; };
         }
@@ -280,9 +292,6 @@ in
       description = "Bitpoll service user";
     };
     users.groups.${cfg.group} = { };
-    users.users.${config.services.nginx.user} = mkIf cfg.nginx.enable {
-      extraGroups = [ cfg.group ];
-    };
 
     systemd.tmpfiles.settings."10-bitpoll".${toString cfg.dataDir}.d = {
       inherit (cfg) user group;
@@ -318,7 +327,7 @@ in
         # (EXTEND_TIMEOUT_USEC) while they make progress and fails on a stall.
         TimeoutStartSec = "5min";
         ReadWritePaths = [ (toString cfg.dataDir) ];
-        LoadCredential = mapAttrsToList (name: path: "${name}:${toString path}") cfg.secretFiles;
+        LoadCredential = mapAttrsToList (name: path: "${name}:${toString path}") credentialFiles;
       };
     };
 
@@ -329,8 +338,9 @@ in
           proxyPass = "http://${bind}";
           recommendedProxySettings = true;
         };
+        # From the store: world-readable, so nginx needs no access to dataDir.
         locations."/static/" = {
-          alias = "${toString cfg.dataDir}/static/";
+          alias = "${staticDir}/";
           extraConfig = ''
             expires 7d;
             add_header Cache-Control "public";

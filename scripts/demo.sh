@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run bitpoll-launcher against the bundled demo app (tests/demo-app), as root, the way a
 # systemd unit would: it creates the user bitpoll-demo, prepares /var/lib/bitpoll-demo,
-# runs migrate/collectstatic/compilemessages as that user and becomes gunicorn serving
+# runs migrate/collectstatic/compilemessages as that user (the app copy stays root's and
+# read-only) and becomes gunicorn serving
 # http://127.0.0.1:8000 (Ctrl-C stops it).
 #
 #   bash scripts/demo.sh          run the demo (a second run skips the preparation)
@@ -30,13 +31,11 @@ cargo build --quiet --manifest-path "$top/Cargo.toml"
 
 # The app copy keeps the checkout's modification times, so an unchanged app is recognised
 # as unchanged and the second start skips preparation.
+# It belongs to root and the service cannot change it, as an installed app should: the
+# launcher compiles the translations into the data directory.
 mkdir -p "$app"
 cp -a "$top/tests/demo-app/." "$app/"
-chmod -R a+rX "$base"
-# compilemessages writes .mo files beside the .po files: the service group may write there.
-getent group "$user" >/dev/null || groupadd --system "$user"
-chgrp -R "$user" "$app/locale"
-chmod -R g+w "$app/locale"
+chmod -R a+rX,go-w "$base"
 
 cat > "$config" <<TOML
 [service]

@@ -47,7 +47,8 @@ pub enum Command {
     #[command(after_help = CHECK_EXIT_CODES)]
     Check(CheckArgs),
     /// Run manage.py exactly as the service would: as the service user, with its
-    /// environment, secrets and working directory.
+    /// environment, secrets and working directory (from a root terminal, on a terminal of
+    /// its own).
     Manage(ManageArgs),
     /// Print a hardened systemd unit for this config (hosts without NixOS).
     Unit(UnitArgs),
@@ -55,6 +56,74 @@ pub enum Command {
     Sysusers(ConfigArgs),
     /// Print the data directory as a tmpfiles.d entry.
     Tmpfiles(ConfigArgs),
+    /// Install the unit, the account and the data directory on a systemd host (not NixOS).
+    #[command(
+        long_about = "Install Bitpoll's unit on a systemd host without NixOS: write what `unit`, \
+`sysusers` and `tmpfiles` print to /etc/systemd/system/bitpoll.service, \
+/etc/sysusers.d/USER.conf and /etc/tmpfiles.d/USER.conf, create the account \
+(systemd-sysusers) and the data directory (systemd-tmpfiles --create), and reload systemd. \
+Each file is replaced atomically and only when its content changes, so running install \
+again after a config change updates exactly what changed. A file install did not write, or \
+one edited since, is left alone unless --force is given: install refuses before changing \
+anything. It does not start the unit.",
+        after_help = INSTALL_EXIT_CODES
+    )]
+    Install(InstallArgs),
+    /// Stop the unit and remove what install wrote; keep the account and the data.
+    #[command(
+        long_about = "Stop and disable bitpoll.service and remove the three files install wrote, \
+then reload systemd. Only files install wrote and nobody edited are removed (edited ones \
+too with --force; a file install did not write never). The account and the data directory \
+(database, secrets, uploads) are kept.",
+        after_help = INSTALL_EXIT_CODES
+    )]
+    Uninstall(UninstallArgs),
+}
+
+const INSTALL_EXIT_CODES: &str = "\
+Exit status:
+  0  done (or, with --dry-run, shown)
+  1  a file could not be written or a command failed (its output is shown)
+  2  the configuration is invalid
+  3  a file install did not write, or one edited since, is in the way (see --force), or
+     not run as root";
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The launcher's TOML configuration (its absolute path goes into ExecStart).
+    #[arg(long, short, value_name = "FILE", env = "BITPOLL_LAUNCHER_CONFIG")]
+    pub config: PathBuf,
+
+    /// Path of the launcher binary in ExecStart (default: this binary).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+
+    /// A file for a credential source of the config: LoadCredential=ID:PATH. Repeatable.
+    #[arg(long, value_name = "ID=PATH")]
+    pub credential: Vec<String>,
+
+    /// Print every file and command instead of writing or running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Replace files install did not write or that were edited since.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The launcher's TOML configuration.
+    #[arg(long, short, value_name = "FILE", env = "BITPOLL_LAUNCHER_CONFIG")]
+    pub config: PathBuf,
+
+    /// Print what would be stopped and removed instead of doing it.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also remove files install wrote that were edited since.
+    #[arg(long)]
+    pub force: bool,
 }
 
 const CHECK_EXIT_CODES: &str = "\
@@ -88,6 +157,13 @@ pub struct ManageArgs {
     /// The unit whose credentials directory holds credential secrets (when run outside it).
     #[arg(long, value_name = "NAME", default_value = "bitpoll")]
     pub unit: String,
+
+    /// Pass a variable to this one command: NAME=VALUE, or NAME for your own value
+    /// (repeatable). DJANGO_SUPERUSER_* variables of your environment are passed always, so
+    /// `createsuperuser --noinput` works. Launcher-set variables and secrets cannot be
+    /// replaced.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
 
     /// Arguments for manage.py, after `--`.
     #[arg(last = true, required = true, value_name = "ARGS")]

@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod config;
 mod exit;
+mod install;
 mod lock;
 mod manage;
 mod notify;
@@ -29,13 +30,19 @@ use crate::cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     observability::init(cli.log_level);
+    // Secrets are read into this process as root: no core file, no ptrace by others.
+    if let Err(e) = launcher_sys::no_core_dumps() {
+        tracing::warn!("cannot make the launcher non-dumpable: {e}");
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(&args).map(|never| match never {}),
         Command::Check(args) => check::run(&args),
-        Command::Manage(args) => manage::run(&args).map(|never| match never {}),
+        Command::Manage(args) => manage::run(&args),
         Command::Unit(args) => unit::run(&args).map(|()| 0),
         Command::Sysusers(args) => sysusers::run(&args).map(|()| 0),
         Command::Tmpfiles(args) => tmpfiles::run(&args).map(|()| 0),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

@@ -3,8 +3,10 @@
 //! environment and secrets, in the app's source directory. It changes nothing the
 //! service owns by itself: no account is created, no directory repaired, no secret
 //! generated (a missing generated secret means the service never started: start it first).
-
-use std::convert::Infallible;
+//!
+//! Run as root from a terminal, the command gets a pseudo-terminal and a session of its
+//! own (launcher_sys::pty), relayed to the admin's; without a terminal the launcher drops
+//! privileges and becomes the command, with plain pipes.
 
 use anyhow::{Context as _, anyhow};
 
@@ -17,7 +19,7 @@ use crate::cli::ManageArgs;
 use crate::exit::{self, Exit, OrExit};
 use crate::observe::{self, Options, Postgres};
 
-pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
+pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     let privileged = launcher_sys::is_root();
     let account = if privileged {
@@ -37,6 +39,10 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
             postgres: Postgres::Later,
         },
     );
+    let locale_paths: Vec<std::path::PathBuf> = judge::prepare::catalog_targets(&cfg, &facts)
+        .into_iter()
+        .map(|(_, to)| to)
+        .collect();
     let mut values = Vec::new();
     let mut problems = Vec::new();
     let verdicts = judge::secrets::judge(&cfg, &facts);
@@ -64,18 +70,45 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{}", problems.join("\n"))));
     }
     let inherited = observe::inherited_env();
-    let app_env = env::build(
+    let mut app_env = env::build(
         &env::Inputs {
             config: &cfg,
             secrets: &values,
             inherited: &inherited,
             user: &account.user,
             home: &cfg.service.data_dir,
+            locale_paths: &locale_paths,
         },
         Purpose::Manage,
     );
+    let extras = env::manage_extras(&args.env, &inherited, &cfg)
+        .map_err(|e| Exit::new(exit::CONFIG, anyhow!("{e}")))?;
+    app_env.retain(|(k, _)| !extras.iter().any(|(e, _)| e == k));
+    app_env.extend(extras);
+    app_env.sort();
     drop(values);
     let target = Target::for_account(&account, privileged).or_exit(exit::PRIVILEGES)?;
+    let mut argv = vec![
+        cfg.app.python.display().to_string(),
+        "manage.py".to_string(),
+    ];
+    argv.extend(args.args.iter().cloned());
+    if privileged && launcher_sys::pty::caller_has_terminal() {
+        // From a root terminal: the app gets a terminal and a session of its own, so it
+        // cannot push input into the admin's (TIOCSTI) or signal the admin's shell.
+        let code =
+            launcher_sys::pty::run(&argv, &app_env, &cfg.app.source_dir, &target).map_err(|e| {
+                let code = match e {
+                    launcher_sys::pty::PtyError::Child {
+                        step: "the privilege drop",
+                        ..
+                    } => exit::PRIVILEGES,
+                    _ => exit::RUNTIME,
+                };
+                Exit::new(code, e)
+            })?;
+        return Ok(u8::try_from(code).unwrap_or(u8::MAX));
+    }
     launcher_sys::privs::drop_to(&target).or_exit(exit::PRIVILEGES)?;
     launcher_sys::privs::verify(&target).or_exit(exit::PRIVILEGES)?;
     std::env::set_current_dir(&cfg.app.source_dir)
@@ -86,11 +119,6 @@ pub fn run(args: &ManageArgs) -> Result<Infallible, Exit> {
             )
         })
         .or_exit(exit::SYSTEM)?;
-    let mut argv = vec![
-        cfg.app.python.display().to_string(),
-        "manage.py".to_string(),
-    ];
-    argv.extend(args.args.iter().cloned());
     Err(Exit::new(
         exit::RUNTIME,
         launcher_sys::exec::exec(&argv, &app_env),

@@ -92,6 +92,8 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
         credentials_dir.as_deref(),
     );
     let (stamps, witnesses, source) = preparation(cfg, fd_of(""), fd_of(STATE_DIR));
+    let key_record = fd_of(STATE_DIR)
+        .and_then(|state| launcher_sys::files::read_state(state, layout::KEYS_FILE));
     let mut database = database(cfg);
     if let (Postgres::Once, Some(server)) = (opts.postgres, Server::of(cfg)) {
         database.postgresql = Some(postgresql(&server, &secrets, &account, euid, observer));
@@ -113,6 +115,7 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
         source,
         stamps,
         witnesses,
+        key_record,
         systemd: SystemdFacts {
             credentials_dir,
             invocation: std::env::var_os("INVOCATION_ID").is_some(),
@@ -532,18 +535,35 @@ pub fn witness(
                 port.map_or("default".into(), |p| p.to_string())
             ),
         },
-        Step::Collectstatic => {
-            let root = layout::static_root(cfg);
-            let dir = std::fs::symlink_metadata(&root)
-                .map(|m| format!("{}:{}", m.dev(), m.ino()))
-                .unwrap_or_else(|_| "absent".into());
-            let manifest = root.join("staticfiles.json").is_file();
-            format!("static {} {dir} manifest={manifest}", root.display())
-        }
+        Step::Collectstatic => match layout::static_layout(cfg) {
+            layout::StaticLayout::Versioned { dir } => {
+                // The tree `current` names, and whether it is complete.
+                let current = dir.join(layout::STATIC_CURRENT);
+                let target = std::fs::read_link(&current)
+                    .ok()
+                    .filter(|t| t.components().count() == 1)
+                    .map(|t| t.display().to_string());
+                let manifest = target
+                    .as_ref()
+                    .is_some_and(|t| dir.join(t).join("staticfiles.json").is_file());
+                format!(
+                    "static {} -> {} manifest={manifest}",
+                    current.display(),
+                    target.as_deref().unwrap_or("absent")
+                )
+            }
+            layout::StaticLayout::Fixed(root) => {
+                let id = std::fs::symlink_metadata(&root)
+                    .map(|m| format!("{}:{}", m.dev(), m.ino()))
+                    .unwrap_or_else(|_| "absent".into());
+                let manifest = root.join("staticfiles.json").is_file();
+                format!("static {} {id} manifest={manifest}", root.display())
+            }
+        },
         Step::Compilemessages => match source {
             Some(source) => format!(
-                "catalogs po={} mo-up-to-date={}",
-                source.facts.po_files, source.facts.fresh_mo_files
+                "catalogs po={} compiled-into-data-dir={}",
+                source.facts.po_files, source.facts.fresh_in_data_dir
             ),
             // Never matches a real witness: the step would simply run again.
             None => "catalogs not scanned".into(),
@@ -613,21 +633,49 @@ impl SourceTree {
     /// static root, media root or SQLite database placed inside the source directory):
     /// those change on every run and are outputs, not inputs.
     pub fn of(cfg: &Config) -> std::io::Result<SourceTree> {
-        let mut facts = scan(&cfg.app.source_dir, &layout::app_outputs(cfg))?;
+        let mut facts = scan(cfg, &cfg.app.source_dir, &layout::app_outputs(cfg))?;
         facts.manage_py = std::fs::symlink_metadata(cfg.app.source_dir.join("manage.py"))
             .is_ok_and(|m| m.is_file());
         Ok(SourceTree { facts })
     }
 }
 
-/// A digest of every file's relative path, size, mode and modification time, skipping
+mod libc_flags {
+    pub const NONBLOCK_NOFOLLOW: i32 =
+        nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOFOLLOW.bits();
+}
+
+/// SHA-256 of a file's content (hex).
+fn content_digest(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never blocks on a FIFO swapped in after the stat, never follows a link.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags::NONBLOCK_NOFOLLOW)
+        .open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A digest of every file's relative path, size, mode and modification time (and the
+/// content of files whose modification time is normalized to 0 or 1), skipping
 /// bytecode, compiled catalogs (which compilemessages writes) and hidden directories; the
 /// translation catalogs with their up-to-date compiled forms and their directories.
-fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
+fn scan(cfg: &Config, root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
     let mut entries = Vec::new();
     let mut po_files = 0;
     let mut fresh_mo_files = 0;
-    let mut po_dirs: BTreeMap<PathBuf, PoDir> = BTreeMap::new();
+    let mut fresh_in_data_dir = 0;
+    let mut locale_dirs: Vec<PathBuf> = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
@@ -651,21 +699,26 @@ fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
             }
             if name.ends_with(".po") {
                 po_files += 1;
-                if !po_dirs.contains_key(&dir) {
-                    let m = std::fs::metadata(&dir)?;
-                    po_dirs.insert(
-                        dir.clone(),
-                        PoDir {
-                            path: dir.clone(),
-                            uid: m.uid(),
-                            gid: m.gid(),
-                            mode: m.mode() & 0o7777,
-                        },
-                    );
-                }
-                let mo = path.with_extension("mo");
-                if std::fs::metadata(&mo).is_ok_and(|m| m.mtime() >= meta.mtime()) {
+                let fresh = |mo: &Path| {
+                    std::fs::symlink_metadata(mo)
+                        .is_ok_and(|m| m.is_file() && m.mtime() >= meta.mtime())
+                };
+                if fresh(&path.with_extension("mo")) {
                     fresh_mo_files += 1;
+                }
+                // <base>/<lang>/LC_MESSAGES/<domain>.po
+                let base = dir.parent().and_then(Path::parent);
+                if let Some(rel) = base.and_then(|b| b.strip_prefix(root).ok()) {
+                    if !locale_dirs.iter().any(|d| d == rel) {
+                        locale_dirs.push(rel.to_path_buf());
+                    }
+                    let below = path.strip_prefix(base.unwrap_or(root)).unwrap_or(&path);
+                    let target = layout::catalog_target(cfg, rel)
+                        .join(below)
+                        .with_extension("mo");
+                    if fresh(&target) {
+                        fresh_in_data_dir += 1;
+                    }
                 }
             }
             let rel = path
@@ -680,8 +733,15 @@ fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
             } else {
                 String::new()
             };
+            // A normalized timestamp (1 in a Nix store, 0 from some archives) says nothing
+            // about the content: such files count by their content.
+            let content = if meta.is_file() && meta.mtime() <= 1 {
+                content_digest(&path)?
+            } else {
+                String::new()
+            };
             entries.push(format!(
-                "{rel}\0{}\0{:o}\0{}.{}\0{link}",
+                "{rel}\0{}\0{:o}\0{}.{}\0{link}\0{content}",
                 meta.size(),
                 meta.mode(),
                 meta.mtime(),
@@ -700,6 +760,10 @@ fn scan(root: &Path, outputs: &[PathBuf]) -> std::io::Result<SourceFacts> {
         digest: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
         po_files,
         fresh_mo_files,
-        po_dirs: po_dirs.into_values().collect(),
+        locale_dirs: {
+            locale_dirs.sort();
+            locale_dirs
+        },
+        fresh_in_data_dir,
     })
 }

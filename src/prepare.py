@@ -19,6 +19,15 @@
 # finds on disk (the plan `migrate --check` would report): another instance may have
 # applied them while this launcher waited for the migration lock. `--force-migrate`
 # (the launcher's --force-prepare) runs the command regardless.
+#
+# compilemessages never writes into the app source (the service user may not own it): the
+# launcher passes BITPOLL_LAUNCHER_CATALOGS, a JSON list of [source base directory,
+# target directory] pairs, and each .po below a source base is compiled with GNU msgfmt,
+# as Django's compilemessages does, to the same relative path below its target. The app
+# finds the targets through BITPOLL_LOCALE_PATHS. With BITPOLL_LAUNCHER_BACKUP set, the
+# SQLite database is backed up there before migrate. With BITPOLL_LAUNCHER_STATIC set (a
+# directory), collectstatic fills a fresh tree below it and then switches the link
+# `current`, which the app and the web server use, to it in one rename.
 import os
 import sys
 import time
@@ -28,8 +37,109 @@ EVENT_LINE_MAX = 1 << 20
 COMMANDS = {
     "migrate": ("migrate", {"interactive": False}),
     "collectstatic": ("collectstatic", {"interactive": False}),
-    "compilemessages": ("compilemessages", {}),
+    "compilemessages": None,
 }
+# For the driver alone: the app's own code does not see them.
+CATALOGS = os.environ.pop("BITPOLL_LAUNCHER_CATALOGS", "[]")
+BACKUP = os.environ.pop("BITPOLL_LAUNCHER_BACKUP", "")
+STATIC_DIR = os.environ.pop("BITPOLL_LAUNCHER_STATIC", "")
+CURRENT = "current"
+
+
+def fresh_static_tree(static_dir):
+    """A new, empty tree for collectstatic below `static_dir`; the app's STATIC_ROOT
+    points there for this process only. Nothing older is trusted: every file is copied."""
+    tree = os.path.join(static_dir, "v-%d" % time.time_ns())
+    os.makedirs(tree, mode=0o750)
+    os.environ["BITPOLL_STATIC_ROOT"] = tree
+    return tree
+
+
+def switch_static_tree(static_dir, tree):
+    """Point `current` at the complete `tree` in one rename, then remove the trees older
+    than the one it replaces (kept for a server still reading it)."""
+    import re
+    import shutil
+
+    link = os.path.join(static_dir, CURRENT)
+    try:
+        previous = os.readlink(link)
+    except OSError:
+        previous = None
+    tmp = os.path.join(static_dir, ".%s.tmp-%d" % (CURRENT, os.getpid()))
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.basename(tree), tmp)
+    os.replace(tmp, link)
+    print("static files: %s now serves %s" % (link, os.path.basename(tree)))
+    keep = {os.path.basename(tree), previous}
+    for name in os.listdir(static_dir):
+        path = os.path.join(static_dir, name)
+        if re.fullmatch(r"v-[0-9]+", name) and name not in keep and not os.path.islink(path):
+            shutil.rmtree(path)
+
+
+def backup_database(target):
+    """An online backup of the SQLite database (SQLite's backup API, never a file copy of
+    a live database) to `target`, written through a temporary file and renamed."""
+    import sqlite3
+
+    from django.db import connections
+
+    name = str(connections["default"].settings_dict["NAME"])
+    tmp = "%s.tmp-%d" % (target, os.getpid())
+    source = sqlite3.connect("file:%s?mode=ro" % name, uri=True)
+    try:
+        copy = sqlite3.connect(tmp)
+        with copy:
+            source.backup(copy)
+        copy.close()
+        os.replace(tmp, target)
+    finally:
+        source.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print("database backed up to %s (%d bytes)" % (target, os.path.getsize(target)))
+
+
+def compile_catalogs(pairs):
+    """Compile every .po below each source base into its target, skipping a .mo that is
+    already newer than its .po; each written through a temporary file and renamed."""
+    import shutil
+    import subprocess
+
+    msgfmt = shutil.which("msgfmt")
+    if msgfmt is None:
+        raise RuntimeError(
+            "msgfmt (GNU gettext) is not on the app's PATH: install gettext, or compile the "
+            "catalogs when the app is built and set prepare.compilemessages = false"
+        )
+    compiled = fresh = 0
+    for source, target in pairs:
+        for dirpath, dirnames, filenames in os.walk(source):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if not name.endswith(".po"):
+                    continue
+                po = os.path.join(dirpath, name)
+                mo = os.path.join(target, os.path.relpath(po, source))[:-3] + ".mo"
+                try:
+                    if os.stat(mo).st_mtime >= os.stat(po).st_mtime:
+                        fresh += 1
+                        continue
+                except FileNotFoundError:
+                    pass
+                os.makedirs(os.path.dirname(mo), mode=0o750, exist_ok=True)
+                tmp = "%s.tmp-%d" % (mo, os.getpid())
+                try:
+                    subprocess.run([msgfmt, "--check-format", "-o", tmp, po], check=True)
+                    os.replace(tmp, mo)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+                print("compiled %s -> %s" % (po, mo))
+                compiled += 1
+    print("%d catalog(s) compiled, %d already up to date" % (compiled, fresh))
 
 
 def open_events():
@@ -91,6 +201,9 @@ def main(argv):
         events.flush()
 
     t0 = time.monotonic()
+    static_tree = None
+    if STATIC_DIR and "collectstatic" in steps:
+        static_tree = fresh_static_tree(STATIC_DIR)
     import django
 
     django.setup()
@@ -98,13 +211,21 @@ def main(argv):
     from django.core.management import call_command
 
     for step in steps:
-        name, options = COMMANDS[step]
         send("step-begin", step)
         t = time.monotonic()
         if step == "migrate" and not force_migrate and nothing_to_migrate():
             print("No migrations to apply: the database holds every migration on disk.")
+        elif step == "compilemessages":
+            import json
+
+            compile_catalogs(json.loads(CATALOGS))
         else:
+            if step == "migrate" and BACKUP:
+                backup_database(BACKUP)
+            name, options = COMMANDS[step]
             call_command(name, verbosity=1, **options)
+        if step == "collectstatic" and static_tree is not None:
+            switch_static_tree(STATIC_DIR, static_tree)
         sys.stdout.flush()
         sys.stderr.flush()
         if step == "migrate":

@@ -58,8 +58,34 @@ pub struct Context<'a> {
     pub owner: Owner,
     /// The preparation environment (see launcher_plan::env).
     pub env: Vec<(String, String)>,
+    /// Translation base directories and where their catalogs are compiled to
+    /// (launcher_plan::judge::prepare::catalog_targets).
+    pub catalogs: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Where the driver backs up the SQLite database before migrate, if anywhere.
+    pub backup: Option<std::path::PathBuf>,
+    /// The directory of versioned static trees (launcher_plan::layout::StaticLayout),
+    /// when the static files are collected there.
+    pub static_dir: Option<std::path::PathBuf>,
     /// The identity the driver runs as.
     pub target: Target,
+}
+
+/// The driver's list of catalogs to compile (source base directory, target), as one
+/// JSON variable for the driver alone; none when there is nothing to compile.
+fn catalogs_var(
+    catalogs: &[(std::path::PathBuf, std::path::PathBuf)],
+) -> Option<(&'static str, String)> {
+    if catalogs.is_empty() {
+        return None;
+    }
+    let pairs: Vec<[String; 2]> = catalogs
+        .iter()
+        .map(|(from, to)| [from.display().to_string(), to.display().to_string()])
+        .collect();
+    Some((
+        "BITPOLL_LAUNCHER_CATALOGS",
+        serde_json::to_string(&pairs).ok()?,
+    ))
 }
 
 /// Why preparation failed.
@@ -191,10 +217,23 @@ async fn supervise(
         .current_dir(&ctx.cfg.app.source_dir)
         .env_clear()
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))
+        .envs(catalogs_var(&ctx.catalogs))
+        .envs(
+            ctx.backup
+                .as_ref()
+                .map(|b| ("BITPOLL_LAUNCHER_BACKUP", b.display().to_string())),
+        )
+        .envs(
+            ctx.static_dir
+                .as_ref()
+                .map(|d| ("BITPOLL_LAUNCHER_STATIC", d.display().to_string())),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     launcher_sys::child::pass_fd_in_child(&mut cmd, event_write, EVENT_FD);
+    // Nothing the launcher inherited reaches the driver: only stdio and the event pipe.
+    launcher_sys::fds::close_in_child(&mut cmd, EVENT_FD..EVENT_FD + 1);
     launcher_sys::privs::drop_in_child(&mut cmd, ctx.target.clone());
     // Killed with the launcher (kill -9 included): the locks die with the launcher, and
     // an orphaned driver would go on migrating beside the next holder.

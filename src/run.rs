@@ -1,7 +1,7 @@
 //! `bitpoll-launcher run`: every phase from config to exec, in order.
 //!
 //! 1. config       load and validate the whole file
-//! 2. judge        observe the host read-only (crate::observe) and judge it with
+//! 2. preflight    observe the host read-only (crate::observe) and judge it with
 //!    launcher_plan::judge: any error stops here, before any change, in the words `check`
 //!    prints; with PostgreSQL, wait for the server (crate::postgres), read what the
 //!    database holds and judge again with it
@@ -31,7 +31,10 @@ use launcher_plan::env::{self, Purpose};
 use launcher_plan::facts::{Facts, SecretState, View};
 use launcher_plan::finding::{Finding, Severity, refusal};
 use launcher_plan::judge::{self, prepare::Decision, secrets::Action};
-use launcher_plan::layout::{TREE, sqlite_files_in_data_dir};
+use launcher_plan::layout::{
+    BACKUPS_DIR, KEYS_FILE, STAMP_FILE_MODE, STATE_DIR, TREE, is_backup_name,
+    sqlite_files_in_data_dir,
+};
 use launcher_plan::postgres::{Server, instance_name, migration_lock_key};
 use launcher_plan::secret::SecretValue;
 use launcher_sys::account::Account;
@@ -67,15 +70,6 @@ impl Phase {
     }
 }
 
-/// Log a finding that does not stop the start (warnings; info as info).
-fn log_finding(phase: &'static str, f: &Finding) {
-    match f.severity {
-        Severity::Warning => warn!(phase, subject = %f.subject, "{f}"),
-        Severity::Info => info!(phase, subject = %f.subject, "{f}"),
-        Severity::Ok | Severity::Error => {}
-    }
-}
-
 pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let started = Instant::now();
     // Files the preparation and the app create are not readable by others.
@@ -104,7 +98,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     phase.end(&format!("configuration {} is valid", args.config.display()));
 
-    let phase = Phase::begin("judge", "Checking the deployment");
+    let phase = Phase::begin("preflight", "Checking the deployment");
     let mut facts = observe::observe(
         &cfg,
         &Options {
@@ -157,8 +151,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     if let Some(text) = refusal(&findings) {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
     }
-    for f in &findings {
-        log_finding("judge", f);
+    // What run itself will create or repair is logged when it does; warnings now.
+    for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
+        warn!(phase = "preflight", subject = %f.subject, "{f}");
     }
     phase.end("the deployment is usable");
 
@@ -205,12 +200,15 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     stopped(&rt, &mut stop, "loading secrets")?;
 
     let inherited = facts.inherited.clone();
+    let catalogs = judge::prepare::catalog_targets(&cfg, &facts);
+    let locale_paths: Vec<std::path::PathBuf> = catalogs.iter().map(|(_, to)| to.clone()).collect();
     let env_inputs = env::Inputs {
         config: &cfg,
         secrets: &secret_values,
         inherited: &inherited,
         user: &account.user,
         home: &cfg.service.data_dir,
+        locale_paths: &locale_paths,
     };
     let target = Target::for_account(&account, privileged)
         .context("cannot read the kernel's capability range")
@@ -247,14 +245,11 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         },
     );
     for p in &planned {
-        let f = p.finding(&cfg);
+        let f = p.finding();
         match &p.decision {
             Decision::Refuse(_) => return Err(Exit::new(exit::SYSTEM, anyhow!("{f}"))),
-            Decision::Skip { .. } => {
+            Decision::Skip { .. } | Decision::NoWork(_) => {
                 info!(phase = "prepare", step = %p.step, skipped = true, "step {} {}", p.step, f.message)
-            }
-            Decision::SkipReadOnly { .. } => {
-                warn!(phase = "prepare", step = %p.step, skipped = true, "{f}")
             }
             Decision::Run(reason) => {
                 info!(phase = "prepare", step = %p.step, skipped = false, "step {} runs: {reason}", p.step)
@@ -264,29 +259,59 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     if !planned.iter().any(|p| p.step == Step::Migrate && p.runs()) {
         rt.block_on(locks.release_migration());
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let backup = judge::prepare::backup(&cfg, &facts, &planned, now);
+    if let Some(f) = backup.finding() {
+        match f.severity {
+            Severity::Warning => warn!(phase = "prepare", "{f}"),
+            _ => info!(phase = "prepare", "{}", f.message),
+        }
+    }
+    let backup = match backup {
+        judge::prepare::Backup::Take(path) => Some(path),
+        _ => None,
+    };
     let to_run = planned.iter().filter(|p| p.runs()).count();
     let ctx = prepare::Context {
         cfg: &cfg,
         tree: &tree,
         owner,
         env: prepare_env,
+        catalogs,
+        backup: backup.clone(),
+        static_dir: match launcher_plan::layout::static_layout(&cfg) {
+            launcher_plan::layout::StaticLayout::Versioned { dir } => Some(dir),
+            launcher_plan::layout::StaticLayout::Fixed(_) => None,
+        },
         target: target.clone(),
     };
     let outcome =
         prepare::execute(&rt, &mut stop, &ctx, &planned, &mut locks).map_err(|e| {
             match e.stop_signal() {
                 Some(signal) => Exit::stopped(signal, e),
-                None => Exit::new(exit::RUNTIME, e),
+                None => match backup.as_ref().filter(|b| b.exists()) {
+                    Some(b) => Exit::new(
+                        exit::RUNTIME,
+                        anyhow::Error::new(e).context(restore_hint(&cfg, b)),
+                    ),
+                    None => Exit::new(exit::RUNTIME, e),
+                },
             }
         })?;
     rt.block_on(locks.release_migration());
     drop(locks);
+    if backup.is_some() {
+        prune_backups(&cfg, &tree);
+    }
     // The database is the app's alone, not the web server's that shares the group.
     for file in sqlite_files_in_data_dir(&cfg) {
         if let Some(change) = tree::make_private(&tree, &file, owner).or_exit(exit::SYSTEM)? {
             info!(phase = "prepare", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
         }
     }
+    record_keys(&facts, &secret_values, &tree, owner).or_exit(exit::SYSTEM)?;
     phase.end(&if to_run == 0 {
         "preparation: nothing to do".to_string()
     } else {
@@ -391,6 +416,89 @@ fn secrets(
     } else {
         Err(anyhow!("{}", problems.join("\n")))
     }
+}
+
+/// How to put the database back as it was before the migrate that failed.
+fn restore_hint(cfg: &Config, backup: &Path) -> String {
+    let db = match &cfg.database {
+        launcher_config::Database::Sqlite { path } => path.display().to_string(),
+        launcher_config::Database::Postgresql { .. } => "the database".into(),
+    };
+    format!(
+        "the database as it was before this migrate is saved in {}; to go back: systemctl stop the service, then `install -m 0600 -o {} -g {} {} {db}`",
+        backup.display(),
+        cfg.service.user,
+        cfg.service.group,
+        backup.display()
+    )
+}
+
+/// Keep the newest prepare.backups backups; a failure to prune is logged, not fatal.
+fn prune_backups(cfg: &Config, tree: &tree::DataTree) {
+    match launcher_sys::files::prune(
+        tree.dir(BACKUPS_DIR),
+        &tree.path_of(BACKUPS_DIR),
+        is_backup_name,
+        cfg.prepare.backups as usize,
+    ) {
+        Ok(removed) => {
+            for name in removed {
+                info!(
+                    phase = "prepare",
+                    "removed the old backup {name} (prepare.backups = {})", cfg.prepare.backups
+                );
+            }
+        }
+        Err(e) => warn!(phase = "prepare", "cannot remove old backups: {e}"),
+    }
+}
+
+/// Record the fingerprints of the keys this start ran with (launcher_plan::keys), once
+/// the app was prepared with them; unchanged keys leave the record as it is.
+fn record_keys(
+    facts: &Facts,
+    values: &[(String, SecretValue)],
+    tree: &tree::DataTree,
+    owner: Owner,
+) -> anyhow::Result<()> {
+    use launcher_plan::keys::{FIELD_KEY, Record, SECRET_KEY};
+    let get = |name: &str| {
+        values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.expose())
+    };
+    let previous = facts.key_record.as_deref().and_then(Record::parse);
+    let salt = match &previous {
+        Some(p) => p.salt.clone(),
+        None => {
+            let mut raw = [0u8; 16];
+            launcher_sys::random_bytes(&mut raw).context("cannot read random bytes")?;
+            raw.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let record = Record::of(salt, get(FIELD_KEY), get(SECRET_KEY), now);
+    if previous.is_some_and(|p| p.field == record.field && p.secret == record.secret) {
+        return Ok(());
+    }
+    launcher_sys::files::write_atomic(
+        tree.dir(STATE_DIR),
+        &tree.path_of(STATE_DIR),
+        KEYS_FILE,
+        record.render().as_bytes(),
+        STAMP_FILE_MODE,
+        owner.privileged.then_some((owner.uid, owner.gid)),
+        true,
+    )
+    .context("cannot record the keys' fingerprints")?;
+    info!(
+        phase = "prepare",
+        "recorded the fingerprints of FIELD_ENCRYPTION_KEY and SECRET_KEY"
+    );
+    Ok(())
 }
 
 fn account(cfg: &Config, privileged: bool) -> anyhow::Result<Account> {

@@ -43,7 +43,7 @@ pub fn run(args: &UnitArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-fn parse_credentials(items: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+pub fn parse_credentials(items: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for item in items {
         let (id, path) = item
@@ -167,10 +167,6 @@ pub fn render(
     // every start. The directory is created ahead (bitpoll-launcher tmpfiles); "-" lets
     // the launcher, not the namespace setup, explain a missing one.
     writeln!(w, "ReadWritePaths=-{}", quote(&cfg.service.data_dir))?;
-    if cfg.prepare.compilemessages {
-        writeln!(w, "# compilemessages writes .mo files into the app source.")?;
-        writeln!(w, "ReadWritePaths={}", quote(&cfg.app.source_dir))?;
-    }
     for (id, path) in credentials {
         writeln!(w, "LoadCredential={id}:{}", path.display())?;
     }
@@ -250,7 +246,7 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
         }
         assert!(
             !unit.contains("ReadWritePaths=/opt/bitpoll/src"),
-            "no write access to the source without compilemessages"
+            "never write access to the app source: catalogs go into the data directory"
         );
     }
 

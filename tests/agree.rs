@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use util::cli::{Run, config_arg, create_service_account, run_launcher, sync_config};
-use util::{TestEnv, file_secret, write_file};
+use util::cli::{Run, config_arg, create_service_account, manage, run_launcher, sync_config};
+use util::{TestEnv, fernet_key, file_secret, write_file};
 
 const READY: Duration = Duration::from_secs(60);
 const FAIL_FAST: Duration = Duration::from_secs(30);
@@ -67,7 +67,11 @@ fn listing(findings: &[Finding]) -> String {
 /// (no user, no data directory entries beyond what was there).
 fn both_refuse(env: &mut TestEnv, group: &str, message: &str) {
     let findings = check(env);
-    let errors: Vec<&Finding> = findings.iter().filter(|f| f.severity == "error").collect();
+    // Errors of the judgements; the app probe's own findings (check only) are not run's.
+    let errors: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.severity == "error" && !f.subject.starts_with("encrypted data ("))
+        .collect();
     assert!(
         errors
             .iter()
@@ -135,7 +139,9 @@ fn a_data_dir_owned_by_another_user_is_refused_by_both() {
 #[test]
 fn a_symlink_in_the_layout_is_refused_by_both() {
     let mut env = TestEnv::new("agree_symlink");
+    let (uid, gid) = create_service_account(&env);
     fs::create_dir(&env.data).unwrap();
+    std::os::unix::fs::chown(&env.data, Some(uid), Some(gid)).unwrap();
     std::os::unix::fs::symlink("/etc", env.data.join("static")).unwrap();
     both_refuse(&mut env, "data_dir", "is a symbolic link");
 }
@@ -205,23 +211,49 @@ fn a_database_that_is_a_fifo_is_refused_by_both() {
 }
 
 #[test]
-fn read_only_catalogs_are_a_warning_in_both_and_the_app_serves() {
+fn catalogs_of_a_read_only_source_are_compiled_into_the_data_dir_by_both_accounts() {
     let mut env = TestEnv::new("agree_catalogs");
     for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
         fs::set_permissions(env.app.join(d), fs::Permissions::from_mode(0o755)).unwrap();
     }
     create_service_account(&env);
-    let (findings, log) = both_accept(&mut env);
+    let into = env.data.join("locale");
+    let findings = check(&env);
     let f = findings
         .iter()
-        .find(|f| f.subject == "step compilemessages")
-        .expect("a compilemessages finding");
-    assert_eq!(f.severity, "warning", "{}", listing(&findings));
+        .find(|f| f.subject == format!("translations in {}", env.app.display()))
+        .expect("a translations finding");
+    assert_eq!(f.severity, "info", "{}", listing(&findings));
     assert!(
-        log.contains("step compilemessages: skipped: compilemessages writes each .mo"),
-        "{log}"
+        f.message
+            .contains(&format!("`run` compiles them into {}", into.display())),
+        "{}",
+        f.message
     );
-    step_agrees(&findings, &log, "migrate", "runs at the next start", "runs");
+    let (findings, log) = both_accept(&mut env);
+    step_agrees(
+        &findings,
+        &log,
+        "compilemessages",
+        "runs at the next start",
+        "runs",
+    );
+    assert!(
+        into.join("de_DE/LC_MESSAGES/django.mo").is_file(),
+        "no catalog in the data directory\n{log}"
+    );
+    // The app serves German from the catalogs in the data directory.
+    env.launch();
+    env.wait_ready(READY);
+    let page = env.http_get("/");
+    assert!(page.body.contains("Willkommen"), "{}", page.body);
+    env.stop();
+    let findings = check(&env);
+    let f = findings
+        .iter()
+        .find(|f| f.subject == format!("translations in {}", env.app.display()))
+        .unwrap();
+    assert_eq!(f.severity, "ok", "{}", listing(&findings));
 }
 
 #[test]
@@ -273,4 +305,193 @@ fn each_step_decision_of_check_is_what_the_next_start_does() {
         step_agrees(&findings, &log, step, "$BITPOLL_SITE_NAME", "runs: the app");
     }
     assert!(log.contains("$BITPOLL_SITE_NAME"), "{log}");
+}
+
+#[test]
+fn a_service_user_in_a_privileged_group_is_refused_by_both() {
+    let mut env = TestEnv::new("agree_group");
+    create_service_account(&env);
+    let status = std::process::Command::new("/usr/sbin/usermod")
+        .args(["-aG", "adm", &env.user])
+        .status()
+        .unwrap();
+    assert!(status.success(), "usermod -aG adm");
+    both_refuse(
+        &mut env,
+        "account",
+        "is a member of the privileged group(s) adm",
+    );
+}
+
+#[test]
+fn a_persons_login_account_is_refused_by_both_unless_the_config_allows_it() {
+    let mut env = TestEnv::new("agree_login");
+    // A regular (non-system) account with a login shell, as useradd makes for a person.
+    let status = std::process::Command::new("/usr/sbin/useradd")
+        .args(["--shell", "/bin/bash", "--no-create-home", "--home-dir"])
+        .arg(&env.data)
+        .arg(&env.user)
+        .status()
+        .unwrap();
+    assert!(status.success(), "useradd");
+    both_refuse(&mut env, "account", "looks like a person's account");
+    env.config.set("service", "allow_login_account", "true");
+    both_accept(&mut env);
+}
+
+#[test]
+fn a_nearly_full_file_system_is_refused_by_both() {
+    let mut env = TestEnv::new("agree_full");
+    let mount = env.dir.join("small");
+    fs::create_dir(&mount).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a tmpfs");
+    let _unmount = Unmount(mount.clone());
+    let data = mount.join("data");
+    env.config
+        .set_str("service", "data_dir", &data.display().to_string());
+    both_refuse(&mut env, "data_dir", "MiB free");
+    assert!(
+        !data.exists(),
+        "run created the data directory on a full file system"
+    );
+}
+
+/// Unmounts when the test ends, also when it fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_data_dir_in_a_system_tree_is_refused_by_both_before_anything_is_touched() {
+    let mut env = TestEnv::new("agree_system_dir");
+    env.config
+        .set_str("service", "data_dir", "/usr/local/bitpoll-launcher-test");
+    let findings = check(&env);
+    assert!(
+        findings.iter().any(|f| f.severity == "error"
+            && f.group == "config"
+            && f.message.contains("inside the system tree /usr")),
+        "{}",
+        listing(&findings)
+    );
+    env.launch();
+    env.expect_failure(2, &["inside the system tree /usr"], FAIL_FAST);
+    assert!(!std::path::Path::new("/usr/local/bitpoll-launcher-test").exists());
+    assert!(!env.user_exists());
+}
+
+#[test]
+fn a_changed_field_encryption_key_over_encrypted_data_is_refused_by_both_and_a_rotation_accepted() {
+    let mut env = TestEnv::new("agree_fek");
+    let fek = env.dir.join("field-encryption-key");
+    let old = fernet_key();
+    write_file(&fek, format!("{old}\n").as_bytes(), 0o600);
+    env.config.set(
+        "secrets",
+        "BITPOLL_FIELD_ENCRYPTION_KEY",
+        &file_secret(&fek),
+    );
+    create_service_account(&env);
+    both_accept(&mut env);
+    let store = "from bitpoll.poll.models import CalendarLink\n\
+        CalendarLink.objects.create(name='cal', url='https://calendar.example/private')\n";
+    let out = manage(&env, &["shell", "-c", store]);
+    assert_eq!(out.code, 0, "{}", out.context());
+
+    // Another valid key: run refuses, check says so, also from the stored value itself.
+    let new = fernet_key();
+    write_file(&fek, format!("{new}\n").as_bytes(), 0o600);
+    let findings = check(&env);
+    assert!(
+        findings.iter().any(|f| f.severity == "error"
+            && f.subject == "encrypted data (poll.CalendarLink.url)"),
+        "{}",
+        listing(&findings)
+    );
+    both_refuse(
+        &mut env,
+        "secrets",
+        "none of its keys is the one that encrypted the existing data",
+    );
+
+    // Rotation: the new key first, the old one after. Both accept, the data reads.
+    write_file(&fek, format!("{new},{old}\n").as_bytes(), 0o600);
+    both_accept(&mut env);
+    let show = "from bitpoll.poll.models import CalendarLink\n\
+        print('url', CalendarLink.objects.get(name='cal').url)\n";
+    let out = manage(&env, &["shell", "-c", show]);
+    assert!(
+        out.stdout.contains("url https://calendar.example/private"),
+        "{}",
+        out.context()
+    );
+    // The old key back alone is still a key that encrypted the data.
+    write_file(&fek, format!("{old}\n").as_bytes(), 0o600);
+    both_accept(&mut env);
+}
+
+/// A config laid out as NixOS does it: /etc/bitpoll/launcher.toml is a link to
+/// /etc/static/..., which leads into a store directory that is sticky and group-writable
+/// (1775 root:nixbld) holding a root-owned 0444 file. Both commands accept it; the same
+/// chain with the store file owned by someone else is refused by both.
+#[test]
+fn a_nixos_shaped_config_chain_is_trusted_by_both_and_a_foreign_store_file_is_not() {
+    let mut env = TestEnv::new("agree_nixos");
+    let root = env.dir.join("nixos");
+    let store = root.join("nix/store");
+    fs::create_dir_all(&store).unwrap();
+    fs::create_dir_all(root.join("etc-static/bitpoll")).unwrap();
+    fs::create_dir_all(root.join("etc/bitpoll")).unwrap();
+    let (_, nogroup) = util::cli::nobody();
+    std::os::unix::fs::chown(&store, Some(0), Some(nogroup)).unwrap();
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o1775)).unwrap();
+    let object = store.join("0123456789abcdef-launcher.toml");
+    write_file(&object, env.config.render().as_bytes(), 0o444);
+    let static_link = root.join("etc-static/bitpoll/launcher.toml");
+    std::os::unix::fs::symlink(&object, &static_link).unwrap();
+    let config = root.join("etc/bitpoll/launcher.toml");
+    std::os::unix::fs::symlink(&static_link, &config).unwrap();
+
+    let run_check = |env: &TestEnv| {
+        let out = run_launcher(
+            env,
+            &Run::new(&["check", "--config", &config.display().to_string(), "--json"]),
+        );
+        let doc: Value = serde_json::from_str(&out.stdout).expect("JSON");
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["group"] == "config" && f["severity"] == "error")
+            .map(|f| f["message"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run_check(&env), Vec::<String>::new());
+    env.launch_with(util::Launch::default().config(&config));
+    env.wait_ready(READY);
+    assert_eq!(env.http_get("/").status, 200);
+    env.stop();
+
+    // A store object still owned by a build user: refused by both, nothing read.
+    let (nobody_uid, _) = util::cli::nobody();
+    std::os::unix::fs::lchown(&object, Some(nobody_uid), None).unwrap();
+    let errors = run_check(&env);
+    assert!(
+        errors.iter().any(|m| m.contains("owned by")),
+        "check accepted a store file owned by uid {nobody_uid}: {errors:?}"
+    );
+    env.launch_with(util::Launch::default().config(&config));
+    env.expect_failure(2, &["cannot read config file", "owned by"], FAIL_FAST);
 }

@@ -307,19 +307,6 @@ fn token() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Add an empty migration 0003 to the app copy: the database then has one pending.
-fn add_pending_migration(env: &TestEnv) -> &'static str {
-    let name = "0003_check_pending";
-    write_file(
-        &env.app
-            .join("bitpoll/poll/migrations")
-            .join(format!("{name}.py")),
-        b"from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"poll\", \"0002_demo_delay\")]\n    operations = []\n",
-        0o644,
-    );
-    name
-}
-
 // ---------------------------------------------------------------------------------------
 // The "check writes nothing" snapshot
 // ---------------------------------------------------------------------------------------
@@ -1450,7 +1437,8 @@ fn a_source_dir_without_manage_py_is_an_error() {
 }
 
 #[test]
-fn postgresql_that_is_down_is_an_error_of_the_launcher_and_of_django_and_generated_keys_a_warning() {
+fn postgresql_that_is_down_is_an_error_of_the_launcher_and_of_django_and_generated_keys_a_warning()
+{
     // Nothing listens on the port: the launcher's own connection and Django's both fail,
     // and `run` would wait for it, then fail.
     let mut env = TestEnv::new("check_pg");
@@ -1477,12 +1465,29 @@ fn postgresql_that_is_down_is_an_error_of_the_launcher_and_of_django_and_generat
         ),
         "not reachable (127.0.0.1:",
     );
-    assert!(f.message.contains("`run` waits up to 30 s for it, then fails"), "{f}");
-    assert!(f.fix.as_deref().unwrap().contains("start PostgreSQL"), "{f}");
-    r.expect_exact("error", "database", "postgresql", "not reachable: OperationalError");
+    assert!(
+        f.message
+            .contains("`run` waits up to 30 s for it, then fails"),
+        "{f}"
+    );
+    assert!(
+        f.fix.as_deref().unwrap().contains("start PostgreSQL"),
+        "{f}"
+    );
+    r.expect_exact(
+        "error",
+        "database",
+        "postgresql",
+        "not reachable: OperationalError",
+    );
     // Instances on one database must share their keys: generated ones are warned about.
     for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
-        r.expect("warning", "secrets", name, "every instance that serves the same database");
+        r.expect(
+            "warning",
+            "secrets",
+            name,
+            "every instance that serves the same database",
+        );
     }
     r.absent("python", "probe", "the probe itself worked");
 }
@@ -1584,7 +1589,7 @@ fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
         "app",
         "static files",
         &format!(
-            "no manifest at {}/static/staticfiles.json yet; `run` collects static files",
+            "no manifest at {}/static/current/staticfiles.json yet; `run` collects static files",
             env.data.display()
         ),
     );
@@ -1645,7 +1650,7 @@ fn pending_migrations_are_listed() {
         "app",
         "static files",
         &format!(
-            "manifest {}/static/staticfiles.json present",
+            "manifest {}/static/current/staticfiles.json present",
             env.data.display()
         ),
     );
@@ -1656,7 +1661,7 @@ fn pending_migrations_are_listed() {
         "1 catalog(s), all compiled and up to date",
     );
 
-    let name = add_pending_migration(&env);
+    let name = util::add_migration(&env, "0003_check_pending");
     let r = check_json(&env, &[]);
     r.expect_exact(
         "info",
@@ -1696,7 +1701,7 @@ fn a_missing_static_manifest_without_collectstatic_is_an_error() {
         "app",
         "static files",
         &format!(
-            "no manifest at {}/static/staticfiles.json and prepare.collectstatic = false",
+            "no manifest at {}/static/current/staticfiles.json and prepare.collectstatic = false",
             env.data.display()
         ),
     );
@@ -2111,7 +2116,7 @@ fn check_writes_nothing_fresh_after_a_launch_and_broken() {
     std::os::unix::fs::symlink(env.app.join("bitpoll"), &media).unwrap();
     let db = env.data.join("db.sqlite3");
     chown(&db, 0, 0);
-    add_pending_migration(&env);
+    util::add_migration(&env, "0003_check_pending");
     let po = env.app.join("locale/de_DE/LC_MESSAGES/django.po");
     fs::File::options()
         .write(true)

@@ -4,7 +4,17 @@ use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bitpoll-launcher");
-const SUBCOMMANDS: &[&str] = &["", "run", "check", "manage", "unit", "sysusers", "tmpfiles"];
+const SUBCOMMANDS: &[&str] = &[
+    "",
+    "run",
+    "check",
+    "manage",
+    "unit",
+    "sysusers",
+    "tmpfiles",
+    "install",
+    "uninstall",
+];
 
 const HEADER: &str = "# Command-line reference
 

@@ -13,6 +13,7 @@ mod util;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -200,18 +201,24 @@ fn serves_the_demo_app_as_the_service_user_without_privileges() {
         "db.sqlite3"
     );
     assert!(
-        env.data.join("static/staticfiles.json").is_file(),
+        env.data.join("static/current/staticfiles.json").is_file(),
         "collectstatic wrote no manifest"
     );
     assert_tree_owned_by(&env.data.join("static"), u);
     for step in STEPS {
         assert_eq!(owner_mode(&env.stamp(step)), (u, g, 0o600), "{step} stamp");
     }
-    let mo = env.app.join("locale/de_DE/LC_MESSAGES/django.mo");
+    let mo = env.data.join("locale/de_DE/LC_MESSAGES/django.mo");
     assert_eq!(
-        fs::metadata(&mo).expect("django.mo").uid(),
+        fs::metadata(&mo)
+            .expect("django.mo in the data directory")
+            .uid(),
         u,
         "compilemessages did not run as the service user"
+    );
+    assert!(
+        !env.app.join("locale/de_DE/LC_MESSAGES/django.mo").exists(),
+        "compilemessages wrote into the app source"
     );
 
     // A system account, home = data_dir, no login shell.
@@ -1490,6 +1497,9 @@ fn server_environment_is_built_from_scratch() {
         "DJANGO_SETTINGS_MODULE",
         "PYTHONUNBUFFERED",
         "BITPOLL_DATA_DIR",
+        // The demo source carries no compiled catalogs: they are in the data directory.
+        "BITPOLL_LOCALE_PATHS",
+        "BITPOLL_STATIC_ROOT",
         "BITPOLL_DB_ENGINE",
         "BITPOLL_DB_PATH",
         "BITPOLL_SECRET_KEY",
@@ -1622,4 +1632,377 @@ fn files_the_app_writes_inside_its_source_do_not_count_as_source_changes() {
         "skipped",
         "ran again although only its own output changed",
     );
+}
+
+/// A descriptor the caller left open (here a root-only file on fd 9, without
+/// close-on-exec) reaches neither the preparation child nor the server.
+#[test]
+fn descriptors_the_caller_left_open_reach_neither_the_preparation_nor_the_server() {
+    let mut env = TestEnv::new("leaked_fd");
+    let secret = env.dir.join("root-only");
+    write_file(&secret, b"root only\n", 0o600);
+    // The demo app's migration lists its open descriptors when asked.
+    env.config.set_str("environment", "DEMO_REPORT_FDS", "1");
+    let open_9 = format!("exec 9<{}; exec \"$0\" \"$@\"", secret.display());
+    let pid = env.launch_with(Launch::default().wrap(&["sh", "-c", &open_9]));
+    env.wait_ready(READY);
+    let log = env.stderr();
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for fd in &fds {
+        let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default();
+        assert_ne!(target, secret, "the server holds the caller's fd {fd}");
+    }
+    let report = log
+        .lines()
+        .find(|l| l.contains("demo migration: open fds"))
+        .unwrap_or_else(|| panic!("no fd report from the preparation\n{log}"));
+    assert!(
+        !report.contains(&secret.display().to_string()),
+        "the preparation child holds the caller's file: {report}"
+    );
+    env.stop();
+}
+
+/// Before a migrate that has work, the SQLite database is backed up (online, by SQLite's
+/// backup API) into data_dir/backups; the backup holds the database as it was, only the
+/// newest prepare.backups are kept, and a start with nothing to migrate takes none.
+#[test]
+fn the_database_is_backed_up_before_a_migrate_with_work_and_old_backups_are_pruned() {
+    let mut env = TestEnv::new("backup");
+    env.config.set("prepare", "backups", "1");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let backups = env.data.join("backups");
+    let list = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&backups)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(
+        list().is_empty(),
+        "a fresh database was backed up: {:?}",
+        list()
+    );
+    assert_eq!(owner_mode(&backups).2, 0o700);
+
+    // An upgrade brings a migration: the backup holds the database before it.
+    util::add_migration(&env, "0003_upgrade");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    env.stop();
+    let first = list();
+    assert_eq!(first.len(), 1, "{log}");
+    assert!(log.contains("database backed up to"), "{log}");
+    let copy = backups.join(&first[0]);
+    let applied = |db: &Path| {
+        let out = std::process::Command::new(util::PYTHON)
+            .args([
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print(sorted(n for (n,) in c.execute(\"select name from django_migrations where app='poll'\")))",
+            ])
+            .arg(db)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(applied(&copy), "['0001_initial', '0002_demo_delay']");
+    assert_eq!(
+        applied(&env.data.join("db.sqlite3")),
+        "['0001_initial', '0002_demo_delay', '0003_upgrade']"
+    );
+
+    // Nothing to migrate: no backup.
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    assert_eq!(list(), first);
+
+    // The backup restored in place (same file, older content): the database decides,
+    // migrate runs again and the app serves.
+    let db = env.data.join("db.sqlite3");
+    let ino = fs::metadata(&db).unwrap().ino();
+    fs::write(&db, fs::read(&copy).unwrap()).unwrap();
+    assert_eq!(fs::metadata(&db).unwrap().ino(), ino, "restored in place");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    assert!(
+        log.contains("step migrate runs: the database lacks 1 migration(s) applied before (poll.0003_upgrade)"),
+        "{log}"
+    );
+    assert_eq!(env.http_get("/").status, 200);
+    env.stop();
+    assert_eq!(
+        applied(&db),
+        "['0001_initial', '0002_demo_delay', '0003_upgrade']"
+    );
+    // That migrate had work: a backup of the restored database was taken too.
+    let first = list();
+
+    // Another migration, one second later at least: a new backup replaces the old one.
+    std::thread::sleep(Duration::from_millis(1100));
+    util::add_migration(&env, "0004_upgrade");
+    fs::write(
+        env.app.join("bitpoll/poll/migrations/0004_upgrade.py"),
+        b"from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"poll\", \"0003_upgrade\")]\n    operations = []\n",
+    )
+    .unwrap();
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    env.stop();
+    let second = list();
+    assert_eq!(second.len(), 1, "prepare.backups = 1 keeps one\n{log}");
+    assert_ne!(second, first);
+    assert!(log.contains("removed the old backup"), "{log}");
+}
+
+/// Set every file of the app copy to mtime 1, as in a Nix store.
+fn nix_mtimes(root: &Path) {
+    for entry in fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            nix_mtimes(&path);
+        } else if meta.is_file() {
+            set_mtime(&path, SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        }
+    }
+}
+
+/// An upgrade in a Nix-style store (every mtime 1) changes a static file: the new content
+/// is collected and served (collectstatic alone would keep the older copy, whose mtime is
+/// newer), into a fresh tree that `current` switches to; the tree before stays, older
+/// ones go.
+#[test]
+fn an_upgraded_static_file_with_mtime_1_is_collected_into_a_fresh_tree() {
+    let mut env = TestEnv::new("static_upgrade");
+    let css = env.app.join("bitpoll/static/css/demo.css");
+    nix_mtimes(&env.app);
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let current = env.data.join("static/current");
+    let first = fs::read_link(&current).expect("static/current is a link");
+    assert!(current.join("css/demo.css").is_file());
+
+    for round in 1..=2 {
+        fs::write(
+            &css,
+            format!("/* upgraded, round {round} */\nbody {{ color: #{round}{round}{round}; }}\n"),
+        )
+        .unwrap();
+        nix_mtimes(&env.app);
+        env.launch();
+        env.wait_ready(READY);
+        let log = env.stderr();
+        env.stop();
+        let served = fs::read_to_string(current.join("css/demo.css")).unwrap();
+        assert!(
+            served.contains(&format!("round {round}")),
+            "the old static file is still served after the upgrade: {served}\n{log}"
+        );
+    }
+    let trees: Vec<String> = fs::read_dir(env.data.join("static"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("v-"))
+        .collect();
+    assert_eq!(
+        trees.len(),
+        2,
+        "the served tree and the one before it: {trees:?}"
+    );
+    assert!(
+        !trees.contains(&first.display().to_string()),
+        "the oldest tree was kept: {trees:?}"
+    );
+}
+
+/// A start from an admin's root shell (another PATH, LANG, HOME) between two starts by
+/// the service manager changes nothing the app sees: every step stays skipped, before
+/// and after.
+#[test]
+fn a_start_from_a_root_shell_environment_does_not_rerun_preparation() {
+    let mut env = TestEnv::new("root_shell_env");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let shell = Launch::default()
+        .env(
+            "PATH",
+            "/root/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "de_DE.UTF-8")
+        .env("LC_ALL", "de_DE.UTF-8")
+        .env("HOME", "/root")
+        .env("TZ", "Europe/Berlin");
+    env.launch_with(shell);
+    env.wait_ready(READY);
+    let log = env.stderr();
+    env.stop();
+    assert_every_step(&log, "skipped", "re-ran for the caller's environment");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    env.stop();
+    assert_every_step(&log, "skipped", "re-ran after a start from a root shell");
+}
+
+#[test]
+fn a_foreign_host_header_gets_400_and_one_log_line_without_a_traceback() {
+    let mut env = TestEnv::new("foreign_host");
+    env.launch();
+    env.wait_ready(READY);
+    for _ in 0..2 {
+        let resp = util::http_get_host(env.port, "/healthz", "foreign.example");
+        assert_eq!(resp.status, 400, "{}", resp.body);
+    }
+    env.wait_for_log("foreign.example", READY);
+    // The second request's line too (both are logged by the same worker, in order).
+    let deadline = Instant::now() + READY;
+    while env.stderr().matches("foreign.example").count() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = env.stderr();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("foreign.example"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per request:\n{log}");
+    for line in &lines {
+        assert!(
+            line.starts_with(
+                "ERROR django.security.DisallowedHost: Invalid HTTP_HOST header: 'foreign.example'."
+            ),
+            "{line}"
+        );
+    }
+    assert!(!log.contains("Traceback"), "{log}");
+    assert_eq!(env.http_get("/healthz").status, 200);
+    env.stop();
+}
+
+#[test]
+fn the_documented_tryout_runs_as_an_unprivileged_person_and_serves() {
+    let env = TestEnv::new("tryout");
+    // A person's account: a regular uid with a login shell and a group of its own.
+    let out = std::process::Command::new("useradd")
+        .args(["--user-group", "--no-create-home", "--shell", "/bin/bash"])
+        .arg("--home-dir")
+        .arg(&env.dir)
+        .arg(&env.user)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = env.ids().unwrap();
+    // What the user runs, where any user can run it (the checkout may be under /root).
+    let launcher = env.dir.join("bitpoll-launcher");
+    let script = env.dir.join("tryout.sh");
+    fs::copy(util::LAUNCHER, &launcher).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tryout.sh"),
+        &script,
+    )
+    .unwrap();
+    let tmp = env.dir.join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    nix::unistd::chown(
+        &tmp,
+        Some(nix::unistd::Uid::from_raw(ids.uid)),
+        Some(nix::unistd::Gid::from_raw(ids.gid)),
+    )
+    .unwrap();
+    let as_user = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", ids.uid))
+            .arg(format!("--regid={}", ids.gid))
+            .args(["--init-groups", "--", "env", "-i"])
+            .arg(format!("PATH={}", util::PATH))
+            .arg(format!("HOME={}", env.dir.display()))
+            .arg(format!("TMPDIR={}", tmp.display()))
+            .arg(format!("BITPOLL_TRYOUT_PYTHON={}", util::PYTHON))
+            .arg(format!("BITPOLL_TRYOUT_SOURCE={}", env.app.display()))
+            .arg(format!("BITPOLL_TRYOUT_LAUNCHER={}", launcher.display()))
+            .arg(format!("BITPOLL_TRYOUT_PORT={}", env.port))
+            .arg("bash")
+            .arg(&script)
+            .args(args)
+            .current_dir(&env.dir);
+        cmd
+    };
+
+    let log = env.dir.join("tryout.log");
+    let mut server = as_user(&["server"])
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = server.id() as i32;
+    let deadline = Instant::now() + READY;
+    let served = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break Err(format!("the try-out exited: {status}"));
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", env.port)).is_ok() {
+            break Ok(env.http_get("/healthz").status);
+        }
+        if Instant::now() >= deadline {
+            break Err("no server within the deadline".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(served, Ok(200), "{}", text());
+    assert_eq!(env.http_get("/").status, 200, "{}", text());
+    let whoami = env.whoami();
+    assert_eq!((whoami.uid, whoami.gid), (ids.uid, ids.gid));
+    assert!(text().contains("not running as root"), "{}", text());
+
+    // The data is the user's, in the throw-away directory.
+    let data = tmp.join(format!("bitpoll-tryout-{}/data", ids.uid));
+    assert_eq!(owner_mode(&data).0, ids.uid);
+    assert!(data.join("db.sqlite3").is_file(), "{}", text());
+    for key in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        let (uid, _, mode) = owner_mode(&data.join("secrets").join(key));
+        assert_eq!((uid, mode & 0o777), (ids.uid, 0o600), "{key}");
+    }
+
+    // manage runs against the same data.
+    let out = as_user(&["manage", "showmigrations", "poll"])
+        .output()
+        .unwrap();
+    let manage = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{manage}");
+    assert!(manage.contains("[X] 0001_initial"), "{manage}");
+
+    util::kill_group(pgid);
+    let _ = server.wait();
+
+    // As root it refuses, pointing at install instead.
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("server")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not as root"));
 }

@@ -138,3 +138,144 @@ fn manage_before_the_first_start_or_without_the_user_refuses() {
     assert_eq!(out.code, 3, "run by nobody\n{}", out.context());
     assert!(out.stderr.contains(&env.user), "{}", out.context());
 }
+
+/// An admin runs `manage` as root from a terminal: the app's code runs as the service user
+/// and tries to push a command line into its terminal (TIOCSTI). It must land on a
+/// terminal of the app's own, never on the admin's, where the admin's shell would read and
+/// run it as root once manage returns.
+#[test]
+fn manage_from_a_root_terminal_cannot_push_input_into_it() {
+    let mut env = TestEnv::new("manage_pty");
+    launch_once(&mut env);
+    sync_config(&env);
+    let marker = env.dir.join("pushed-command-ran");
+    // The admin's terminal is a pty of script(1); its shell runs manage, then reads what is
+    // waiting on the terminal and runs it, as an interactive shell would.
+    let shell = format!(
+        "echo outer=$(tty); {launcher} manage --config {config} -- push_input 'touch {marker}'; \
+         echo exit=$?; read -t 3 line; echo \"read=[$line]\"; eval \"$line\"",
+        launcher = util::LAUNCHER,
+        config = config_arg(&env),
+        marker = marker.display(),
+    );
+    let mut out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("bash -c '{}'", shell.replace('\'', "'\\''")),
+            "/dev/null",
+        ])
+        .env_clear()
+        .env("PATH", util::PATH)
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "xterm")
+        .current_dir(&env.dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script(1)");
+    // The terminal's input stays open (nothing is typed) until the shell is done: an end
+    // of input would make script(1) hang up the terminal and hide what was pushed.
+    let typing = out.stdin.take();
+    let out = out.wait_with_output().expect("wait for script(1)");
+    drop(typing);
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        !marker.exists(),
+        "the app's pushed input ran in the admin's shell\n{text}"
+    );
+    assert!(text.contains("exit=0"), "manage failed\n{text}");
+    assert!(
+        text.contains("read=[]"),
+        "the admin's terminal received input\n{text}"
+    );
+    let outer = text
+        .lines()
+        .find_map(|l| l.strip_prefix("outer="))
+        .expect("the outer terminal's name")
+        .trim()
+        .to_string();
+    let app_line = text
+        .lines()
+        .find(|l| l.starts_with("fd 0: tty="))
+        .unwrap_or_else(|| panic!("no report from the app\n{text}"));
+    assert!(
+        !app_line.contains(&format!("tty={outer} ")),
+        "the app ran on the admin's terminal {outer}: {app_line}"
+    );
+    assert!(
+        app_line.contains("tty=/dev/pts/"),
+        "the app had no terminal: {app_line}"
+    );
+}
+
+#[test]
+fn manage_passes_django_superuser_variables_and_env_options_for_one_command() {
+    let mut env = TestEnv::new("manage_env");
+    launch_once(&mut env);
+    sync_config(&env);
+    let args = [
+        "manage",
+        "--config",
+        &config_arg(&env),
+        "--env",
+        "DEMO_GREETING=hello from --env",
+        "--",
+        "createsuperuser",
+        "--noinput",
+    ];
+    let out = run_launcher(
+        &env,
+        &Run::new(&args)
+            .env("DJANGO_SUPERUSER_USERNAME", "admin")
+            .env("DJANGO_SUPERUSER_EMAIL", "admin@example.org")
+            .env("DJANGO_SUPERUSER_PASSWORD", "a-long-test-password-1"),
+    );
+    assert_eq!(out.code, 0, "{}", out.context());
+    let script = "import os\nfrom django.contrib.auth import get_user_model\n\
+        u = get_user_model().objects.get(username='admin')\n\
+        print('superuser', u.is_superuser, u.check_password('a-long-test-password-1'))\n\
+        print('greeting', os.environ.get('DEMO_GREETING'))\n";
+    let out = run_launcher(
+        &env,
+        &Run::new(&[
+            "manage",
+            "--config",
+            &config_arg(&env),
+            "--env",
+            "DEMO_GREETING=hello from --env",
+            "--",
+            "shell",
+            "-c",
+            script,
+        ]),
+    );
+    assert_eq!(out.code, 0, "{}", out.context());
+    assert!(
+        out.stdout.contains("superuser True True"),
+        "{}",
+        out.context()
+    );
+    assert!(
+        out.stdout.contains("greeting hello from --env"),
+        "{}",
+        out.context()
+    );
+
+    // A variable the launcher sets, or a secret, cannot be replaced.
+    for bad in ["BITPOLL_DATA_DIR=/tmp", "BITPOLL_SECRET_KEY=x"] {
+        let out = run_launcher(
+            &env,
+            &Run::new(&[
+                "manage",
+                "--config",
+                &config_arg(&env),
+                "--env",
+                bad,
+                "--",
+                "check",
+            ]),
+        );
+        assert_eq!(out.code, 2, "{bad}: {}", out.context());
+        assert!(out.stderr.contains("--env BITPOLL_"), "{}", out.context());
+    }
+}

@@ -1,6 +1,7 @@
 # NixOS VM test: boots services.bitpoll behind nginx and checks what an admin
-# would: the unit comes up (readiness from gunicorn itself), the front page and
-# static files work through nginx, a restart keeps the database and the
+# would: the unit comes up (readiness from gunicorn itself) having prepared by
+# migrate alone, the front page works through nginx and the static files come
+# from the package in the store, a restart keeps the database and the
 # generated secrets, the server runs without privileges, `bitpoll-launcher
 # check` passes, and both the module's unit and the one `bitpoll-launcher unit`
 # prints for other distributions stay within the hardening target.
@@ -90,11 +91,18 @@ pkgs.testers.runNixOSTest {
         code = machine.succeed(f"curl -s -o /dev/null -w '%{{http_code}}' {URL}/")
         assert code == "200", f"front page answered {code}"
 
-    with subtest("static files served by nginx from the data directory"):
+    with subtest("static files served by nginx from the package, none collected at start"):
         page = machine.succeed(f"curl -fsS {URL}/")
         links = re.findall(r'/static/[^"\'\s>]+\.css', page)
         assert links, "the front page links no stylesheet under /static/"
         machine.succeed(f"curl -fsS -o /dev/null {URL}{links[0]}")
+        machine.succeed(f"test -z \"$(find {DATA} -name staticfiles.json)\"")
+        # nginx reads the store, not the data directory.
+        machine.fail("id -nG nginx | grep -qw bitpoll")
+        log = machine.succeed("journalctl -u bitpoll.service -o cat")
+        assert "step migrate started" in log, log
+        assert "step collectstatic started" not in log, log
+        assert "step compilemessages started" not in log, log
 
     with subtest("admin runs manage.py through the launcher"):
         machine.succeed(

@@ -109,6 +109,10 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     }
 
     let values = secret_values(&facts, &judged.secrets);
+    let locale_paths: Vec<std::path::PathBuf> = judge::prepare::catalog_targets(cfg, &facts)
+        .into_iter()
+        .map(|(_, to)| to)
+        .collect();
     let account = launcher_sys::account::lookup(&cfg.service.user, &cfg.service.group)
         .ok()
         .flatten();
@@ -120,6 +124,7 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
                 inherited: &facts.inherited,
                 user: &a.user,
                 home: &cfg.service.data_dir,
+                locale_paths: &locale_paths,
             },
             Purpose::Prepare,
         )
@@ -134,6 +139,7 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
                 inherited: &facts.inherited,
                 user: &cfg.service.user,
                 home: &cfg.service.data_dir,
+                locale_paths: &locale_paths,
             },
             Purpose::Prepare,
         )
@@ -146,7 +152,7 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
             force: false,
         },
     ) {
-        r.push(p.finding(cfg));
+        r.push(p.finding());
     }
 
     let probe = probe(cfg, &facts, account.as_ref(), viewer, app_env, &values, r);

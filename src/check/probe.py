@@ -21,6 +21,41 @@ def version_of(dist):
         return None
 
 
+def probe_encrypted(db):
+    """Decrypt one stored encrypted value with the configured keys. The field library
+    swallows a wrong key (the app shows ciphertext), so only a direct try tells."""
+    try:
+        from encrypted_model_fields.fields import EncryptedMixin, decrypt_str
+    except Exception:
+        return None
+    from django.apps import apps
+
+    qn = db.ops.quote_name
+    for model in apps.get_models():
+        for field in model._meta.concrete_fields:
+            if not isinstance(field, EncryptedMixin):
+                continue
+            col, table = qn(field.column), qn(model._meta.db_table)
+            try:
+                with db.cursor() as c:
+                    c.execute(
+                        "SELECT %s FROM %s WHERE %s IS NOT NULL AND %s <> '' LIMIT 1"
+                        % (col, table, col, col)
+                    )
+                    row = c.fetchone()
+            except Exception:
+                continue  # not migrated yet
+            if row is None:
+                continue
+            where = "%s.%s" % (model._meta.label, field.name)
+            try:
+                decrypt_str(row[0] if isinstance(row[0], str) else bytes(row[0]).decode())
+                return {"field": where, "ok": True}
+            except Exception:
+                return {"field": where, "ok": False}
+    return None
+
+
 def main(paths):
     res = {"python": sys.version.split()[0], "executable": sys.executable}
     res["access"] = {
@@ -70,6 +105,7 @@ def main(paths):
             executor = MigrationExecutor(db)
             plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
             res["pending"] = ["%s.%s" % (m.app_label, m.name) for m, _ in plan]
+            res["encrypted"] = probe_encrypted(db)
         except Exception as e:
             res["db"]["error"] = error_text(e)
         finally:
@@ -80,7 +116,11 @@ def main(paths):
         from django.contrib.staticfiles.storage import staticfiles_storage
 
         manifest = getattr(staticfiles_storage, "manifest_name", None)
-        if settings.STATIC_ROOT and os.path.islink(str(settings.STATIC_ROOT)):
+        root = str(settings.STATIC_ROOT) if settings.STATIC_ROOT else ""
+        # The launcher's own link `current` (a name in the same directory) is expected.
+        if root and os.path.islink(root) and (
+            os.path.basename(root) != "current" or "/" in os.readlink(root)
+        ):
             res["static_error"] = "STATIC_ROOT %s is a symbolic link" % settings.STATIC_ROOT
         elif manifest and settings.STATIC_ROOT:
             path = os.path.join(str(settings.STATIC_ROOT), manifest)

@@ -36,6 +36,14 @@ pub struct Probe {
     pending: Option<Vec<String>>,
     manifest: Option<Manifest>,
     static_error: Option<String>,
+    encrypted: Option<Encrypted>,
+}
+
+/// One stored encrypted value, decrypted (or not) with the configured keys.
+#[derive(Debug, serde::Deserialize)]
+struct Encrypted {
+    field: String,
+    ok: bool,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -130,6 +138,8 @@ pub fn probe_app(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // The probe runs the app's code: nothing the launcher inherited reaches it.
+    launcher_sys::fds::close_in_child(&mut cmd, 0..0);
     let drop = match viewer {
         Viewer::Root => Some(true),
         Viewer::ServiceUser => Some(false),
@@ -186,29 +196,65 @@ pub fn probe_app(
     }
 }
 
+/// At most this much of the probe's stdout (its answer is one JSON line) and stderr is
+/// kept: the probe runs the app's code, which may print without end.
+const PROBE_STDOUT_MAX: u64 = 1024 * 1024;
+const PROBE_STDERR_MAX: u64 = 64 * 1024;
+
 fn run_with_timeout(
     mut cmd: std::process::Command,
     timeout: Duration,
 ) -> std::io::Result<std::process::Output> {
-    let child = cmd.spawn()?;
+    use std::io::Read;
+    let mut child = cmd.spawn()?;
     let pid = child.id();
+    // Read a bounded prefix of each stream, then drain the rest without keeping it.
+    let bounded = |stream: Option<Box<dyn Read + Send>>, max: u64| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(mut s) = stream {
+                let _ = (&mut s).take(max).read_to_end(&mut kept);
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            }
+            kept
+        })
+    };
+    let out = bounded(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        PROBE_STDOUT_MAX,
+    );
+    let err = bounded(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        PROBE_STDERR_MAX,
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
+        let _ = tx.send(child.wait());
     });
-    match rx.recv_timeout(timeout) {
-        Ok(result) => result,
+    let status = match rx.recv_timeout(timeout) {
+        Ok(status) => status?,
         Err(_) => {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            Err(std::io::Error::other(format!(
+            return Err(std::io::Error::other(format!(
                 "no answer within {} s",
                 timeout.as_secs()
-            )))
+            )));
         }
-    }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
@@ -319,6 +365,23 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
                 Some(pending) => r.warn(Group::Database, "migrations", format!("{} pending ({}) and prepare.migrate = false", pending.len(), abbreviate(pending)), "run `bitpoll-launcher manage --config FILE -- migrate` or enable prepare.migrate"),
                 None => {}
             }
+        }
+    }
+    if let Some(e) = &p.encrypted {
+        let subject = format!("encrypted data ({})", e.field);
+        if e.ok {
+            r.ok(
+                Group::Database,
+                subject,
+                "a stored value decrypts with the configured FIELD_ENCRYPTION_KEY",
+            );
+        } else {
+            r.error(
+                Group::Database,
+                subject,
+                "a stored value does not decrypt with the configured FIELD_ENCRYPTION_KEY: the app shows ciphertext instead of the data",
+                "configure the key the data was encrypted with (or a rotation list \"NEW,OLD\" holding it)",
+            );
         }
     }
     if let Some(m) = &p.manifest {

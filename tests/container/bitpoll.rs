@@ -35,6 +35,9 @@ pub const IDENT: &str = "bitpoll-launcher";
 /// The demo venv on the host, visible inside through the overlay.
 pub const VENV: &str = "/opt/bitpoll-launcher-demo/venv";
 const DEMO_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/demo-app");
+/// Where the container sees the demo app: bound explicitly, since the checkout may live
+/// where the container has a file system of its own (its /tmp is a fresh tmpfs).
+pub const DEMO_APP_IN: &str = "/srv/blt-checkout/demo-app";
 const SETUP_VENV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/setup-venv.sh");
 
 static VENV_ONCE: Once = Once::new();
@@ -171,6 +174,7 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     ensure_venv();
     let c = ContainerBuilder::new(tag)
         .with_launcher()
+        .bind_ro(DEMO_APP, DEMO_APP_IN)
         .file(CONFIG_PATH, spec.config(), 0o644)
         .boot();
     let t = Instant::now();
@@ -192,13 +196,13 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
     c.write_file(TMPFILES_PATH, tmpfiles.as_bytes(), 0o644);
     c.exec_ok(&["systemd-tmpfiles", "--create", TMPFILES_PATH]);
 
-    // The app: a copy keeping modification times; compilemessages writes next to the .po
-    // files, so the service group may write the catalogs.
+    // The app: a root-owned copy keeping modification times, read-only for the service
+    // (the launcher compiles the catalogs into the data directory).
     let script = format!(
-        "set -e; mkdir -p {APP_DIR}; cp -a {DEMO_APP}/. {APP_DIR}/; \
+        "set -e; mkdir -p {APP_DIR}; cp -a {DEMO_APP_IN}/. {APP_DIR}/; \
          find {APP_DIR} -name __pycache__ -prune -exec rm -rf {{}} +; \
          find {APP_DIR} -name '*.mo' -delete; \
-         chmod -R a+rX /srv/bitpoll; chgrp -R {USER} {APP_DIR}/locale; chmod -R g+w {APP_DIR}/locale"
+         chmod -R a+rX,go-w /srv/bitpoll"
     );
     c.exec_ok(&["sh", "-c", &script]);
 

@@ -326,12 +326,8 @@ impl TestEnv {
         let app = dir.join("app");
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo-app");
         copy_app(&demo, &app).expect("copy the demo app");
-        // compilemessages writes .mo files next to the .po files as the service user,
-        // which does not exist yet (the launcher creates it).
-        for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
-            fs::set_permissions(app.join(d), fs::Permissions::from_mode(0o777))
-                .expect("chmod the locale dir");
-        }
+        // The source belongs to root and is read-only for the service user, as in a real
+        // install: the launcher compiles the catalogs into the data directory.
         let port = free_port();
         let data = dir.join("data");
         let mut config = Config::default();
@@ -1074,6 +1070,11 @@ pub fn free_port() -> u16 {
 
 /// GET `path` from 127.0.0.1:`port`.
 pub fn http_get(port: u16, path: &str) -> Response {
+    http_get_host(port, path, "127.0.0.1")
+}
+
+/// GET `path` from 127.0.0.1:`port` with the given Host header.
+pub fn http_get_host(port: u16, path: &str, host: &str) -> Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
@@ -1083,7 +1084,7 @@ pub fn http_get(port: u16, path: &str) -> Response {
         .expect("write timeout");
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .expect("send the request");
     let mut raw = Vec::new();
@@ -1329,4 +1330,17 @@ pub fn describe_processes(pids: &[i32]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Add an empty migration `name` after 0002_demo_delay to the test's copy of the demo app
+/// (an upgrade that brings a migration). Returns the name.
+pub fn add_migration<'a>(env: &TestEnv, name: &'a str) -> &'a str {
+    write_file(
+        &env.app
+            .join("bitpoll/poll/migrations")
+            .join(format!("{name}.py")),
+        b"from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"poll\", \"0002_demo_delay\")]\n    operations = []\n",
+        0o644,
+    );
+    name
 }

@@ -128,6 +128,9 @@ pub struct Prepare {
     pub compilemessages: bool,
     /// A step that produces no output for this long is considered hung and is stopped.
     pub stall_timeout: Duration,
+    /// How many backups of an SQLite database, taken before a migrate that has work, are
+    /// kept (0: none are taken).
+    pub backups: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +180,7 @@ pub const DATA_DIR_VAR: &str = "BITPOLL_DATA_DIR";
 /// Variables the launcher sets itself; the config may not set them.
 pub const RESERVED_VARIABLES: &[&str] = &[
     DATA_DIR_VAR,
+    "BITPOLL_LOCALE_PATHS",
     "DJANGO_SETTINGS_MODULE",
     "PYTHONPATH",
     "HOME",
@@ -207,6 +211,7 @@ pub const REQUIRED_SECRETS: &[(&str, GenerateKind)] = &[
 /// (which is often world-readable, e.g. in the Nix store).
 pub const SECRET_VARIABLES: &[&str] = &[
     "BITPOLL_SECRET_KEY",
+    "BITPOLL_SECRET_KEY_FALLBACKS",
     "BITPOLL_FIELD_ENCRYPTION_KEY",
     "BITPOLL_DB_PASSWORD",
     "BITPOLL_EMAIL_HOST_PASSWORD",
@@ -268,6 +273,8 @@ pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_DB_WAIT_TIMEOUT_SECS: u64 = 120;
 /// The longest configurable wait for PostgreSQL.
 pub const MAX_DB_WAIT_TIMEOUT_SECS: i64 = 3600;
+/// Backups of the SQLite database kept by default.
+pub const DEFAULT_BACKUPS: u32 = 3;
 
 /// One problem with the configuration, located by its key path (`secrets.X.file`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -478,6 +485,7 @@ const PREPARE_KEYS: &[&str] = &[
     "collectstatic",
     "compilemessages",
     "stall_timeout_sec",
+    "backups",
 ];
 const SERVER_KEYS: &[&str] = &["command"];
 const SECRET_SOURCE_KEYS: &[&str] = &["file", "credential", "generate"];
@@ -751,7 +759,21 @@ fn read_prepare(r: &mut Reader, t: Option<&Table>) -> Option<Prepare> {
         Some(None) => Some(Duration::from_secs(DEFAULT_STALL_TIMEOUT_SECS)),
         None => None,
     };
+    let backups = match r.integer(t, "prepare", "backups") {
+        Some(Some(n)) if (0..=100).contains(&n) => Some(n as u32),
+        Some(Some(n)) => {
+            r.problem(
+                "prepare.backups",
+                format!("{n} is out of range"),
+                Some("keep between 0 (no backups) and 100 backups".into()),
+            );
+            None
+        }
+        Some(None) => Some(DEFAULT_BACKUPS),
+        None => None,
+    };
     Some(Prepare {
+        backups: backups?,
         migrate: migrate?,
         collectstatic: collectstatic?,
         compilemessages: compilemessages?,

@@ -81,7 +81,14 @@ pub struct Inputs<'a> {
     /// The service user's name and home directory.
     pub user: &'a str,
     pub home: &'a Path,
+    /// Directories of translation catalogs compiled into the data directory, which the app
+    /// puts first in LOCALE_PATHS (see judge::prepare::catalog_targets); empty when the
+    /// app's own source carries them compiled.
+    pub locale_paths: &'a [std::path::PathBuf],
 }
+
+/// The variable that tells the app where the launcher compiled its catalogs.
+pub const LOCALE_PATHS_VAR: &str = "BITPOLL_LOCALE_PATHS";
 
 /// The environment, sorted by name. Later sources win: allowlisted inherited variables,
 /// the launcher's own variables, `[environment]`, then the secrets. Config validation
@@ -123,6 +130,20 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
     set("DJANGO_SETTINGS_MODULE", cfg.app.settings_module.clone());
     set("PYTHONUNBUFFERED", "1".into());
     set(DATA_DIR_VAR, cfg.service.data_dir.display().to_string());
+    if let crate::layout::StaticLayout::Versioned { .. } = crate::layout::static_layout(cfg) {
+        set(
+            "BITPOLL_STATIC_ROOT",
+            crate::layout::static_root(cfg).display().to_string(),
+        );
+    }
+    if !inputs.locale_paths.is_empty() {
+        let paths: Vec<String> = inputs
+            .locale_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        set(LOCALE_PATHS_VAR, paths.join(":"));
+    }
     match &cfg.database {
         Database::Sqlite { path } => {
             set("BITPOLL_DB_ENGINE", "sqlite".into());
@@ -163,6 +184,65 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
         env.insert(k.clone(), v.expose().to_string());
     }
     env.into_iter().collect()
+}
+
+/// Variables the caller of `manage` passes through for one command: every
+/// `DJANGO_SUPERUSER_*` of the caller's environment (what `createsuperuser --noinput`
+/// reads), and each `--env NAME=VALUE` or `--env NAME` (the caller's value). Variables the
+/// launcher sets and secrets cannot be replaced this way.
+pub fn manage_extras(
+    requested: &[String],
+    caller: &[(String, String)],
+    config: &Config,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out: BTreeMap<String, String> = caller
+        .iter()
+        .filter(|(k, _)| k.starts_with("DJANGO_SUPERUSER_"))
+        .cloned()
+        .collect();
+    for item in requested {
+        let (name, value) = match item.split_once('=') {
+            Some((n, v)) => (n.to_string(), v.to_string()),
+            None => {
+                let v = caller
+                    .iter()
+                    .find(|(k, _)| k == item)
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| {
+                        format!("--env {item}: {item} is not set in your environment; write --env {item}=VALUE")
+                    })?;
+                (item.clone(), v)
+            }
+        };
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "--env {item}: {name:?} is not an environment variable name"
+            ));
+        }
+        if launcher_config::RESERVED_VARIABLES.contains(&name.as_str()) {
+            return Err(format!("--env {name}: set by the launcher itself"));
+        }
+        if config.secrets.contains_key(&name)
+            || launcher_config::SECRET_VARIABLES.contains(&name.as_str())
+        {
+            return Err(format!(
+                "--env {name}: a secret comes from its configured source, not the command line"
+            ));
+        }
+        if value.contains('\0') || value.len() > launcher_config::MAX_ENV_VALUE {
+            return Err(format!(
+                "--env {name}: the value must be at most {} bytes without NUL",
+                launcher_config::MAX_ENV_VALUE
+            ));
+        }
+        out.insert(name, value);
+    }
+    Ok(out.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -221,6 +301,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             inherited: &inherited,
             user: "bitpoll",
             home: Path::new("/var/lib/bitpoll"),
+            locale_paths: &[],
         };
         build(&inputs, purpose).into_iter().collect()
     }
@@ -234,6 +315,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             ("BITPOLL_DB_ENGINE", "sqlite"),
             ("BITPOLL_DB_PATH", "/var/lib/bitpoll/db.sqlite3"),
             ("BITPOLL_SECRET_KEY", "s3cr3t-value-xyz"),
+            ("BITPOLL_STATIC_ROOT", "/var/lib/bitpoll/static/current"),
             ("DJANGO_SETTINGS_MODULE", "bitpoll.settings"),
             ("HOME", "/var/lib/bitpoll"),
             ("INVOCATION_ID", "abc"),
@@ -287,6 +369,37 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
     }
 
     #[test]
+    fn manage_passes_superuser_variables_and_requested_ones_but_no_reserved_or_secret() {
+        let cfg = config();
+        let caller: Vec<(String, String)> = [
+            ("DJANGO_SUPERUSER_USERNAME", "admin"),
+            ("DJANGO_SUPERUSER_PASSWORD", "pw"),
+            ("FOO", "from-caller"),
+            ("LD_PRELOAD", "/tmp/x.so"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let got = manage_extras(&["FOO".into(), "BAR=1".into()], &caller, &cfg).unwrap();
+        let got: BTreeMap<_, _> = got.into_iter().collect();
+        assert_eq!(got["DJANGO_SUPERUSER_USERNAME"], "admin");
+        assert_eq!(got["FOO"], "from-caller");
+        assert_eq!(got["BAR"], "1");
+        assert!(!got.contains_key("LD_PRELOAD"));
+        for bad in [
+            "BITPOLL_DATA_DIR=/x",
+            "BITPOLL_SECRET_KEY=x",
+            "MISSING",
+            "1X=2",
+        ] {
+            assert!(
+                manage_extras(&[bad.to_string()], &caller, &cfg).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn path_defaults_when_the_launcher_has_none() {
         let cfg = config();
         let inputs = Inputs {
@@ -295,6 +408,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             inherited: &[],
             user: "bitpoll",
             home: Path::new("/var/lib/bitpoll"),
+            locale_paths: &[],
         };
         let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).into_iter().collect();
         assert_eq!(env["PATH"], format!("/opt/venv/bin:{DEFAULT_PATH}"));
@@ -313,6 +427,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             inherited: &[],
             user: "bitpoll",
             home: Path::new("/var/lib/bitpoll"),
+            locale_paths: &[],
         };
         let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).into_iter().collect();
         for (k, v) in [

@@ -60,6 +60,8 @@ pub struct Facts {
     pub stamps: BTreeMap<Step, String>,
     /// The current state of each step's output (see [`crate::stamp`]).
     pub witnesses: BTreeMap<Step, String>,
+    /// `state/keys`: the key fingerprints of the last successful start (crate::keys).
+    pub key_record: Option<String>,
     pub systemd: SystemdFacts,
 }
 
@@ -304,15 +306,6 @@ impl DatabaseFacts {
     }
 }
 
-/// A directory holding translation catalogs (.po), with its owner and mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoDir {
-    pub path: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
-}
-
 /// The app source tree.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SourceFacts {
@@ -321,9 +314,14 @@ pub struct SourceFacts {
     /// A digest of every file's path, size, mode and mtime (see the observer).
     pub digest: String,
     pub po_files: usize,
-    /// Catalogs whose .mo exists and is at least as new as the .po.
+    /// Catalogs whose .mo exists beside the .po and is at least as new.
     pub fresh_mo_files: usize,
-    pub po_dirs: Vec<PoDir>,
+    /// The translation base directories (`<base>/<lang>/LC_MESSAGES/*.po`), relative to
+    /// the source directory, sorted.
+    pub locale_dirs: Vec<PathBuf>,
+    /// Catalogs compiled into the data directory (see [`crate::layout::catalog_targets`])
+    /// that exist and are at least as new as their .po.
+    pub fresh_in_data_dir: usize,
 }
 
 /// What systemd handed the launcher.

@@ -18,6 +18,12 @@ pub const SECRETS_DIR: &str = "secrets";
 pub const STATE_DIR: &str = "state";
 pub const STATIC_DIR: &str = "static";
 pub const MEDIA_DIR: &str = "media";
+/// Sub-directory holding backups of the SQLite database taken before migrations (0700:
+/// they hold everything the database holds).
+pub const BACKUPS_DIR: &str = "backups";
+/// Sub-directory holding the translation catalogs compiled from a source the service may
+/// not write (created by the preparation as the service user).
+pub const LOCALE_DIR: &str = "locale";
 
 /// The tree, parents first. The data directory and static/ are group-readable so a web
 /// server in the service group can serve static files; secrets/ is the user's alone.
@@ -42,24 +48,79 @@ pub const TREE: &[DirSpec] = &[
         name: SECRETS_DIR,
         mode: 0o700,
     },
+    DirSpec {
+        name: BACKUPS_DIR,
+        mode: 0o700,
+    },
 ];
+
+/// A backup's file name for a time (seconds since the epoch): names sort by age.
+pub fn backup_name(secs: u64) -> String {
+    format!(
+        "db-{}.sqlite3",
+        crate::stamp::utc(secs)
+            .replace([' ', ':'], "")
+            .trim_end_matches("UTC")
+            .replace('-', "")
+    )
+}
+
+/// Is `name` a backup's file name (see [`backup_name`])?
+pub fn is_backup_name(name: &str) -> bool {
+    name.strip_prefix("db-")
+        .and_then(|n| n.strip_suffix(".sqlite3"))
+        .is_some_and(|t| t.len() == 14 && t.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// Mode of generated secret files.
 pub const SECRET_FILE_MODE: u32 = 0o600;
 /// Mode of stamp files.
 pub const STAMP_FILE_MODE: u32 = 0o600;
 
+/// File name of the key record (crate::keys) inside [`STATE_DIR`].
+pub const KEYS_FILE: &str = "keys";
+
 /// File name of a step's stamp inside [`STATE_DIR`].
 pub fn stamp_file_name(step: crate::Step) -> String {
     format!("{}.stamp", step.name())
 }
 
-/// Where collected static files go: the app's BITPOLL_STATIC_ROOT, or <data_dir>/static.
+/// The link inside `<data_dir>/static` that names the static tree being served.
+pub const STATIC_CURRENT: &str = "current";
+
+/// Where collected static files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaticLayout {
+    /// The default: each collectstatic fills a fresh `<dir>/v-<time>` tree, and the link
+    /// `<dir>/current` is switched to it in one rename once it is complete; the app's
+    /// STATIC_ROOT (and a web server's alias) is `<dir>/current`.
+    Versioned { dir: PathBuf },
+    /// The admin's own BITPOLL_STATIC_ROOT: collected in place.
+    Fixed(PathBuf),
+}
+
+impl StaticLayout {
+    /// The app's STATIC_ROOT.
+    pub fn root(&self) -> PathBuf {
+        match self {
+            StaticLayout::Versioned { dir } => dir.join(STATIC_CURRENT),
+            StaticLayout::Fixed(root) => root.clone(),
+        }
+    }
+}
+
+pub fn static_layout(cfg: &Config) -> StaticLayout {
+    match cfg.environment.get("BITPOLL_STATIC_ROOT") {
+        Some(root) => StaticLayout::Fixed(PathBuf::from(root)),
+        None => StaticLayout::Versioned {
+            dir: cfg.service.data_dir.join(STATIC_DIR),
+        },
+    }
+}
+
+/// Where the app's STATIC_ROOT is (see [`static_layout`]).
 pub fn static_root(cfg: &Config) -> PathBuf {
-    cfg.environment
-        .get("BITPOLL_STATIC_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cfg.service.data_dir.join(STATIC_DIR))
+    static_layout(cfg).root()
 }
 
 /// Where uploaded files go: the app's BITPOLL_MEDIA_ROOT, or <data_dir>/media.
@@ -97,6 +158,19 @@ pub fn sqlite_files_in_data_dir(cfg: &Config) -> Vec<String> {
     }
 }
 
+/// Where the catalogs of the source's translation base directory `rel` (relative to the
+/// source, e.g. `locale` or `bitpoll/poll/locale`) are compiled to: the data directory's
+/// locale/ mirrors the source layout without the trailing `locale` component
+/// (`locale` -> `<data_dir>/locale`, `bitpoll/poll/locale` -> `<data_dir>/locale/bitpoll/poll`).
+pub fn catalog_target(cfg: &Config, rel: &Path) -> PathBuf {
+    let rel = if rel.file_name().is_some_and(|n| n == "locale") {
+        rel.parent().unwrap_or(Path::new(""))
+    } else {
+        rel
+    };
+    cfg.service.data_dir.join(LOCALE_DIR).join(rel)
+}
+
 /// What the app writes inside its own source directory when told to (a static root,
 /// media root or SQLite database placed there): outputs, never inputs of a fingerprint.
 pub fn app_outputs(cfg: &Config) -> Vec<PathBuf> {
@@ -114,6 +188,35 @@ pub fn app_outputs(cfg: &Config) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_names_sort_by_time_and_are_recognized() {
+        let a = backup_name(1_795_635_566);
+        assert_eq!(a, "db-20261125193926.sqlite3");
+        assert!(is_backup_name(&a));
+        assert!(backup_name(1_795_635_567) > a);
+        for other in [
+            "db.sqlite3",
+            "db-x.sqlite3",
+            "db-2026.sqlite3",
+            "../db-20261125193926.sqlite3",
+        ] {
+            assert!(!is_backup_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn catalogs_mirror_the_source_layout_in_the_data_dir() {
+        let cfg = crate::judge::fixture::config("");
+        assert_eq!(
+            catalog_target(&cfg, Path::new("locale")),
+            Path::new("/var/lib/bitpoll/locale")
+        );
+        assert_eq!(
+            catalog_target(&cfg, Path::new("bitpoll/poll/locale")),
+            Path::new("/var/lib/bitpoll/locale/bitpoll/poll")
+        );
+    }
 
     #[test]
     fn data_dir_comes_first_and_secrets_are_private() {

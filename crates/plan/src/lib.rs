@@ -5,6 +5,7 @@
 //! - [`facts`]: what the observer found on the host, as typed values;
 //! - [`judge`]: every rule, from config + facts to decisions and findings;
 //! - [`finding`]: a judgement's words: severity, subject, message, fix;
+//! - [`keys`]: fingerprints of the keys that protect the data, for key continuity;
 //! - [`env`]: the app's environment, built from scratch from explicit inputs;
 //! - [`secret`]: the rules a secret value must pass, and generation from given random bytes;
 //! - [`stamp`]: fingerprints of a preparation step's inputs and the run/skip decision;
@@ -18,6 +19,7 @@ pub mod env;
 pub mod facts;
 pub mod finding;
 pub mod judge;
+pub mod keys;
 pub mod layout;
 pub mod postgres;
 pub mod protocol;

@@ -51,6 +51,10 @@ pub enum SecretProblem {
     KnownSample(&'static str),
     #[error("is not a Fernet key (32 bytes in url-safe base64, 44 characters)")]
     NotFernet,
+    #[error(
+        "is not a key as the launcher generates it ({DJANGO_KEY_LEN} characters of Django's secret-key alphabet): it was truncated or replaced"
+    )]
+    NotDjangoKey,
 }
 
 /// Check the bytes read from a secret file or credential and turn them into a value:
@@ -159,7 +163,14 @@ pub fn check_kind(
     value: &SecretValue,
 ) -> Result<(), SecretProblem> {
     match kind {
-        launcher_config::GenerateKind::DjangoSecretKey => Ok(()),
+        launcher_config::GenerateKind::DjangoSecretKey => {
+            let v = value.expose().as_bytes();
+            if v.len() == DJANGO_KEY_LEN && v.iter().all(|c| DJANGO_ALPHABET.contains(c)) {
+                Ok(())
+            } else {
+                Err(SecretProblem::NotDjangoKey)
+            }
+        }
         launcher_config::GenerateKind::FernetKey => {
             if is_fernet_key(value.expose()) {
                 Ok(())
@@ -273,6 +284,27 @@ mod tests {
         assert_eq!(key.len(), 50);
         assert!(key.expose().bytes().all(|b| DJANGO_ALPHABET.contains(&b)));
         assert!(known_sample(key.expose()).is_none());
+        assert_eq!(check_kind(GenerateKind::DjangoSecretKey, &key), Ok(()));
+    }
+
+    #[test]
+    fn a_truncated_or_replaced_generated_django_key_is_refused() {
+        let key = generate(GenerateKind::DjangoSecretKey, counter());
+        for bad in [
+            &key.expose()[..8],
+            "x".repeat(50).as_str(),
+            &format!("{} ", &key.expose()[..49]),
+        ] {
+            let v = from_bytes(bad.as_bytes().to_vec()).unwrap();
+            if bad.len() == 50 && bad.bytes().all(|b| DJANGO_ALPHABET.contains(&b)) {
+                continue;
+            }
+            assert_eq!(
+                check_kind(GenerateKind::DjangoSecretKey, &v),
+                Err(SecretProblem::NotDjangoKey),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -314,3 +314,38 @@ pub fn open_lock_file(
     }
     Ok(std::fs::File::from(fd))
 }
+
+/// Remove all but the newest `keep` of the regular files in `dir` whose names `matches`
+/// (names that sort by age). Links and other files are left alone. Returns the names
+/// removed.
+pub fn prune(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    matches: impl Fn(&str) -> bool,
+    keep: usize,
+) -> Result<Vec<String>, WriteError> {
+    let list = io("list", dir_path);
+    let mut d = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(list)?;
+    let mut names: Vec<String> = d
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type() == Some(nix::dir::Type::File))
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
+        .filter(|n| matches(n))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for name in names.into_iter().take(excess) {
+        unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
+            .map_err(io("remove", &dir_path.join(&name)))?;
+        removed.push(name);
+    }
+    Ok(removed)
+}

@@ -1,5 +1,6 @@
 //! Everything the launcher asks of the kernel: accounts, the data directory tree, secret
-//! files, reading root's files under the trust rule, the privilege drop and exec.
+//! files, reading root's files under the trust rule, the privilege drop, inherited
+//! descriptors and exec.
 //!
 //! This is the only crate of the workspace that may contain `unsafe`; each block carries a
 //! `SAFETY:` comment. Functions here do one system-level thing each and report failures as
@@ -10,9 +11,11 @@
 pub mod account;
 pub mod child;
 pub mod exec;
+pub mod fds;
 pub mod files;
 pub mod net;
 pub mod privs;
+pub mod pty;
 pub mod tree;
 pub mod trust;
 
@@ -123,8 +126,7 @@ pub fn default_stop_signals() -> nix::Result<()> {
 pub fn die_of_signal(signal: StopSignal) {
     use nix::sys::signal::{SigHandler, SigSet, raise, signal as set_handler};
     let sig = signal.nix();
-    // SAFETY: prctl with integer arguments only; no memory is passed to the kernel.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let _ = no_core_dumps();
     // SAFETY: installing SIG_DFL runs no handler code.
     if unsafe { set_handler(sig, SigHandler::SigDfl) }.is_err() {
         return;
@@ -133,6 +135,19 @@ pub fn die_of_signal(signal: StopSignal) {
     set.add(sig);
     let _ = set.thread_unblock();
     let _ = raise(sig);
+}
+
+/// Make this process non-dumpable: no core file (which would hold the secrets read as
+/// root) and no ptrace or /proc/PID/mem access by the user it hands the app to, from the
+/// start of `run`, `check` and `manage` until exec. exec of the server resets the flag as
+/// the kernel does for any unprivileged program.
+pub fn no_core_dumps() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed to the kernel.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

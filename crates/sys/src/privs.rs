@@ -1,22 +1,21 @@
 //! The privilege drop: supplementary groups, gid, uid, every capability set, no_new_privs.
 //!
-//! Order matters and is fixed here:
-//! 1. drop the capability bounding set (needs CAP_SETPCAP, so while still root);
-//! 2. clear the ambient set;
-//! 3. setgroups() to the user's groups (needs CAP_SETGID);
-//! 4. setresgid() (needs CAP_SETGID), then setresuid() (needs CAP_SETUID; with all three
-//!    uids non-zero and no SECBIT_KEEP_CAPS the kernel clears permitted and effective);
-//! 5. capset() all of effective, permitted, inheritable to empty (explicit, not trusted
-//!    to the kernel rule above);
-//! 6. PR_SET_NO_NEW_PRIVS, so no setuid binary or file capability can raise them again.
+//! [`drop_with`] holds the order of the privileged calls; the calls themselves go through
+//! the [`Kernel`] trait, so the order is unit-tested against a recording fake without
+//! root. [`drop_to`] runs it against [`Linux`], the real kernel. [`verify`] then reads the
+//! result back through the `caps` crate and nix.
 //!
 //! [`drop_to`] uses raw system calls only and allocates nothing, so it is safe to call in
-//! a forked child before exec (`pre_exec`). It must run while the process has one thread:
-//! the launcher's preparation child is forked from a single-threaded runtime, and the
-//! final drop happens after that runtime is gone ([`crate::thread_count`] checks).
+//! a forked child before exec (`pre_exec`, see [`drop_in_child`]). It must run while the
+//! process has one thread: the launcher's preparation child is forked from a
+//! single-threaded runtime, and the final drop happens after that runtime is gone
+//! ([`crate::thread_count`] checks).
+//!
+//! This module must not decide whom to drop to: the caller builds the [`Target`].
 
 use std::io;
 
+use caps::CapSet;
 use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
 
@@ -58,16 +57,44 @@ fn last_cap() -> io::Result<u32> {
         return Ok(n);
     }
     (0..64u32)
-        .take_while(|cap| prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(*cap)) >= 0)
+        .take_while(|cap| Linux.read_bounding(*cap).is_ok())
         .last()
         .ok_or_else(|| io::Error::other("cannot determine the highest capability number"))
+}
+
+/// One step of the drop, as named in a [`DropError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropStep {
+    ReadBounding,
+    DropBounding,
+    ClearAmbient,
+    SetGroups,
+    SetResGid,
+    SetResUid,
+    Capset,
+    NoNewPrivs,
+}
+
+impl std::fmt::Display for DropStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropStep::ReadBounding => "read bounding set",
+            DropStep::DropBounding => "drop bounding capability (the unit must allow CAP_SETPCAP)",
+            DropStep::ClearAmbient => "clear ambient capabilities",
+            DropStep::SetGroups => "setgroups",
+            DropStep::SetResGid => "setresgid",
+            DropStep::SetResUid => "setresuid",
+            DropStep::Capset => "capset",
+            DropStep::NoNewPrivs => "set no_new_privs",
+        })
+    }
 }
 
 /// A failed step of the drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("privilege drop failed at {step}: {errno}")]
 pub struct DropError {
-    pub step: &'static str,
+    pub step: DropStep,
     pub errno: Errno,
 }
 
@@ -77,38 +104,54 @@ impl From<DropError> for io::Error {
     }
 }
 
-fn check(step: &'static str, rc: libc::c_long) -> Result<libc::c_long, DropError> {
-    if rc < 0 {
-        Err(DropError {
-            step,
-            errno: Errno::last(),
-        })
-    } else {
-        Ok(rc)
-    }
+/// The privileged calls of the drop, one method each, in the order [`drop_with`] makes
+/// them. An implementation used between fork and exec must be async-signal-safe: no
+/// allocation, no locks.
+pub trait Kernel {
+    /// PR_CAPBSET_READ: whether `cap` is in the bounding set (EINVAL: unknown to the kernel).
+    fn read_bounding(&mut self, cap: u32) -> Result<bool, Errno>;
+    /// PR_CAPBSET_DROP of `cap` (needs CAP_SETPCAP).
+    fn drop_bounding(&mut self, cap: u32) -> Result<(), Errno>;
+    /// PR_CAP_AMBIENT_CLEAR_ALL (EINVAL: a kernel without ambient capabilities, < 4.3).
+    fn clear_ambient(&mut self) -> Result<(), Errno>;
+    /// setgroups(2) to exactly `groups` (needs CAP_SETGID).
+    fn setgroups(&mut self, groups: &[Gid]) -> Result<(), Errno>;
+    /// setresgid(2) with `gid` in all three slots (needs CAP_SETGID).
+    fn setresgid(&mut self, gid: Gid) -> Result<(), Errno>;
+    /// setresuid(2) with `uid` in all three slots (needs CAP_SETUID).
+    fn setresuid(&mut self, uid: Uid) -> Result<(), Errno>;
+    /// capset(2) of effective, permitted and inheritable, all empty.
+    fn capset_empty(&mut self) -> Result<(), Errno>;
+    /// PR_SET_NO_NEW_PRIVS.
+    fn set_no_new_privs(&mut self) -> Result<(), Errno>;
 }
 
-fn prctl(op: libc::c_int, arg: libc::c_ulong) -> libc::c_long {
+/// The running kernel. Zero-sized; every method is one raw system call, allocation-free
+/// and async-signal-safe.
+///
+/// Raw calls rather than the `caps` crate: this runs between fork and exec, where nothing
+/// may allocate, and `caps` builds a `HashSet` or a `String` on most paths (including
+/// errors); it also cannot name capabilities newer than its `Capability` enum, which the
+/// bounding loop must still drop. Reading, after the drop, goes through `caps` ([`verify`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Linux;
+
+fn prctl(op: libc::c_int, arg2: libc::c_ulong, arg3: libc::c_ulong) -> Result<i32, Errno> {
     // SAFETY: prctl with integer arguments only; no memory is passed to the kernel.
-    unsafe {
-        libc::prctl(
-            op,
-            arg,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        ) as libc::c_long
-    }
+    let rc = unsafe { libc::prctl(op, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    Errno::result(rc)
 }
 
 const CAP_VERSION_3: u32 = 0x2008_0522;
 
+/// The kernel's `__user_cap_header_struct`.
 #[repr(C)]
 struct CapHeader {
     version: u32,
     pid: libc::c_int,
 }
 
+/// The kernel's `__user_cap_data_struct`; version 3 takes two of them (bits 0-31, 32-63).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct CapData {
@@ -117,76 +160,25 @@ struct CapData {
     inheritable: u32,
 }
 
-fn capset_empty() -> libc::c_long {
-    let header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData::default(); 2];
-    // SAFETY: header and data are valid for the duration of the call and laid out as the
-    // kernel's v3 __user_cap_header_struct and two __user_cap_data_structs.
-    unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) }
-}
-
-/// The effective, permitted and inheritable sets as 64-bit masks.
-pub fn capget() -> Result<(u64, u64, u64), DropError> {
-    let header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: as in capset_empty; data is writable and has room for the two v3 structs.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &header as *const CapHeader,
-            data.as_mut_ptr(),
-        )
-    };
-    check("capget", rc)?;
-    let join = |f: fn(&CapData) -> u32| u64::from(f(&data[0])) | (u64::from(f(&data[1])) << 32);
-    Ok((
-        join(|d| d.effective),
-        join(|d| d.permitted),
-        join(|d| d.inheritable),
-    ))
-}
-
-/// Drop to `t` for good. Async-signal-safe (no allocation, no locks).
-pub fn drop_to(t: &Target) -> Result<(), DropError> {
-    if t.privileged {
-        for cap in 0..=t.last_cap {
-            if check(
-                "read bounding set",
-                prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong),
-            )? == 1
-            {
-                check(
-                    "drop bounding capability (the unit must allow CAP_SETPCAP)",
-                    prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong),
-                )?;
-            }
-        }
+impl Kernel for Linux {
+    fn read_bounding(&mut self, cap: u32) -> Result<bool, Errno> {
+        prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0).map(|rc| rc == 1)
     }
-    // SAFETY: prctl with integer arguments only. EINVAL means a kernel without ambient
-    // capabilities (< 4.3): nothing to clear then.
-    let rc = unsafe {
-        libc::prctl(
+
+    fn drop_bounding(&mut self, cap: u32) -> Result<(), Errno> {
+        prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0).map(drop)
+    }
+
+    fn clear_ambient(&mut self) -> Result<(), Errno> {
+        prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
+            0,
         )
-    };
-    if rc < 0 && Errno::last() != Errno::EINVAL {
-        return Err(DropError {
-            step: "clear ambient capabilities",
-            errno: Errno::last(),
-        });
+        .map(drop)
     }
-    if t.privileged {
-        let groups: &[Gid] = &t.groups;
+
+    fn setgroups(&mut self, groups: &[Gid]) -> Result<(), Errno> {
         // SAFETY: Gid is repr(transparent) over gid_t, so the slice is a valid gid_t array
         // of groups.len() elements for the duration of the call.
         let rc = unsafe {
@@ -195,19 +187,86 @@ pub fn drop_to(t: &Target) -> Result<(), DropError> {
                 groups.as_ptr() as *const libc::gid_t,
             )
         };
-        check("setgroups", rc as libc::c_long)?;
-        let g = t.gid.as_raw();
-        // SAFETY: plain integer arguments.
-        check("setresgid", unsafe { libc::setresgid(g, g, g) }
-            as libc::c_long)?;
-        let u = t.uid.as_raw();
-        // SAFETY: plain integer arguments.
-        check("setresuid", unsafe { libc::setresuid(u, u, u) }
-            as libc::c_long)?;
+        Errno::result(rc).map(drop)
     }
-    check("capset", capset_empty())?;
-    check("set no_new_privs", prctl(libc::PR_SET_NO_NEW_PRIVS, 1))?;
+
+    fn setresgid(&mut self, gid: Gid) -> Result<(), Errno> {
+        let g = gid.as_raw();
+        // SAFETY: plain integer arguments.
+        Errno::result(unsafe { libc::setresgid(g, g, g) }).map(drop)
+    }
+
+    fn setresuid(&mut self, uid: Uid) -> Result<(), Errno> {
+        let u = uid.as_raw();
+        // SAFETY: plain integer arguments.
+        Errno::result(unsafe { libc::setresuid(u, u, u) }).map(drop)
+    }
+
+    fn capset_empty(&mut self) -> Result<(), Errno> {
+        let header = CapHeader {
+            version: CAP_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        // SAFETY: header and data live on the stack for the duration of the call and are
+        // laid out as the kernel's v3 header and two data structs, which it only reads.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+        Errno::result(rc).map(drop)
+    }
+
+    fn set_no_new_privs(&mut self) -> Result<(), Errno> {
+        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map(drop)
+    }
+}
+
+/// Drop to `t` for good through `k`, stopping at the first failed call.
+///
+/// The order is fixed here, each step while the process still holds what it needs:
+/// 1. bounding set: every capability up to `t.last_cap` that is in it is dropped
+///    (PR_CAPBSET_DROP needs CAP_SETPCAP in the effective set, which setresuid clears, so
+///    this comes first);
+/// 2. ambient set cleared: needs no privilege, and done explicitly so that the
+///    unprivileged path, which never changes uid, loses it too; EINVAL (a kernel without
+///    ambient capabilities, < 4.3) means there is nothing to clear;
+/// 3. setgroups() to exactly the target's groups: needs CAP_SETGID, so before setresuid;
+/// 4. setresgid(): needs CAP_SETGID too, so before setresuid;
+/// 5. setresuid(): the last change of identity; with all three uids non-zero and no
+///    SECBIT_KEEP_CAPS the kernel clears permitted and effective;
+/// 6. capset() of effective, permitted, inheritable to empty: explicit, not trusted to the
+///    rule above (which does not apply to the unprivileged path or under KEEP_CAPS);
+/// 7. PR_SET_NO_NEW_PRIVS last, as the seal: no later exec of a setuid binary or of a
+///    file with capabilities can raise them again.
+///
+/// Steps 1, 3, 4 and 5 only happen when `t.privileged`: a launcher already running as the
+/// service user cannot change its bounding set or identity and sheds what it can.
+pub fn drop_with<K: Kernel>(k: &mut K, t: &Target) -> Result<(), DropError> {
+    let at = |step| move |errno| DropError { step, errno };
+    if t.privileged {
+        for cap in 0..=t.last_cap {
+            if k.read_bounding(cap).map_err(at(DropStep::ReadBounding))? {
+                k.drop_bounding(cap).map_err(at(DropStep::DropBounding))?;
+            }
+        }
+    }
+    match k.clear_ambient() {
+        Ok(()) | Err(Errno::EINVAL) => {}
+        Err(errno) => return Err(at(DropStep::ClearAmbient)(errno)),
+    }
+    if t.privileged {
+        k.setgroups(&t.groups).map_err(at(DropStep::SetGroups))?;
+        k.setresgid(t.gid).map_err(at(DropStep::SetResGid))?;
+        k.setresuid(t.uid).map_err(at(DropStep::SetResUid))?;
+    }
+    k.capset_empty().map_err(at(DropStep::Capset))?;
+    k.set_no_new_privs().map_err(at(DropStep::NoNewPrivs))?;
     Ok(())
+}
+
+/// Drop to `t` for good, on the running kernel. Async-signal-safe (no allocation, no
+/// locks): see [`drop_with`] for the order and [`Linux`] for the calls.
+pub fn drop_to(t: &Target) -> Result<(), DropError> {
+    drop_with(&mut Linux, t)
 }
 
 /// What [`verify`] found wrong, if anything.
@@ -219,6 +278,7 @@ pub struct NotDropped(pub String);
 /// target's in all three slots, setuid(0) and setgid(0) fail, every capability set is empty
 /// and no_new_privs is set. The bounding set is only checked when the launcher was root
 /// (an unprivileged process cannot change it; systemd's CapabilityBoundingSet= does).
+/// Allocates (it reads the sets through the `caps` crate): not for use after fork.
 pub fn verify(t: &Target) -> Result<(), NotDropped> {
     let fail = |what: String| Err(NotDropped(what));
     let r = nix::unistd::getresuid().map_err(|e| NotDropped(format!("getresuid: {e}")))?;
@@ -251,42 +311,66 @@ pub fn verify(t: &Target) -> Result<(), NotDropped> {
             return fail("setgid(0) succeeded".into());
         }
     }
-    let (eff, perm, inh) = capget().map_err(|e| NotDropped(e.to_string()))?;
-    if eff | perm | inh != 0 {
-        return fail(format!(
-            "capabilities remain: effective {eff:#x}, permitted {perm:#x}, inheritable {inh:#x}"
-        ));
+    let read = |set: CapSet| {
+        caps::read(None, set).map_err(|e| NotDropped(format!("reading the {set:?} set: {e}")))
+    };
+    let mut sets = vec![
+        ("effective", read(CapSet::Effective)?),
+        ("permitted", read(CapSet::Permitted)?),
+        ("inheritable", read(CapSet::Inheritable)?),
+    ];
+    // A kernel without ambient capabilities (< 4.3) has none to keep.
+    if caps::runtime::ambient_set_supported().is_ok() {
+        sets.push(("ambient", read(CapSet::Ambient)?));
     }
-    for cap in 0..=t.last_cap {
-        // SAFETY: prctl with integer arguments only.
-        let ambient = unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong,
-                cap as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
-        };
-        if ambient == 1 {
-            return fail(format!("ambient capability {cap} is set"));
-        }
-        if t.privileged && prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong) == 1 {
-            return fail(format!("capability {cap} is still in the bounding set"));
+    if t.privileged {
+        sets.push(("bounding", read(CapSet::Bounding)?));
+    }
+    for (name, set) in sets {
+        if !set.is_empty() {
+            return fail(format!("{name} capabilities remain: {}", cap_names(&set)));
         }
     }
-    if prctl(libc::PR_GET_NO_NEW_PRIVS, 0) != 1 {
+    // `caps` names capabilities only up to its newest one; a newer kernel's extra bounding
+    // capabilities are read by number. (Its extra effective, permitted, inheritable and
+    // ambient bits cannot be read through `caps`; drop_with clears them with the rest: a
+    // capset of all 64 bits, PR_CAP_AMBIENT_CLEAR_ALL.)
+    let named = caps::all().iter().map(|c| u32::from(c.index())).max();
+    if t.privileged {
+        for cap in named.map_or(0, |n| n + 1)..=t.last_cap {
+            if Linux.read_bounding(cap) == Ok(true) {
+                return fail(format!("capability {cap} is still in the bounding set"));
+            }
+        }
+    }
+    if nix::sys::prctl::get_no_new_privs() != Ok(true) {
         return fail("no_new_privs is not set".into());
     }
     Ok(())
+}
+
+/// Capability names in kernel order, for messages.
+fn cap_names(set: &caps::CapsHashSet) -> String {
+    let mut caps: Vec<_> = set.iter().collect();
+    caps.sort_by_key(|c| c.index());
+    caps.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Arrange for a child command to drop to `t` between fork and exec.
 pub fn drop_in_child(cmd: &mut std::process::Command, t: Target) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure only calls drop_to, which is async-signal-safe (raw system calls,
-    // no allocation, no locks), as required between fork and exec.
+    // no allocation, no locks), as required between fork and exec; `t` was built before
+    // fork and is only read.
     unsafe {
         cmd.pre_exec(move || drop_to(&t).map_err(io::Error::from));
     }
 }
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;

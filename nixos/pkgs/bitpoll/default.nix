@@ -1,13 +1,16 @@
-# Bitpoll, the Django app, as a read-only tree plus the Python environment
-# that runs it (Django, gunicorn and every dependency, from nixpkgs or from
-# ../python/*.nix).
+# Bitpoll, the Django app, as a read-only tree with its assets built in, plus the
+# Python environment that runs it (Django, gunicorn and every dependency, from
+# nixpkgs or from ../python/*.nix).
 #
 #   $out/share/bitpoll            source_dir: manage.py, bitpoll/, locale/ (.mo compiled)
 #   $out/share/bitpoll/bitpoll/settings_local.py   reads BITPOLL_* (see docs/nixos.md)
+#   $out/share/bitpoll-static     collectstatic's output (SCSS compiled, hashed names,
+#                                 staticfiles.json): STATIC_ROOT, served as /static/
 #   passthru.python               the interpreter environment ([app] python, gunicorn)
 #
-# Nothing is generated at run time inside the store: collectstatic and migrate
-# write to the data directory, run by bitpoll-launcher as the service user.
+# collectstatic and compilemessages run here, once, with throw-away keys: a start of
+# the service prepares by migrate alone, which writes to the data directory as the
+# service user (bitpoll-launcher).
 {
   lib,
   stdenvNoCC,
@@ -97,45 +100,63 @@ stdenvNoCC.mkDerivation {
     fi
   '';
 
-  # What `manage.py compilemessages` would do at run time, done once here.
-  buildPhase = ''
-    runHook preBuild
-    found=0
-    for po in locale/*/LC_MESSAGES/*.po; do
-      msgfmt --check-format -o "''${po%.po}.mo" "$po"
-      found=1
-    done
-    if [ "$found" = 0 ]; then
-      echo "no .po files under locale/" >&2
-      exit 1
-    fi
-    runHook postBuild
-  '';
+  dontBuild = true;
 
   installPhase = ''
     runHook preInstall
     dest=$out/share/bitpoll
+    static=$out/share/bitpoll-static
     mkdir -p "$dest"
     cp -r manage.py bitpoll locale "$dest"/
     install -m0644 ${./settings_local.py} "$dest/bitpoll/settings_local.py"
+
+    # The settings need a data directory and keys to import; these exist only for
+    # this build and are thrown away with it. Nothing of them reaches $out.
+    export HOME=$TMPDIR
+    export BITPOLL_DATA_DIR=$TMPDIR/build-data
+    mkdir -p "$BITPOLL_DATA_DIR"
+    export BITPOLL_SECRET_KEY=build-time-only-not-a-secret
+    BITPOLL_FIELD_ENCRYPTION_KEY=$(${pythonEnv.interpreter} -c \
+      'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')
+    export BITPOLL_FIELD_ENCRYPTION_KEY
+    export BITPOLL_STATIC_ROOT=$static
+    export DJANGO_SETTINGS_MODULE=bitpoll.settings
+    export PYTHONPATH=$dest
+    export PYTHONDONTWRITEBYTECODE=1
+
+    # Catalogs: compilemessages (msgfmt --check-format) next to each .po, searched
+    # from the source directory only.
+    (cd "$dest" && ${pythonEnv.interpreter} manage.py compilemessages -v 0)
+    if [ -z "$(find "$dest/locale" -name '*.mo' -print -quit)" ]; then
+      echo "compilemessages produced no .mo file under locale/" >&2
+      exit 1
+    fi
+
+    # Static files: django-pipeline compiles the SCSS with libsass and writes hashed
+    # names and staticfiles.json, which the app reads at run time (DEBUG off).
+    (cd "$TMPDIR" && ${pythonEnv.interpreter} "$dest/manage.py" collectstatic --noinput -v 0)
+    test -s "$static/staticfiles.json"
+
     # Bytecode now: the store is read-only, so Python could not cache it later.
     ${pythonEnv.interpreter} -m compileall -q "$dest/bitpoll"
     runHook postInstall
   '';
 
-  # Boot the real application once: settings import, every installed app
-  # loads, migrations apply on Django from this package set, SCSS compiles
-  # with libsass, the manifest is written. A broken dependency fails the build
-  # here rather than on the first service start.
+  # Boot the real application once more from $out: settings import with the
+  # packaged STATIC_ROOT as default, every installed app loads, migrations apply on
+  # Django from this package set, the manifest is found. A broken dependency fails
+  # the build here rather than on the first service start.
   doInstallCheck = true;
   installCheckPhase = ''
     runHook preInstallCheck
     export HOME=$TMPDIR
-    export BITPOLL_DATA_DIR=$TMPDIR/data
+    export BITPOLL_DATA_DIR=$TMPDIR/check-data
     mkdir -p "$BITPOLL_DATA_DIR"
     export BITPOLL_SECRET_KEY=build-time-check-only-not-a-secret
-    export BITPOLL_FIELD_ENCRYPTION_KEY=$(${pythonEnv.interpreter} -c \
+    BITPOLL_FIELD_ENCRYPTION_KEY=$(${pythonEnv.interpreter} -c \
       'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')
+    export BITPOLL_FIELD_ENCRYPTION_KEY
+    unset BITPOLL_STATIC_ROOT
     export BITPOLL_ALLOWED_HOSTS=localhost
     export DJANGO_SETTINGS_MODULE=bitpoll.settings
     export PYTHONPATH=$out/share/bitpoll
@@ -143,8 +164,7 @@ stdenvNoCC.mkDerivation {
     cd "$TMPDIR"
     ${pythonEnv.interpreter} $out/share/bitpoll/manage.py check
     ${pythonEnv.interpreter} $out/share/bitpoll/manage.py migrate --noinput -v 0
-    ${pythonEnv.interpreter} $out/share/bitpoll/manage.py collectstatic --noinput -v 0
-    test -s "$BITPOLL_DATA_DIR/static/staticfiles.json"
+    test "$(${pythonEnv.interpreter} -c 'import django; django.setup(); from django.conf import settings; print(settings.STATIC_ROOT)')" = "$out/share/bitpoll-static"
     test -s $out/share/bitpoll/locale/de_DE/LC_MESSAGES/django.mo
     ${pythonEnv}/bin/gunicorn --check-config bitpoll.wsgi:application
     runHook postInstallCheck

@@ -17,6 +17,7 @@ star import), so every helper here starts with one.
 
 import base64 as _base64
 import binascii as _binascii
+import logging as _logging
 import os as _os
 
 from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured
@@ -62,18 +63,20 @@ def _list(name):
 
 
 def _fernet_key(name):
-    key = _required(name)
-    try:
-        raw = _base64.urlsafe_b64decode(key.encode("ascii"))
-    except (ValueError, UnicodeEncodeError, _binascii.Error):
-        raw = b""
-    if len(raw) != 32:
-        raise _ImproperlyConfigured(
-            f"{name} is not a Fernet key (32 url-safe base64-encoded bytes); "
-            "generate one with: python -c "
-            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
-        )
-    return key
+    # One key, or a rotation list "NEW,OLD": the first encrypts, every one decrypts.
+    keys = [k.strip() for k in _required(name).split(",") if k.strip()]
+    for key in keys:
+        try:
+            raw = _base64.urlsafe_b64decode(key.encode("ascii"))
+        except (ValueError, UnicodeEncodeError, _binascii.Error):
+            raw = b""
+        if len(raw) != 32:
+            raise _ImproperlyConfigured(
+                f"{name} is not a Fernet key or a comma-separated list of them (32 url-safe "
+                "base64-encoded bytes each); generate one with: python -c "
+                "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+            )
+    return keys[0] if len(keys) == 1 else keys
 
 
 # --- Data and secrets -------------------------------------------------------
@@ -81,6 +84,7 @@ def _fernet_key(name):
 DATA_DIR = _required("BITPOLL_DATA_DIR")
 
 SECRET_KEY = _required("BITPOLL_SECRET_KEY")
+SECRET_KEY_FALLBACKS = _list("BITPOLL_SECRET_KEY_FALLBACKS")
 
 # Encrypts stored CalDAV URLs. Losing it makes them unreadable: never rotate it
 # by regenerating while a database exists.
@@ -120,13 +124,24 @@ else:
 
 # --- Files ------------------------------------------------------------------
 
-# collectstatic writes here; nginx serves it as /static/.
-STATIC_ROOT = _optional("BITPOLL_STATIC_ROOT", _os.path.join(DATA_DIR, "static"))
+# The package runs collectstatic when it is built, into share/bitpoll-static
+# beside the source; nginx serves it as /static/ and Django reads its
+# staticfiles.json. Without it (a tree that was not built so), collectstatic
+# writes below the data directory.
+_BUILT_STATIC = _os.path.join(_os.path.dirname(_SOURCE_DIR), "bitpoll-static")
+STATIC_ROOT = _optional(
+    "BITPOLL_STATIC_ROOT",
+    _BUILT_STATIC if _os.path.isdir(_BUILT_STATIC) else _os.path.join(DATA_DIR, "static"),
+)
 STATIC_PRECOMPILER_ROOT = STATIC_ROOT
 MEDIA_ROOT = _optional("BITPOLL_MEDIA_ROOT", _os.path.join(DATA_DIR, "media"))
 
-# The .mo files are compiled when the package is built (the store is read-only).
-LOCALE_PATHS = (_os.path.join(_SOURCE_DIR, "locale"),)
+# The .mo files are compiled when the package is built (the store is read-only); where
+# they are not, the launcher compiles them into the data directory and names those
+# directories in BITPOLL_LOCALE_PATHS, which come first.
+LOCALE_PATHS = tuple(
+    p for p in (_optional("BITPOLL_LOCALE_PATHS") or "").split(_os.pathsep) if p
+) + (_os.path.join(_SOURCE_DIR, "locale"),)
 
 # --- Site -------------------------------------------------------------------
 
@@ -158,16 +173,39 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
 # --- Logging ----------------------------------------------------------------
 
+
+class _WithoutTraceback(_logging.Formatter):
+    """One line per record: the message without the exception's traceback."""
+
+    def formatException(self, ei):
+        return ""
+
+    def formatStack(self, stack_info):
+        return ""
+
+
 # Warnings and errors (including the tracebacks of 500 responses, which Django
-# otherwise only mails to ADMINS) go to stderr, i.e. the journal.
+# otherwise only mails to ADMINS) go to stderr, i.e. the journal. A request
+# whose Host header is not in ALLOWED_HOSTS (scanners send them all day) is
+# answered with 400 and logged in one line naming the host, not with a
+# traceback per request.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "formatters": {
+        "one_line": {"()": _WithoutTraceback, "format": "%(levelname)s %(name)s: %(message)s"},
+    },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler"},
+        "stderr_one_line": {"class": "logging.StreamHandler", "formatter": "one_line"},
     },
     "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
         "django": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        "django.security.DisallowedHost": {
+            "handlers": ["stderr_one_line"],
+            "level": "WARNING",
+            "propagate": False,
+        },
     },
 }

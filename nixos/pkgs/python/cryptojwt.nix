@@ -19,7 +19,7 @@ buildPythonPackage rec {
   };
 
   # The version comes from uv-dynamic-versioning (git metadata, absent in the
-  # sdist and not packaged in nixpkgs 25.05): make it static.
+  # sdist): make it static and build with plain hatchling.
   postPatch = ''
     substituteInPlace pyproject.toml \
       --replace-fail 'dynamic = ["version"]' 'version = "${version}"' \

@@ -1,5 +1,5 @@
 # django-pipeline: asset packaging for Django (Bitpoll's CSS/JS bundles).
-# nixpkgs 25.05 has no usable one (its old 1.6 expression was marked broken).
+# nixpkgs has none (its old 1.6 expression was marked broken and removed).
 {
   lib,
   buildPythonPackage,

@@ -74,7 +74,7 @@ LANGUAGES = (
     ("de", "Deutsch"),
     ("en", "English"),
 )
-# compilemessages writes the .mo files here, next to the .po files.
+# The source's catalogs; settings_local puts the launcher's compiled ones first.
 LOCALE_PATHS = (os.path.join(BASE_DIR, "locale"),)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -8,15 +8,21 @@ The launcher sets these variables (names are a contract, keep them in sync):
 
   BITPOLL_DATA_DIR                 required; state lives below it
   BITPOLL_SECRET_KEY               required -> SECRET_KEY
-  BITPOLL_FIELD_ENCRYPTION_KEY     required -> FIELD_ENCRYPTION_KEY (a Fernet key)
+  BITPOLL_FIELD_ENCRYPTION_KEY     required -> FIELD_ENCRYPTION_KEY (a Fernet key, or a
+                                   rotation list "NEW,OLD": the first encrypts, all decrypt)
+  BITPOLL_SECRET_KEY_FALLBACKS     optional, comma-separated -> SECRET_KEY_FALLBACKS
   BITPOLL_ALLOWED_HOSTS            comma-separated, default "localhost,127.0.0.1"
   BITPOLL_DEBUG                    "1"/"true"/"yes" -> True, default False
   BITPOLL_DB_ENGINE                "sqlite" (default) or "postgresql"
     sqlite:      BITPOLL_DB_PATH (default $BITPOLL_DATA_DIR/db.sqlite3)
     postgresql:  BITPOLL_DB_NAME, BITPOLL_DB_USER, BITPOLL_DB_HOST, BITPOLL_DB_PORT,
                  BITPOLL_DB_PASSWORD
-  BITPOLL_STATIC_ROOT              default $BITPOLL_DATA_DIR/static
+  BITPOLL_STATIC_ROOT              default $BITPOLL_DATA_DIR/static (the launcher sets
+                                   $BITPOLL_DATA_DIR/static/current)
   BITPOLL_MEDIA_ROOT               default $BITPOLL_DATA_DIR/media
+  BITPOLL_LOCALE_PATHS             ":"-separated catalog directories put before the
+                                   source's locale/ in LOCALE_PATHS (the launcher compiles
+                                   the catalogs there when the source has none compiled)
   BITPOLL_LANGUAGE_CODE            default "de-de"
   BITPOLL_TIME_ZONE                default "Europe/Berlin"
   BITPOLL_BASE_URL, BITPOLL_SITE_NAME   optional
@@ -24,6 +30,7 @@ The launcher sets these variables (names are a contract, keep them in sync):
 
 Logging goes to stderr only (the journal under systemd); nothing is logged to files.
 """
+import logging
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -63,10 +70,20 @@ SECRET_KEY = _required("BITPOLL_SECRET_KEY", "Django's SECRET_KEY")
 # Checked by encrypted_model_fields on every Django start (bitpoll.poll.models has an
 # encrypted field): a missing or invalid Fernet key stops migrate, collectstatic,
 # compilemessages and the web server alike, exactly like the real Bitpoll.
-FIELD_ENCRYPTION_KEY = _required(
-    "BITPOLL_FIELD_ENCRYPTION_KEY",
-    "a Fernet key (cryptography.fernet.Fernet.generate_key())",
-)
+# One key, or a rotation list "NEW,OLD": the first encrypts, every one decrypts.
+FIELD_ENCRYPTION_KEY = [
+    key.strip()
+    for key in _required(
+        "BITPOLL_FIELD_ENCRYPTION_KEY",
+        "a Fernet key (cryptography.fernet.Fernet.generate_key())",
+    ).split(",")
+    if key.strip()
+]
+if len(FIELD_ENCRYPTION_KEY) == 1:
+    FIELD_ENCRYPTION_KEY = FIELD_ENCRYPTION_KEY[0]
+SECRET_KEY_FALLBACKS = [
+    key for key in (_get("BITPOLL_SECRET_KEY_FALLBACKS") or "").split(",") if key
+]
 
 ALLOWED_HOSTS = [
     host.strip()
@@ -103,6 +120,11 @@ else:
 STATIC_ROOT = _get("BITPOLL_STATIC_ROOT", os.path.join(DATA_DIR, "static"))
 MEDIA_ROOT = _get("BITPOLL_MEDIA_ROOT", os.path.join(DATA_DIR, "media"))
 
+_SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCALE_PATHS = tuple(
+    p for p in (_get("BITPOLL_LOCALE_PATHS") or "").split(os.pathsep) if p
+) + (os.path.join(_SOURCE_DIR, "locale"),)
+
 LANGUAGE_CODE = _get("BITPOLL_LANGUAGE_CODE", "de-de")
 TIME_ZONE = _get("BITPOLL_TIME_ZONE", "Europe/Berlin")
 
@@ -115,11 +137,25 @@ if _flag("BITPOLL_SECURE_COOKIES"):
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 
+class _WithoutTraceback(logging.Formatter):
+    """One line per record: the message without the exception's traceback."""
+
+    def formatException(self, ei):
+        return ""
+
+    def formatStack(self, stack_info):
+        return ""
+
+
+# A request with a Host header not in ALLOWED_HOSTS (scanners send them all day) is
+# answered with 400 and logged by django.security.DisallowedHost with the exception
+# attached: one line saying which host, not a traceback per request.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(levelname)s %(name)s: %(message)s"},
+        "one_line": {"()": _WithoutTraceback, "format": "%(levelname)s %(name)s: %(message)s"},
     },
     "handlers": {
         "console": {
@@ -127,10 +163,20 @@ LOGGING = {
             "stream": "ext://sys.stderr",
             "formatter": "plain",
         },
+        "console_one_line": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "one_line",
+        },
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django.security.DisallowedHost": {
+            "handlers": ["console_one_line"],
+            "level": "WARNING",
+            "propagate": False,
+        },
         "bitpoll": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

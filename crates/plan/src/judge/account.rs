@@ -155,8 +155,28 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
 }
 
 /// The identity handed to the app: no privileged group, not a shared account, not a
-/// person's login unless the config says so.
+/// person's login unless the config says so. A launcher that already runs as the service
+/// user (a try-out as oneself, the unprivileged unit) hands over nothing it did not have:
+/// there the same findings are warnings.
 fn identity(cfg: &Config, facts: &Facts) -> Vec<Finding> {
+    let handed_over = facts.observer != Observer::ServiceUser;
+    identity_rules(cfg, facts)
+        .into_iter()
+        .map(|f| {
+            if handed_over {
+                f
+            } else {
+                Finding {
+                    severity: crate::finding::Severity::Warning,
+                    message: format!("{} (the launcher already runs as this user)", f.message),
+                    ..f
+                }
+            }
+        })
+        .collect()
+}
+
+fn identity_rules(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     let svc = &cfg.service;
     let acc = &facts.account;
     let subject = format!("user {}", svc.user);
@@ -360,6 +380,22 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_launcher_running_as_the_user_itself_is_only_warned_about_its_groups() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.account.supplementary.push((27, "sudo".into()));
+        facts.observer = Observer::ServiceUser;
+        facts.euid = facts.account.user.as_ref().unwrap().uid;
+        let (action, f) = judge(&cfg, &facts);
+        assert_eq!(action, Action::Use, "{f:?}");
+        assert!(
+            f.iter()
+                .any(|f| f.severity == crate::finding::Severity::Warning
+                    && f.message.contains("sudo"))
+        );
     }
 
     #[test]

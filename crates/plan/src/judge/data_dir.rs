@@ -124,7 +124,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                             d.path.display()
                         ),
                     ));
-                    break;
+                    continue;
                 }
                 let mut notes = Vec::new();
                 if *uid == 0 {

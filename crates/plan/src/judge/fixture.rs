@@ -151,12 +151,8 @@ pub fn facts() -> Facts {
             digest: "source-digest".into(),
             po_files: 1,
             fresh_mo_files: 0,
-            po_dirs: vec![PoDir {
-                path: "/opt/src/locale/de/LC_MESSAGES".into(),
-                uid,
-                gid,
-                mode: 0o755,
-            }],
+            locale_dirs: vec!["locale".into()],
+            fresh_in_data_dir: 0,
         }),
         python_identity: "/opt/venv/bin/python 1:2".into(),
         stamps: BTreeMap::new(),
@@ -164,6 +160,7 @@ pub fn facts() -> Facts {
             .into_iter()
             .map(|s| (s, format!("{s} output")))
             .collect(),
+        key_record: None,
         systemd: SystemdFacts::default(),
     }
 }

@@ -8,6 +8,7 @@
 pub mod account;
 pub mod data_dir;
 pub mod database;
+pub mod keys;
 pub mod prepare;
 pub mod programs;
 pub mod secrets;
@@ -38,6 +39,7 @@ pub fn deployment(cfg: &Config, facts: &Facts) -> Deployment {
     let secrets = secrets::judge(cfg, facts);
     findings.extend(secrets.iter().map(|v| v.finding.clone()));
     findings.extend(secrets::shared_by_instances(cfg));
+    findings.extend(keys::judge(cfg, facts));
     Deployment {
         findings,
         account,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use launcher_config::{Config, Database};
 
 use crate::Step;
-use crate::facts::{Facts, FileKind, PoDir};
+use crate::facts::{Facts, FileKind};
 use crate::finding::{Finding, Group};
 use crate::stamp::{self, Fingerprint, FingerprintInputs, Reason, utc};
 
@@ -22,11 +22,8 @@ pub enum Decision {
     Skip {
         finished: u64,
     },
-    /// Cannot be done here, and that is worth a warning, not an outage: the catalogs'
-    /// directories are not writable by the service user (a read-only install).
-    SkipReadOnly {
-        dirs: Vec<PathBuf>,
-    },
+    /// There is nothing for the step to do (the catalogs are compiled in the app source).
+    NoWork(&'static str),
     /// `run` refuses to start.
     Refuse(Finding),
 }
@@ -45,7 +42,7 @@ impl Planned {
     }
 
     /// The finding `check` prints for this decision; `run` logs the same words.
-    pub fn finding(&self, cfg: &Config) -> Finding {
+    pub fn finding(&self) -> Finding {
         let subject = format!("step {}", self.step);
         match &self.decision {
             Decision::Run(reason) => Finding::info(
@@ -61,19 +58,9 @@ impl Planned {
                     utc(*finished)
                 ),
             ),
-            Decision::SkipReadOnly { dirs } => Finding::warning(
-                Group::Prepare,
-                subject,
-                format!(
-                    "skipped: compilemessages writes each .mo beside its .po, but the service user ({}) cannot write {}; the app runs without those translations",
-                    cfg.service.user,
-                    dirs.iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                "compile the catalogs when the app is built or installed (`manage.py compilemessages` as the source's owner) and set prepare.compilemessages = false, or make those directories writable by the service user",
-            ),
+            Decision::NoWork(why) => {
+                Finding::ok(Group::Prepare, subject, format!("skipped: {why}"))
+            }
             Decision::Refuse(f) => f.clone(),
         }
     }
@@ -116,16 +103,14 @@ pub fn judge(cfg: &Config, facts: &Facts, inputs: &Inputs<'_>) -> Vec<Planned> {
                     },
                 },
             };
-            let decision = match decision {
-                Decision::Run(_) if step == Step::Compilemessages => {
-                    let blocked = unwritable(&source.po_dirs, facts);
-                    if blocked.is_empty() {
-                        decision
-                    } else {
-                        Decision::SkipReadOnly { dirs: blocked }
-                    }
+            let decision = match step {
+                Step::Compilemessages if source.po_files == 0 => {
+                    Decision::NoWork("the app has no translation catalogs")
                 }
-                d => d,
+                Step::Compilemessages if source.fresh_mo_files == source.po_files => {
+                    Decision::NoWork("every catalog is compiled in the app source")
+                }
+                _ => decision,
             };
             Planned {
                 step,
@@ -170,35 +155,85 @@ fn behind(recorded: &[String], applied: &BTreeSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// Catalog directories the service user cannot write. The account may not exist yet (the
-/// first start creates it): then it owns nothing and only world-writable ones count.
-fn unwritable(dirs: &[PoDir], facts: &Facts) -> Vec<PathBuf> {
-    let user = facts.account.user.as_ref();
-    let mut gids: Vec<u32> = facts
-        .account
-        .supplementary
+/// The translation base directories to compile and where their catalogs go: every
+/// `locale` directory of the source mirrored into the data directory, unless the source
+/// carries all its catalogs compiled (a package built them) or the step is off. The
+/// launcher never writes into the app source, which the service user may not own.
+pub fn catalog_targets(cfg: &Config, facts: &Facts) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(source) = &facts.source else {
+        return Vec::new();
+    };
+    if !cfg.prepare.compilemessages || source.fresh_mo_files == source.po_files {
+        return Vec::new();
+    }
+    source
+        .locale_dirs
         .iter()
-        .map(|(g, _)| *g)
-        .collect();
-    if let Some(u) = user {
-        gids.push(u.gid);
-    }
-    if let Some(g) = &facts.account.group {
-        gids.push(g.gid);
-    }
-    dirs.iter()
-        .filter(|d| {
-            let bit = if user.is_some_and(|u| u.uid == d.uid) {
-                0o200
-            } else if gids.contains(&d.gid) && user.is_some() {
-                0o020
-            } else {
-                0o002
-            };
-            d.mode & bit == 0
+        .map(|rel| {
+            (
+                cfg.app.source_dir.join(rel),
+                crate::layout::catalog_target(cfg, rel),
+            )
         })
-        .map(|d| d.path.clone())
         .collect()
+}
+
+/// The backup taken before migrate changes an SQLite database that holds data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backup {
+    /// Nothing to back up (no migration runs, no data, PostgreSQL, backups = 0).
+    None,
+    /// Written here (an online backup, by the preparation process).
+    Take(PathBuf),
+    /// Not taken: too little free space for a copy of the database.
+    NoRoom { need: u64, free: u64 },
+}
+
+impl Backup {
+    pub fn finding(&self) -> Option<Finding> {
+        match self {
+            Backup::None => None,
+            Backup::Take(path) => Some(Finding::info(
+                Group::Prepare,
+                "backup",
+                format!(
+                    "the database is backed up to {} before migrate",
+                    path.display()
+                ),
+            )),
+            Backup::NoRoom { need, free } => Some(Finding::warning(
+                Group::Prepare,
+                "backup",
+                format!(
+                    "no backup before migrate: it needs {} MiB, the data directory's file system has {} MiB free",
+                    need >> 20,
+                    free >> 20
+                ),
+                "free disk space, or set prepare.backups = 0 to migrate without a backup",
+            )),
+        }
+    }
+}
+
+/// Whether and where to back up the database before the migrate of `planned`.
+pub fn backup(cfg: &Config, facts: &Facts, planned: &[Planned], now: u64) -> Backup {
+    let migrates = planned.iter().any(|p| p.step == Step::Migrate && p.runs());
+    let (Database::Sqlite { .. }, Some(db)) = (&cfg.database, &facts.database.sqlite) else {
+        return Backup::None;
+    };
+    if !migrates || cfg.prepare.backups == 0 || db.kind != FileKind::Regular || db.size == 0 {
+        return Backup::None;
+    }
+    let need = db.size + db.size / 10 + (16 << 20);
+    match facts.tree.free_bytes {
+        Some((_, free)) if free < need => Backup::NoRoom { need, free },
+        _ => Backup::Take(
+            cfg.service
+                .data_dir
+                .join(crate::layout::BACKUPS_DIR)
+                .join(crate::layout::backup_name(now)),
+        ),
+    }
 }
 
 /// The database file must be a plain file of its own, or absent (migrate creates it).
@@ -241,19 +276,14 @@ pub fn catalogs(cfg: &Config, facts: &Facts) -> Option<Finding> {
     }
     let fresh = source.fresh_mo_files;
     let subject = format!("translations in {}", cfg.app.source_dir.display());
+    let into = cfg.service.data_dir.join(crate::layout::LOCALE_DIR);
     Some(if fresh == po {
         Finding::ok(
             Group::App,
             subject,
-            format!("{po} catalog(s), all compiled and up to date"),
+            format!("{po} catalog(s), all compiled and up to date in the app source"),
         )
-    } else if cfg.prepare.compilemessages {
-        Finding::info(
-            Group::App,
-            subject,
-            format!("{} of {po} catalog(s) are not compiled yet", po - fresh),
-        )
-    } else {
+    } else if !cfg.prepare.compilemessages {
         Finding::warning(
             Group::App,
             subject,
@@ -262,6 +292,25 @@ pub fn catalogs(cfg: &Config, facts: &Facts) -> Option<Finding> {
                 po - fresh
             ),
             "compile them at build/deploy time (manage.py compilemessages) or enable prepare.compilemessages",
+        )
+    } else if source.fresh_in_data_dir == po {
+        Finding::ok(
+            Group::App,
+            subject,
+            format!(
+                "{po} catalog(s), all compiled and up to date in {}",
+                into.display()
+            ),
+        )
+    } else {
+        Finding::info(
+            Group::App,
+            subject,
+            format!(
+                "{} of {po} catalog(s) are not compiled yet; `run` compiles them into {}",
+                po - source.fresh_in_data_dir,
+                into.display()
+            ),
         )
     })
 }
@@ -390,24 +439,55 @@ mod tests {
     }
 
     #[test]
-    fn read_only_catalogs_are_skipped_with_a_warning_not_refused() {
+    fn catalogs_compiled_in_the_source_need_no_work_and_no_target() {
         let cfg = fixture::config("");
         let mut facts = fixture::facts();
-        facts.source.as_mut().unwrap().po_dirs = vec![PoDir {
-            path: "/opt/src/locale/de/LC_MESSAGES".into(),
-            uid: 0,
-            gid: 0,
-            mode: 0o755,
-        }];
+        assert_eq!(
+            catalog_targets(&cfg, &facts),
+            vec![(
+                PathBuf::from("/opt/src/locale"),
+                PathBuf::from("/var/lib/bitpoll/locale")
+            )]
+        );
         let p = planned(&cfg, &facts);
-        let c = p.iter().find(|p| p.step == Step::Compilemessages).unwrap();
-        assert!(matches!(c.decision, Decision::SkipReadOnly { .. }), "{p:?}");
-        assert_eq!(c.finding(&cfg).severity, crate::finding::Severity::Warning);
-        // Writable by the service user: it runs.
-        let uid = facts.account.user.as_ref().unwrap().uid;
-        facts.source.as_mut().unwrap().po_dirs[0].uid = uid;
+        assert_eq!(
+            decision(&p, Step::Compilemessages),
+            &Decision::Run(Reason::NoStamp)
+        );
+        facts.source.as_mut().unwrap().fresh_mo_files = 1;
         let p = planned(&cfg, &facts);
-        assert!(decision(&p, Step::Compilemessages) == &Decision::Run(Reason::NoStamp));
+        assert!(matches!(
+            decision(&p, Step::Compilemessages),
+            Decision::NoWork(_)
+        ));
+        assert!(catalog_targets(&cfg, &facts).is_empty());
+        let cfg = fixture::config("").clone();
+        let mut off = cfg.clone();
+        off.prepare.compilemessages = false;
+        facts.source.as_mut().unwrap().fresh_mo_files = 0;
+        assert!(catalog_targets(&off, &facts).is_empty());
+    }
+
+    #[test]
+    fn a_database_with_data_is_backed_up_before_a_migrate_when_there_is_room() {
+        let cfg = fixture::config("");
+        let facts = fixture::facts();
+        let p = planned(&cfg, &facts);
+        assert!(
+            matches!(backup(&cfg, &facts, &p, 1_795_635_566), Backup::Take(ref path)
+            if path.ends_with("backups/db-20261125193926.sqlite3"))
+        );
+        // Nothing migrates: no backup.
+        let warm = after_success(&cfg, &["poll.0001_initial"]);
+        assert_eq!(backup(&cfg, &warm, &planned(&cfg, &warm), 1), Backup::None);
+        // No room.
+        let mut full = fixture::facts();
+        full.tree.free_bytes = Some(("/var/lib".into(), 1 << 20));
+        assert!(matches!(backup(&cfg, &full, &p, 1), Backup::NoRoom { .. }));
+        // Turned off.
+        let mut off = cfg.clone();
+        off.prepare.backups = 0;
+        assert_eq!(backup(&off, &facts, &p, 1), Backup::None);
     }
 
     #[test]

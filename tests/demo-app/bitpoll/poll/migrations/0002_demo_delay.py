@@ -28,11 +28,20 @@ def demo_delay(apps, schema_editor):
 
     DEMO_MIGRATION_DELAY=N: print "demo migration: step i of N" once per second for
     N seconds (visible progress). DEMO_MIGRATION_HANG=N: then sleep N seconds
-    printing nothing (a stall). DEMO_MIGRATION_ORPHANS=A,B,...: first leave one
-    orphaned ``sleep`` per number (a shell starts it in the background and exits), which
-    ends after that many seconds; the kernel hands orphans to the PID namespace's init,
-    which must reap them.
+    printing nothing (a stall). DEMO_REPORT_FDS=1: print the open descriptors of the
+    process and what they are. DEMO_MIGRATION_ORPHANS=A,B,...: leave one orphaned
+    ``sleep`` per number (a shell starts it in the background and exits), which ends
+    after that many seconds; the kernel hands orphans to the PID namespace's init, which
+    must reap them.
     """
+    if os.environ.get("DEMO_REPORT_FDS"):
+        fds = []
+        for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+            try:
+                fds.append("%s->%s" % (fd, os.readlink("/proc/self/fd/" + fd)))
+            except OSError:
+                pass
+        print("demo migration: open fds: %s" % " ".join(fds), flush=True)
     for raw in os.environ.get("DEMO_MIGRATION_ORPHANS", "").split(","):
         if raw.strip().isdigit():
             subprocess.run(
