@@ -219,18 +219,13 @@ fn run_with_timeout(
             kept
         })
     };
+    let boxed = |s: Option<Box<dyn Read + Send>>| s;
     let out = bounded(
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        boxed(child.stdout.take().map(|s| Box::new(s) as _)),
         PROBE_STDOUT_MAX,
     );
     let err = bounded(
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        boxed(child.stderr.take().map(|s| Box::new(s) as _)),
         PROBE_STDERR_MAX,
     );
     let (tx, rx) = std::sync::mpsc::channel();
