@@ -270,7 +270,9 @@ async fn supervise(
             _ = tick.tick() => {
                 if init {
                     // PID 1: orphans of the driver's children are ours to reap.
-                    launcher_sys::reap_zombies(&pid.into_iter().collect::<Vec<_>>());
+                    for orphan in launcher_sys::reap_zombies(&pid.into_iter().collect::<Vec<_>>()) {
+                        info!(phase = "prepare", pid = orphan, "reaped exited orphan process {orphan} (PID 1 inherits them)");
+                    }
                 }
                 if let Some((_, at)) = exited {
                     // A stream held open by a grandchild of the driver: stop waiting.

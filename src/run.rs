@@ -336,7 +336,12 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         .or_exit(exit::RUNTIME)?;
     if std::process::id() == 1 {
         // The server becomes PID 1 and reaps its own children from then on.
-        launcher_sys::reap_zombies(&[]);
+        for orphan in launcher_sys::reap_zombies(&[]) {
+            info!(
+                pid = orphan,
+                "reaped exited orphan process {orphan} (PID 1 inherits them)"
+            );
+        }
     }
 
     let server_env = env::build(&env_inputs, Purpose::Server);

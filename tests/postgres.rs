@@ -626,6 +626,12 @@ fn as_pid_1_without_systemd_it_reaps_orphans_serves_and_stops_on_sigterm() {
         "{}",
         env.log_context()
     );
+    // The first orphan ended during the migration: the launcher reaped it.
+    assert!(
+        env.stderr().contains("reaped exited orphan process"),
+        "{}",
+        env.log_context()
+    );
     // The second orphan was handed to PID 1, which is the server now.
     let procs = namespace_processes(pid1);
     assert!(
