@@ -291,6 +291,13 @@ fn a_second_instance_started_during_a_slow_migration_waits_and_then_skips_it() {
         status.contains(&format!(" pid {a_pid} from 127.0.0.1")),
         "the STATUS names the holder: {status}"
     );
+    // The lock A holds is the one docs/operations.md says how to compute.
+    let held = pg.psql(
+        DB,
+        "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks \
+          WHERE locktype = 'advisory' AND granted",
+    );
+    assert_eq!(held, pg.psql(DB, DOCUMENTED_LOCK_KEY));
     a.wait_ready(READY);
     b.wait_ready(READY);
     assert_serves(&a);
@@ -307,6 +314,13 @@ fn a_second_instance_started_during_a_slow_migration_waits_and_then_skips_it() {
     assert_eq!(pg.assert_applied_once(DB), MIGRATIONS);
     assert_nothing_already_exists(&pg, &[&a, &b]);
 }
+
+/// The migration lock's key for database `polls` and `bitpoll.settings`, as
+/// docs/operations.md computes it in SQL.
+const DOCUMENTED_LOCK_KEY: &str = r"SELECT ('x' || encode(substr(sha256(
+    convert_to('bitpoll-launcher migrate', 'UTF8') || '\x00'::bytea ||
+    convert_to('polls', 'UTF8') || '\x00'::bytea ||
+    convert_to('bitpoll.settings', 'UTF8') || '\x00'::bytea), 1, 8), 'hex'))::bit(64)::bigint";
 
 /// A new release's migration: a table (applied twice it would fail with "relation
 /// already exists") and a few seconds of visible work.
