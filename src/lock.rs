@@ -77,6 +77,16 @@ pub struct FileLock {
     file: Flock<std::fs::File>,
 }
 
+impl FileLock {
+    /// A sign of life for launchers waiting for this lock: the file's mtime.
+    fn touch(&self) {
+        let now = nix::sys::time::TimeSpec::UTIME_NOW;
+        if let Err(err) = nix::sys::stat::futimens(self.file.as_fd(), &now, &now) {
+            warn!(phase = "prepare", %err, "cannot touch the data directory lock");
+        }
+    }
+}
+
 /// The migration lock, held on `session`.
 pub struct MigrationLock<'s> {
     session: &'s Session,
@@ -102,10 +112,7 @@ impl<'s> Locks<'s> {
         }
         self.last_heartbeat = Some(Instant::now());
         if let Some(f) = &self.file {
-            let now = nix::sys::time::TimeSpec::UTIME_NOW;
-            if let Err(err) = nix::sys::stat::futimens(f.file.as_fd(), &now, &now) {
-                warn!(phase = "prepare", %err, "cannot touch the data directory lock");
-            }
+            f.touch();
         }
         if let Some(m) = &self.migration {
             if let Err(err) = m.session.heartbeat().await {
@@ -204,12 +211,15 @@ fn file_holder(file: &mut std::fs::File) -> (String, Option<Duration>) {
     (name, silent)
 }
 
-/// Wait for and take the migration lock on `session`.
+/// Wait for and take the migration lock on `session`. `held` is the data directory lock
+/// this launcher holds meanwhile: it keeps giving signs of life while this waits, so a
+/// launcher waiting for it does not take this one for hung.
 pub async fn migration<'s>(
     session: &'s Session,
     key: i64,
     stall: Duration,
     stop: &mut StopSignals,
+    held: Option<&FileLock>,
 ) -> Result<MigrationLock<'s>, LockError> {
     let what = "the migration lock".to_string();
     let mut waiting = Waiting::new(
@@ -225,6 +235,9 @@ pub async fn migration<'s>(
         if taken {
             waiting.acquired();
             return Ok(MigrationLock { session, key });
+        }
+        if let Some(f) = held {
+            f.touch();
         }
         let holder = match session.holder(key).await.map_err(LockError::Failed)? {
             Some(h) => (h.label, h.silent),

@@ -228,8 +228,14 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     if let (Some(session), true) = (&session, cfg.prepare.migrate) {
         let key = migration_lock_key(&session.server.database, &cfg.app.settings_module);
         locks.migration = Some(
-            rt.block_on(lock::migration(session, key, stall, &mut stop))
-                .map_err(lock_exit)?,
+            rt.block_on(lock::migration(
+                session,
+                key,
+                stall,
+                &mut stop,
+                locks.file.as_ref(),
+            ))
+            .map_err(lock_exit)?,
         );
     }
     observe::refresh_preparation(&cfg, &tree, &mut facts);
