@@ -5,6 +5,10 @@
 //! database as far as the launcher can see it without starting Django, the app source,
 //! the interpreter, the preparation stamps and the outputs they vouch for. Nothing here
 //! creates, changes or decides anything; every read is bounded and never blocks on a FIFO.
+//!
+//! PostgreSQL is read on the launcher's own connection (crate::postgres): `check` tries
+//! once from here; `run` waits for the server itself and fills the same facts, and looks
+//! again at what preparation depends on once it holds the locks ([`refresh_preparation`]).
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;

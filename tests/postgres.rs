@@ -279,7 +279,8 @@ fn a_wrong_password_or_a_missing_database_fails_at_once_naming_role_host_port_an
 }
 
 #[test]
-fn a_second_instance_started_during_a_slow_migration_waits_and_then_skips_it() {
+fn a_second_instance_started_during_a_slow_migration_waits_and_then_skips_it_and_a_third_stops_on_sigterm()
+ {
     let (pg, mut a, _) = deployment("pg_slow");
     a.config.set_str("environment", "DEMO_MIGRATION_DELAY", "4");
     let mut b = a.instance("b");
@@ -298,6 +299,16 @@ fn a_second_instance_started_during_a_slow_migration_waits_and_then_skips_it() {
           WHERE locktype = 'advisory' AND granted",
     );
     assert_eq!(held, pg.psql(DB, DOCUMENTED_LOCK_KEY));
+    // A third one, stopped while it waits, stops at once and cleanly.
+    let mut c = a.instance("c");
+    c.launch();
+    c.wait_status("Waiting for another instance's migration", READY);
+    c.signal(Signal::SIGTERM);
+    c.expect_failure(
+        128 + 15,
+        &["stopped by signal 15 (SIGTERM) while waiting for the migration lock"],
+        Duration::from_secs(20),
+    );
     a.wait_ready(READY);
     b.wait_ready(READY);
     assert_serves(&a);
