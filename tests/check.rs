@@ -1581,7 +1581,13 @@ fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
         ("security.W012", "SESSION_COOKIE_SECURE"),
         ("security.W016", "CSRF_COOKIE_SECURE"),
     ] {
-        r.expect_exact("warning", "app", &format!("check --deploy {id}"), text);
+        let f = r.expect_exact("warning", "app", &format!("check --deploy {id}"), text);
+        if id != "security.W008" {
+            assert!(
+                f.fix.as_deref().unwrap().contains("BITPOLL_SECURE_COOKIES"),
+                "{f}"
+            );
+        }
     }
     r.expect_exact("ok", "app", "msgfmt", "found at /usr/bin/msgfmt");
     r.expect_exact(

@@ -217,11 +217,27 @@ impl Backup {
 
 /// Whether and where to back up the database before the migrate of `planned`.
 pub fn backup(cfg: &Config, facts: &Facts, planned: &[Planned], now: u64) -> Backup {
-    let migrates = planned.iter().any(|p| p.step == Step::Migrate && p.runs());
+    let migrate = planned.iter().find(|p| p.step == Step::Migrate && p.runs());
     let (Database::Sqlite { .. }, Some(db)) = (&cfg.database, &facts.database.sqlite) else {
         return Backup::None;
     };
-    if !migrates || cfg.prepare.backups == 0 || db.kind != FileKind::Regular || db.size == 0 {
+    if migrate.is_none() || cfg.prepare.backups == 0 || db.kind != FileKind::Regular || db.size == 0
+    {
+        return Backup::None;
+    }
+    // Forced with nothing new on disk and a database holding all of it: nothing to apply.
+    let forced_without_work = migrate.is_some_and(|p| p.decision == Decision::Run(Reason::Forced))
+        && facts
+            .stamps
+            .get(&Step::Migrate)
+            .and_then(|t| stamp::Stamp::parse(t))
+            .filter(|s| {
+                s.fingerprint.digest == migrate.map_or("", |p| p.fingerprint.digest.as_str())
+            })
+            .and_then(|s| s.migrations)
+            .zip(db.applied.as_ref().ok())
+            .is_some_and(|(recorded, applied)| behind(&recorded, applied).is_empty());
+    if forced_without_work {
         return Backup::None;
     }
     let need = db.size + db.size / 10 + (16 << 20);
@@ -484,6 +500,16 @@ mod tests {
         let mut full = fixture::facts();
         full.tree.free_bytes = Some(("/var/lib".into(), 1 << 20));
         assert!(matches!(backup(&cfg, &full, &p, 1), Backup::NoRoom { .. }));
+        // Forced, but nothing new on disk and the database holds it all: no backup.
+        let forced = judge(
+            &cfg,
+            &warm,
+            &Inputs {
+                env: &fixture::env(),
+                force: true,
+            },
+        );
+        assert_eq!(backup(&cfg, &warm, &forced, 1), Backup::None);
         // Turned off.
         let mut off = cfg.clone();
         off.prepare.backups = 0;
