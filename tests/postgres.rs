@@ -3,8 +3,9 @@
 //! Every test starts its own throw-away PostgreSQL server (tests/util/postgres.rs) and one
 //! or more instances of the demo app (each a TestEnv: its own data directory, app copy and
 //! port; one service user, created ahead as sysusers or NixOS would). The instances log
-//! in over TCP with a scram-sha-256 password and share SECRET_KEY and
-//! FIELD_ENCRYPTION_KEY from files, as instances behind one load balancer must. Each
+//! in over TCP with a scram-sha-256 password (one test: over the Unix socket by peer
+//! authentication) and share SECRET_KEY and FIELD_ENCRYPTION_KEY from files, as instances
+//! behind one load balancer must. Each
 //! scenario asserts that every instance serves its page (which reads the database), that
 //! every migration is recorded once, that nothing anywhere says "already exists", and
 //! what STATUS said.
@@ -689,4 +690,39 @@ fn as_pid_1_without_systemd_it_reaps_orphans_serves_and_stops_on_sigterm() {
         "{}",
         env.log_context()
     );
+}
+
+#[test]
+fn a_unix_socket_with_peer_authentication_admits_the_launcher_as_the_service_user() {
+    // The usual local setup (NixOS's ensureDBOwnership): no password, the role named like
+    // the user the app runs as. The launcher, root, connects with that user's ids.
+    let (pg, mut env, _) = deployment("pg_peer");
+    pg.create_database(&env.user, None, "peerdb");
+    env.config
+        .set_str("database", "name", "peerdb")
+        .set_str("database", "host", &pg.socket_dir().display().to_string())
+        .remove("database", "user")
+        .remove("secrets", "BITPOLL_DB_PASSWORD");
+    env.launch();
+    env.wait_ready(READY);
+    assert_serves(&env);
+    assert!(
+        env.stderr().contains(&format!(
+            "connected to PostgreSQL (role {} at {}:{}, database peerdb)",
+            env.user,
+            pg.socket_dir().display(),
+            pg.port
+        )),
+        "{}",
+        env.log_context()
+    );
+    let log = pg.log();
+    assert!(
+        log.lines().any(|l| l.contains(&format!(
+            "connection authorized: user={} database=peerdb application_name=bitpoll-launcher",
+            env.user
+        ))),
+        "the launcher logged in as the service user:\n{log}"
+    );
+    assert_eq!(pg.assert_applied_once("peerdb"), MIGRATIONS);
 }
