@@ -97,7 +97,7 @@ pub fn judge(cfg: &Config, facts: &Facts, inputs: &Inputs<'_>) -> Vec<Planned> {
             let decision = match stamp::decide(step, stored, &fingerprint, witness, inputs.force) {
                 stamp::Decision::Run(reason) => Decision::Run(reason),
                 stamp::Decision::Skip(stamp) => match step {
-                    Step::Migrate => migrate_truth(cfg, facts, &stamp),
+                    Step::Migrate => migrate_truth(facts, &stamp),
                     _ => Decision::Skip {
                         finished: stamp.finished,
                     },
@@ -121,36 +121,28 @@ pub fn judge(cfg: &Config, facts: &Facts, inputs: &Inputs<'_>) -> Vec<Planned> {
         .collect()
 }
 
-/// The stamp says nothing changed; the database decides.
-fn migrate_truth(cfg: &Config, facts: &Facts, stamp: &stamp::Stamp) -> Decision {
-    let skip = Decision::Skip {
-        finished: stamp.finished,
+/// The stamp says nothing changed; the database decides, SQLite and PostgreSQL alike:
+/// its own `django_migrations` must hold every migration the last migrate applied.
+fn migrate_truth(facts: &Facts, stamp: &stamp::Stamp) -> Decision {
+    let Some(recorded) = &stamp.migrations else {
+        return Decision::Run(Reason::OldStamp);
     };
-    match &cfg.database {
-        Database::Sqlite { .. } => {
-            let Some(recorded) = &stamp.migrations else {
-                return Decision::Run(Reason::OldStamp);
-            };
-            let Some(db) = &facts.database.sqlite else {
-                return Decision::Run(Reason::DatabaseUnknown("not observed".into()));
-            };
-            match &db.applied {
-                Err(why) => Decision::Run(Reason::DatabaseUnknown(why.clone())),
-                Ok(applied) => {
-                    let missing = behind(recorded, applied);
-                    if missing.is_empty() {
-                        skip
-                    } else {
-                        Decision::Run(Reason::DatabaseBehind {
-                            count: missing.len(),
-                            missing,
-                        })
-                    }
+    match facts.database.applied() {
+        None => Decision::Run(Reason::DatabaseUnknown("not observed".into())),
+        Some(Err(why)) => Decision::Run(Reason::DatabaseUnknown(why)),
+        Some(Ok(applied)) => {
+            let missing = behind(recorded, applied);
+            if missing.is_empty() {
+                Decision::Skip {
+                    finished: stamp.finished,
                 }
+            } else {
+                Decision::Run(Reason::DatabaseBehind {
+                    count: missing.len(),
+                    missing,
+                })
             }
         }
-        // Read by the launcher only for SQLite so far: the stamp decides.
-        Database::Postgresql { .. } => skip,
     }
 }
 
@@ -342,7 +334,7 @@ pub fn catalogs(cfg: &Config, facts: &Facts) -> Option<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::SqliteFacts;
+    use crate::facts::{PostgresState, SqliteFacts};
     use crate::judge::fixture;
 
     fn planned(cfg: &Config, facts: &Facts) -> Vec<Planned> {
@@ -413,6 +405,52 @@ mod tests {
         assert!(matches!(
             decision(&p, Step::Collectstatic),
             Decision::Skip { .. }
+        ));
+    }
+
+    #[test]
+    fn postgresql_decides_migrate_by_its_django_migrations_like_sqlite() {
+        let cfg = fixture::postgresql_config("db");
+        let applied = ["poll.0001_initial", "poll.0002_more"];
+        let mut facts = fixture::postgresql_facts(&applied);
+        let stamped = after_success(&cfg, &applied);
+        facts.stamps = stamped.stamps;
+        facts.witnesses = stamped.witnesses;
+        let p = planned(&cfg, &facts);
+        assert!(
+            matches!(decision(&p, Step::Migrate), Decision::Skip { .. }),
+            "{p:?}"
+        );
+        // DROP SCHEMA public CASCADE; CREATE SCHEMA public: no django_migrations at all.
+        let pg = facts.database.postgresql.as_mut().unwrap();
+        pg.state = PostgresState::Connected {
+            version: "15.18".into(),
+            tables: 0,
+            applied: Ok(BTreeSet::new()),
+        };
+        let p = planned(&cfg, &facts);
+        assert!(
+            matches!(
+                decision(&p, Step::Migrate),
+                Decision::Run(Reason::DatabaseBehind { count: 2, .. })
+            ),
+            "{p:?}"
+        );
+        // Not read (check could not connect): cannot tell, so it runs.
+        facts.database.postgresql.as_mut().unwrap().state = PostgresState::Failed {
+            failure: crate::postgres::Failure::Unreachable,
+            message: "connection refused".into(),
+        };
+        let p = planned(&cfg, &facts);
+        assert!(matches!(
+            decision(&p, Step::Migrate),
+            Decision::Run(Reason::DatabaseUnknown(_))
+        ));
+        facts.database.postgresql = None;
+        let p = planned(&cfg, &facts);
+        assert!(matches!(
+            decision(&p, Step::Migrate),
+            Decision::Run(Reason::DatabaseUnknown(_))
         ));
     }
 
