@@ -2,18 +2,20 @@
 # Benchmark bitpoll-launcher against the bundled demo app (tests/demo-app): start-up time
 # (cold and warm, up to READY=1), how long after READY=1 the server answers (READY=1 from
 # gunicorn's arbiter or its first worker), the one-process preparation against the shell
-# preStart it replaces, `check` against one bare Django start, and memory. Results and their meaning:
+# preStart it replaces, `check` against one bare Django start, memory, and N = 1, 2, 4
+# instances started together on one PostgreSQL database (fresh and warm). Results and their meaning:
 # docs/benchmarks.md. Figures are measured here, never asserted in tests (the machine is
 # noisy).
 #
-#   bash scripts/bench.sh              N = 5 runs per timing (about 30 s once built)
+#   bash scripts/bench.sh              N = 5 runs per timing (about 2 minutes once built)
 #   bash scripts/bench.sh --runs 10    more runs
 #   BENCH_LOGS=/some/dir bash scripts/bench.sh   keep the launcher logs there
 #
 # Self-contained: builds the launcher (release), sets up the demo venv
 # (tests/setup-venv.sh), creates the throwaway user and group blbench and everything else
-# under one directory /var/tmp/blbench.XXXXXX, and removes all of it at the end, also on
-# failure or Ctrl-C. Measurements are done by scripts/bench/harness.py (/usr/bin/python3).
+# under one directory /var/tmp/blbench.XXXXXX (a PostgreSQL server of its own too, run by
+# the `postgres` user of Debian's package, on loopback), and removes all of it at the end,
+# also on failure or Ctrl-C. Measurements are done by scripts/bench/harness.py (/usr/bin/python3).
 set -euo pipefail
 
 runs=${BENCH_RUNS:-5}
@@ -77,6 +79,10 @@ cleanup() {
     fi
     if [ "$group_created" = 1 ] && getent group "$user" >/dev/null; then
         groupdel "$user" 2>/dev/null || say "warning: groupdel $user failed"
+    fi
+    if [ -n "${pgbin:-}" ] && [ -f "$work/pg/data/postmaster.pid" ]; then
+        runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1 \
+            || say "warning: cannot stop the benchmark's PostgreSQL server"
     fi
     if [ -n "${BENCH_LOGS:-}" ] && [ -d "$work/logs" ]; then
         mkdir -p "$BENCH_LOGS" && cp -a "$work/logs/." "$BENCH_LOGS/" \
@@ -182,7 +188,7 @@ versions="$("$launcher" --version) (git $rev, release build), $(rustc --version 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- 1 cold start: fresh data dir every run, all three steps run -----------------------
-say "1/5 cold start x $runs (+1 warm-up): fresh data dir, launch -> READY=1"
+say "1/6 cold start x $runs (+1 warm-up): fresh data dir, launch -> READY=1"
 for i in $(seq 0 "$runs"); do
     fresh
     tag=cold; [ "$i" = 0 ] && tag=warmup    # run 0 also creates the user; not counted
@@ -191,7 +197,7 @@ for i in $(seq 0 "$runs"); do
 done
 
 # --- 2 warm start: same data dir, nothing changed --------------------------------------
-say "2/5 warm start x $runs: every step skipped, launch -> READY=1"
+say "2/6 warm start x $runs: every step skipped, launch -> READY=1"
 for i in $(seq 1 "$runs"); do
     (cd / && H ready --out "$results" --tag warm --sock "$sock" --log "$logs/warm-$i.log" \
         --expect-ran 0 --expect-skipped 3 -- "$launcher" run --config "$work/main.toml")
@@ -224,7 +230,7 @@ grep -q '^BITPOLL_SECRET_KEY=' "$work/appenv" || die "no BITPOLL_SECRET_KEY in t
 as_app() { setpriv --reuid="$user" --regid="$user" --init-groups -- env -i "${appenv[@]}" "$@"; }
 
 # --- 4 check and one bare Django start -------------------------------------------------
-say "3/5 check x $runs, django.setup() x $runs, python -c pass x $runs"
+say "3/6 check x $runs, django.setup() x $runs, python -c pass x $runs"
 for i in $(seq 1 "$runs"); do
     (cd "$app" && H wall --out "$results" --tag python_bare --log "$logs/python-$i.log" \
         -- setpriv --reuid="$user" --regid="$user" --init-groups -- env -i "${appenv[@]}" "$python" -c pass)
@@ -239,7 +245,7 @@ done
 grep -q '^0 error(s)' "$logs/check-1.log" || die "check found errors; see $logs/check-1.log"
 
 # --- 5 memory (warm state) ---------------------------------------------------------------
-say "4/5 memory: unit, warm run (server /bin/true), check"
+say "4/6 memory: unit, warm run (server /bin/true), check"
 # Exact peaks through /usr/bin/time's ru_maxrss, valid here because no child process is
 # involved (`unit` starts none, and a warm `run` skips every step and execs /bin/true,
 # which is smaller than the launcher).
@@ -252,7 +258,7 @@ say "4/5 memory: unit, warm run (server /bin/true), check"
     -- "$launcher" check --config "$work/main.toml")
 
 # --- 3 the shell preStart it replaces ------------------------------------------------------
-say "5/5 shell preStart (3 x manage.py) x $runs nothing to do, x $runs fresh; memory of a cold run"
+say "5/6 shell preStart (3 x manage.py) x $runs nothing to do, x $runs fresh; memory of a cold run"
 shell_prestart='umask 027; python manage.py migrate --noinput && python manage.py collectstatic --noinput && python manage.py compilemessages'
 for i in $(seq 1 "$runs"); do
     (cd "$app" && H wall --out "$results" --tag shell_noop --log "$logs/shell-noop-$i.log" \
@@ -276,6 +282,77 @@ fresh
 (cd / && H mem --out "$results" --tag mem_cold --sock "$sock" --linger 0.3 --log "$logs/mem-cold.log" \
     -- "$launcher" run --config "$work/slow.toml")
 grep -q 'demo migration: step 3 of 3' "$logs/mem-cold.log" || die "the slow migration did not run; see $logs/mem-cold.log"
+
+# --- 6 instances on one PostgreSQL database ---------------------------------------------
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$pgbin" ] || [ ! -x "$pgbin/initdb" ] || ! id -u postgres >/dev/null 2>&1; then
+    pgbin=
+    say "6/6 skipped: no PostgreSQL server here (apt-get install postgresql)"
+else
+    say "6/6 N = 1, 2, 4 instances on one PostgreSQL database x $runs: fresh, then warm"
+    pg=$work/pg
+    mkdir -p "$pg" && chmod 0755 "$pg" && chown postgres: "$pg"
+    pgport=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    PG() { (cd / && runuser -u postgres -- "$@"); }
+    openssl rand -hex 16 > "$pg/superuser" 2>/dev/null || head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$pg/superuser"
+    chown postgres "$pg/superuser"
+    PG "$pgbin/initdb" -D "$pg/data" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
+        --pwfile="$pg/superuser" -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+    PG "$pgbin/pg_ctl" -D "$pg/data" -l "$pg/server.log" -w -o "-c listen_addresses=127.0.0.1 -c port=$pgport -c unix_socket_directories=$pg -c max_connections=60" start >/dev/null
+    psql_() { PG "$pgbin/psql" -X -q -tA -v ON_ERROR_STOP=1 -h "$pg" -p "$pgport" -U postgres "$@"; }
+    keys=$work/keys
+    install -d -m 0700 "$keys"
+    (umask 077
+     head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$keys/db-password"
+     head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$keys/secret-key"
+     /usr/bin/python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())' > "$keys/fernet-key")
+    psql_ -d postgres -c "CREATE ROLE blbench_app LOGIN PASSWORD '$(cat "$keys/db-password")'" \
+        -c "CREATE DATABASE blbench OWNER blbench_app"
+    pg_config() { # pg_config N: the config of instance N (its data dir and port)
+        local iport
+        iport=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        cat > "$work/pg-$1.toml" <<TOML
+[service]
+user = "$user"
+data_dir = "$work/pgdata-$1"
+[app]
+python = "$python"
+source_dir = "$app"
+[database]
+engine = "postgresql"
+name = "blbench"
+user = "blbench_app"
+host = "127.0.0.1"
+port = $pgport
+sslmode = "disable"
+[secrets]
+BITPOLL_DB_PASSWORD = { file = "$keys/db-password" }
+BITPOLL_SECRET_KEY = { file = "$keys/secret-key" }
+BITPOLL_FIELD_ENCRYPTION_KEY = { file = "$keys/fernet-key" }
+[environment]
+BITPOLL_ALLOWED_HOSTS = "127.0.0.1,localhost"
+[server]
+command = ["$venv/bin/gunicorn", "--bind", "127.0.0.1:$iport", "--workers", "2", "--no-control-socket", "--preload", "bitpoll.wsgi:application"]
+TOML
+    }
+    for i in 1 2 3 4; do pg_config "$i"; done
+    for n in 1 2 4; do
+        configs=()
+        for i in $(seq 1 "$n"); do configs+=("$work/pg-$i.toml"); done
+        for r in $(seq 1 "$runs"); do
+            # Fresh: an empty schema and new data directories; exactly one migrates.
+            psql_ -d blbench -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION blbench_app" 2>/dev/null
+            for i in $(seq 1 "$n"); do rm -rf -- "$work/pgdata-$i"; done
+            (cd / && H cluster --out "$results" --tag "pg${n}_fresh" --logs "$logs" --expect-migrated 1 \
+                -- "$launcher" "${configs[@]}")
+            # Warm: nothing to do anywhere; the locks are taken and released.
+            (cd / && H cluster --out "$results" --tag "pg${n}_warm" --logs "$logs" --expect-migrated 0 \
+                -- "$launcher" "${configs[@]}")
+        done
+    done
+    [ "$(psql_ -d blbench -c "SELECT count(*) - count(DISTINCT (app, name)) FROM django_migrations")" = 0 ] \
+        || die "django_migrations holds duplicates; see $logs"
+fi
 
 # --- report ------------------------------------------------------------------------------
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)

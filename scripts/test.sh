@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests of every crate, the end-to-end tests of `run` (real
-# users, real Django, real gunicorn) and the tests under a real systemd booted in a
-# container. Run as root on a Debian-like machine; installs what it needs.
+# users, real Django, real gunicorn, real PostgreSQL servers) and the tests under a real
+# systemd booted in a container. Run as root on a Debian-like machine; installs what it needs.
 set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,8 +15,17 @@ command -v msgfmt >/dev/null || need+=(gettext)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v nix-instantiate >/dev/null || need+=(nix-bin)
+# tests/postgres.rs: Debian's server binaries (each test starts a server of its own) and
+# openssl (certificates for the TLS test).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
+    if [[ " ${need[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.d/bitpoll-launcher-tests.conf ]; then
+        # Only the binaries: no default cluster created and started by the package.
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/bitpoll-launcher-tests.conf
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${need[@]}" >&2
 fi

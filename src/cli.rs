@@ -6,12 +6,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const RUN_EXIT_CODES: &str = "\
 Exit status (run never returns on success: it becomes the server):
-  1    a preparation step failed, or the server could not be executed
+  1    a preparation step failed, the server could not be executed, PostgreSQL did not
+       accept a connection within database.wait_timeout_sec, or a lock's holder hung
   2    the configuration file is missing or invalid
-  3    the system is not as required (account, data directory, secrets)
+  3    the system is not as required (account, data directory, secrets), or PostgreSQL
+       refused the login, the database or TLS
   4    privileges could not be dropped for good
-  128+N  stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT during preparation: the launcher
-         stops the step, then dies of the same signal (shells show 128+N)";
+  128+N  stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT before the exec: the launcher ends
+         the wait or step, then dies of the same signal (shells show 128+N; as a
+         container's PID 1, which cannot die of it, it exits 128+N)";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -17,7 +17,7 @@ use launcher_sys::privs::Target;
 
 use crate::cli::ManageArgs;
 use crate::exit::{self, Exit, OrExit};
-use crate::observe::{self, Options};
+use crate::observe::{self, Options, Postgres};
 
 pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
@@ -36,6 +36,7 @@ pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
         &Options {
             view: View::Outside,
             unit: &args.unit,
+            postgres: Postgres::Later,
         },
     );
     let locale_paths: Vec<std::path::PathBuf> = judge::prepare::catalog_targets(&cfg, &facts)

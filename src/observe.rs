@@ -5,7 +5,12 @@
 //! database as far as the launcher can see it without starting Django, the app source,
 //! the interpreter, the preparation stamps and the outputs they vouch for. Nothing here
 //! creates, changes or decides anything; every read is bounded and never blocks on a FIFO.
+//!
+//! PostgreSQL is read on the launcher's own connection (crate::postgres): `check` tries
+//! once from here; `run` waits for the server itself and fills the same facts, and looks
+//! again at what preparation depends on once it holds the locks ([`refresh_preparation`]).
 
+use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -16,15 +21,54 @@ use launcher_config::{Config, Database, SecretSource};
 use launcher_plan::Step;
 use launcher_plan::facts::*;
 use launcher_plan::layout::{self, SECRETS_DIR, STATE_DIR, TREE, stamp_file_name};
+use launcher_plan::postgres::Server;
 use launcher_plan::secret;
 use launcher_sys::files::SecretFileError;
-use launcher_sys::tree::{self, Inspected, Observed};
+use launcher_sys::tree::{self, DataTree, Inspected, Observed};
 
 /// How to look.
 pub struct Options<'a> {
     pub view: View,
     /// The unit whose credentials directory `check` and `manage` read from outside it.
     pub unit: &'a str,
+    pub postgres: Postgres,
+}
+
+/// Whether and how PostgreSQL is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Postgres {
+    /// One connection attempt (`check`).
+    Once,
+    /// Not here: `run` waits for the server and fills the facts itself
+    /// (`manage` does not need them).
+    Later,
+}
+
+/// The secret that holds the database password.
+pub const DB_PASSWORD: &str = "BITPOLL_DB_PASSWORD";
+
+/// The database password as read, when configured and readable.
+pub fn db_password(facts: &Facts) -> Option<&secret::SecretValue> {
+    read_password(&facts.secrets)
+}
+
+fn read_password(secrets: &[SecretFact]) -> Option<&secret::SecretValue> {
+    secrets
+        .iter()
+        .find(|s| s.name == DB_PASSWORD)
+        .and_then(|s| match &s.state {
+            SecretState::Read { value, .. } => Some(value),
+            _ => None,
+        })
+}
+
+/// The ids to connect the server's Unix socket as: the service user's, so peer
+/// authentication sees the user the app runs as. None when the account does not exist
+/// (yet) or this process cannot take them.
+pub fn peer_ids(account: &AccountFacts) -> Option<(launcher_sys::Uid, launcher_sys::Gid)> {
+    let user = account.user.as_ref()?;
+    let gid = account.group.as_ref().map_or(user.gid, |g| g.gid);
+    Some((user.uid.into(), gid.into()))
 }
 
 /// Observe everything the judgements need.
@@ -83,31 +127,17 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
         fd_of(SECRETS_DIR).map(|fd| (fd, cfg.service.data_dir.join(SECRETS_DIR))),
         service_uid,
     );
-    let stamps = fd_of(STATE_DIR)
-        .map(|state| {
-            Step::ALL
-                .into_iter()
-                .filter_map(|s| {
-                    Some((
-                        s,
-                        launcher_sys::files::read_state(state, &stamp_file_name(s))?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let (stamps, witnesses, source) = preparation(cfg, fd_of(""), fd_of(STATE_DIR));
     let key_record = fd_of(STATE_DIR)
         .and_then(|state| launcher_sys::files::read_state(state, layout::KEYS_FILE));
-    let source = SourceTree::of(cfg);
-    let data_fd = fd_of("");
-    let witnesses = Step::ALL
-        .into_iter()
-        .map(|s| (s, witness(cfg, data_fd, s, source.as_ref().ok())))
-        .collect();
     let tree = tree_facts(cfg, &inspected);
-    let database = database(cfg);
+    let mut database = database(cfg);
     drop(inspected);
     drop(acting);
+    // Root again: the PostgreSQL connection takes the user's ids itself where it must.
+    if let (Postgres::Once, Some(server)) = (opts.postgres, Server::of(cfg)) {
+        database.postgresql = Some(postgresql(&server, &secrets, &account, euid, observer));
+    }
     Facts {
         euid,
         observer,
@@ -123,7 +153,7 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
         database,
         can_chown: euid == 0 && launcher_sys::privs::may_chown(),
         python_identity: python_identity(&cfg.app.python),
-        source: source.map(|s| s.facts).map_err(|e| e.to_string()),
+        source,
         stamps,
         witnesses,
         key_record,
@@ -132,6 +162,90 @@ pub fn observe(cfg: &Config, opts: &Options<'_>) -> Facts {
             invocation: std::env::var_os("INVOCATION_ID").is_some(),
         },
     }
+}
+
+/// What preparation is decided on: the stamps, the current witnesses of the steps'
+/// outputs, the app source.
+type Preparation = (
+    BTreeMap<Step, String>,
+    BTreeMap<Step, String>,
+    Result<SourceFacts, String>,
+);
+
+fn preparation(
+    cfg: &Config,
+    data_dir: Option<BorrowedFd<'_>>,
+    state: Option<BorrowedFd<'_>>,
+) -> Preparation {
+    let stamps = state
+        .map(|state| {
+            Step::ALL
+                .into_iter()
+                .filter_map(|s| {
+                    Some((
+                        s,
+                        launcher_sys::files::read_state(state, &stamp_file_name(s))?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let source = SourceTree::of(cfg);
+    let witnesses = Step::ALL
+        .into_iter()
+        .map(|s| (s, witness(cfg, data_dir, s, source.as_ref().ok())))
+        .collect();
+    (
+        stamps,
+        witnesses,
+        source.map(|s| s.facts).map_err(|e| e.to_string()),
+    )
+}
+
+/// Look again at what preparation is decided on (stamps, outputs, source, an SQLite
+/// database), now through the data directory tree `run` holds: another launcher may have
+/// prepared while this one waited for a lock. PostgreSQL is re-read by the caller on its
+/// session.
+pub fn refresh_preparation(cfg: &Config, tree: &DataTree, facts: &mut Facts) {
+    let (stamps, witnesses, source) =
+        preparation(cfg, Some(tree.dir("")), Some(tree.dir(STATE_DIR)));
+    facts.stamps = stamps;
+    facts.witnesses = witnesses;
+    facts.source = source;
+    facts.database.sqlite = database(cfg).sqlite;
+}
+
+/// PostgreSQL, one attempt, as `run` would connect: the service user's identity over a
+/// Unix socket, the password secret as read.
+fn postgresql(
+    server: &Server,
+    secrets: &[SecretFact],
+    account: &AccountFacts,
+    euid: u32,
+    observer: Observer,
+) -> PostgresFacts {
+    let not = |why: String| PostgresFacts {
+        server: server.to_string(),
+        state: PostgresState::NotObserved(why),
+    };
+    if let Some(s) = secrets.iter().find(|s| s.name == DB_PASSWORD) {
+        if !matches!(s.state, SecretState::Read { .. }) {
+            return not(format!(
+                "the password secret {DB_PASSWORD} could not be read here"
+            ));
+        }
+    }
+    if server.socket_path().is_some() && observer == Observer::Other {
+        return not(format!(
+            "over a Unix socket the server would see uid {euid}, not the service user; run check as root"
+        ));
+    }
+    let login = crate::postgres::Login {
+        password: read_password(secrets),
+        peer: (euid == 0).then(|| peer_ids(account)).flatten(),
+        name: launcher_plan::postgres::instance_name(&launcher_sys::hostname(), std::process::id()),
+    };
+    crate::postgres::observe_once(server, &login)
 }
 
 /// The launcher's own environment (UTF-8 entries only), the input of env::build.
@@ -427,7 +541,8 @@ fn file_failure(e: &SecretFileError) -> SecretState {
     }
 }
 
-/// The SQLite database: what the file is, and which migrations it records.
+/// The SQLite database: what the file is, and which migrations it records. (PostgreSQL
+/// is looked at by [`postgresql`] or by `run` itself.)
 fn database(cfg: &Config) -> DatabaseFacts {
     let Database::Sqlite { path } = &cfg.database else {
         return DatabaseFacts::default();
@@ -454,6 +569,7 @@ fn database(cfg: &Config) -> DatabaseFacts {
             links,
             applied,
         }),
+        postgresql: None,
     }
 }
 

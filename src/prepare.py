@@ -15,6 +15,11 @@
 # The launcher accepts event lines up to 1 MiB. A failing step prints its traceback to
 # stderr and the driver exits with status 3.
 #
+# migrate runs Django's migrate command only when the database lacks a migration Django
+# finds on disk (the plan `migrate --check` would report): another instance may have
+# applied them while this launcher waited for the migration lock. `--force-migrate`
+# (the launcher's --force-prepare) runs the command regardless.
+#
 # compilemessages never writes into the app source (the service user may not own it): the
 # launcher passes BITPOLL_LAUNCHER_CATALOGS, a JSON list of [source base directory,
 # target directory] pairs, and each .po below a source base is compiled with GNU msgfmt,
@@ -168,7 +173,21 @@ def disk_migrations():
     return names
 
 
-def main(steps):
+def nothing_to_migrate():
+    """True when the default database holds every migration on disk (an empty plan)."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    connection = connections[DEFAULT_DB_ALIAS]
+    executor = MigrationExecutor(connection)
+    executor.loader.check_consistent_history(connection)
+    targets = executor.loader.graph.leaf_nodes()
+    return not executor.migration_plan(targets)
+
+
+def main(argv):
+    force_migrate = "--force-migrate" in argv
+    steps = [a for a in argv if a != "--force-migrate"]
     unknown = [s for s in steps if s not in COMMANDS]
     if unknown:
         sys.stderr.write("unknown preparation step(s): %s\n" % ", ".join(unknown))
@@ -194,13 +213,15 @@ def main(steps):
     for step in steps:
         send("step-begin", step)
         t = time.monotonic()
-        if step == "migrate" and BACKUP:
-            backup_database(BACKUP)
-        if step == "compilemessages":
+        if step == "migrate" and not force_migrate and nothing_to_migrate():
+            print("No migrations to apply: the database holds every migration on disk.")
+        elif step == "compilemessages":
             import json
 
             compile_catalogs(json.loads(CATALOGS))
         else:
+            if step == "migrate" and BACKUP:
+                backup_database(BACKUP)
             name, options = COMMANDS[step]
             call_command(name, verbosity=1, **options)
         if step == "collectstatic" and static_tree is not None:

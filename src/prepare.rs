@@ -19,7 +19,6 @@
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::process::{ExitStatus, Stdio};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
@@ -27,16 +26,19 @@ use tracing::{debug, info, warn};
 
 use launcher_config::Config;
 use launcher_plan::Step;
-use launcher_plan::judge::prepare::Planned;
+use launcher_plan::judge::prepare::{Decision, Planned};
 use launcher_plan::layout::{STAMP_FILE_MODE, STATE_DIR, stamp_file_name};
 use launcher_plan::protocol::{Effect, Event, LOG_LINE_MAX, LineSplitter, Parser, Progress};
+use launcher_plan::stamp::Reason;
 use launcher_plan::stamp::Stamp;
 use launcher_sys::StopSignal;
 use launcher_sys::privs::Target;
 use launcher_sys::tree::{DataTree, Owner};
 
+use crate::lock::Locks;
 use crate::notify;
 use crate::observe::{SourceTree, witness};
+use crate::signals::StopSignals;
 
 const DRIVER: &str = include_str!("prepare.py");
 /// The driver's descriptor for events (the write end of a pipe only it inherits).
@@ -157,8 +159,15 @@ pub struct Outcome {
     pub migrations: Option<Vec<String>>,
 }
 
-/// Run the planned steps that must run. Returns after all finished.
-pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<Outcome, PrepareError> {
+/// Run the planned steps that must run, on `rt`, holding `locks` (the migration lock is
+/// released as soon as migrate finished). Returns after all finished.
+pub fn execute(
+    rt: &tokio::runtime::Runtime,
+    stop: &mut StopSignals,
+    ctx: &Context<'_>,
+    planned: &[Planned],
+    locks: &mut Locks<'_>,
+) -> Result<Outcome, PrepareError> {
     let steps: Vec<Step> = planned
         .iter()
         .filter(|p| p.runs())
@@ -180,56 +189,31 @@ pub fn execute(ctx: &Context<'_>, planned: &[Planned]) -> Result<Outcome, Prepar
             source,
         })?;
     }
-    // A single-threaded runtime: the driver is forked from a process with one thread, so
-    // the privilege drop between fork and exec is safe. It is gone when this returns.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(supervise(ctx, planned, &steps))
-}
-
-/// The stop signals, caught while the driver runs (their handlers outlive the runtime:
-/// the caller restores the default actions with launcher_sys::default_stop_signals).
-struct StopSignals(Vec<(StopSignal, tokio::signal::unix::Signal)>);
-
-impl StopSignals {
-    fn install() -> std::io::Result<StopSignals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        StopSignal::ALL
-            .into_iter()
-            .map(|s| Ok((s, signal(SignalKind::from_raw(s.raw()))?)))
-            .collect::<std::io::Result<_>>()
-            .map(StopSignals)
-    }
-
-    /// The next stop signal received.
-    async fn recv(&mut self) -> StopSignal {
-        std::future::poll_fn(|cx| {
-            for (stop, stream) in &mut self.0 {
-                if let Poll::Ready(Some(())) = stream.poll_recv(cx) {
-                    return Poll::Ready(*stop);
-                }
-            }
-            Poll::Pending
-        })
-        .await
-    }
+    // The runtime is single-threaded: the driver is forked from a process with one
+    // thread, so the privilege drop between fork and exec is safe.
+    rt.block_on(supervise(ctx, planned, &steps, stop, locks))
 }
 
 async fn supervise(
     ctx: &Context<'_>,
     planned: &[Planned],
     steps: &[Step],
+    stop_signals: &mut StopSignals,
+    locks: &mut Locks<'_>,
 ) -> Result<Outcome, PrepareError> {
-    let mut stop_signals = StopSignals::install()?;
-
     let python = ctx.cfg.app.python.display().to_string();
     let (event_read, event_write) = launcher_sys::child::pipe()?;
     let mut event_pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(event_read)?;
+    // Forced: migrate runs as a command even when Django finds nothing to apply.
+    let forced = planned
+        .iter()
+        .any(|p| p.step == Step::Migrate && p.decision == Decision::Run(Reason::Forced));
     let mut cmd = std::process::Command::new(&ctx.cfg.app.python);
-    cmd.arg("-c")
-        .arg(DRIVER)
-        .args(steps.iter().map(|s| s.name()))
+    cmd.arg("-c").arg(DRIVER);
+    if forced {
+        cmd.arg("--force-migrate");
+    }
+    cmd.args(steps.iter().map(|s| s.name()))
         .current_dir(&ctx.cfg.app.source_dir)
         .env_clear()
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))
@@ -251,6 +235,9 @@ async fn supervise(
     // Nothing the launcher inherited reaches the driver: only stdio and the event pipe.
     launcher_sys::fds::close_in_child(&mut cmd, EVENT_FD..EVENT_FD + 1);
     launcher_sys::privs::drop_in_child(&mut cmd, ctx.target.clone());
+    // Killed with the launcher (kill -9 included): the locks die with the launcher, and
+    // an orphaned driver would go on migrating beside the next holder.
+    launcher_sys::child::die_with_parent(&mut cmd);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let spawned = cmd.spawn();
@@ -260,6 +247,7 @@ async fn supervise(
     let mut child = spawned.map_err(|source| PrepareError::Spawn { python, source })?;
     let pid = child.id();
     info!(phase = "prepare", steps = %names(steps), pid, "preparation started: {}", names(steps));
+    let init = std::process::id() == 1;
 
     let stall = ctx.cfg.prepare.stall_timeout;
     let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -280,6 +268,12 @@ async fn supervise(
             biased;
             signal = stop_signals.recv() => return interrupted(&mut child, &events, signal).await,
             _ = tick.tick() => {
+                if init {
+                    // PID 1: orphans of the driver's children are ours to reap.
+                    for orphan in launcher_sys::reap_zombies(&pid.into_iter().collect::<Vec<_>>()) {
+                        info!(phase = "prepare", pid = orphan, "reaped exited orphan process {orphan} (PID 1 inherits them)");
+                    }
+                }
                 if let Some((_, at)) = exited {
                     // A stream held open by a grandchild of the driver: stop waiting.
                     if at.elapsed() > Duration::from_secs(2) {
@@ -298,6 +292,8 @@ async fn supervise(
                     if last_extend.is_none_or(|t| t.elapsed() >= EXTEND_EVERY) {
                         notify::extend_timeout(stall - silent + TIMEOUT_MARGIN);
                         last_extend = Some(Instant::now());
+                        // Progress: a sign of life for launchers waiting for the locks.
+                        locks.heartbeat().await;
                     }
                 }
             },
@@ -316,6 +312,16 @@ async fn supervise(
             status = child.wait(), if exited.is_none() => {
                 exited = Some((status?, Instant::now()));
             },
+        }
+        if locks.migration.is_some() && events.progress.finished().contains(&Step::Migrate) {
+            // The database is migrated: other instances may go on while this one
+            // collects static files and compiles catalogs.
+            locks.release_migration().await;
+            info!(
+                phase = "prepare",
+                step = "migrate",
+                "migration lock released: other instances may decide on migrate now"
+            );
         }
         if let (Some((status, _)), false, false, false) = (exited, out_open, err_open, events_open)
         {

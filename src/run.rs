@@ -3,14 +3,21 @@
 //! 1. config       load and validate the whole file
 //! 2. preflight    observe the host read-only (crate::observe) and judge it with
 //!    launcher_plan::judge: any error stops here, before any change, in the words `check`
-//!    prints
+//!    prints; with PostgreSQL, wait for the server (crate::postgres), read what the
+//!    database holds and judge again with it
 //! 3. account      create or verify the service user and group; as root, act as that user
 //!    from here on (root is taken back only where needed: launcher_sys::privs)
 //! 4. directories  the data directory tree with exact owner and mode
 //! 5. secrets      use what was read as root, generate missing keys once
-//! 6. prepare      migrate / collectstatic / compilemessages as the service user, as judged
+//! 6. prepare      take the data directory lock and, with PostgreSQL, the migration lock
+//!    (crate::lock), look again at stamps and database, then migrate / collectstatic /
+//!    compilemessages as the service user, as judged
 //! 7. drop         groups, gid, uid, capabilities, no_new_privs; verified
 //! 8. exec         the server, in place, with an environment built from scratch
+//!
+//! The stop signals are caught from the first step to the last wait (crate::signals), so
+//! a stop ends any phase cleanly, also as a container's PID 1, which also reaps exited
+//! children until the server takes the PID over.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -20,6 +27,7 @@ use anyhow::{Context as _, anyhow};
 use tracing::{info, warn};
 
 use launcher_config::{Config, Ready};
+use launcher_plan::Step;
 use launcher_plan::env::{self, Purpose};
 use launcher_plan::facts::{Facts, SecretState, View};
 use launcher_plan::finding::{Finding, Severity, refusal};
@@ -28,6 +36,7 @@ use launcher_plan::layout::{
     self, BACKUPS_DIR, KEYS_FILE, READY_HOOK_FILE, STAMP_FILE_MODE, STATE_DIR, TREE,
     is_backup_name, sqlite_files_in_data_dir,
 };
+use launcher_plan::postgres::{Server, instance_name, migration_lock_key};
 use launcher_plan::secret::SecretValue;
 use launcher_sys::account::Account;
 use launcher_sys::privs::Target;
@@ -35,7 +44,10 @@ use launcher_sys::tree::{self, Owner};
 
 use crate::cli::RunArgs;
 use crate::exit::{self, Exit, OrExit};
+use crate::lock::{self, Locks};
 use crate::observe::{self, Options};
+use crate::postgres::{self, Login, WaitError};
+use crate::signals::StopSignals;
 use crate::{notify, prepare, secrets};
 
 /// Times a phase and logs its end with PHASE and DURATION_MS.
@@ -63,6 +75,25 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let started = Instant::now();
     // Files the preparation and the app create are not readable by others.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+    // One single-threaded runtime for every wait of the start (PostgreSQL, the locks, the
+    // preparation process); gone before the privilege drop. The stop signals are caught
+    // from here on (see crate::signals).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the launcher's runtime")
+        .or_exit(exit::RUNTIME)?;
+    let mut stop = {
+        let _entered = rt.enter();
+        StopSignals::install()
+            .context("cannot catch the stop signals")
+            .or_exit(exit::RUNTIME)?
+    };
+    if std::process::id() == 1 {
+        info!(
+            "running as PID 1 (a container's entrypoint): stop signals are handled and exited children reaped until the server takes over"
+        );
+    }
 
     let phase = Phase::begin("config", "Reading configuration");
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
@@ -74,12 +105,49 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         &Options {
             view: View::Service,
             unit: "bitpoll",
+            postgres: observe::Postgres::Later,
         },
     );
-    let judged = judge::deployment(&cfg, &facts);
-    let mut findings: Vec<Finding> = judge::account::launcher_identity(&cfg, &facts)
+    let identity: Vec<Finding> = judge::account::launcher_identity(&cfg, &facts)
         .into_iter()
         .collect();
+    // Everything but what the database holds first: a refusal needs no server.
+    let mut findings = identity.clone();
+    findings.extend(judge::deployment(&cfg, &facts).findings);
+    if let Some(text) = refusal(&findings) {
+        return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
+    }
+    stopped(&rt, &mut stop, "checking the deployment")?;
+    let session = match Server::of(&cfg) {
+        None => None,
+        Some(server) => {
+            let phase = Phase::begin(
+                "database",
+                &format!("Connecting to PostgreSQL at {}", server.address()),
+            );
+            let login = Login {
+                password: observe::db_password(&facts),
+                peer: launcher_sys::is_root()
+                    .then(|| observe::peer_ids(&facts.account))
+                    .flatten(),
+                name: instance_name(&launcher_sys::hostname(), std::process::id()),
+            };
+            let session = rt
+                .block_on(postgres::wait(&server, &login, &mut stop))
+                .map_err(|e| match e {
+                    WaitError::Stopped { signal, .. } => Exit::stopped(signal, e),
+                    WaitError::Refused { .. } => Exit::new(exit::SYSTEM, e),
+                    WaitError::TimedOut { .. } => Exit::new(exit::RUNTIME, e),
+                })?;
+            let pg = rt.block_on(session.observe());
+            phase.end(&format!("connected to PostgreSQL ({server})"));
+            facts.database.postgresql = Some(pg);
+            Some(session)
+        }
+    };
+    // Now with what the database holds (a Fernet key is never generated over data).
+    let judged = judge::deployment(&cfg, &facts);
+    let mut findings = identity;
     findings.extend(judged.findings.iter().cloned());
     if let Some(text) = refusal(&findings) {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
@@ -138,13 +206,15 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         secret_values.len(),
         if secret_values.len() == 1 { "" } else { "s" }
     ));
+    stopped(&rt, &mut stop, "loading secrets")?;
 
+    let inherited = facts.inherited.clone();
     let catalogs = judge::prepare::catalog_targets(&cfg, &facts);
     let locale_paths: Vec<std::path::PathBuf> = catalogs.iter().map(|(_, to)| to.clone()).collect();
     let env_inputs = env::Inputs {
         config: &cfg,
         secrets: &secret_values,
-        inherited: &facts.inherited,
+        inherited: &inherited,
         user: &account.user,
         home: &cfg.service.data_dir,
         locale_paths: &locale_paths,
@@ -155,6 +225,32 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
 
     let phase = Phase::begin("prepare", "Preparing the app");
     let prepare_env = env::build(&env_inputs, Purpose::Prepare);
+    let name = instance_name(&launcher_sys::hostname(), std::process::id());
+    let stall = cfg.prepare.stall_timeout;
+    // One preparation at a time per data directory, one migration at a time per
+    // database; then decide on what is there now (see crate::lock).
+    let mut locks = Locks::default();
+    locks.file = Some(
+        rt.block_on(lock::data_dir(&tree, owner, &name, stall, &mut stop))
+            .map_err(lock_exit)?,
+    );
+    if let (Some(session), true) = (&session, cfg.prepare.migrate) {
+        let key = migration_lock_key(&session.server.database, &cfg.app.settings_module);
+        locks.migration = Some(
+            rt.block_on(lock::migration(
+                session,
+                key,
+                stall,
+                &mut stop,
+                locks.file.as_ref(),
+            ))
+            .map_err(lock_exit)?,
+        );
+    }
+    observe::refresh_preparation(&cfg, &tree, &mut facts);
+    if let Some(session) = &session {
+        facts.database.postgresql = Some(rt.block_on(session.observe()));
+    }
     let planned = judge::prepare::judge(
         &cfg,
         &facts,
@@ -174,6 +270,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
                 info!(phase = "prepare", step = %p.step, skipped = false, "step {} runs: {reason}", p.step)
             }
         }
+    }
+    if !planned.iter().any(|p| p.step == Step::Migrate && p.runs()) {
+        rt.block_on(locks.release_migration());
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -203,16 +302,21 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         },
         target: target.clone(),
     };
-    let outcome = prepare::execute(&ctx, &planned).map_err(|e| match e.stop_signal() {
-        Some(signal) => Exit::stopped(signal, e),
-        None => match backup.as_ref().filter(|b| b.exists()) {
-            Some(b) => Exit::new(
-                exit::RUNTIME,
-                anyhow::Error::new(e).context(restore_hint(&cfg, b)),
-            ),
-            None => Exit::new(exit::RUNTIME, e),
-        },
-    })?;
+    let outcome =
+        prepare::execute(&rt, &mut stop, &ctx, &planned, &mut locks).map_err(|e| {
+            match e.stop_signal() {
+                Some(signal) => Exit::stopped(signal, e),
+                None => match backup.as_ref().filter(|b| b.exists()) {
+                    Some(b) => Exit::new(
+                        exit::RUNTIME,
+                        anyhow::Error::new(e).context(restore_hint(&cfg, b)),
+                    ),
+                    None => Exit::new(exit::RUNTIME, e),
+                },
+            }
+        })?;
+    rt.block_on(locks.release_migration());
+    drop(locks);
     if backup.is_some() {
         prune_backups(&cfg, &tree);
     }
@@ -236,9 +340,24 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         )
     });
     drop(ctx);
+    // The session (the app opens its own) and the runtime end here; a stop requested
+    // meanwhile still counts.
+    drop(session);
+    stopped(&rt, &mut stop, "the end of preparation")?;
+    drop(stop);
+    drop(rt);
     launcher_sys::default_stop_signals()
         .context("cannot restore the default action of the stop signals")
         .or_exit(exit::RUNTIME)?;
+    if std::process::id() == 1 {
+        // The server becomes PID 1 and reaps its own children from then on.
+        for orphan in launcher_sys::reap_zombies(&[]) {
+            info!(
+                pid = orphan,
+                "reaped exited orphan process {orphan} (PID 1 inherits them)"
+            );
+        }
+    }
 
     let server_env = env::build(&env_inputs, Purpose::Server);
     drop(secret_values);
@@ -302,6 +421,27 @@ fn write_ready_hook(tree: &tree::DataTree, owner: Owner) -> anyhow::Result<()> {
             tree.path_of(STATE_DIR).display()
         )
     })
+}
+
+/// A stop signal received since the last look ends the start here.
+fn stopped(rt: &tokio::runtime::Runtime, stop: &mut StopSignals, during: &str) -> Result<(), Exit> {
+    match rt.block_on(stop.pending()) {
+        Some(signal) => Err(Exit::stopped(
+            signal,
+            anyhow!(
+                "stopped by signal {} ({signal}) during {during}",
+                signal.raw()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn lock_exit(e: lock::LockError) -> Exit {
+    match e.stop_signal() {
+        Some(signal) => Exit::stopped(signal, e),
+        None => Exit::new(exit::RUNTIME, e),
+    }
 }
 
 /// The secrets' values: those read as root during observation, and those generated now.

@@ -1437,9 +1437,10 @@ fn a_source_dir_without_manage_py_is_an_error() {
 }
 
 #[test]
-fn postgresql_without_its_driver_means_the_app_does_not_start() {
-    // The demo venv has no psycopg (and this host no PostgreSQL server): Django cannot
-    // load the backend, so the app does not start, exactly as `run` would find.
+fn postgresql_that_is_down_is_an_error_of_the_launcher_and_of_django_and_generated_keys_a_warning()
+{
+    // Nothing listens on the port: the launcher's own connection and Django's both fail,
+    // and `run` would wait for it, then fail.
     let mut env = TestEnv::new("check_pg");
     let closed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1450,16 +1451,44 @@ fn postgresql_without_its_driver_means_the_app_does_not_start() {
         .set_str("database", "engine", "postgresql")
         .set_str("database", "name", "bitpoll")
         .set_str("database", "host", "127.0.0.1")
-        .set("database", "port", &closed.to_string());
+        .set("database", "port", &closed.to_string())
+        .set("database", "wait_timeout_sec", "30");
     create_service_account(&env);
     let r = check_json(&env, &[]);
     r.assert_code(2);
+    let f = r.expect_exact(
+        "error",
+        "database",
+        &format!(
+            "postgresql role {} at 127.0.0.1:{closed}, database bitpoll",
+            env.user
+        ),
+        "not reachable (127.0.0.1:",
+    );
+    assert!(
+        f.message
+            .contains("`run` waits up to 30 s for it, then fails"),
+        "{f}"
+    );
+    assert!(
+        f.fix.as_deref().unwrap().contains("start PostgreSQL"),
+        "{f}"
+    );
     r.expect_exact(
         "error",
-        "app",
-        "bitpoll.settings",
-        "the app does not start: ImproperlyConfigured: Error loading psycopg2 or psycopg module",
+        "database",
+        "postgresql",
+        "not reachable: OperationalError",
     );
+    // Instances on one database must share their keys: generated ones are warned about.
+    for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
+        r.expect(
+            "warning",
+            "secrets",
+            name,
+            "every instance that serves the same database",
+        );
+    }
     r.absent("python", "probe", "the probe itself worked");
 }
 
@@ -1552,7 +1581,13 @@ fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
         ("security.W012", "SESSION_COOKIE_SECURE"),
         ("security.W016", "CSRF_COOKIE_SECURE"),
     ] {
-        r.expect_exact("warning", "app", &format!("check --deploy {id}"), text);
+        let f = r.expect_exact("warning", "app", &format!("check --deploy {id}"), text);
+        if id != "security.W008" {
+            assert!(
+                f.fix.as_deref().unwrap().contains("BITPOLL_SECURE_COOKIES"),
+                "{f}"
+            );
+        }
     }
     r.expect_exact("ok", "app", "msgfmt", "found at /usr/bin/msgfmt");
     r.expect_exact(

@@ -2006,3 +2006,49 @@ fn the_documented_tryout_runs_as_an_unprivileged_person_and_serves() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not as root"));
 }
+
+#[test]
+fn two_launchers_on_one_data_directory_prepare_one_after_the_other() {
+    // Two starts of one SQLite deployment at once (two units, or a start by hand beside
+    // the service): the second waits for the first's data directory lock, names it, then
+    // finds every step done.
+    let mut a = TestEnv::new("dir_lock");
+    a.config.set_str("environment", "DEMO_MIGRATION_DELAY", "3");
+    let mut b = a.instance("b");
+    b.config
+        .set_str("service", "data_dir", &a.data.display().to_string())
+        .set_str("app", "source_dir", &a.app.display().to_string());
+    let a_pid = a.launch();
+    a.wait_for_log("demo migration: step 1 of 3", READY);
+    b.launch();
+    let status = b.wait_status(
+        &format!(
+            "Waiting for the data directory {}: held by bitpoll-launcher ",
+            a.data.display()
+        ),
+        READY,
+    );
+    assert!(status.contains(&format!(" pid {a_pid} ")), "{status}");
+    a.wait_ready(READY);
+    b.wait_ready(READY);
+    assert_eq!(a.http_get("/").status, 200);
+    assert_eq!(b.http_get("/").status, 200);
+    let b_log = b.stderr();
+    assert_eq!(
+        b_log.matches("skipped=true").count(),
+        3,
+        "{}",
+        b.log_context()
+    );
+    assert!(
+        b_log.contains("preparation: nothing to do"),
+        "{}",
+        b.log_context()
+    );
+    assert!(
+        b.notifications
+            .iter()
+            .any(|n| n.get("EXTEND_TIMEOUT_USEC").is_some()),
+        "the waiting start keeps systemd's timeout alive"
+    );
+}

@@ -1,6 +1,7 @@
 //! examples/launcher.toml is the config an admin copies: `check` must find nothing wrong
 //! with it except what only the admin's host can provide (the account install declares,
-//! the virtualenv and source under /opt/bitpoll, a free port).
+//! the virtualenv and source under /opt/bitpoll, a free port). The container example
+//! (examples/container) is one valid config, in its file and in the Kubernetes ConfigMap.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -114,5 +115,68 @@ fn the_example_config_names_what_install_and_the_unit_need() {
             text.contains(cmd),
             "the header tells the admin to run {cmd:?}"
         );
+    }
+}
+
+/// The lines that say something: no comments, no blank lines, one space around `=`.
+fn settings(toml: &str) -> Vec<String> {
+    toml.lines()
+        .map(|l| l.split(" #").next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn the_container_examples_are_one_valid_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/container");
+    let file = std::fs::read_to_string(root.join("launcher.toml")).unwrap();
+    let manifest = std::fs::read_to_string(root.join("kubernetes/bitpoll.yaml")).unwrap();
+    let start = manifest
+        .find("launcher.toml: |\n")
+        .expect("the ConfigMap holds launcher.toml")
+        + "launcher.toml: |\n".len();
+    let embedded: String = manifest[start..]
+        .lines()
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        settings(&file),
+        settings(&embedded),
+        "the ConfigMap and examples/container/launcher.toml say the same"
+    );
+    let dir =
+        Dir(std::env::temp_dir().join(format!("blt-example-container-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir(&dir.0).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.0.join("launcher.toml");
+    std::fs::write(&config, &file).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["unit", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(dir);
+    // What the Containerfile copies from the repository exists.
+    let containerfile = std::fs::read_to_string(root.join("Containerfile")).unwrap();
+    for line in containerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let from = line.split_whitespace().nth(1).unwrap();
+        if from != "." {
+            assert!(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(from).exists(),
+                "{line}"
+            );
+        }
     }
 }

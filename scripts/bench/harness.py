@@ -31,6 +31,13 @@ Subcommands (each appends "tag.key<TAB>value" lines to the results file given by
          records wait4's ru_maxrss of the whole run, which does NOT reset at exec and
          includes reaped children, for comparison. The notify socket (--sock) is drained:
          the launcher's sd_notify blocks once its receive queue is full.
+  cluster --out F --tag T --logs DIR [--expect-migrated N] -- LAUNCHER CONFIG...
+         Starts one `LAUNCHER run --config CONFIG` per config at once (N instances of one
+         deployment on one database), each in a new session with a notify socket of its
+         own, and waits until every one sent READY=1. Records launch -> all READY=1
+         (all_ready_ms), -> the first (first_ready_ms), and the largest "launcher done in"
+         (done_max_ms). With --expect-migrated, checks that exactly N instances applied
+         migrations ("Applying " in their log). Then stops every process group.
   report RESULTS
          Prints the table (median and min) and the ratios.
 """
@@ -385,6 +392,70 @@ def cmd_mem(argv):
     record(out, tag, "ru_maxrss_kib", maxrss)
 
 
+def cmd_cluster(argv):
+    head, cmd = split_cmd(argv)
+    o = options(head, {"out", "tag", "logs", "timeout", "expect-migrated"})
+    timeout = float(o.get("timeout", "180"))
+    launcher, configs = cmd[0], cmd[1:]
+    socks, procs, logs = [], [], []
+    ready = {}
+    t0 = time.monotonic()
+    try:
+        for i, config in enumerate(configs):
+            path = os.path.join(o["logs"], "%s-notify-%d.sock" % (o["tag"], i))
+            if os.path.exists(path):
+                os.unlink(path)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.bind(path)
+            os.chmod(path, 0o666)  # the server sends READY=1 as the service user
+            s.setblocking(False)
+            socks.append((s, path))
+        t0 = time.monotonic()
+        for i, config in enumerate(configs):
+            log_path = os.path.join(o["logs"], "%s-%d.log" % (o["tag"], i))
+            log = open(log_path, "w")
+            logs.append(log_path)
+            env = dict(os.environ, NOTIFY_SOCKET=socks[i][1])
+            procs.append(subprocess.Popen([launcher, "run", "--config", config], env=env,
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          start_new_session=True))
+            log.close()
+        deadline = t0 + timeout
+        while len(ready) < len(configs):
+            if time.monotonic() > deadline:
+                raise SystemExit("harness: %s: only %d of %d ready within %.0f s"
+                                 % (o["tag"], len(ready), len(configs), timeout))
+            for i, (s, _) in enumerate(socks):
+                while True:
+                    try:
+                        msg = s.recv(4096)
+                    except BlockingIOError:
+                        break
+                    if i not in ready and "READY=1" in msg.decode(errors="replace").split("\n"):
+                        ready[i] = time.monotonic()
+                if i not in ready and procs[i].poll() is not None:
+                    raise SystemExit("harness: %s: instance %d exited with %s before READY=1\n%s"
+                                     % (o["tag"], i, procs[i].returncode, tail(logs[i])))
+            time.sleep(0.005)
+    finally:
+        for p in procs:
+            stop_group(p.pid, lambda p=p: p.poll() is not None)
+        for s, path in socks:
+            s.close()
+            os.unlink(path)
+    out, tag = o["out"], o["tag"]
+    record(out, tag, "all_ready_ms", "%.1f" % ((max(ready.values()) - t0) * 1000))
+    record(out, tag, "first_ready_ms", "%.1f" % ((min(ready.values()) - t0) * 1000))
+    done = [parse_log(l).get("done_ms") for l in logs]
+    if all(d is not None for d in done):
+        record(out, tag, "done_max_ms", max(done))
+    if "expect-migrated" in o:
+        migrated = sum(1 for l in logs if "Applying " in open(l, errors="replace").read())
+        if migrated != int(o["expect-migrated"]):
+            raise SystemExit("harness: %s: %d instances applied migrations, expected %s"
+                             % (tag, migrated, o["expect-migrated"]))
+
+
 # ---------------------------------------------------------------- report
 
 def load(path):
@@ -433,7 +504,7 @@ def cmd_report(argv):
         ("     gunicorn exec -> READY=1", "warm.server_ms", ms),
         ("   launcher --force-prepare: launch -> READY=1", "forced.ready_ms", ms),
         ("     prepare phase (3 steps, nothing to do)", "forced.prepare_ms", ms),
-        ("6  READY=1 -> first HTTP 200, gunicorn --preload, READY from", None, None),
+        ("2b READY=1 -> first HTTP 200, gunicorn --preload, READY from", None, None),
         ("     the arbiter (server.ready = \"arbiter\", default)", "ready_arbiter.answer_ms", ms),
         ("     the first worker (server.ready = \"worker\")", "ready_worker.answer_ms", ms),
         ("     launch -> READY=1, arbiter", "ready_arbiter.ready_ms", ms),
@@ -445,6 +516,15 @@ def cmd_report(argv):
         ("4  bitpoll-launcher check (0 errors)", "check.wall_ms", ms),
         ("   python -c 'import django; django.setup()'", "django_setup.wall_ms", ms),
         ("   python -c pass (interpreter alone)", "python_bare.wall_ms", ms),
+        ("Instances on one PostgreSQL database: launch of all -> every READY=1 (ms)", None, None),
+        ("6  N=1, fresh database and data directories", "pg1_fresh.all_ready_ms", ms),
+        ("   N=2, fresh", "pg2_fresh.all_ready_ms", ms),
+        ("   N=4, fresh", "pg4_fresh.all_ready_ms", ms),
+        ("   N=1, warm (nothing to do)", "pg1_warm.all_ready_ms", ms),
+        ("   N=2, warm", "pg2_warm.all_ready_ms", ms),
+        ("   N=4, warm", "pg4_warm.all_ready_ms", ms),
+        ("     N=1, warm: launcher done in (its log)", "pg1_warm.done_max_ms", ms),
+        ("     N=4, warm: slowest launcher done in", "pg4_warm.done_max_ms", ms),
         ("Memory (MiB)", None, None),
         ("5  launcher `unit`: binary baseline (ru_maxrss)", "mem_unit.ru_maxrss_kib", mib),
         ("   launcher `run` warm, server /bin/true (ru_maxrss)", "mem_warm.ru_maxrss_kib", mib),
@@ -486,6 +566,10 @@ def cmd_report(argv):
     ratio("shell nothing-to-do / --force-prepare phase", "shell_noop.wall_ms", "forced.prepare_ms")
     ratio("shell nothing-to-do / warm launch -> exec", "shell_noop.wall_ms", "warm.exec_ms")
     ratio("check / one Django start", "check.wall_ms", "django_setup.wall_ms")
+    for state in ("fresh", "warm"):
+        for n in (2, 4):
+            ratio("PostgreSQL N=%d / N=1, %s, all ready" % (n, state),
+                  "pg%d_%s.all_ready_ms" % (n, state), "pg1_%s.all_ready_ms" % state)
     ratio("Python preparation child / launcher (peak memory)", "mem_cold.child_hwm_kib",
           "mem_cold.launcher_hwm_kib", mib, "MiB")
     for k in ("mem_cold.child_names", "mem_check.child_names", "mem_cold.exec_name"):
@@ -500,7 +584,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sub, argv = sys.argv[1], sys.argv[2:]
     {"ready": cmd_ready, "wall": cmd_wall, "maxrss": cmd_maxrss, "mem": cmd_mem,
-     "report": cmd_report}[sub](argv)
+     "cluster": cmd_cluster, "report": cmd_report}[sub](argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ use launcher_plan::secret::SecretValue;
 
 use crate::cli::CheckArgs;
 use crate::exit::Exit;
-use crate::observe::{self, Options};
+use crate::observe::{self, Options, Postgres};
 use report::Report;
 
 /// Who runs the check, relative to the service.
@@ -76,6 +76,7 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
         &Options {
             view: View::Outside,
             unit,
+            postgres: Postgres::Once,
         },
     );
     let viewer = match facts.observer {

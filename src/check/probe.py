@@ -21,6 +21,26 @@ def version_of(dist):
         return None
 
 
+def link_on_the_way(path):
+    """The first symbolic link on `path` inside the data directory, if any: the probe
+    never looks through one. The launcher's own `current` link (to a name beside it) is
+    the one expected."""
+    data = os.environ.get("BITPOLL_DATA_DIR", "")
+    if not path or not data:
+        return None
+    p = os.path.normpath(path)
+    parts = []
+    while p.startswith(data.rstrip("/") + "/") or p == data:
+        parts.append(p)
+        p = os.path.dirname(p)
+    for q in reversed(parts):
+        if os.path.islink(q):
+            if q == os.path.normpath(path) and os.path.basename(q) == "current" and "/" not in os.readlink(q):
+                continue
+            return q
+    return None
+
+
 def probe_encrypted(db):
     """Decrypt one stored encrypted value with the configured keys. The field library
     swallows a wrong key (the app shows ciphertext), so only a direct try tells."""
@@ -117,11 +137,9 @@ def main(paths):
 
         manifest = getattr(staticfiles_storage, "manifest_name", None)
         root = str(settings.STATIC_ROOT) if settings.STATIC_ROOT else ""
-        # The launcher's own link `current` (a name in the same directory) is expected.
-        if root and os.path.islink(root) and (
-            os.path.basename(root) != "current" or "/" in os.readlink(root)
-        ):
-            res["static_error"] = "STATIC_ROOT %s is a symbolic link" % settings.STATIC_ROOT
+        linked = link_on_the_way(root)
+        if linked:
+            res["static_error"] = "STATIC_ROOT leads through the symbolic link %s" % linked
         elif manifest and settings.STATIC_ROOT:
             path = os.path.join(str(settings.STATIC_ROOT), manifest)
             res["manifest"] = {"path": path, "exists": os.path.exists(path)}

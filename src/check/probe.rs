@@ -219,18 +219,13 @@ fn run_with_timeout(
             kept
         })
     };
+    let boxed = |s: Option<Box<dyn Read + Send>>| s;
     let out = bounded(
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        boxed(child.stdout.take().map(|s| Box::new(s) as _)),
         PROBE_STDOUT_MAX,
     );
     let err = bounded(
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        boxed(child.stderr.take().map(|s| Box::new(s) as _)),
         PROBE_STDERR_MAX,
     );
     let (tx, rx) = std::sync::mpsc::channel();
@@ -333,6 +328,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
             .hint
             .clone()
             .unwrap_or_else(|| "see Django's deployment checklist".into());
+        // The app's cookie settings come from the environment contract.
+        let fix = match c.id.as_deref() {
+            Some("security.W012" | "security.W016") => format!(
+                "{fix}; when the site is served over HTTPS, set BITPOLL_SECURE_COOKIES = \"true\" in [environment]"
+            ),
+            _ => fix,
+        };
         match c.level {
             l if l >= 40 => r.error(Group::App, subject, c.msg.clone(), fix),
             l if l >= 30 => r.warn(Group::App, subject, c.msg.clone(), fix),

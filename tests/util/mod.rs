@@ -15,6 +15,7 @@
 #![allow(dead_code)] // Not every test uses every helper.
 
 pub mod cli;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -284,9 +285,12 @@ pub struct TestEnv {
     /// Start time (clock ticks since boot) of the first launch: processes of the service
     /// user that started earlier are not this test's (system uids are reused).
     first_start_ticks: Option<u64>,
-    // Last: released after Drop::drop has cleaned up.
-    _checkout_lock: nix::fcntl::Flock<fs::File>,
-    _guard: MutexGuard<'static, ()>,
+    /// False for an instance made by [`TestEnv::instance`]: the account is its parent's.
+    owns_account: bool,
+    // Last: released after Drop::drop has cleaned up (an instance holds none: its
+    // parent does).
+    _checkout_lock: Option<nix::fcntl::Flock<fs::File>>,
+    _guard: Option<MutexGuard<'static, ()>>,
 }
 
 impl TestEnv {
@@ -332,17 +336,18 @@ impl TestEnv {
             .set_str("service", "data_dir", &data.display().to_string())
             .set_str("app", "python", PYTHON)
             .set_str("app", "source_dir", &app.display().to_string())
-            .set("secrets", "BITPOLL_SECRET_KEY", r#"{ generate = "django-secret-key" }"#)
-            .set("secrets", "BITPOLL_FIELD_ENCRYPTION_KEY", r#"{ generate = "fernet-key" }"#)
-            .set_str("environment", "BITPOLL_ALLOWED_HOSTS", "127.0.0.1")
             .set(
-                "server",
-                "command",
-                &format!(
-                    "[{}, \"--bind\", \"127.0.0.1:{port}\", \"--workers\", \"1\", \"--no-control-socket\", \"bitpoll.wsgi:application\"]",
-                    toml_str(GUNICORN)
-                ),
-            );
+                "secrets",
+                "BITPOLL_SECRET_KEY",
+                r#"{ generate = "django-secret-key" }"#,
+            )
+            .set(
+                "secrets",
+                "BITPOLL_FIELD_ENCRYPTION_KEY",
+                r#"{ generate = "fernet-key" }"#,
+            )
+            .set_str("environment", "BITPOLL_ALLOWED_HOSTS", "127.0.0.1")
+            .set("server", "command", &server_command(port));
         TestEnv {
             dir,
             app,
@@ -359,8 +364,102 @@ impl TestEnv {
             stdout_path: None,
             started: None,
             first_start_ticks: None,
-            _checkout_lock: checkout_lock,
-            _guard: guard,
+            owns_account: true,
+            _checkout_lock: Some(checkout_lock),
+            _guard: Some(guard),
+        }
+    }
+
+    /// Another instance of this deployment, as on another machine behind the same load
+    /// balancer: a directory, copy of the app, data directory, port and launches of its
+    /// own; the same service user and otherwise the same config (as it is now). Dropping
+    /// it stops its launches and removes its directory; the account stays its parent's,
+    /// so drop it before the parent (declare it after).
+    pub fn instance(&self, name: &str) -> TestEnv {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let short: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(40)
+            .collect();
+        let dir = PathBuf::from(format!("/tmp/blt-e2e-{}-{n}-{short}", std::process::id()));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).expect("remove a stale test dir");
+        }
+        fs::create_dir(&dir).expect("create the instance dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod the dir");
+        let app = dir.join("app");
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo-app");
+        copy_app(&demo, &app).expect("copy the demo app");
+        for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
+            fs::set_permissions(app.join(d), fs::Permissions::from_mode(0o777))
+                .expect("chmod the locale dir");
+        }
+        let port = free_port();
+        let data = dir.join("data");
+        let mut config = self.config.clone();
+        config
+            .set_str("service", "data_dir", &data.display().to_string())
+            .set_str("app", "source_dir", &app.display().to_string())
+            .set("server", "command", &server_command(port));
+        TestEnv {
+            dir,
+            app,
+            data,
+            user: self.user.clone(),
+            port,
+            config,
+            raw_config: None,
+            notifications: Vec::new(),
+            child: None,
+            launches: 0,
+            notify: None,
+            stderr_path: None,
+            stdout_path: None,
+            started: None,
+            first_start_ticks: None,
+            owns_account: false,
+            _checkout_lock: None,
+            _guard: None,
+        }
+    }
+
+    /// Whether the current launch still runs (the launcher, or the server it became).
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.try_wait().is_none()
+    }
+
+    /// Every STATUS= text received during the current launch, in order.
+    pub fn statuses(&self) -> Vec<String> {
+        self.notifications
+            .iter()
+            .filter_map(|n| n.get("STATUS").map(str::to_string))
+            .collect()
+    }
+
+    /// Wait until a STATUS= text of the current launch contains `needle`; return it.
+    /// Fails the test when the launcher exits or `timeout` passes first.
+    pub fn wait_status(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.statuses().into_iter().find(|s| s.contains(needle)) {
+                return s;
+            }
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "the launcher exited ({status}) before STATUS {needle:?}; statuses: {:?}\n{}",
+                    self.statuses(),
+                    self.log_context()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no STATUS {needle:?} within {timeout:?}; statuses: {:?}\n{}",
+                    self.statuses(),
+                    self.log_context()
+                );
+            }
+            self.receive_notifications(Duration::from_millis(50));
         }
     }
 
@@ -856,6 +955,13 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         self.kill_launch();
+        if !self.owns_account {
+            self.notify = None;
+            if let Err(e) = fs::remove_dir_all(&self.dir) {
+                eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
+            }
+            return;
+        }
         // A safety net: nothing may keep running as the test's user (a later test may get
         // the same system uid).
         if self.user_exists() {
@@ -949,7 +1055,15 @@ fn copy_app(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn free_port() -> u16 {
+/// gunicorn on 127.0.0.1:`port` with one worker, as the server.command TOML array.
+fn server_command(port: u16) -> String {
+    format!(
+        "[{}, \"--bind\", \"127.0.0.1:{port}\", \"--workers\", \"1\", \"--no-control-socket\", \"bitpoll.wsgi:application\"]",
+        toml_str(GUNICORN)
+    )
+}
+
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }

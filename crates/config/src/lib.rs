@@ -60,10 +60,69 @@ pub enum Database {
     },
     Postgresql {
         name: String,
+        /// The role; libpq's default, and so the app's, is the service user's name.
         user: Option<String>,
+        /// A host name or address, or a directory holding the server's Unix socket (an
+        /// absolute path); default: the socket in /run/postgresql.
         host: Option<String>,
         port: Option<u16>,
+        /// TLS for TCP connections, as libpq's `sslmode`.
+        sslmode: SslMode,
+        /// The CA certificate(s) (PEM) that verify the server, for `verify-ca` and
+        /// `verify-full` (with `require`, a given file makes it `verify-ca`, as in libpq).
+        sslrootcert: Option<PathBuf>,
+        /// How long `run` waits for the server to accept connections.
+        wait_timeout: Duration,
     },
+}
+
+/// libpq's `sslmode` values the launcher supports (not `allow`: it only ever adds TLS
+/// after a refused plain connection, which nothing needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS when the server offers it, else plain; the certificate is not verified.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not verified (unless a root certificate
+    /// is configured).
+    Require,
+    /// TLS with a certificate signed by `sslrootcert`, any host name.
+    VerifyCa,
+    /// TLS with a certificate signed by `sslrootcert` for the configured host name.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const ALL: [SslMode; 5] = [
+        SslMode::Disable,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// The server's certificate must chain to `sslrootcert`.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +221,8 @@ pub const RESERVED_VARIABLES: &[&str] = &[
     "BITPOLL_DB_USER",
     "BITPOLL_DB_HOST",
     "BITPOLL_DB_PORT",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
     "NOTIFY_SOCKET",
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -237,6 +298,10 @@ pub const MAX_ENV_VALUE: usize = 32 * 1024;
 pub const MAX_ENV_TOTAL: usize = 256 * 1024;
 
 pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 300;
+/// How long `run` waits for PostgreSQL by default.
+pub const DEFAULT_DB_WAIT_TIMEOUT_SECS: u64 = 120;
+/// The longest configurable wait for PostgreSQL.
+pub const MAX_DB_WAIT_TIMEOUT_SECS: i64 = 3600;
 /// Backups of the SQLite database kept by default.
 pub const DEFAULT_BACKUPS: u32 = 3;
 
@@ -424,7 +489,27 @@ const SERVICE_KEYS: &[&str] = &[
     "data_dir",
 ];
 const APP_KEYS: &[&str] = &["python", "source_dir", "settings_module"];
-const DATABASE_KEYS: &[&str] = &["engine", "path", "name", "user", "host", "port"];
+const DATABASE_KEYS: &[&str] = &[
+    "engine",
+    "path",
+    "name",
+    "user",
+    "host",
+    "port",
+    "sslmode",
+    "sslrootcert",
+    "wait_timeout_sec",
+];
+/// The keys of [database] that only PostgreSQL has.
+const POSTGRESQL_KEYS: &[&str] = &[
+    "name",
+    "user",
+    "host",
+    "port",
+    "sslmode",
+    "sslrootcert",
+    "wait_timeout_sec",
+];
 const PREPARE_KEYS: &[&str] = &[
     "migrate",
     "collectstatic",
@@ -574,8 +659,8 @@ fn read_database(r: &mut Reader, t: Option<&Table>, service: Option<&Service>) -
         .unwrap_or_else(|| "sqlite".to_string());
     match engine.as_str() {
         "sqlite" => {
-            for key in ["name", "user", "host", "port"] {
-                if t.contains_key(key) {
+            for key in POSTGRESQL_KEYS {
+                if t.contains_key(*key) {
                     r.problem(
                         format!("database.{key}"),
                         "only applies to engine = \"postgresql\"",
@@ -611,11 +696,69 @@ fn read_database(r: &mut Reader, t: Option<&Table>, service: Option<&Service>) -
                 Some(None) => Some(None),
                 None => None,
             };
+            if host
+                .as_deref()
+                .is_some_and(|h| h.is_empty() || h.contains(['\0', ',']))
+            {
+                r.problem(
+                    "database.host",
+                    "is empty or holds several hosts",
+                    Some("give one host name, address, or the absolute path of the server's socket directory (e.g. \"/run/postgresql\")".into()),
+                );
+            }
+            let sslmode = match r.string(t, "database", "sslmode", false) {
+                None => Some(SslMode::default()),
+                Some(v) => match SslMode::ALL.into_iter().find(|m| m.as_str() == v) {
+                    Some(m) => Some(m),
+                    None => {
+                        let names: Vec<&str> = SslMode::ALL.iter().map(|m| m.as_str()).collect();
+                        let hint = suggest::did_you_mean(&v, &names)
+                            .unwrap_or_else(|| format!("use one of: {}", names.join(", ")));
+                        r.problem(
+                            "database.sslmode",
+                            format!("unknown sslmode {v:?}"),
+                            Some(hint),
+                        );
+                        None
+                    }
+                },
+            };
+            let sslrootcert = match r.string(t, "database", "sslrootcert", false) {
+                Some(p) => absolute_path(r, "database.sslrootcert", &p).map(Some),
+                None => Some(None),
+            };
+            if let (Some(mode), Some(None)) = (sslmode, &sslrootcert) {
+                if mode.verifies() {
+                    r.problem(
+                        "database.sslmode",
+                        format!("{mode} needs database.sslrootcert"),
+                        Some("set database.sslrootcert to the CA certificate (PEM) that signed the server's certificate, or use sslmode = \"require\"".into()),
+                    );
+                }
+            }
+            let wait_timeout = match r.integer(t, "database", "wait_timeout_sec") {
+                Some(Some(s)) if (0..=MAX_DB_WAIT_TIMEOUT_SECS).contains(&s) => {
+                    Some(Duration::from_secs(s as u64))
+                }
+                Some(Some(s)) => {
+                    r.problem(
+                        "database.wait_timeout_sec",
+                        format!("{s} is out of range"),
+                        Some(format!("use a number of seconds between 0 (one attempt) and {MAX_DB_WAIT_TIMEOUT_SECS}")),
+                    );
+                    None
+                }
+                Some(None) => Some(Duration::from_secs(DEFAULT_DB_WAIT_TIMEOUT_SECS)),
+                None => None,
+            };
             Some(Database::Postgresql {
                 name: name?,
                 user,
                 host,
                 port: port?,
+                sslmode: sslmode?,
+                sslrootcert: sslrootcert?,
+                wait_timeout: wait_timeout?,
             })
         }
         other => {

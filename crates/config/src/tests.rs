@@ -287,8 +287,58 @@ fn postgresql_config_is_read() {
             name: "bitpoll".into(),
             user: None,
             host: Some("/run/postgresql".into()),
-            port: Some(5432)
+            port: Some(5432),
+            sslmode: SslMode::Prefer,
+            sslrootcert: None,
+            wait_timeout: Duration::from_secs(120),
         }
+    );
+    let text = format!(
+        "{GOOD}\n[database]\nengine = \"postgresql\"\nname = \"b\"\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ssl/db-ca.pem\"\nwait_timeout_sec = 0\n"
+    );
+    match parse_str(&text).unwrap().database {
+        Database::Postgresql {
+            sslmode,
+            sslrootcert,
+            wait_timeout,
+            ..
+        } => {
+            assert_eq!(sslmode, SslMode::VerifyFull);
+            assert_eq!(sslrootcert, Some(PathBuf::from("/etc/ssl/db-ca.pem")));
+            assert_eq!(wait_timeout, Duration::ZERO);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn postgresql_connection_keys_are_validated() {
+    let text = format!(
+        "{GOOD}\n[database]\nengine = \"postgresql\"\nname = \"b\"\nhost = \"a,b\"\nsslmode = \"verify_full\"\nwait_timeout_sec = 4000\nsslrootcert = \"ca.pem\"\n"
+    );
+    let out = rendered(&text);
+    for want in [
+        "database.host: is empty or holds several hosts",
+        "database.sslmode: unknown sslmode \"verify_full\" (did you mean `verify-full`?)",
+        "database.wait_timeout_sec: 4000 is out of range",
+        "database.sslrootcert: \"ca.pem\" is not an absolute path",
+    ] {
+        assert!(out.contains(want), "{want}\n{out}");
+    }
+    let text = format!(
+        "{GOOD}\n[database]\nengine = \"postgresql\"\nname = \"b\"\nsslmode = \"verify-ca\"\n"
+    );
+    assert!(
+        rendered(&text).contains("database.sslmode: verify-ca needs database.sslrootcert"),
+        "{}",
+        rendered(&text)
+    );
+    let text = format!("{GOOD}\n[database]\nwait_timeout_sec = 5\nsslmode = \"require\"\n");
+    let out = rendered(&text);
+    assert!(
+        out.contains("database.wait_timeout_sec: only applies to engine = \"postgresql\"")
+            && out.contains("database.sslmode: only applies to engine = \"postgresql\""),
+        "{out}"
     );
 }
 

@@ -154,6 +154,9 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
             user,
             host,
             port,
+            sslmode,
+            sslrootcert,
+            ..
         } => {
             set("BITPOLL_DB_ENGINE", "postgresql".into());
             set("BITPOLL_DB_NAME", name.clone());
@@ -165,6 +168,12 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
             }
             if let Some(port) = port {
                 set("BITPOLL_DB_PORT", port.to_string());
+            }
+            // libpq's own variables: the app's driver honours them whatever its
+            // settings_local says, so the app and the launcher's connection agree.
+            set("PGSSLMODE", sslmode.as_str().into());
+            if let Some(ca) = sslrootcert {
+                set("PGSSLROOTCERT", ca.display().to_string());
             }
         }
     }
@@ -241,8 +250,11 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        launcher_config::parse_str(
-            r#"
+        launcher_config::parse_str(config_text()).unwrap()
+    }
+
+    fn config_text() -> &'static str {
+        r#"
 [service]
 user = "bitpoll"
 data_dir = "/var/lib/bitpoll"
@@ -256,9 +268,7 @@ BITPOLL_FIELD_ENCRYPTION_KEY = { file = "/run/keys/fek" }
 BITPOLL_ALLOWED_HOSTS = "polls.example.org"
 [server]
 command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
-"#,
-        )
-        .unwrap()
+"#
     }
 
     fn inherited() -> Vec<(String, String)> {
@@ -402,5 +412,34 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
         };
         let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).into_iter().collect();
         assert_eq!(env["PATH"], format!("/opt/venv/bin:{DEFAULT_PATH}"));
+    }
+
+    #[test]
+    fn postgresql_settings_reach_the_app_with_libpq_tls_variables() {
+        let cfg = launcher_config::parse_str(&format!(
+            "{}\n[database]\nengine = \"postgresql\"\nname = \"polls\"\nhost = \"db.internal\"\nport = 5433\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ssl/db-ca.pem\"\n",
+            config_text()
+        ))
+        .unwrap();
+        let inputs = Inputs {
+            config: &cfg,
+            secrets: &[],
+            inherited: &[],
+            user: "bitpoll",
+            home: Path::new("/var/lib/bitpoll"),
+            locale_paths: &[],
+        };
+        let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).into_iter().collect();
+        for (k, v) in [
+            ("BITPOLL_DB_ENGINE", "postgresql"),
+            ("BITPOLL_DB_NAME", "polls"),
+            ("BITPOLL_DB_HOST", "db.internal"),
+            ("BITPOLL_DB_PORT", "5433"),
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", "/etc/ssl/db-ca.pem"),
+        ] {
+            assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert!(!env.contains_key("BITPOLL_DB_PATH"));
     }
 }

@@ -253,10 +253,60 @@ pub struct SqliteFacts {
     pub applied: Result<BTreeSet<String>, String>,
 }
 
+/// The PostgreSQL database, as the launcher's own connection found it (the same role,
+/// server and database as the app's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresFacts {
+    /// "role R at HOST:PORT, database D", for messages.
+    pub server: String,
+    pub state: PostgresState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostgresState {
+    /// Not looked at from here (the text says why).
+    NotObserved(String),
+    /// No session: why, by kind, and the server's or the system's words (never the
+    /// password).
+    Failed {
+        failure: crate::postgres::Failure,
+        message: String,
+    },
+    Connected {
+        /// `server_version` as the server reports it.
+        version: String,
+        /// Tables in the database outside PostgreSQL's own schemas.
+        tables: u64,
+        /// The migrations `django_migrations` records as applied; an empty set when the
+        /// table does not exist (a new or emptied database); Err(why) when it could not
+        /// be read exactly.
+        applied: Result<BTreeSet<String>, String>,
+    },
+}
+
 /// The database, as far as the launcher can see it without starting Django.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DatabaseFacts {
     pub sqlite: Option<SqliteFacts>,
+    /// None when not observed at all (`manage`; `run` fills it after waiting for the
+    /// server).
+    pub postgresql: Option<PostgresFacts>,
+}
+
+impl DatabaseFacts {
+    /// The applied migrations of the configured database, as observed: None when the
+    /// database was not observed.
+    pub fn applied(&self) -> Option<Result<&BTreeSet<String>, String>> {
+        if let Some(db) = &self.sqlite {
+            return Some(db.applied.as_ref().map_err(Clone::clone));
+        }
+        let pg = self.postgresql.as_ref()?;
+        Some(match &pg.state {
+            PostgresState::Connected { applied, .. } => applied.as_ref().map_err(Clone::clone),
+            PostgresState::NotObserved(why) => Err(why.clone()),
+            PostgresState::Failed { message, .. } => Err(message.clone()),
+        })
+    }
 }
 
 /// The app source tree.

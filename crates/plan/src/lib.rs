@@ -10,6 +10,8 @@
 //! - [`secret`]: the rules a secret value must pass, and generation from given random bytes;
 //! - [`stamp`]: fingerprints of a preparation step's inputs and the run/skip decision;
 //! - [`layout`]: the data directory tree with its modes;
+//! - [`postgres`]: the PostgreSQL connection the app makes, the migration lock's key, the
+//!   wait's schedule;
 //! - [`protocol`]: the preparation driver's events, bounded line splitting, and which
 //!   steps the events prove finished.
 
@@ -19,6 +21,7 @@ pub mod finding;
 pub mod judge;
 pub mod keys;
 pub mod layout;
+pub mod postgres;
 pub mod protocol;
 pub mod secret;
 pub mod stamp;

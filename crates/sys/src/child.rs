@@ -1,6 +1,6 @@
 //! The preparation child's plumbing: a pipe whose write end the child alone inherits,
-//! under a fixed descriptor number, and the signals that stop the launcher while the child
-//! runs.
+//! under a fixed descriptor number, the child's death with the launcher, and the signals
+//! that stop the launcher.
 //!
 //! The pipe is created close-on-exec, so nothing the launcher starts inherits it by
 //! accident; the one child meant to write to it gets a copy placed at its number between
@@ -56,10 +56,34 @@ pub fn pass_fd_in_child(cmd: &mut Command, fd: OwnedFd, as_fd: RawFd) {
     unsafe { cmd.pre_exec(place) };
 }
 
+/// Have the child that `cmd` spawns killed (SIGKILL) when the launcher dies, even by
+/// SIGKILL: it must not go on migrating or writing the data directory once the locks that
+/// serialise those are gone with the launcher. Register it after the privilege drop
+/// (drop_in_child): the kernel clears the setting when the child's ids change.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    let arm = move || -> io::Result<()> {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // The launcher may have died between fork and prctl: then no signal comes.
+        // SAFETY: getppid has no arguments and cannot fail.
+        if unsafe { libc::getppid() } != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec and is async-signal-safe:
+    // prctl and getppid, no allocation (io::Error from an errno value is stored inline).
+    unsafe { cmd.pre_exec(arm) };
+}
+
 /// The signals that ask the launcher to stop: SIGTERM (`systemctl stop`), SIGINT
-/// (Ctrl-C), SIGHUP (the controlling terminal went away) and SIGQUIT (Ctrl-\). While the
-/// preparation child runs the launcher catches them and stops the child first; otherwise
-/// their default action ends the launcher.
+/// (Ctrl-C), SIGHUP (the controlling terminal went away) and SIGQUIT (Ctrl-\). `run`
+/// catches them from its start until just before the exec (also as a container's PID 1,
+/// which the kernel would otherwise not let them reach), stops what runs (the preparation
+/// child, a wait), and ends with the signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StopSignal {
     Term,

@@ -57,20 +57,27 @@ pub fn exec(argv: &[String], env: &[(String, String)]) -> ExecError {
     }
 }
 
+/// argv and the environment as C strings for execve; None when one holds a NUL byte.
+pub(crate) fn c_strings(
+    argv: &[String],
+    env: &[(String, String)],
+) -> Option<(Vec<CString>, Vec<CString>)> {
+    let cargs = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).ok())
+        .collect::<Option<Vec<_>>>()?;
+    let cenv = env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some((cargs, cenv))
+}
+
 fn exec_inner(
     argv: &[String],
     env: &[(String, String)],
 ) -> Result<std::convert::Infallible, ExecError> {
-    let cargs: Vec<CString> = argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| ExecError::Nul)?;
-    let cenv: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| CString::new(format!("{k}={v}")))
-        .collect::<Result<_, _>>()
-        .map_err(|_| ExecError::Nul)?;
+    let (cargs, cenv) = c_strings(argv, env).ok_or(ExecError::Nul)?;
     let keep = pass_listen_fds(env)?;
     crate::fds::close_at_exec(keep).map_err(ExecError::CloseFds)?;
     nix::unistd::execve(&cargs[0], &cargs, &cenv).map_err(|source| ExecError::Exec {

@@ -318,6 +318,46 @@ pub fn identity_at(dir: BorrowedFd<'_>, name: &str) -> Option<String> {
     Some(format!("{}:{}", st.st_dev, st.st_ino))
 }
 
+/// Open (or create, `0600`, owned by `owner` when given) the lock file `dir/name` for
+/// reading and writing, without following a link. Whoever may write the directory (the
+/// service user) could put anything there: only a regular file with one name is used.
+pub fn open_lock_file(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    name: &str,
+    owner: Option<(Uid, Gid)>,
+) -> Result<std::fs::File, WriteError> {
+    let path = dir_path.join(name);
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDWR
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY
+            | OFlag::O_NONBLOCK,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(io("open", &path))?;
+    let st = fstat(&fd).map_err(io("inspect", &path))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || st.st_nlink != 1 {
+        return Err(WriteError::Io {
+            op: "use",
+            path,
+            source: std::io::Error::other(
+                "not a regular file with one name; remove it, the launcher creates it again",
+            ),
+        });
+    }
+    if let Some((uid, gid)) = owner {
+        if st.st_uid != uid.as_raw() || st.st_gid != gid.as_raw() {
+            fchown(&fd, Some(uid), Some(gid)).map_err(io("chown", &path))?;
+        }
+    }
+    Ok(std::fs::File::from(fd))
+}
+
 /// Remove all but the newest `keep` of the regular files in `dir` whose names `matches`
 /// (names that sort by age). Links and other files are left alone. Returns the names
 /// removed.

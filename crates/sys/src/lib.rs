@@ -13,6 +13,7 @@ pub mod child;
 pub mod exec;
 pub mod fds;
 pub mod files;
+pub mod net;
 pub mod privs;
 pub mod pty;
 pub mod tree;
@@ -30,6 +31,65 @@ pub fn is_root() -> bool {
 pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// This machine's host name, for the name the launcher gives itself in PostgreSQL and
+/// in lock files ("?" when it cannot be read).
+pub fn hostname() -> String {
+    // The UTS namespace's name, as uname(2) reports it.
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Reap every child of this process that has exited, except `keep` (a child whose
+/// status its owner collects itself). Only PID 1 (a container's init) needs this: the
+/// kernel makes it the parent of every orphaned process in its PID namespace, and an
+/// unreaped one stays a zombie. Children are found in /proc (each /proc/N/stat whose
+/// parent is this process and whose state is Z), so no status is taken from a child
+/// someone else waits for. Returns the PIDs reaped.
+pub fn reap_zombies(keep: &[u32]) -> Vec<i32> {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut reaped = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if keep.contains(&(pid as u32)) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (
+            fields.next(),
+            fields.next().and_then(|p| p.parse::<i32>().ok()),
+        );
+        if state == Some("Z") && ppid == Some(me) {
+            if let Ok(status) = waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
+            {
+                if status.pid().is_some() {
+                    reaped.push(pid);
+                }
+            }
+        }
+    }
+    reaped
 }
 
 /// Number of threads of this process, from /proc/self/status.

@@ -117,16 +117,7 @@ pub fn run(
     target: &Target,
 ) -> Result<i32, PtyError> {
     use std::os::unix::ffi::OsStrExt;
-    let cargs: Vec<CString> = argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| PtyError::Nul)?;
-    let cenv: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| CString::new(format!("{k}={v}")))
-        .collect::<Result<_, _>>()
-        .map_err(|_| PtyError::Nul)?;
+    let (cargs, cenv) = crate::exec::c_strings(argv, env).ok_or(PtyError::Nul)?;
     let ccwd = CString::new(cwd.as_os_str().as_bytes()).map_err(|_| PtyError::Nul)?;
     let mut argp: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     argp.push(std::ptr::null());

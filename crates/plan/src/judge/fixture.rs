@@ -30,6 +30,32 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
     .unwrap()
 }
 
+/// [`config`] with PostgreSQL on `host` instead of SQLite.
+pub fn postgresql_config(host: &str) -> Config {
+    let mut cfg = config("");
+    let text = format!(
+        "[service]\nuser = \"bitpoll\"\ndata_dir = \"/var/lib/bitpoll\"\n[app]\npython = \"/opt/venv/bin/python\"\nsource_dir = \"/opt/src\"\n[database]\nengine = \"postgresql\"\nname = \"bitpoll\"\nhost = \"{host}\"\n[secrets]\nBITPOLL_SECRET_KEY = {{ generate = \"django-secret-key\" }}\nBITPOLL_FIELD_ENCRYPTION_KEY = {{ generate = \"fernet-key\" }}\n[server]\ncommand = [\"/opt/venv/bin/gunicorn\", \"bitpoll.wsgi:application\"]\n"
+    );
+    cfg.database = launcher_config::parse_str(&text).unwrap().database;
+    cfg
+}
+
+/// [`facts`] for [`postgresql_config`]: no SQLite file, a reachable server whose
+/// `django_migrations` holds `applied`.
+pub fn postgresql_facts(applied: &[&str]) -> Facts {
+    let mut facts = facts();
+    facts.database.sqlite = None;
+    facts.database.postgresql = Some(PostgresFacts {
+        server: "role bitpoll at db:5432, database bitpoll".into(),
+        state: PostgresState::Connected {
+            version: "15.18".into(),
+            tables: if applied.is_empty() { 0 } else { 12 },
+            applied: Ok(applied.iter().map(|m| m.to_string()).collect()),
+        },
+    });
+    facts
+}
+
 pub fn env() -> Vec<(String, String)> {
     vec![
         ("BITPOLL_DATA_DIR".into(), "/var/lib/bitpoll".into()),
@@ -118,6 +144,7 @@ pub fn facts() -> Facts {
                 links: 1,
                 applied: Ok(BTreeSet::from(["poll.0001_initial".to_string()])),
             }),
+            postgresql: None,
         },
         source: Ok(SourceFacts {
             manage_py: true,

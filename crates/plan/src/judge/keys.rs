@@ -32,7 +32,18 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                 format!("a key that encrypted the data (recorded {when})"),
             ));
         } else {
-            let fix = "restore the key the data was encrypted with; to change keys, rotate: configure \"NEW,OLD\" (the new key first, comma-separated), start, re-save the encrypted rows, then drop OLD";
+            let generated = matches!(
+                cfg.secrets.get(FIELD_KEY),
+                Some(launcher_config::SecretSource::Generate(_))
+            );
+            let fix = format!(
+                "restore the key the data was encrypted with; to change keys, rotate: {}configure \"NEW,OLD\" (the new key first, comma-separated), start, re-save the encrypted rows, then drop OLD",
+                if generated {
+                    "copy the generated key to a root-owned file, make it the source (`{ file = ... }`), "
+                } else {
+                    ""
+                }
+            );
             match super::existing_data(cfg, facts) {
                 Some(evidence) => out.push(Finding::error(
                     Group::Secrets,
@@ -40,7 +51,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                     format!(
                         "none of its keys is the one that encrypted the existing data (recorded {when}; {evidence}): the app would show ciphertext and a later save could store garbage"
                     ),
-                    fix,
+                    &fix,
                 )),
                 None => out.push(Finding::info(
                     Group::Secrets,

@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod data_dir;
+pub mod database;
 pub mod keys;
 pub mod prepare;
 pub mod programs;
@@ -15,7 +16,7 @@ pub mod secrets;
 use launcher_config::{Config, Database};
 
 use crate::Step;
-use crate::facts::{Facts, FileKind};
+use crate::facts::{Facts, FileKind, PostgresState};
 use crate::finding::Finding;
 
 /// The judgement of a deployment before anything is changed: every finding in the order
@@ -34,8 +35,10 @@ pub fn deployment(cfg: &Config, facts: &Facts) -> Deployment {
     findings.extend(account_findings);
     findings.extend(data_dir::judge(cfg, facts));
     findings.extend(prepare::database(cfg, facts));
+    findings.extend(database::postgresql(cfg, facts));
     let secrets = secrets::judge(cfg, facts);
     findings.extend(secrets.iter().map(|v| v.finding.clone()));
+    findings.extend(secrets::shared_by_instances(cfg));
     findings.extend(keys::judge(cfg, facts));
     Deployment {
         findings,
@@ -52,6 +55,26 @@ pub fn existing_data(cfg: &Config, facts: &Facts) -> Option<String> {
             "state/{} records an earlier migration",
             crate::layout::stamp_file_name(Step::Migrate)
         ));
+    }
+    if let (Database::Postgresql { .. }, Some(pg)) = (&cfg.database, &facts.database.postgresql) {
+        // Data present = tables with rows: `django_migrations` is the table every
+        // migrated database fills; other tables count too (restored or created by hand)
+        // whether or not they hold rows, since that is not cheap to tell.
+        if let PostgresState::Connected {
+            tables, applied, ..
+        } = &pg.state
+        {
+            let applied = applied.as_ref().map_or(0, |a| a.len());
+            return match (applied, tables) {
+                (0, 0) => None,
+                (0, t) => Some(format!("{} holds {t} table(s)", pg.server)),
+                (a, _) => Some(format!(
+                    "{} holds {a} applied migration(s) in django_migrations",
+                    pg.server
+                )),
+            };
+        }
+        return None;
     }
     match (&cfg.database, &facts.database.sqlite) {
         (Database::Sqlite { .. }, Some(db)) => {

@@ -97,7 +97,7 @@ pub fn judge(cfg: &Config, facts: &Facts, inputs: &Inputs<'_>) -> Vec<Planned> {
             let decision = match stamp::decide(step, stored, &fingerprint, witness, inputs.force) {
                 stamp::Decision::Run(reason) => Decision::Run(reason),
                 stamp::Decision::Skip(stamp) => match step {
-                    Step::Migrate => migrate_truth(cfg, facts, &stamp),
+                    Step::Migrate => migrate_truth(facts, &stamp),
                     _ => Decision::Skip {
                         finished: stamp.finished,
                     },
@@ -121,36 +121,28 @@ pub fn judge(cfg: &Config, facts: &Facts, inputs: &Inputs<'_>) -> Vec<Planned> {
         .collect()
 }
 
-/// The stamp says nothing changed; the database decides.
-fn migrate_truth(cfg: &Config, facts: &Facts, stamp: &stamp::Stamp) -> Decision {
-    let skip = Decision::Skip {
-        finished: stamp.finished,
+/// The stamp says nothing changed; the database decides, SQLite and PostgreSQL alike:
+/// its own `django_migrations` must hold every migration the last migrate applied.
+fn migrate_truth(facts: &Facts, stamp: &stamp::Stamp) -> Decision {
+    let Some(recorded) = &stamp.migrations else {
+        return Decision::Run(Reason::OldStamp);
     };
-    match &cfg.database {
-        Database::Sqlite { .. } => {
-            let Some(recorded) = &stamp.migrations else {
-                return Decision::Run(Reason::OldStamp);
-            };
-            let Some(db) = &facts.database.sqlite else {
-                return Decision::Run(Reason::DatabaseUnknown("not observed".into()));
-            };
-            match &db.applied {
-                Err(why) => Decision::Run(Reason::DatabaseUnknown(why.clone())),
-                Ok(applied) => {
-                    let missing = behind(recorded, applied);
-                    if missing.is_empty() {
-                        skip
-                    } else {
-                        Decision::Run(Reason::DatabaseBehind {
-                            count: missing.len(),
-                            missing,
-                        })
-                    }
+    match facts.database.applied() {
+        None => Decision::Run(Reason::DatabaseUnknown("not observed".into())),
+        Some(Err(why)) => Decision::Run(Reason::DatabaseUnknown(why)),
+        Some(Ok(applied)) => {
+            let missing = behind(recorded, applied);
+            if missing.is_empty() {
+                Decision::Skip {
+                    finished: stamp.finished,
                 }
+            } else {
+                Decision::Run(Reason::DatabaseBehind {
+                    count: missing.len(),
+                    missing,
+                })
             }
         }
-        // Read by the launcher only for SQLite so far: the stamp decides.
-        Database::Postgresql { .. } => skip,
     }
 }
 
@@ -225,11 +217,27 @@ impl Backup {
 
 /// Whether and where to back up the database before the migrate of `planned`.
 pub fn backup(cfg: &Config, facts: &Facts, planned: &[Planned], now: u64) -> Backup {
-    let migrates = planned.iter().any(|p| p.step == Step::Migrate && p.runs());
+    let migrate = planned.iter().find(|p| p.step == Step::Migrate && p.runs());
     let (Database::Sqlite { .. }, Some(db)) = (&cfg.database, &facts.database.sqlite) else {
         return Backup::None;
     };
-    if !migrates || cfg.prepare.backups == 0 || db.kind != FileKind::Regular || db.size == 0 {
+    if migrate.is_none() || cfg.prepare.backups == 0 || db.kind != FileKind::Regular || db.size == 0
+    {
+        return Backup::None;
+    }
+    // Forced with nothing new on disk and a database holding all of it: nothing to apply.
+    let forced_without_work = migrate.is_some_and(|p| p.decision == Decision::Run(Reason::Forced))
+        && facts
+            .stamps
+            .get(&Step::Migrate)
+            .and_then(|t| stamp::Stamp::parse(t))
+            .filter(|s| {
+                s.fingerprint.digest == migrate.map_or("", |p| p.fingerprint.digest.as_str())
+            })
+            .and_then(|s| s.migrations)
+            .zip(db.applied.as_ref().ok())
+            .is_some_and(|(recorded, applied)| behind(&recorded, applied).is_empty());
+    if forced_without_work {
         return Backup::None;
     }
     let need = db.size + db.size / 10 + (16 << 20);
@@ -326,7 +334,7 @@ pub fn catalogs(cfg: &Config, facts: &Facts) -> Option<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::SqliteFacts;
+    use crate::facts::{PostgresState, SqliteFacts};
     use crate::judge::fixture;
 
     fn planned(cfg: &Config, facts: &Facts) -> Vec<Planned> {
@@ -401,6 +409,52 @@ mod tests {
     }
 
     #[test]
+    fn postgresql_decides_migrate_by_its_django_migrations_like_sqlite() {
+        let cfg = fixture::postgresql_config("db");
+        let applied = ["poll.0001_initial", "poll.0002_more"];
+        let mut facts = fixture::postgresql_facts(&applied);
+        let stamped = after_success(&cfg, &applied);
+        facts.stamps = stamped.stamps;
+        facts.witnesses = stamped.witnesses;
+        let p = planned(&cfg, &facts);
+        assert!(
+            matches!(decision(&p, Step::Migrate), Decision::Skip { .. }),
+            "{p:?}"
+        );
+        // DROP SCHEMA public CASCADE; CREATE SCHEMA public: no django_migrations at all.
+        let pg = facts.database.postgresql.as_mut().unwrap();
+        pg.state = PostgresState::Connected {
+            version: "15.18".into(),
+            tables: 0,
+            applied: Ok(BTreeSet::new()),
+        };
+        let p = planned(&cfg, &facts);
+        assert!(
+            matches!(
+                decision(&p, Step::Migrate),
+                Decision::Run(Reason::DatabaseBehind { count: 2, .. })
+            ),
+            "{p:?}"
+        );
+        // Not read (check could not connect): cannot tell, so it runs.
+        facts.database.postgresql.as_mut().unwrap().state = PostgresState::Failed {
+            failure: crate::postgres::Failure::Unreachable,
+            message: "connection refused".into(),
+        };
+        let p = planned(&cfg, &facts);
+        assert!(matches!(
+            decision(&p, Step::Migrate),
+            Decision::Run(Reason::DatabaseUnknown(_))
+        ));
+        facts.database.postgresql = None;
+        let p = planned(&cfg, &facts);
+        assert!(matches!(
+            decision(&p, Step::Migrate),
+            Decision::Run(Reason::DatabaseUnknown(_))
+        ));
+    }
+
+    #[test]
     fn catalogs_compiled_in_the_source_need_no_work_and_no_target() {
         let cfg = fixture::config("");
         let mut facts = fixture::facts();
@@ -446,6 +500,16 @@ mod tests {
         let mut full = fixture::facts();
         full.tree.free_bytes = Some(("/var/lib".into(), 1 << 20));
         assert!(matches!(backup(&cfg, &full, &p, 1), Backup::NoRoom { .. }));
+        // Forced, but nothing new on disk and the database holds it all: no backup.
+        let forced = judge(
+            &cfg,
+            &warm,
+            &Inputs {
+                env: &fixture::env(),
+                force: true,
+            },
+        );
+        assert_eq!(backup(&cfg, &warm, &forced, 1), Backup::None);
         // Turned off.
         let mut off = cfg.clone();
         off.prepare.backups = 0;

@@ -1,7 +1,7 @@
 //! Secrets: use what was read, generate what is missing once, and never generate a key
 //! that would orphan data encrypted with another one.
 
-use launcher_config::{Config, GenerateKind, SecretSource};
+use launcher_config::{Config, Database, GenerateKind, SecretSource};
 
 use crate::facts::{DirState, Facts, Observer, SecretFailure, SecretState, View};
 use crate::finding::{Finding, Group};
@@ -91,6 +91,30 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Verdict> {
                 action,
                 finding,
             }
+        })
+        .collect()
+}
+
+/// With PostgreSQL, instances behind one load balancer share one database: each must use
+/// the same SECRET_KEY (sessions and CSRF tokens made by one are checked by another) and
+/// the same FIELD_ENCRYPTION_KEY (data encrypted by one is read by all). A key generated
+/// per instance is that instance's alone, so it is worth a warning.
+pub fn shared_by_instances(cfg: &Config) -> Vec<Finding> {
+    if !matches!(cfg.database, Database::Postgresql { .. }) {
+        return Vec::new();
+    }
+    cfg.secrets
+        .iter()
+        .filter_map(|(name, source)| match source {
+            SecretSource::Generate(kind) => Some(Finding::warning(
+                Group::Secrets,
+                format!("{name} (generate {kind})"),
+                "is generated and kept by this instance alone; with PostgreSQL, every instance that serves the same database must use the same value",
+                format!(
+                    "generate it once and give it to every instance: `{name} = {{ file = \"/run/keys/{name}\" }}` or a systemd credential (a single instance may keep generate)"
+                ),
+            )),
+            _ => None,
         })
         .collect()
 }
@@ -207,6 +231,59 @@ mod tests {
         let f = verdict(&v, "BITPOLL_FIELD_ENCRYPTION_KEY");
         assert!(f.finding.is_error());
         assert!(f.finding.message.contains("db.sqlite3 exists, 4096 bytes"));
+    }
+
+    #[test]
+    fn a_fernet_key_is_never_generated_over_postgresql_data() {
+        let cfg = fixture::postgresql_config("db");
+        let mut facts = fixture::postgresql_facts(&["poll.0001_initial"]);
+        fernet_not_generated(&mut facts);
+        let v = judge(&cfg, &facts);
+        let f = verdict(&v, "BITPOLL_FIELD_ENCRYPTION_KEY");
+        assert_eq!(f.action, Action::Unavailable);
+        assert!(
+            f.finding
+                .message
+                .contains("role bitpoll at db:5432, database bitpoll holds 1 applied migration(s)"),
+            "{}",
+            f.finding
+        );
+        // Tables without django_migrations rows (restored by hand) count as data too.
+        let mut facts = fixture::postgresql_facts(&[]);
+        fernet_not_generated(&mut facts);
+        if let Some(pg) = facts.database.postgresql.as_mut() {
+            pg.state = crate::facts::PostgresState::Connected {
+                version: "15".into(),
+                tables: 3,
+                applied: Ok(Default::default()),
+            };
+        }
+        let v = judge(&cfg, &facts);
+        assert!(
+            verdict(&v, "BITPOLL_FIELD_ENCRYPTION_KEY")
+                .finding
+                .is_error()
+        );
+        // An empty database: generated.
+        let mut facts = fixture::postgresql_facts(&[]);
+        fernet_not_generated(&mut facts);
+        let v = judge(&cfg, &facts);
+        assert_eq!(
+            verdict(&v, "BITPOLL_FIELD_ENCRYPTION_KEY").action,
+            Action::Generate(GenerateKind::FernetKey)
+        );
+    }
+
+    #[test]
+    fn generated_keys_with_postgresql_are_a_warning_because_instances_must_share_them() {
+        let f = shared_by_instances(&fixture::postgresql_config("db"));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(
+            f.iter()
+                .all(|f| f.severity == crate::finding::Severity::Warning)
+        );
+        assert!(f[0].message.contains("every instance"), "{}", f[0]);
+        assert!(shared_by_instances(&fixture::config("")).is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 # given a RunPython operation that lets tests make `migrate` slow on purpose.
 
 import os
+import subprocess
 import sys
 import time
 
@@ -28,7 +29,10 @@ def demo_delay(apps, schema_editor):
     DEMO_MIGRATION_DELAY=N: print "demo migration: step i of N" once per second for
     N seconds (visible progress). DEMO_MIGRATION_HANG=N: then sleep N seconds
     printing nothing (a stall). DEMO_REPORT_FDS=1: print the open descriptors of the
-    process and what they are.
+    process and what they are. DEMO_MIGRATION_ORPHANS=A,B,...: leave one orphaned
+    ``sleep`` per number (a shell starts it in the background and exits), which ends
+    after that many seconds; the kernel hands orphans to the PID namespace's init, which
+    must reap them.
     """
     if os.environ.get("DEMO_REPORT_FDS"):
         fds = []
@@ -38,6 +42,12 @@ def demo_delay(apps, schema_editor):
             except OSError:
                 pass
         print("demo migration: open fds: %s" % " ".join(fds), flush=True)
+    for raw in os.environ.get("DEMO_MIGRATION_ORPHANS", "").split(","):
+        if raw.strip().isdigit():
+            subprocess.run(
+                ["/bin/sh", "-c", "sleep %d </dev/null >/dev/null 2>&1 &" % int(raw)],
+                check=True,
+            )
     steps = _seconds("DEMO_MIGRATION_DELAY")
     if steps:
         for i in range(1, steps + 1):
