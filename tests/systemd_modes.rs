@@ -1,6 +1,7 @@
 //! The unit's modes under a real systemd (PID 1 of a throw-away systemd-nspawn container,
 //! as in tests/systemd.rs): the unprivileged unit, socket activation across restarts,
-//! readiness from gunicorn's first worker, and the restart backoff of the [unit] table.
+//! readiness from gunicorn's first worker, the restart backoff of the [unit] table, and
+//! the privileged unit's three capabilities (a root-owned leftover it cannot repair).
 //! Each test installs the demo app with the units `bitpoll-launcher unit` prints for its
 //! mode (see container/bitpoll.rs). They need root and systemd-nspawn; elsewhere each
 //! prints a SKIP line and passes, unless BITPOLL_REQUIRE_SYSTEMD_TESTS=1.
