@@ -144,15 +144,22 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
             Purpose::Prepare,
         )
     });
-    for p in judge::prepare::judge(
+    let planned = judge::prepare::judge(
         cfg,
         &facts,
         &judge::prepare::Inputs {
             env: &env_for_plan,
             force: false,
         },
-    ) {
+    );
+    for p in &planned {
         r.push(p.finding());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Some(f) = judge::prepare::backup(cfg, &facts, &planned, now).finding() {
+        r.push(f);
     }
 
     let probe = probe(cfg, &facts, account.as_ref(), viewer, app_env, &values, r);
