@@ -127,9 +127,9 @@ fn four_launchers_at_once_on_an_empty_database_migrate_it_once_and_all_serve() {
     for o in &mut others {
         o.launch();
     }
-    a.wait_ready(READY);
-    for o in &mut others {
-        o.wait_ready(READY);
+    {
+        let mut all: Vec<&mut TestEnv> = std::iter::once(&mut a).chain(others.iter_mut()).collect();
+        TestEnv::wait_all_ready(&mut all, READY);
     }
     let all: Vec<&TestEnv> = std::iter::once(&a).chain(others.iter()).collect();
     for env in &all {

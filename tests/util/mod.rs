@@ -648,6 +648,30 @@ impl TestEnv {
         }
     }
 
+    /// Wait until every one of `envs` reported READY=1, reading all their notify sockets
+    /// meanwhile (a socket nobody reads fills up, and its launcher's reports are dropped).
+    pub fn wait_all_ready(envs: &mut [&mut TestEnv], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut all = true;
+            for e in envs.iter_mut() {
+                e.receive_notifications(Duration::from_millis(20));
+                let ready = e
+                    .notifications
+                    .iter()
+                    .any(|n| n.text.lines().any(|l| l == "READY=1"));
+                if !ready && (e.try_wait().is_some() || Instant::now() >= deadline) {
+                    // Fails with the launcher's log.
+                    e.wait_ready(Duration::ZERO);
+                }
+                all &= ready;
+            }
+            if all {
+                return;
+            }
+        }
+    }
+
     /// The launcher's exit status if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child
