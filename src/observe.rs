@@ -177,19 +177,7 @@ fn preparation(
     data_dir: Option<BorrowedFd<'_>>,
     state: Option<BorrowedFd<'_>>,
 ) -> Preparation {
-    let stamps = state
-        .map(|state| {
-            Step::ALL
-                .into_iter()
-                .filter_map(|s| {
-                    Some((
-                        s,
-                        launcher_sys::files::read_state(state, &stamp_file_name(s))?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let stamps = state.map(stamps).unwrap_or_default();
     let source = SourceTree::of(cfg);
     let witnesses = Step::ALL
         .into_iter()
@@ -202,16 +190,34 @@ fn preparation(
     )
 }
 
-/// Look again at what preparation is decided on (stamps, outputs, source, an SQLite
-/// database), now through the data directory tree `run` holds: another launcher may have
-/// prepared while this one waited for a lock. PostgreSQL is re-read by the caller on its
+/// Every step's stamp in the state directory.
+fn stamps(state: BorrowedFd<'_>) -> BTreeMap<Step, String> {
+    Step::ALL
+        .into_iter()
+        .filter_map(|s| {
+            Some((
+                s,
+                launcher_sys::files::read_state(state, &stamp_file_name(s))?,
+            ))
+        })
+        .collect()
+}
+
+/// Look again at what preparation is decided on (stamps, outputs, the compiled catalogs,
+/// an SQLite database), now through the data directory tree `run` holds: another launcher
+/// may have prepared while this one waited for a lock. The app source is not walked again
+/// (nothing a launcher does changes it). PostgreSQL is re-read by the caller on its
 /// session.
 pub fn refresh_preparation(cfg: &Config, tree: &DataTree, facts: &mut Facts) {
-    let (stamps, witnesses, source) =
-        preparation(cfg, Some(tree.dir("")), Some(tree.dir(STATE_DIR)));
-    facts.stamps = stamps;
-    facts.witnesses = witnesses;
-    facts.source = source;
+    facts.stamps = stamps(tree.dir(STATE_DIR));
+    let source = facts.source.as_ref().ok().map(SourceTree::recounted);
+    facts.witnesses = Step::ALL
+        .into_iter()
+        .map(|s| (s, witness(cfg, Some(tree.dir("")), s, source.as_ref())))
+        .collect();
+    if let Some(source) = source {
+        facts.source = Ok(source.facts);
+    }
     facts.database.sqlite = database(cfg).sqlite;
 }
 
@@ -705,6 +711,28 @@ mod libc_flags {
         nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOFOLLOW.bits();
 }
 
+/// How many catalogs have a compiled form in the data directory at least as new as their
+/// .po (the targets as [`scan`] recorded them).
+fn fresh_in_data_dir(targets: &[(PathBuf, i64)]) -> usize {
+    targets
+        .iter()
+        .filter(|(mo, po_mtime)| {
+            std::fs::symlink_metadata(mo).is_ok_and(|m| m.is_file() && m.mtime() >= *po_mtime)
+        })
+        .count()
+}
+
+impl SourceTree {
+    /// The same source, with the data directory's compiled catalogs counted again (after
+    /// another launcher or the step itself may have written them); the source is not
+    /// walked again.
+    pub fn recounted(facts: &SourceFacts) -> SourceTree {
+        let mut facts = facts.clone();
+        facts.fresh_in_data_dir = fresh_in_data_dir(&facts.catalog_targets);
+        SourceTree { facts }
+    }
+}
+
 /// SHA-256 of a file's content (hex).
 fn content_digest(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
@@ -734,7 +762,7 @@ fn scan(cfg: &Config, root: &Path, outputs: &[PathBuf]) -> std::io::Result<Sourc
     let mut entries = Vec::new();
     let mut po_files = 0;
     let mut fresh_mo_files = 0;
-    let mut fresh_in_data_dir = 0;
+    let mut catalog_targets = Vec::new();
     let mut locale_dirs: Vec<PathBuf> = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -776,9 +804,7 @@ fn scan(cfg: &Config, root: &Path, outputs: &[PathBuf]) -> std::io::Result<Sourc
                     let target = layout::catalog_target(cfg, rel)
                         .join(below)
                         .with_extension("mo");
-                    if fresh(&target) {
-                        fresh_in_data_dir += 1;
-                    }
+                    catalog_targets.push((target, meta.mtime()));
                 }
             }
             let rel = path
@@ -824,6 +850,7 @@ fn scan(cfg: &Config, root: &Path, outputs: &[PathBuf]) -> std::io::Result<Sourc
             locale_dirs.sort();
             locale_dirs
         },
-        fresh_in_data_dir,
+        fresh_in_data_dir: fresh_in_data_dir(&catalog_targets),
+        catalog_targets,
     })
 }

@@ -66,6 +66,9 @@ pub struct Context<'a> {
     /// The directory of versioned static trees (launcher_plan::layout::StaticLayout),
     /// when the static files are collected there.
     pub static_dir: Option<std::path::PathBuf>,
+    /// The app source as observed: the catalogs' stamp counts their compiled forms again
+    /// after the step, without walking the source.
+    pub source: Option<&'a launcher_plan::facts::SourceFacts>,
     /// The identity the driver runs as.
     pub target: Target,
 }
@@ -514,7 +517,7 @@ impl<'c, 'a> Events<'c, 'a> {
         // The witness is taken after the step: it describes the output this run produced.
         // Only the catalogs' witness needs a fresh look at the source tree.
         let source = match step {
-            Step::Compilemessages => Some(SourceTree::of(self.ctx.cfg)?),
+            Step::Compilemessages => self.ctx.source.map(SourceTree::recounted),
             _ => None,
         };
         let stamp = Stamp {

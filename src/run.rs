@@ -112,8 +112,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         .into_iter()
         .collect();
     // Everything but what the database holds first: a refusal needs no server.
+    let mut judged = judge::deployment(&cfg, &facts);
     let mut findings = identity.clone();
-    findings.extend(judge::deployment(&cfg, &facts).findings);
+    findings.extend(judged.findings.iter().cloned());
     if let Some(text) = refusal(&findings) {
         return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
     }
@@ -145,12 +146,14 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
             Some(session)
         }
     };
-    // Now with what the database holds (a Fernet key is never generated over data).
-    let judged = judge::deployment(&cfg, &facts);
-    let mut findings = identity;
-    findings.extend(judged.findings.iter().cloned());
-    if let Some(text) = refusal(&findings) {
-        return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
+    // Again with what PostgreSQL holds (a Fernet key is never generated over data).
+    if session.is_some() {
+        judged = judge::deployment(&cfg, &facts);
+        findings = identity;
+        findings.extend(judged.findings.iter().cloned());
+        if let Some(text) = refusal(&findings) {
+            return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
+        }
     }
     // What run itself will create or repair is logged when it does; warnings now.
     for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
@@ -300,6 +303,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
             launcher_plan::layout::StaticLayout::Versioned { dir } => Some(dir),
             launcher_plan::layout::StaticLayout::Fixed(_) => None,
         },
+        source: facts.source.as_ref().ok(),
         target: target.clone(),
     };
     let outcome =

@@ -322,9 +322,12 @@ pub struct SourceFacts {
     /// The translation base directories (`<base>/<lang>/LC_MESSAGES/*.po`), relative to
     /// the source directory, sorted.
     pub locale_dirs: Vec<PathBuf>,
-    /// Catalogs compiled into the data directory (see [`crate::layout::catalog_targets`])
+    /// Catalogs compiled into the data directory (see [`crate::layout::catalog_target`])
     /// that exist and are at least as new as their .po.
     pub fresh_in_data_dir: usize,
+    /// Each catalog's compiled form in the data directory and the .po's mtime, so the
+    /// count above can be taken again without walking the source.
+    pub catalog_targets: Vec<(PathBuf, i64)>,
 }
 
 /// What systemd handed the launcher.

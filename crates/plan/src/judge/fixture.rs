@@ -153,6 +153,7 @@ pub fn facts() -> Facts {
             fresh_mo_files: 0,
             locale_dirs: vec!["locale".into()],
             fresh_in_data_dir: 0,
+            catalog_targets: Vec::new(),
         }),
         python_identity: "/opt/venv/bin/python 1:2".into(),
         stamps: BTreeMap::new(),
