@@ -8,7 +8,7 @@
 //! group and the directory, also when an assertion failed.
 //!
 //! Tests are serialized by a lock taken in [`TestEnv::new`] (a Mutex for this binary's
-//! threads, and an flock on the checkout for other runs of it): the launcher creates users
+//! threads, and an flock in /run/lock for every other run on the machine): the launcher creates users
 //! with useradd, concurrent useradd calls fail on the /etc/passwd lock, and system uids are
 //! handed out again as soon as a test's user is removed.
 
@@ -289,7 +289,7 @@ pub struct TestEnv {
     owns_account: bool,
     // Last: released after Drop::drop has cleaned up (an instance holds none: its
     // parent does).
-    _checkout_lock: Option<nix::fcntl::Flock<fs::File>>,
+    _machine_lock: Option<nix::fcntl::Flock<fs::File>>,
     _guard: Option<MutexGuard<'static, ()>>,
 }
 
@@ -298,7 +298,7 @@ impl TestEnv {
     pub fn new(name: &str) -> TestEnv {
         require_root();
         let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let checkout_lock = lock_checkout();
+        let machine_lock = lock_machine();
         ensure_venv();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -365,7 +365,7 @@ impl TestEnv {
             started: None,
             first_start_ticks: None,
             owns_account: true,
-            _checkout_lock: Some(checkout_lock),
+            _machine_lock: Some(machine_lock),
             _guard: Some(guard),
         }
     }
@@ -419,7 +419,7 @@ impl TestEnv {
             started: None,
             first_start_ticks: None,
             owns_account: false,
-            _checkout_lock: None,
+            _machine_lock: None,
             _guard: None,
         }
     }
@@ -1022,14 +1022,21 @@ impl Drop for TestEnv {
     }
 }
 
-/// Serialize with other runs of this test binary from the same checkout (another
-/// developer's or CI job's `cargo test`): they would race on useradd and hand out the same
-/// system uids. The lock is on the checkout directory itself, so nothing is left behind.
-fn lock_checkout() -> nix::fcntl::Flock<fs::File> {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let file = fs::File::open(dir).unwrap_or_else(|e| panic!("open {dir}: {e}"));
+/// Serialize with every other run of these tests on this machine (another checkout's, a
+/// developer's or a CI job's `cargo test`): they would race on useradd and hand out the
+/// same system uids, which are machine-wide. The lock file lives in /run/lock (a tmpfs
+/// cleared at boot), holds nothing, and is shared by every checkout.
+fn lock_machine() -> nix::fcntl::Flock<fs::File> {
+    let path = "/run/lock/bitpoll-launcher-tests.lock";
+    let _ = fs::create_dir_all("/run/lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path}: {e}"));
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("flock {dir}: {e}"))
+        .unwrap_or_else(|(_, e)| panic!("flock {path}: {e}"))
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
