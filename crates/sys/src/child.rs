@@ -1,6 +1,5 @@
 //! The preparation child's plumbing: a pipe whose write end the child alone inherits,
-//! under a fixed descriptor number, the child's death with the launcher, and the signals
-//! that stop the launcher.
+//! under a fixed descriptor number, and the child's death with the launcher.
 //!
 //! The pipe is created close-on-exec, so nothing the launcher starts inherits it by
 //! accident; the one child meant to write to it gets a copy placed at its number between
@@ -79,58 +78,6 @@ pub fn die_with_parent(cmd: &mut Command) {
     unsafe { cmd.pre_exec(arm) };
 }
 
-/// The signals that ask the launcher to stop: SIGTERM (`systemctl stop`), SIGINT
-/// (Ctrl-C), SIGHUP (the controlling terminal went away) and SIGQUIT (Ctrl-\). `run`
-/// catches them from its start until just before the exec (also as a container's PID 1,
-/// which the kernel would otherwise not let them reach), stops what runs (the preparation
-/// child, a wait), and ends with the signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StopSignal {
-    Term,
-    Int,
-    Hup,
-    Quit,
-}
-
-impl StopSignal {
-    pub const ALL: [StopSignal; 4] = [
-        StopSignal::Term,
-        StopSignal::Int,
-        StopSignal::Hup,
-        StopSignal::Quit,
-    ];
-
-    /// The signal number.
-    pub fn raw(self) -> i32 {
-        self.nix() as i32
-    }
-
-    /// The signal's name, e.g. `SIGTERM`.
-    pub fn name(self) -> &'static str {
-        self.nix().as_str()
-    }
-
-    pub fn from_raw(raw: i32) -> Option<StopSignal> {
-        StopSignal::ALL.into_iter().find(|s| s.raw() == raw)
-    }
-
-    pub(crate) fn nix(self) -> nix::sys::signal::Signal {
-        use nix::sys::signal::Signal;
-        match self {
-            StopSignal::Term => Signal::SIGTERM,
-            StopSignal::Int => Signal::SIGINT,
-            StopSignal::Hup => Signal::SIGHUP,
-            StopSignal::Quit => Signal::SIGQUIT,
-        }
-    }
-}
-
-impl std::fmt::Display for StopSignal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,21 +149,5 @@ mod tests {
         let err = cmd.spawn().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
         drop(read);
-    }
-
-    #[test]
-    fn stop_signals_have_the_kernels_numbers_and_names() {
-        let want = [
-            (StopSignal::Term, libc::SIGTERM, "SIGTERM"),
-            (StopSignal::Int, libc::SIGINT, "SIGINT"),
-            (StopSignal::Hup, libc::SIGHUP, "SIGHUP"),
-            (StopSignal::Quit, libc::SIGQUIT, "SIGQUIT"),
-        ];
-        for (signal, raw, name) in want {
-            assert_eq!(signal.raw(), raw);
-            assert_eq!(signal.to_string(), name);
-            assert_eq!(StopSignal::from_raw(raw), Some(signal));
-        }
-        assert_eq!(StopSignal::from_raw(libc::SIGKILL), None);
     }
 }

@@ -1,5 +1,7 @@
 //! Replace the launcher with the server: same PID, new program, environment from scratch,
-//! and no descriptor above stderr except the sockets systemd passed for this PID.
+//! no descriptor above stderr except the sockets systemd passed for this PID, and the
+//! signal state a service manager gives a program (nothing blocked or ignored). A stop
+//! signal that arrived while it was blocked ends the launcher here instead.
 
 use std::ffi::CString;
 use std::ops::Range;
@@ -16,6 +18,10 @@ pub enum ExecError {
     PassFd { fd: i32, source: Errno },
     #[error("cannot close inherited descriptors before starting the server: {0}")]
     CloseFds(Errno),
+    #[error("cannot reset the signal state before starting the server: {0}")]
+    Signals(Errno),
+    #[error("stopped by signal {number} ({signal}) before the server started", number = signal.raw())]
+    Stopped { signal: crate::StopSignal },
     #[error("cannot execute {program}: {source}")]
     Exec { program: String, source: Errno },
 }
@@ -49,7 +55,10 @@ fn pass_listen_fds(env: &[(String, String)]) -> Result<Range<i32>, ExecError> {
 
 /// exec `argv` with exactly `env`, passing on the LISTEN_FDS sockets when LISTEN_PID is
 /// ours and no other descriptor above stderr (they are marked close-on-exec, so the
-/// launcher keeps them should the exec fail). Returns only on failure.
+/// launcher keeps them should the exec fail). A stop signal pending (the caller blocked
+/// them) returns [`ExecError::Stopped`] instead; then every signal is unblocked and every
+/// ignored one set to its default, so one arriving after that look ends the process before
+/// the program runs. Returns only on failure.
 pub fn exec(argv: &[String], env: &[(String, String)]) -> ExecError {
     match exec_inner(argv, env) {
         Ok(never) => match never {},
@@ -80,6 +89,10 @@ fn exec_inner(
     let (cargs, cenv) = c_strings(argv, env).ok_or(ExecError::Nul)?;
     let keep = pass_listen_fds(env)?;
     crate::fds::close_at_exec(keep).map_err(ExecError::CloseFds)?;
+    if let Some(signal) = crate::signals::pending_stop_signal() {
+        return Err(ExecError::Stopped { signal });
+    }
+    crate::signals::defaults_for_exec().map_err(ExecError::Signals)?;
     nix::unistd::execve(&cargs[0], &cargs, &cenv).map_err(|source| ExecError::Exec {
         program: argv[0].clone(),
         source,

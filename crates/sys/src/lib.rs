@@ -16,11 +16,13 @@ pub mod files;
 pub mod net;
 pub mod privs;
 pub mod pty;
+pub mod session;
+pub mod signals;
 pub mod tree;
 pub mod trust;
 
-pub use child::StopSignal;
 pub use nix::unistd::{Gid, Uid};
+pub use signals::{StopSignal, default_stop_signals, die_of_signal};
 
 /// True when the effective user is root.
 pub fn is_root() -> bool {
@@ -100,41 +102,6 @@ pub fn thread_count() -> std::io::Result<usize> {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
-}
-
-/// Put the stop signals (see [`StopSignal`]) back to their default action. The
-/// preparation's async runtime installed handlers for them that outlive it; between its
-/// end and the exec of the server a stop request must still stop the launcher, not be
-/// swallowed, and the server must start with the default actions.
-pub fn default_stop_signals() -> nix::Result<()> {
-    use nix::sys::signal::{SigHandler, signal};
-    for sig in StopSignal::ALL {
-        // SAFETY: installing SIG_DFL runs no handler code, so no async-signal-safety
-        // requirement applies; the previous handler is not used afterwards.
-        unsafe { signal(sig.nix(), SigHandler::SigDfl) }?;
-    }
-    Ok(())
-}
-
-/// End the process by `signal` with its default action, so the service manager sees a
-/// death by that signal (for SIGTERM: a clean stop) rather than an exit status. Returns
-/// only if the signal did not end the process.
-///
-/// SIGQUIT's default action also dumps core; a core of this process would hold the
-/// secrets it loaded, so the process is made non-dumpable first and the kernel writes
-/// none.
-pub fn die_of_signal(signal: StopSignal) {
-    use nix::sys::signal::{SigHandler, SigSet, raise, signal as set_handler};
-    let sig = signal.nix();
-    let _ = no_core_dumps();
-    // SAFETY: installing SIG_DFL runs no handler code.
-    if unsafe { set_handler(sig, SigHandler::SigDfl) }.is_err() {
-        return;
-    }
-    let mut set = SigSet::empty();
-    set.add(sig);
-    let _ = set.thread_unblock();
-    let _ = raise(sig);
 }
 
 /// Make this process non-dumpable: no core file (which would hold the secrets read as
