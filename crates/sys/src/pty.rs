@@ -8,6 +8,18 @@
 //! only ever reaches its own terminal; the launcher (still root, running no app code)
 //! copies bytes between the two and forwards window size changes and stop signals.
 //!
+//! Only the caller's standard streams that are terminals are replaced by the pty; a pipe
+//! or file stays the command's own (`manage -- shell < fix.py > out.txt` on a terminal:
+//! the script is read from the file to its end, the output written to the file unchanged),
+//! so end of input reaches the command as it would without a pty.
+//!
+//! The relay ends when the command exits, even if something it left in the background
+//! still holds the pty; the caller's terminal mode is restored on every way out (return,
+//! error, panic). The pty's master side is non-blocking and input waits in a bounded
+//! buffer, so a command that writes while it is sent input cannot deadlock the relay.
+//! SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to the launcher are passed on to the command;
+//! if it has not ended [`STOP_GRACE`] later, it is killed.
+//!
 //! The child side between fork and exec uses raw, async-signal-safe calls only: every
 //! buffer it needs (argv, envp, the directory) is built before the fork.
 
@@ -15,16 +27,23 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::termios::{self, SetArg, Termios};
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::termios::{self, SetArg, SpecialCharacterIndices, Termios};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::privs::{Target, drop_to};
+
+/// How long a command has to end after a stop signal was passed on to it.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Input read from the caller but not yet taken by the pty waits here, up to this much.
+const INPUT_BUFFER: usize = 64 * 1024;
 
 /// What went wrong starting the command (the child reports the step and errno).
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +57,13 @@ pub enum PtyError {
 }
 
 /// Steps of the child, reported through the error pipe as one byte plus errno.
-const CHILD_STEPS: [&str; 6] = [
+const CHILD_STEPS: [&str; 7] = [
     "setsid",
     "TIOCSCTTY",
     "dup2 of the terminal",
     "the privilege drop",
     "chdir to the app source",
+    "the signal reset",
     "execve",
 ];
 
@@ -56,14 +76,25 @@ fn is_tty(fd: RawFd) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-/// True when any of stdin, stdout or stderr is a terminal: the case a pty is for.
-pub fn caller_has_terminal() -> bool {
-    (0..=2).any(is_tty)
+/// Which of stdin, stdout and stderr are terminals.
+fn terminals() -> [bool; 3] {
+    [is_tty(0), is_tty(1), is_tty(2)]
 }
 
-/// The caller's window size, when stdin or stdout is a terminal.
+/// True when any of stdin, stdout or stderr is a terminal: the case a pty is for.
+pub fn caller_has_terminal() -> bool {
+    terminals().contains(&true)
+}
+
+fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: only used for the standard streams, which stay open for the life of the
+    // process.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// The caller's window size, from the first standard stream that is a terminal.
 fn window_size() -> Option<libc::winsize> {
-    for fd in [0, 1] {
+    for fd in [0, 1, 2] {
         let mut ws = libc::winsize {
             ws_row: 0,
             ws_col: 0,
@@ -78,38 +109,44 @@ fn window_size() -> Option<libc::winsize> {
     None
 }
 
-/// Puts the caller's terminal back as it was, also on an early return.
+/// Puts the caller's terminal back as it was when dropped: on return, error or unwind.
 struct RawMode(Option<Termios>);
 
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(saved) = &self.0 {
-            // SAFETY: fd 0 stays open for the life of the process.
-            let stdin = unsafe { BorrowedFd::borrow_raw(0) };
-            let _ = termios::tcsetattr(stdin, SetArg::TCSADRAIN, saved);
+            let _ = termios::tcsetattr(borrow(0), SetArg::TCSADRAIN, saved);
         }
     }
 }
 
-fn raw_mode() -> RawMode {
-    if !is_tty(0) {
-        return RawMode(None);
-    }
-    // SAFETY: fd 0 stays open for the life of the process.
-    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
-    let Ok(saved) = termios::tcgetattr(stdin) else {
+/// Switch the caller's terminal on stdin to raw mode (keys go to the command's terminal
+/// as typed; its own line discipline interprets them).
+fn raw_mode(saved: Option<&Termios>) -> RawMode {
+    let Some(saved) = saved else {
         return RawMode(None);
     };
     let mut raw = saved.clone();
     termios::cfmakeraw(&mut raw);
-    if termios::tcsetattr(stdin, SetArg::TCSADRAIN, &raw).is_err() {
+    if termios::tcsetattr(borrow(0), SetArg::TCSADRAIN, &raw).is_err() {
         return RawMode(None);
     }
-    RawMode(Some(saved))
+    RawMode(Some(saved.clone()))
 }
 
-/// Run `argv` with exactly `env` in `cwd`, as `target`, on a new pty in a new session.
-/// Returns the exit status as a shell reports it (the code, or 128 + the signal).
+/// Restores the signal mask of the calling thread when dropped.
+struct Mask(SigSet);
+
+impl Drop for Mask {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
+    }
+}
+
+/// Run `argv` with exactly `env` in `cwd`, as `target`, on a new pty in a new session;
+/// the caller's standard streams that are terminals are relayed through it, the others
+/// are the command's own. Returns the exit status as a shell reports it (the code, or
+/// 128 + the signal).
 pub fn run(
     argv: &[String],
     env: &[(String, String)],
@@ -124,26 +161,40 @@ pub fn run(
     let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
 
-    let pty = nix::pty::openpty(window_size().as_ref(), None).map_err(setup("open a pty"))?;
+    let ttys = terminals();
+    // The command's terminal starts with the caller's settings (erase key, flow control).
+    let caller_mode = if ttys[0] {
+        termios::tcgetattr(borrow(0)).ok()
+    } else {
+        None
+    };
+    let pty = nix::pty::openpty(window_size().as_ref(), caller_mode.as_ref())
+        .map_err(setup("open a pty"))?;
     let (err_read, err_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(setup("create a pipe"))?;
 
-    // Stop signals and window changes arrive through a signalfd, so they are forwarded
-    // in the relay loop; the child gets the old mask back before exec.
-    let mut forwarded = SigSet::empty();
+    // The command's end, window changes and stop signals arrive through a signalfd, so
+    // they are handled in the relay loop. SIGCHLD must not be ignored, or the kernel
+    // reaps the command before its status is read.
+    // SAFETY: installing SIG_DFL runs no handler code.
+    unsafe { nix::sys::signal::signal(Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl) }
+        .map_err(setup("reset SIGCHLD"))?;
+    let mut handled = SigSet::empty();
     for s in [
+        Signal::SIGCHLD,
         Signal::SIGWINCH,
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGQUIT,
     ] {
-        forwarded.add(s);
+        handled.add(s);
     }
     let mut old_mask = SigSet::empty();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), Some(&mut old_mask))
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), Some(&mut old_mask))
         .map_err(setup("block signals"))?;
-    let signals = SignalFd::with_flags(&forwarded, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    let _mask = Mask(old_mask);
+    let signals = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(setup("create a signalfd"))?;
 
     let (slave, master) = (pty.slave.as_raw_fd(), pty.master.as_raw_fd());
@@ -152,24 +203,30 @@ pub fn run(
     // child below calls only async-signal-safe functions on memory prepared before the
     // fork until it execs or _exits.
     match unsafe { nix::unistd::fork() }.map_err(setup("fork"))? {
-        ForkResult::Child => {
-            child(ChildSpec {
-                slave,
-                master,
-                err_fd,
-                argp: &argp,
-                envp: &envp,
-                cwd: &ccwd,
-                target,
-                old_mask: &old_mask,
-            });
-        }
+        ForkResult::Child => child(ChildSpec {
+            slave,
+            master,
+            err_fd,
+            ttys,
+            argp: &argp,
+            envp: &envp,
+            cwd: &ccwd,
+            target,
+        }),
         ForkResult::Parent { child } => {
             drop(err_write);
             drop(pty.slave);
-            let result = parent(child, pty.master, err_read, &signals);
-            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-            result
+            if let Some(e) = started(child, &err_read) {
+                return Err(e);
+            }
+            let master = pty.master;
+            nix::fcntl::fcntl(
+                master.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .map_err(setup("make the pty non-blocking"))?;
+            let _raw = raw_mode(caller_mode.as_ref());
+            Relay::new(child, master, ttys).run(&signals)
         }
     }
 }
@@ -178,11 +235,11 @@ struct ChildSpec<'a> {
     slave: RawFd,
     master: RawFd,
     err_fd: RawFd,
+    ttys: [bool; 3],
     argp: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     cwd: &'a CString,
     target: &'a Target,
-    old_mask: &'a SigSet,
 }
 
 /// The child between fork and exec. Never returns.
@@ -210,7 +267,8 @@ fn child(c: ChildSpec<'_>) -> ! {
             fail(1);
         }
         for fd in 0..=2 {
-            if libc::dup2(c.slave, fd) < 0 {
+            // A stream that is not a terminal (pipe, file) stays the caller's.
+            if c.ttys[fd as usize] && libc::dup2(c.slave, fd) < 0 {
                 fail(2);
             }
         }
@@ -225,106 +283,245 @@ fn child(c: ChildSpec<'_>) -> ! {
     if unsafe { libc::chdir(c.cwd.as_ptr()) } < 0 {
         fail(4);
     }
-    // Nothing the launcher inherited reaches the command; the error pipe is close-on-exec.
-    if crate::fds::close_at_exec(0..0).is_err() {
+    // Nothing blocked or ignored reaches the command (the parent blocks its relay's
+    // signals; Rust ignores SIGPIPE).
+    if crate::signals::defaults_for_exec().is_err() {
         fail(5);
     }
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(c.old_mask), None);
+    // Nothing the launcher inherited reaches the command; the error pipe is close-on-exec.
+    if crate::fds::close_at_exec(0..0).is_err() {
+        fail(6);
+    }
     // SAFETY: argp and envp are NULL-terminated arrays of valid C strings (see above).
     unsafe {
         libc::execve(c.argp[0], c.argp.as_ptr(), c.envp.as_ptr());
     }
-    fail(5)
+    fail(6)
 }
 
-/// Relay between the caller and the pty until the child is gone; return its status.
-fn parent(
+/// Did the child reach exec? The pipe closes on exec, or carries step + errno.
+fn started(child: Pid, err_read: &OwnedFd) -> Option<PtyError> {
+    let mut msg = [0u8; 5];
+    let n = loop {
+        match nix::unistd::read(err_read, &mut msg) {
+            Err(Errno::EINTR) => continue,
+            other => break other.unwrap_or(0),
+        }
+    };
+    if n != 5 {
+        return None;
+    }
+    let _ = waitpid(child, None);
+    let step = CHILD_STEPS.get(usize::from(msg[0])).copied().unwrap_or("?");
+    let errno = Errno::from_raw(i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]));
+    Some(PtyError::Child { step, errno })
+}
+
+/// Shell-style status: the code, or 128 + the signal.
+fn shell_status(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+/// The bytes between the caller's terminal and the command's.
+struct Relay {
     child: Pid,
     master: OwnedFd,
-    err_read: OwnedFd,
-    signals: &SignalFd,
-) -> Result<i32, PtyError> {
-    // Did the child reach exec? The pipe closes on exec, or carries step + errno.
-    let mut msg = [0u8; 5];
-    let n = nix::unistd::read(&err_read, &mut msg).unwrap_or(0);
-    if n == 5 {
-        let _ = waitpid(child, None);
-        let step = CHILD_STEPS.get(usize::from(msg[0])).copied().unwrap_or("?");
-        let errno = Errno::from_raw(i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]));
-        return Err(PtyError::Child { step, errno });
+    master_open: bool,
+    /// The caller's terminal the command's output goes to: stdout, else stderr, else stdin.
+    output: Option<RawFd>,
+    /// Reading the caller's stdin (a terminal) into `input`.
+    stdin_open: bool,
+    input: Vec<u8>,
+    /// The first stop signal passed on, and when the command is killed if still there.
+    stopping: Option<(Signal, Instant)>,
+}
+
+impl Relay {
+    fn new(child: Pid, master: OwnedFd, ttys: [bool; 3]) -> Relay {
+        Relay {
+            child,
+            master,
+            master_open: true,
+            output: [1, 2, 0].into_iter().find(|&fd| ttys[fd as usize]),
+            stdin_open: ttys[0],
+            input: Vec::with_capacity(INPUT_BUFFER),
+            stopping: None,
+        }
     }
-    let _raw = raw_mode();
-    let mut stdin_open = true;
-    let mut buf = [0u8; 8192];
-    loop {
-        // SAFETY: fd 0 stays open for the life of the process.
-        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
-        let mut fds = vec![
-            PollFd::new(master.as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-        ];
-        if stdin_open {
-            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
-        }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(setup("poll")(e)),
-            Ok(_) => {}
-        }
-        let ready = |i: usize| {
-            fds[i].revents().is_some_and(|r| {
-                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-            })
-        };
-        let (master_ready, signal_ready, stdin_ready) =
-            (ready(0), ready(1), stdin_open && ready(2));
-        drop(fds);
-        if master_ready {
-            match nix::unistd::read(&master, &mut buf) {
-                // EIO: the pty's other side is closed, the command is gone.
-                Ok(0) | Err(Errno::EIO) => break,
-                Ok(n) => write_all(1, &buf[..n]),
-                Err(Errno::EINTR | Errno::EAGAIN) => {}
-                Err(e) => return Err(setup("read the pty")(e)),
+
+    fn run(mut self, signals: &SignalFd) -> Result<i32, PtyError> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let timeout = match self.stopping {
+                Some((_, kill_at)) => {
+                    let left = kill_at.saturating_duration_since(Instant::now());
+                    PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::ZERO)
+                }
+                None => PollTimeout::NONE,
+            };
+            let read_input =
+                self.stdin_open && self.stopping.is_none() && self.input.len() < INPUT_BUFFER;
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            // A closed side is left out: poll would report its hang-up again and again.
+            let master_at = self.master_open.then(|| {
+                let mut events = PollFlags::POLLIN;
+                if !self.input.is_empty() {
+                    events |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(self.master.as_fd(), events));
+                fds.len() - 1
+            });
+            let stdin_at = read_input.then(|| {
+                fds.push(PollFd::new(borrow(0), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            match poll(&mut fds, timeout) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(setup("poll")(e)),
+                Ok(_) => {}
+            }
+            let revents = |at: Option<usize>| {
+                at.and_then(|i| fds[i].revents())
+                    .unwrap_or(PollFlags::empty())
+            };
+            let (sig_ev, master_ev, stdin_ev) =
+                (revents(Some(0)), revents(master_at), revents(stdin_at));
+            drop(fds);
+
+            if let Some((signal, kill_at)) = self.stopping {
+                if Instant::now() >= kill_at {
+                    // Past the grace period: the command and what it started on its
+                    // terminal go now; SIGCHLD follows.
+                    let _ = nix::sys::signal::killpg(self.child, Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(self.child, Signal::SIGKILL);
+                    self.stopping = Some((signal, Instant::now() + Duration::from_secs(3600)));
+                }
+            }
+            if sig_ev.contains(PollFlags::POLLIN) {
+                if let Some(status) = self.signals(signals)? {
+                    self.drain(&mut buf);
+                    return Ok(status);
+                }
+            }
+            let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+            if master_ev.intersects(readable) {
+                self.relay_output(&mut buf)?;
+            }
+            if master_ev.contains(PollFlags::POLLOUT) {
+                self.feed_input()?;
+            }
+            if stdin_ev.intersects(readable) {
+                self.read_keys(&mut buf);
             }
         }
-        if signal_ready {
-            while let Ok(Some(info)) = signals.read_signal() {
-                let sig = info.ssi_signo as i32;
-                if sig == libc::SIGWINCH {
+    }
+
+    /// Handle what the signalfd holds; `Some(status)` once the command has ended.
+    fn signals(&mut self, signals: &SignalFd) -> Result<Option<i32>, PtyError> {
+        let mut ended = None;
+        while let Ok(Some(info)) = signals.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => match waitpid(self.child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(status) => ended = ended.or(shell_status(status)),
+                    Err(Errno::EINTR) => {}
+                    Err(e) => return Err(setup("wait for the command")(e)),
+                },
+                Signal::SIGWINCH => {
                     if let Some(ws) = window_size() {
                         // SAFETY: TIOCSWINSZ reads one winsize from the valid `ws`.
-                        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                        unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
                     }
-                } else if let Ok(s) = Signal::try_from(sig) {
-                    let _ = nix::sys::signal::kill(child, s);
+                }
+                stop => {
+                    // To the command's process group and to whatever runs in the
+                    // foreground of its terminal, as a hang-up of a real terminal would.
+                    let _ = nix::sys::signal::killpg(self.child, stop);
+                    if let Ok(fg) = nix::unistd::tcgetpgrp(self.master.as_fd()) {
+                        if fg != self.child {
+                            let _ = nix::sys::signal::killpg(fg, stop);
+                        }
+                    }
+                    if self.stopping.is_none() {
+                        self.stopping = Some((stop, Instant::now() + STOP_GRACE));
+                    }
                 }
             }
         }
-        if stdin_ready {
-            match nix::unistd::read(stdin, &mut buf) {
-                Ok(0) => stdin_open = false,
-                Ok(n) => write_all(master.as_raw_fd(), &buf[..n]),
-                Err(Errno::EINTR | Errno::EAGAIN) => {}
-                Err(_) => stdin_open = false,
+        Ok(ended)
+    }
+
+    /// Copy what the command wrote to the caller's terminal.
+    fn relay_output(&mut self, buf: &mut [u8]) -> Result<(), PtyError> {
+        match nix::unistd::read(&self.master, buf) {
+            // EIO: no process holds the command's terminal any more.
+            Ok(0) | Err(Errno::EIO) => self.master_open = false,
+            Ok(n) => self.write_out(&buf[..n]),
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(e) => return Err(setup("read the pty")(e)),
+        }
+        Ok(())
+    }
+
+    /// Whatever the command wrote before it ended, as far as it is there now.
+    fn drain(&mut self, buf: &mut [u8]) {
+        for _ in 0..64 {
+            match nix::unistd::read(&self.master, buf) {
+                Ok(n) if n > 0 => self.write_out(&buf[..n]),
+                _ => return,
             }
         }
     }
-    loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Err(Errno::EINTR) | Ok(_) => continue,
-            Err(e) => return Err(setup("wait for the command")(e)),
+
+    fn write_out(&self, data: &[u8]) {
+        if let Some(fd) = self.output {
+            write_all(fd, data);
+        }
+    }
+
+    /// Hand buffered input to the command's terminal, as much as it takes now.
+    fn feed_input(&mut self) -> Result<(), PtyError> {
+        match nix::unistd::write(&self.master, &self.input) {
+            Ok(n) => {
+                self.input.drain(..n);
+            }
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            // The command's side is gone; what was typed has no reader.
+            Err(Errno::EIO) => self.input.clear(),
+            Err(e) => return Err(setup("write to the pty")(e)),
+        }
+        Ok(())
+    }
+
+    /// Read the caller's keys into the input buffer; at its end, pass end-of-file on.
+    fn read_keys(&mut self, buf: &mut [u8]) {
+        let room = INPUT_BUFFER.saturating_sub(self.input.len()).min(buf.len());
+        match nix::unistd::read(borrow(0), &mut buf[..room]) {
+            Ok(0) | Err(Errno::EIO) => {
+                self.stdin_open = false;
+                // The command's terminal's end-of-file character (Ctrl-D by default).
+                let eof = termios::tcgetattr(self.master.as_fd())
+                    .map(|t| t.control_chars[SpecialCharacterIndices::VEOF as usize])
+                    .unwrap_or(4);
+                self.input.push(eof);
+            }
+            Ok(n) => self.input.extend_from_slice(&buf[..n]),
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(_) => self.stdin_open = false,
         }
     }
 }
 
 fn write_all(fd: RawFd, mut data: &[u8]) {
     while !data.is_empty() {
-        // SAFETY: fd stays open; data is a valid slice.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        match nix::unistd::write(fd, data) {
+        match nix::unistd::write(borrow(fd), data) {
             Ok(0) => return,
             Ok(n) => data = &data[n..],
             Err(Errno::EINTR | Errno::EAGAIN) => continue,
