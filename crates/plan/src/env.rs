@@ -20,9 +20,19 @@ pub enum Purpose {
     /// The server, exec'd in place of the launcher: it inherits the launcher's PID, so
     /// systemd's notify socket and socket activation variables are valid for it.
     Server,
-    /// `manage`: an admin's command on a terminal; like Prepare, plus TERM.
+    /// `manage`: an admin's command on a terminal; like Prepare, plus TERM, and HOME is
+    /// [`ADMIN_HOME`].
     Manage,
+    /// `check`'s probe of the app: like Prepare, and HOME is [`ADMIN_HOME`].
+    Probe,
 }
+
+/// HOME for the app's code started by an admin's command (`check`'s probe, `manage`): a
+/// directory that does not exist and that only root could create. The service's own HOME
+/// is its data directory, which the app can write; a file it planted there (Django's shell
+/// runs `~/.pythonrc.py`, IPython `~/.ipython/profile_default/startup/`) must not run in
+/// an admin's session.
+pub const ADMIN_HOME: &str = "/nonexistent";
 
 /// Inherited variables that pass through to the app unchanged.
 pub const ALLOWLIST: &[&str] = &[
@@ -123,12 +133,20 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
     };
-    set("HOME", inputs.home.display().to_string());
+    let home = match purpose {
+        Purpose::Manage | Purpose::Probe => Path::new(ADMIN_HOME),
+        Purpose::Prepare | Purpose::Server => inputs.home,
+    };
+    set("HOME", home.display().to_string());
     set("USER", inputs.user.to_string());
     set("LOGNAME", inputs.user.to_string());
     set("PYTHONPATH", cfg.app.source_dir.display().to_string());
     set("DJANGO_SETTINGS_MODULE", cfg.app.settings_module.clone());
     set("PYTHONUNBUFFERED", "1".into());
+    // No user site directory (~/.local/lib/pythonX.Y/site-packages, whose
+    // usercustomize.py every interpreter would run): the app's code and libraries come
+    // from the source directory and the interpreter's environment only.
+    set("PYTHONNOUSERSITE", "1".into());
     set(DATA_DIR_VAR, cfg.service.data_dir.display().to_string());
     if let crate::layout::StaticLayout::Versioned { .. } = crate::layout::static_layout(cfg) {
         set(
@@ -326,6 +344,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             ("LOGNAME", "bitpoll"),
             ("NOTIFY_SOCKET", "/run/systemd/notify"),
             ("PATH", "/opt/venv/bin:/usr/bin:/bin"),
+            ("PYTHONNOUSERSITE", "1"),
             ("PYTHONPATH", "/opt/src"),
             ("PYTHONUNBUFFERED", "1"),
             ("USER", "bitpoll"),
@@ -355,7 +374,12 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
 
     #[test]
     fn dangerous_inherited_variables_never_pass() {
-        for purpose in [Purpose::Prepare, Purpose::Server] {
+        for purpose in [
+            Purpose::Prepare,
+            Purpose::Server,
+            Purpose::Manage,
+            Purpose::Probe,
+        ] {
             let env = build_for(purpose);
             for k in [
                 "LD_PRELOAD",
@@ -365,6 +389,20 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             ] {
                 assert!(!env.contains_key(k), "{k} passed for {purpose:?}");
             }
+        }
+    }
+
+    #[test]
+    fn every_python_skips_the_user_site_and_admin_commands_get_a_home_the_app_cannot_write() {
+        for (purpose, home) in [
+            (Purpose::Prepare, "/var/lib/bitpoll"),
+            (Purpose::Server, "/var/lib/bitpoll"),
+            (Purpose::Manage, ADMIN_HOME),
+            (Purpose::Probe, ADMIN_HOME),
+        ] {
+            let env = build_for(purpose);
+            assert_eq!(env["PYTHONNOUSERSITE"], "1", "{purpose:?}");
+            assert_eq!(env["HOME"], home, "{purpose:?}");
         }
     }
 

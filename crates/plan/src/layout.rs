@@ -74,6 +74,10 @@ pub fn is_backup_name(name: &str) -> bool {
 
 /// Mode of generated secret files.
 pub const SECRET_FILE_MODE: u32 = 0o600;
+/// The umask of `run` and `manage`, and so of everything the app creates: nothing it
+/// writes is readable by others (the web server in the group may read what the tree's
+/// modes let it).
+pub const UMASK: u32 = 0o027;
 /// Mode of stamp files.
 pub const STAMP_FILE_MODE: u32 = 0o600;
 

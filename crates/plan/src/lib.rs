@@ -13,7 +13,8 @@
 //! - [`postgres`]: the PostgreSQL connection the app makes, the migration lock's key, the
 //!   wait's schedule;
 //! - [`protocol`]: the preparation driver's events, bounded line splitting, and which
-//!   steps the events prove finished.
+//!   steps the events prove finished;
+//! - [`text`]: outside text made safe to show on a terminal.
 
 pub mod env;
 pub mod facts;
@@ -25,6 +26,7 @@ pub mod postgres;
 pub mod protocol;
 pub mod secret;
 pub mod stamp;
+pub mod text;
 
 /// A preparation step, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
