@@ -4,9 +4,11 @@
 //! service owns by itself: no account is created, no directory repaired, no secret
 //! generated (a missing generated secret means the service never started: start it first).
 //!
-//! Run as root from a terminal, the command gets a pseudo-terminal and a session of its
-//! own (launcher_sys::pty), relayed to the admin's; without a terminal the launcher drops
-//! privileges and becomes the command, with plain pipes.
+//! Run as root with a terminal on stdin, stdout or stderr, the command gets a
+//! pseudo-terminal and a session of its own (launcher_sys::pty), relayed to the admin's;
+//! the streams that are not terminals stay its own. Without a terminal on them the
+//! launcher leaves its controlling terminal too (launcher_sys::session), drops privileges
+//! and becomes the command. Either way the app's code never holds the admin's terminal.
 
 use anyhow::{Context as _, anyhow};
 
@@ -21,6 +23,10 @@ use crate::observe::{self, Options, Postgres};
 
 pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
+    // What the command creates is private, as under `run`.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        launcher_plan::layout::UMASK,
+    ));
     let privileged = launcher_sys::is_root();
     let account = if privileged {
         launcher_sys::account::lookup(&cfg.service.user, &cfg.service.group)
@@ -108,6 +114,12 @@ pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
                 Exit::new(code, e)
             })?;
         return Ok(u8::try_from(code).unwrap_or(u8::MAX));
+    }
+    // No terminal on the standard streams (redirected, a cron job): the command must not
+    // get the controlling terminal the admin's shell may still have either. (The service
+    // user running manage on a terminal keeps it: the terminal is its own.)
+    if !launcher_sys::pty::caller_has_terminal() {
+        launcher_sys::session::leave_controlling_terminal().or_exit(exit::RUNTIME)?;
     }
     launcher_sys::privs::drop_to(&target).or_exit(exit::PRIVILEGES)?;
     launcher_sys::privs::verify(&target).or_exit(exit::PRIVILEGES)?;

@@ -1,6 +1,11 @@
 //! Logging: tracing events go to journald with structured fields when stderr is connected
 //! to the journal, and to stderr as readable text otherwise. A missing journald never
 //! stops the launcher.
+//!
+//! The text carries outside words (the app's output during preparation, a server's
+//! errors): tracing escapes ESC and the C1 controls in every value, and the writer here
+//! escapes the other control characters (carriage return, the terminal's answer-back
+//! request), so nothing logged can act on the terminal it is shown on.
 
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
@@ -24,9 +29,27 @@ pub fn init(level: crate::cli::LogLevel) {
     }
     let stderr_is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| Printable(std::io::stderr()))
         .with_ansi(stderr_is_tty)
         .with_target(false)
         .with_max_level(level)
         .init();
+}
+
+/// A writer that escapes control characters except newlines and the formatter's own
+/// colour sequences (launcher_plan::text::printable_styled). The formatter writes each
+/// event whole, so a character is never split between two writes.
+struct Printable<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Printable<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0
+            .write_all(launcher_plan::text::printable_styled(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }

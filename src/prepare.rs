@@ -234,6 +234,9 @@ async fn supervise(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // The driver runs the app's code: in a session of its own, so it never holds the
+    // terminal of an admin who started the launcher by hand.
+    launcher_sys::session::new_session_in_child(&mut cmd);
     launcher_sys::child::pass_fd_in_child(&mut cmd, event_write, EVENT_FD);
     // Nothing the launcher inherited reaches the driver: only stdio and the event pipe.
     launcher_sys::fds::close_in_child(&mut cmd, EVENT_FD..EVENT_FD + 1);
@@ -345,20 +348,22 @@ async fn interrupted(
     Err(PrepareError::Interrupted { signal, step })
 }
 
-/// SIGTERM the driver, give it a moment, then SIGKILL; always reaped.
+/// SIGTERM the driver and what it started (its own process group), give it a moment,
+/// then SIGKILL; the driver is always reaped.
 async fn stop(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        if let Err(err) = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        ) {
-            warn!(phase = "prepare", pid, %err, "cannot send SIGTERM to the preparation process");
+    let group = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+    if let Some(group) = group {
+        if let Err(err) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM) {
+            warn!(phase = "prepare", pid = group.as_raw(), %err, "cannot send SIGTERM to the preparation process");
         }
     }
     if tokio::time::timeout(KILL_GRACE, child.wait())
         .await
         .is_err()
     {
+        if let Some(group) = group {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
         if let Err(err) = child.start_kill() {
             warn!(phase = "prepare", %err, "cannot kill the preparation process");
         }

@@ -74,12 +74,16 @@ impl Phase {
 pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let started = Instant::now();
     // Files the preparation and the app create are not readable by others.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(layout::UMASK));
     // One single-threaded runtime for every wait of the start (PostgreSQL, the locks, the
     // preparation process); gone before the privilege drop. The stop signals are caught
-    // from here on (see crate::signals).
+    // from here on (see crate::signals); a helper thread of the runtime never takes one,
+    // so none is lost when the runtime ends.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(|| {
+            let _ = launcher_sys::signals::block_stop_signals();
+        })
         .build()
         .context("cannot start the launcher's runtime")
         .or_exit(exit::RUNTIME)?;
@@ -344,9 +348,13 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         )
     });
     drop(ctx);
-    // The session (the app opens its own) and the runtime end here; a stop requested
-    // meanwhile still counts.
+    // The session (the app opens its own) and the runtime end here. From now on a stop
+    // signal stays pending (blocked) instead of reaching the runtime's handler; one
+    // received before counts now, one received after counts right before the exec.
     drop(session);
+    launcher_sys::signals::block_stop_signals()
+        .context("cannot block the stop signals")
+        .or_exit(exit::RUNTIME)?;
     stopped(&rt, &mut stop, "the end of preparation")?;
     drop(stop);
     drop(rt);
@@ -370,6 +378,16 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     }
     let server_argv = layout::server_argv(&cfg);
 
+    // The server runs the app's code: it must not hold the terminal of an admin who
+    // started the launcher by hand (launcher_sys::session).
+    match launcher_sys::session::leave_controlling_terminal().or_exit(exit::RUNTIME)? {
+        launcher_sys::session::Left::NoTerminal => {}
+        left => info!(
+            phase = "exec",
+            "the server will not hold the terminal the launcher was started from ({left})"
+        ),
+    }
+
     let phase = Phase::begin("drop", "Dropping privileges");
     drop_privileges(&target, &cfg.app.source_dir).or_exit(exit::PRIVILEGES)?;
     phase.end(&format!(
@@ -390,8 +408,13 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     }
     notify::status("Starting the server");
     info!(phase = "exec", duration_ms = total, program = %server_argv[0], "launcher done in {total} ms, executing {}", server_argv.join(" "));
-    let err = launcher_sys::exec::exec(&server_argv, &server_env);
-    Err(Exit::new(exit::RUNTIME, err))
+    match launcher_sys::exec::exec(&server_argv, &server_env) {
+        launcher_sys::exec::ExecError::Stopped { signal } => Err(Exit::stopped(
+            signal,
+            launcher_sys::exec::ExecError::Stopped { signal },
+        )),
+        err => Err(Exit::new(exit::RUNTIME, err)),
+    }
 }
 
 /// How many sockets systemd passed for this process (socket activation), which the

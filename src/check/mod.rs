@@ -116,34 +116,27 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     let account = launcher_sys::account::lookup(&cfg.service.user, &cfg.service.group)
         .ok()
         .flatten();
-    let app_env = account.as_ref().map(|a| {
+    let inputs = |user: &str, purpose| {
         env::build(
             &env::Inputs {
                 config: cfg,
                 secrets: &values,
                 inherited: &facts.inherited,
-                user: &a.user,
+                user,
                 home: &cfg.service.data_dir,
                 locale_paths: &locale_paths,
             },
-            Purpose::Prepare,
+            purpose,
         )
-    });
-
-    // What the next start does about each preparation step.
-    let env_for_plan = app_env.clone().unwrap_or_else(|| {
-        env::build(
-            &env::Inputs {
-                config: cfg,
-                secrets: &values,
-                inherited: &facts.inherited,
-                user: &cfg.service.user,
-                home: &cfg.service.data_dir,
-                locale_paths: &locale_paths,
-            },
-            Purpose::Prepare,
-        )
-    });
+    };
+    // What the next start does about each preparation step, judged on the environment
+    // `run` gives the preparation.
+    let env_for_plan = inputs(
+        account.as_ref().map_or(&cfg.service.user, |a| &a.user),
+        Purpose::Prepare,
+    );
+    // The app itself is probed with the environment an admin's command gives it.
+    let app_env = account.as_ref().map(|a| inputs(&a.user, Purpose::Probe));
     let planned = judge::prepare::judge(
         cfg,
         &facts,

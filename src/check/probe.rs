@@ -138,7 +138,9 @@ pub fn probe_app(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // The probe runs the app's code: nothing the launcher inherited reaches it.
+    // The probe runs the app's code: in a session of its own, without the admin's
+    // terminal, and nothing the launcher inherited reaches it.
+    launcher_sys::session::new_session_in_child(&mut cmd);
     launcher_sys::fds::close_in_child(&mut cmd, 0..0);
     let drop = match viewer {
         Viewer::Root => Some(true),
@@ -235,7 +237,8 @@ fn run_with_timeout(
     let status = match rx.recv_timeout(timeout) {
         Ok(status) => status?,
         Err(_) => {
-            let _ = nix::sys::signal::kill(
+            // The probe leads its own process group: whatever it started goes too.
+            let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );

@@ -1,5 +1,6 @@
-//! The findings of one check and how they are printed: grouped text for people, JSON for
-//! tools (the schema is docs/check.md; version 1).
+//! The findings of one check and how they are printed: grouped text for people, with
+//! every control character escaped (launcher_plan::text), and JSON for tools (the schema
+//! is docs/check.md; version 1), whose strings carry the text as it is.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -7,6 +8,7 @@ use std::io::{IsTerminal, Write};
 use serde::Serialize;
 
 use launcher_plan::finding::{Finding, Group, Severity};
+use launcher_plan::text::printable;
 
 #[derive(Default)]
 pub struct Report {
@@ -156,9 +158,16 @@ pub fn print(report: &Report, config: &std::path::Path, json: bool) {
             } else {
                 label
             };
-            let _ = write!(out, "  {label} {}: {}", f.subject, f.message);
+            // Subjects, messages and fixes carry outside text (the app's check messages,
+            // a server's errors, file names): shown, never acted on by the terminal.
+            let _ = write!(
+                out,
+                "  {label} {}: {}",
+                printable(&f.subject),
+                printable(&f.message)
+            );
             if let Some(fix) = &f.fix {
-                let _ = write!(out, "\n          fix: {fix}");
+                let _ = write!(out, "\n          fix: {}", printable(fix));
             }
             let _ = writeln!(out);
         }
