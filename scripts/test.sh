@@ -19,6 +19,9 @@ command -v nix-instantiate >/dev/null || need+=(nix-bin)
 # openssl (certificates for the TLS test).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)
+# tests/terminal.rs: a real root shell on a terminal (tmux), a delayed system call (strace).
+command -v tmux >/dev/null || need+=(tmux)
+command -v strace >/dev/null || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
     if [[ " ${need[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.d/bitpoll-launcher-tests.conf ]; then

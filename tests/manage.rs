@@ -61,7 +61,11 @@ fn manage_runs_a_management_command_as_the_service_user_with_its_secrets() {
         );
     }
     assert_eq!(line("cwd "), format!("cwd {}", env.app.display()));
-    assert_eq!(line("home "), format!("home {}", env.data.display()));
+    assert_eq!(
+        line("home "),
+        "home /nonexistent",
+        "a HOME the app cannot plant code in"
+    );
     assert_eq!(
         line("caps "),
         "caps 0000000000000000 0000000000000000 1",

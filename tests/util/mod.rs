@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod postgres;
+pub mod tmux;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -1173,7 +1174,8 @@ pub fn proc_environ_names(pid: u32) -> Vec<String> {
 }
 
 /// (state, ppid, pgrp, uid) of a process, or None when it is gone.
-fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
+/// A process's state letter, parent and process group, from /proc/PID/stat.
+pub fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut f = rest.split_whitespace();
