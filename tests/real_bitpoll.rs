@@ -94,6 +94,33 @@ fn launcher_lines(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
+/// The app's and gunicorn's output of the current launch (every line that is not the
+/// launcher's own record) holds no traceback and no error; the rest of it, but gunicorn's
+/// routine [INFO] lines, is printed, and so is the preparation's stderr.
+fn assert_app_quiet(env: &TestEnv) {
+    let stderr = env.stderr();
+    let app: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains(" phase=\""))
+        .collect();
+    let bad: Vec<&&str> = app
+        .iter()
+        .filter(|l| l.contains("Traceback") || l.contains("ERROR") || l.contains("[CRITICAL]"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "the app logged errors:\n{}",
+        env.log_context()
+    );
+    for l in app.iter().filter(|l| !l.contains("] [INFO] ")) {
+        eprintln!("app: {l}");
+    }
+    // What the preparation steps wrote to their stderr (warnings), as the launcher logged it.
+    for l in stderr.lines().filter(|l| l.contains(" stream=\"stderr\"")) {
+        eprintln!("preparation stderr: {l}");
+    }
+}
+
 /// Which steps ran and which were skipped in the current launch, from the launcher's
 /// `step NAME runs|skipped` records.
 fn steps(env: &TestEnv) -> (Vec<String>, Vec<String>) {
@@ -436,6 +463,8 @@ fn sqlite_cold_and_warm_start_serves_german_pages_and_assets_and_keeps_a_vote() 
     let home = german_home(&mut admin);
     assert!(home.contains("href=\"/logout/\""), "not logged in:\n{home}");
 
+    assert_app_quiet(&env);
+
     // Warm: nothing to do, the vote is still there.
     let code = env.stop();
     assert_eq!(code, 0, "gunicorn's exit status on SIGTERM");
@@ -448,6 +477,7 @@ fn sqlite_cold_and_warm_start_serves_german_pages_and_assets_and_keeps_a_vote() 
     assert_vote_kept(env.port, slug, voter);
     german_home(&mut Session::new(env.port));
     check_no_errors(&env, "after the restart");
+    assert_app_quiet(&env);
 }
 
 #[test]
@@ -508,6 +538,7 @@ fn postgresql_cold_and_warm_start_migrates_once_serves_and_keeps_a_vote() {
         ),
     );
     assert_eq!(votes, "1", "the vote in PostgreSQL");
+    assert_app_quiet(&env);
 
     assert_eq!(env.stop(), 0);
     env.launch();
@@ -635,6 +666,7 @@ fn a_start_with_the_build_time_assets_runs_migrate_only_and_serves_them() {
     // The built tree is root's and world-readable: any web server reads it.
     assert_assets_served(&env, &html, &statics, service_gid(&env));
     check_no_errors(&env, "while running");
+    assert_app_quiet(&env);
 }
 
 #[test]
