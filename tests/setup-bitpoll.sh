@@ -137,8 +137,10 @@ dir="$root/$key"
 is_complete() { [[ -f "$dir/complete" && -x "$dir/venv/bin/python" && -f "$dir/src/manage.py" ]]; }
 
 finish() {
-    # The stamp's time says when the install was last used; unused ones go after a week.
-    touch "$dir/complete"
+    # The stamp's time says when the install was last used (kept to the day, so that a
+    # run writes nothing while a test container may have / as its lower layer); unused
+    # ones go after a week.
+    [[ -z "$(find "$dir/complete" -mmin +1440 2>/dev/null)" ]] || touch "$dir/complete"
     find "$root" -mindepth 2 -maxdepth 2 -name complete -mtime +7 -printf '%h\n' |
         while read -r old; do
             [[ "$old" != "$dir" ]] || continue
@@ -210,4 +212,6 @@ chmod -R a+rX,a-w -- "$src"
 chmod 0755 -- "$dir"
 chmod 0644 -- "$dir/requirements.txt"
 log "installed in $((SECONDS - start)) s: $("$venv/bin/python" -m pip freeze --disable-pip-version-check | tr '\n' ' ')"
+# Last: the install is whole.
+touch "$dir/complete"
 finish
