@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests of every crate, the end-to-end tests of `run` (real
-# users, real Django, real gunicorn, real PostgreSQL servers) and the tests under a real
-# systemd booted in a container. Run as root on a Debian-like machine; installs what it needs.
+# users, real Django, real gunicorn, real PostgreSQL servers; the demo app and the real
+# Bitpoll) and the tests under a real systemd booted in a container. Run as root on a
+# Debian-like machine; installs what it needs.
 set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,6 +23,11 @@ command -v openssl >/dev/null || need+=(openssl)
 # tests/terminal.rs: a real root shell on a terminal (tmux), a delayed system call (strace).
 command -v tmux >/dev/null || need+=(tmux)
 command -v strace >/dev/null || need+=(strace)
+# tests/real_bitpoll.rs: what Bitpoll's pinned requirements build with (python-ldap) and the
+# font its stylesheet names (tests/setup-bitpoll.sh).
+for pkg in build-essential libldap2-dev libsasl2-dev fonts-noto-color-emoji; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
     if [[ " ${need[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.d/bitpoll-launcher-tests.conf ]; then
@@ -34,6 +40,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 bash tests/setup-venv.sh >/dev/null
+# The real Bitpoll, when its snapshot is beside the checkout (../shared/upstream, or the
+# folder BITPOLL_UPSTREAM_DIR names); without it tests/real_bitpoll.rs skips, and fails
+# under CI=true.
+if [ -f "${BITPOLL_UPSTREAM_DIR:-$top/../shared/upstream}/bitpoll-35b0236.tar.gz" ]; then
+    bash tests/setup-bitpoll.sh >/dev/null
+fi
 
 # Test binaries that create users or boot containers run one test at a time. The suite
 # under a real systemd must run here, not skip.

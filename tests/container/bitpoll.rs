@@ -1,5 +1,6 @@
-//! Bitpoll under a real systemd: a booted container with the demo app, the launcher's
-//! config, the service account from `bitpoll-launcher sysusers` and the unit from
+//! Bitpoll under a real systemd: a booted container with the demo app (or, with
+//! [`Spec::installed_app`], an app installed on the host, such as the real Bitpoll from
+//! tests/setup-bitpoll.sh), the launcher's config, the service account from `bitpoll-launcher sysusers` and the unit from
 //! `bitpoll-launcher unit`, installed as an admin would on a plain (non-NixOS) host.
 //!
 //! Everything is rendered by the launcher itself inside the container (so the paths in the
@@ -98,9 +99,20 @@ pub enum Listen {
     Unix,
 }
 
+/// The app the unit runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum App {
+    /// tests/demo-app, copied to [`APP_DIR`], with the demo venv [`VENV`].
+    Demo,
+    /// An app installed on the host before the boot (visible through the overlay), used in
+    /// place: its source directory and venv.
+    Installed { source: String, venv: String },
+}
+
 /// What varies between the tests' configurations.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    pub app: App,
     pub fek: Fek,
     pub stall_timeout_sec: Option<u64>,
     /// Extra `[environment]` variables (DEMO_MIGRATION_DELAY, DEMO_REPORT_ENV, ...).
@@ -119,6 +131,7 @@ pub struct Spec {
 impl Default for Spec {
     fn default() -> Self {
         Spec {
+            app: App::Demo,
             fek: Fek::Generate,
             stall_timeout_sec: None,
             environment: Vec::new(),
@@ -132,6 +145,32 @@ impl Default for Spec {
 }
 
 impl Spec {
+    /// Run the app in `source` with the venv `venv` (host paths outside /tmp and /root,
+    /// made before the boot) instead of the demo app.
+    pub fn installed_app(mut self, source: &str, venv: &str) -> Self {
+        self.app = App::Installed {
+            source: source.to_owned(),
+            venv: venv.to_owned(),
+        };
+        self
+    }
+
+    /// The app's source directory inside the container.
+    pub fn app_dir(&self) -> &str {
+        match &self.app {
+            App::Demo => APP_DIR,
+            App::Installed { source, .. } => source,
+        }
+    }
+
+    /// The app's venv inside the container.
+    pub fn venv(&self) -> &str {
+        match &self.app {
+            App::Demo => VENV,
+            App::Installed { venv, .. } => venv,
+        }
+    }
+
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self
@@ -187,9 +226,10 @@ impl Spec {
         for (k, v) in &self.environment {
             environment.push_str(&format!("{k} = {v:?}\n"));
         }
+        let (app_dir, venv) = (self.app_dir(), self.venv());
         let command = self.command.clone().unwrap_or_else(|| {
             format!(
-                r#"["{VENV}/bin/gunicorn", "--bind", "127.0.0.1:8000", "--workers", "1",
+                r#"["{venv}/bin/gunicorn", "--bind", "127.0.0.1:8000", "--workers", "1",
            "--no-control-socket", "bitpoll.wsgi:application"]"#
             )
         });
@@ -214,8 +254,8 @@ create_user = false
 data_dir = "{DATA_DIR}"
 
 [app]
-python = "{VENV}/bin/python"
-source_dir = "{APP_DIR}"
+python = "{venv}/bin/python"
+source_dir = "{app_dir}"
 settings_module = "bitpoll.settings"
 
 [prepare]
@@ -252,12 +292,12 @@ impl std::ops::Deref for Bitpoll {
 /// account (sysusers), credential file, and the unit exactly as `bitpoll-launcher unit`
 /// renders it.
 pub fn install(tag: &str, spec: Spec) -> Bitpoll {
-    ensure_venv();
-    let c = ContainerBuilder::new(tag)
-        .with_launcher()
-        .bind_ro(DEMO_APP, DEMO_APP_IN)
-        .file(CONFIG_PATH, spec.config(), 0o644)
-        .boot();
+    let mut builder = ContainerBuilder::new(tag).with_launcher();
+    if spec.app == App::Demo {
+        ensure_venv();
+        builder = builder.bind_ro(DEMO_APP, DEMO_APP_IN);
+    }
+    let c = builder.file(CONFIG_PATH, spec.config(), 0o644).boot();
     let t = Instant::now();
 
     // The account, from the sysusers.d entry the launcher prints. The container shares
@@ -280,15 +320,18 @@ pub fn install(tag: &str, spec: Spec) -> Bitpoll {
         c.exec_ok(&["systemd-tmpfiles", "--create", TMPFILES_PATH]);
     }
 
-    // The app: a root-owned copy keeping modification times, read-only for the service
-    // (the launcher compiles the catalogs into the data directory).
-    let script = format!(
-        "set -e; mkdir -p {APP_DIR}; cp -a {DEMO_APP_IN}/. {APP_DIR}/; \
-         find {APP_DIR} -name __pycache__ -prune -exec rm -rf {{}} +; \
-         find {APP_DIR} -name '*.mo' -delete; \
-         chmod -R a+rX,go-w /srv/bitpoll"
-    );
-    c.exec_ok(&["sh", "-c", &script]);
+    // The demo app: a root-owned copy keeping modification times, read-only for the
+    // service (the launcher compiles the catalogs into the data directory). An installed
+    // app is used where it is.
+    if spec.app == App::Demo {
+        let script = format!(
+            "set -e; mkdir -p {APP_DIR}; cp -a {DEMO_APP_IN}/. {APP_DIR}/; \
+             find {APP_DIR} -name __pycache__ -prune -exec rm -rf {{}} +; \
+             find {APP_DIR} -name '*.mo' -delete; \
+             chmod -R a+rX,go-w /srv/bitpoll"
+        );
+        c.exec_ok(&["sh", "-c", &script]);
+    }
 
     // A credential: a fresh Fernet key in a root-only file.
     let mut fek_sha256 = None;

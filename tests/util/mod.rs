@@ -1,7 +1,10 @@
-//! Helpers for the end-to-end tests in tests/e2e.rs, tests/check.rs and tests/manage.rs
-//! ([`cli`] runs the one-shot commands `check` and `manage`).
+//! Helpers for the end-to-end tests in tests/e2e.rs, tests/check.rs, tests/manage.rs,
+//! tests/postgres.rs and tests/real_bitpoll.rs ([`cli`] runs the one-shot commands `check`
+//! and `manage`, [`postgres`] starts throw-away servers, [`upstream`] installs the real
+//! Bitpoll, [`http`] drives its forms).
 //!
-//! [`TestEnv`] gives each test a fresh directory under /tmp with a copy of the demo app, a
+//! [`TestEnv`] gives each test a fresh directory under /tmp with a copy of the demo app (or,
+//! with [`TestEnv::with_app`], an installed app used in place), a
 //! service user name nobody else uses, a free port, a config builder, and a way to run the
 //! launcher for real (as root, with a cleared environment and a NOTIFY_SOCKET the test
 //! listens on). Dropping it stops every process the test started and removes the user, the
@@ -15,8 +18,10 @@
 #![allow(dead_code)] // Not every test uses every helper.
 
 pub mod cli;
+pub mod http;
 pub mod postgres;
 pub mod tmux;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -266,8 +271,10 @@ pub struct Ids {
 /// One test's world. See the module documentation.
 pub struct TestEnv {
     pub dir: PathBuf,
-    /// The copy of tests/demo-app.
+    /// The copy of tests/demo-app, or the installed app given to [`TestEnv::with_app`].
     pub app: PathBuf,
+    /// The gunicorn of the app's venv (the server command's program).
+    pub gunicorn: PathBuf,
     /// The configured data directory (not created by the test).
     pub data: PathBuf,
     pub user: String,
@@ -295,12 +302,25 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// A fresh world; `name` only makes the temp directory recognizable.
+    /// A fresh world with a copy of the demo app; `name` only makes the temp directory
+    /// recognizable.
     pub fn new(name: &str) -> TestEnv {
+        TestEnv::make(name, None)
+    }
+
+    /// A fresh world running the app in `source` (used in place, not copied: an install
+    /// the test does not own) with the venv `venv`.
+    pub fn with_app(name: &str, source: &Path, venv: &Path) -> TestEnv {
+        TestEnv::make(name, Some((source, venv)))
+    }
+
+    fn make(name: &str, installed: Option<(&Path, &Path)>) -> TestEnv {
         require_root();
         let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let machine_lock = lock_machine();
-        ensure_venv();
+        if installed.is_none() {
+            ensure_venv();
+        }
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let user = format!("blt{pid}x{n}");
@@ -324,18 +344,28 @@ impl TestEnv {
         }
         fs::create_dir(&dir).expect("create the test dir");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod the test dir");
-        let app = dir.join("app");
-        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo-app");
-        copy_app(&demo, &app).expect("copy the demo app");
         // The source belongs to root and is read-only for the service user, as in a real
         // install: the launcher compiles the catalogs into the data directory.
+        let (app, python, gunicorn) = match installed {
+            Some((source, venv)) => (
+                source.to_path_buf(),
+                venv.join("bin/python"),
+                venv.join("bin/gunicorn"),
+            ),
+            None => {
+                let app = dir.join("app");
+                let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo-app");
+                copy_app(&demo, &app).expect("copy the demo app");
+                (app, PathBuf::from(PYTHON), PathBuf::from(GUNICORN))
+            }
+        };
         let port = free_port();
         let data = dir.join("data");
         let mut config = Config::default();
         config
             .set_str("service", "user", &user)
             .set_str("service", "data_dir", &data.display().to_string())
-            .set_str("app", "python", PYTHON)
+            .set_str("app", "python", &python.display().to_string())
             .set_str("app", "source_dir", &app.display().to_string())
             .set(
                 "secrets",
@@ -348,10 +378,11 @@ impl TestEnv {
                 r#"{ generate = "fernet-key" }"#,
             )
             .set_str("environment", "BITPOLL_ALLOWED_HOSTS", "127.0.0.1")
-            .set("server", "command", &server_command(port));
+            .set("server", "command", &server_command(&gunicorn, port));
         TestEnv {
             dir,
             app,
+            gunicorn,
             data,
             user,
             port,
@@ -372,7 +403,7 @@ impl TestEnv {
     }
 
     /// Another instance of this deployment, as on another machine behind the same load
-    /// balancer: a directory, copy of the app, data directory, port and launches of its
+    /// balancer: a directory, copy of the demo app (an installed app is shared), data directory, port and launches of its
     /// own; the same service user and otherwise the same config (as it is now). Dropping
     /// it stops its launches and removes its directory; the account stays its parent's,
     /// so drop it before the parent (declare it after).
@@ -389,23 +420,30 @@ impl TestEnv {
         }
         fs::create_dir(&dir).expect("create the instance dir");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod the dir");
-        let app = dir.join("app");
-        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo-app");
-        copy_app(&demo, &app).expect("copy the demo app");
-        for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
-            fs::set_permissions(app.join(d), fs::Permissions::from_mode(0o777))
-                .expect("chmod the locale dir");
-        }
+        // An installed app (outside the parent's directory) is shared as it is.
+        let app = if self.app.starts_with(&self.dir) {
+            let app = dir.join("app");
+            let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/demo-app");
+            copy_app(&demo, &app).expect("copy the demo app");
+            for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
+                fs::set_permissions(app.join(d), fs::Permissions::from_mode(0o777))
+                    .expect("chmod the locale dir");
+            }
+            app
+        } else {
+            self.app.clone()
+        };
         let port = free_port();
         let data = dir.join("data");
         let mut config = self.config.clone();
         config
             .set_str("service", "data_dir", &data.display().to_string())
             .set_str("app", "source_dir", &app.display().to_string())
-            .set("server", "command", &server_command(port));
+            .set("server", "command", &server_command(&self.gunicorn, port));
         TestEnv {
             dir,
             app,
+            gunicorn: self.gunicorn.clone(),
             data,
             user: self.user.clone(),
             port,
@@ -1087,11 +1125,11 @@ fn copy_app(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// gunicorn on 127.0.0.1:`port` with one worker, as the server.command TOML array.
-fn server_command(port: u16) -> String {
+/// `gunicorn` on 127.0.0.1:`port` with one worker, as the server.command TOML array.
+fn server_command(gunicorn: &Path, port: u16) -> String {
     format!(
         "[{}, \"--bind\", \"127.0.0.1:{port}\", \"--workers\", \"1\", \"--no-control-socket\", \"bitpoll.wsgi:application\"]",
-        toml_str(GUNICORN)
+        toml_str(&gunicorn.display().to_string())
     )
 }
 
