@@ -16,7 +16,6 @@ mod observe;
 mod postgres;
 mod prepare;
 mod run;
-mod secrets;
 mod signals;
 mod sqlite;
 mod sysusers;
@@ -26,6 +25,13 @@ mod unit;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
+
+/// Seconds since the epoch, for the names and records a start writes.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

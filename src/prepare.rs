@@ -57,7 +57,7 @@ pub struct Context<'a> {
     pub tree: &'a DataTree,
     pub owner: Owner,
     /// The preparation environment (see launcher_plan::env).
-    pub env: Vec<(String, String)>,
+    pub env: launcher_plan::env::Env,
     /// Translation base directories and where their catalogs are compiled to
     /// (launcher_plan::judge::prepare::catalog_targets).
     pub catalogs: Vec<(std::path::PathBuf, std::path::PathBuf)>,
@@ -162,8 +162,9 @@ pub struct Outcome {
     pub migrations: Option<Vec<String>>,
 }
 
-/// Run the planned steps that must run, on `rt`, holding `locks` (the migration lock is
-/// released as soon as migrate finished). Returns after all finished.
+/// Run the planned steps that must run, on `rt`, holding `locks`. The migration lock is
+/// released here, and only here: at once when migrate does not run, else as soon as
+/// migrate finished. Returns after all finished.
 pub fn execute(
     rt: &tokio::runtime::Runtime,
     stop: &mut StopSignals,
@@ -176,6 +177,9 @@ pub fn execute(
         .filter(|p| p.runs())
         .map(|p| p.step)
         .collect();
+    if !steps.contains(&Step::Migrate) {
+        rt.block_on(locks.release_migration());
+    }
     if steps.is_empty() {
         return Ok(Outcome::default());
     }
@@ -219,7 +223,7 @@ async fn supervise(
     cmd.args(steps.iter().map(|s| s.name()))
         .current_dir(&ctx.cfg.app.source_dir)
         .env_clear()
-        .envs(ctx.env.iter().map(|(k, v)| (k, v)))
+        .envs(ctx.env.iter())
         .envs(catalogs_var(&ctx.catalogs))
         .envs(
             ctx.backup

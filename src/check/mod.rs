@@ -17,9 +17,9 @@ mod systemd;
 
 use launcher_config::Config;
 use launcher_plan::env::{self, Purpose};
-use launcher_plan::facts::{Facts, Observer, SecretState, View};
+use launcher_plan::facts::{Facts, Observer, View};
 use launcher_plan::finding::{Group, Severity};
-use launcher_plan::judge::{self, secrets::Action};
+use launcher_plan::judge::{self, Command, SecretPlan, Start};
 use launcher_plan::secret::SecretValue;
 
 use crate::cli::CheckArgs;
@@ -71,7 +71,20 @@ pub fn run(args: &CheckArgs) -> Result<u8, Exit> {
 
 fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     let unit = args.unit.as_deref().unwrap_or("bitpoll");
+    let mut ids = match launcher_sys::privs::Identity::of_process() {
+        Ok(ids) => ids,
+        Err(e) => {
+            r.error(
+                Group::Check,
+                "identity",
+                e.to_string(),
+                "check that /proc is mounted",
+            );
+            return;
+        }
+    };
     let facts = observe::observe(
+        &mut ids,
         cfg,
         &Options {
             view: View::Outside,
@@ -99,61 +112,31 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
         );
     }
 
-    // Exactly what `run` judges before it changes anything.
-    let judged = judge::deployment(cfg, &facts);
-    for f in &judged.findings {
+    // Exactly what `run` judges before it changes anything, and what the next start does
+    // about preparation.
+    let mut start = judge::start(cfg, &facts, Command::Check, crate::now());
+    for f in &start.findings {
         r.push(f.clone());
     }
-    if let Some(f) = judge::prepare::catalogs(cfg, &facts) {
-        r.push(f);
-    }
-
-    let values = secret_values(&facts, &judged.secrets);
-    let locale_paths: Vec<std::path::PathBuf> = judge::prepare::catalog_targets(cfg, &facts)
-        .into_iter()
-        .map(|(_, to)| to)
-        .collect();
+    let values = probe_values(&mut start);
     let account = launcher_sys::account::lookup(&cfg.service.user, &cfg.service.group)
         .ok()
         .flatten();
-    let inputs = |user: &str, purpose| {
+    let locale_paths = start.locale_paths();
+    // The app itself is probed with the environment an admin's command gives it.
+    let app_env = account.as_ref().map(|a| {
         env::build(
             &env::Inputs {
                 config: cfg,
                 secrets: &values,
                 inherited: &facts.inherited,
-                user,
+                user: &a.user,
                 home: &cfg.service.data_dir,
                 locale_paths: &locale_paths,
             },
-            purpose,
+            Purpose::Probe,
         )
-    };
-    // What the next start does about each preparation step, judged on the environment
-    // `run` gives the preparation.
-    let env_for_plan = inputs(
-        account.as_ref().map_or(&cfg.service.user, |a| &a.user),
-        Purpose::Prepare,
-    );
-    // The app itself is probed with the environment an admin's command gives it.
-    let app_env = account.as_ref().map(|a| inputs(&a.user, Purpose::Probe));
-    let planned = judge::prepare::judge(
-        cfg,
-        &facts,
-        &judge::prepare::Inputs {
-            env: &env_for_plan,
-            force: false,
-        },
-    );
-    for p in &planned {
-        r.push(p.finding());
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if let Some(f) = judge::prepare::backup(cfg, &facts, &planned, now).finding() {
-        r.push(f);
-    }
+    });
 
     let probe = probe(cfg, &facts, account.as_ref(), viewer, app_env, &values, r);
     let uid = facts.account.user.as_ref().map(|u| u.uid);
@@ -185,28 +168,19 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     }
 }
 
-/// The values the probe starts the app with: every secret read, and a throwaway value for
-/// one not generated yet (never stored).
-fn secret_values(
-    facts: &Facts,
-    verdicts: &[judge::secrets::Verdict],
-) -> Vec<(String, SecretValue)> {
-    let mut values = Vec::new();
-    for (fact, verdict) in facts.secrets.iter().zip(verdicts) {
-        match (&fact.state, verdict.action) {
-            (SecretState::Read { value, .. }, Action::Use) => {
-                values.push((fact.name.clone(), value.clone()))
+/// The values the probe starts the app with: every secret the judgement hands over, and a
+/// throwaway value for one the first start would generate (never stored).
+fn probe_values(start: &mut Start) -> Vec<(String, SecretValue)> {
+    let mut values = start.take_values();
+    for plan in &start.secrets {
+        if let SecretPlan::Generate { name, kind } = plan {
+            let mut failed = false;
+            let v = launcher_plan::secret::generate(*kind, |b| {
+                failed |= launcher_sys::random_bytes(b).is_err()
+            });
+            if !failed {
+                values.push((name.clone(), v));
             }
-            (_, Action::Generate(kind)) => {
-                let mut failed = false;
-                let v = launcher_plan::secret::generate(kind, |b| {
-                    failed |= launcher_sys::random_bytes(b).is_err()
-                });
-                if !failed {
-                    values.push((fact.name.clone(), v));
-                }
-            }
-            _ => {}
         }
     }
     values
@@ -218,7 +192,7 @@ fn probe(
     facts: &Facts,
     account: Option<&launcher_sys::account::Account>,
     viewer: Viewer,
-    app_env: Option<Vec<(String, String)>>,
+    app_env: Option<env::Env>,
     values: &[(String, SecretValue)],
     r: &mut Report,
 ) -> Option<probe::Probe> {

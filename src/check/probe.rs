@@ -114,11 +114,11 @@ pub fn probe_app(
     facts: &Facts,
     account: &launcher_sys::account::Account,
     viewer: Viewer,
-    mut app_env: Vec<(String, String)>,
+    mut app_env: launcher_plan::env::Env,
     r: &mut Report,
 ) -> Option<Probe> {
     let python = &cfg.app.python;
-    app_env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    app_env.set("PYTHONDONTWRITEBYTECODE".into(), "1".into());
     // Another user's view of write access says nothing about the service user's.
     let paths: Vec<String> = if viewer == Viewer::Other {
         Vec::new()
@@ -134,7 +134,7 @@ pub fn probe_app(
         .arg(serde_json::to_string(&paths).unwrap_or_else(|_| "[]".into()))
         .current_dir(&cfg.app.source_dir)
         .env_clear()
-        .envs(app_env.iter().map(|(k, v)| (k, v)))
+        .envs(app_env.iter())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -24,7 +24,7 @@ use launcher_plan::facts::{PostgresFacts, PostgresState};
 use launcher_plan::postgres::{Failure, Host, Server, backoff};
 use launcher_plan::secret::SecretValue;
 use launcher_sys::StopSignal;
-use launcher_sys::{Gid, Uid};
+use launcher_sys::privs::{Identity, Ids, Kernel};
 
 use crate::notify;
 use crate::signals::StopSignals;
@@ -49,9 +49,9 @@ const KEEPALIVES: &str =
 pub struct Login<'a> {
     /// BITPOLL_DB_PASSWORD, when configured.
     pub password: Option<&'a SecretValue>,
-    /// The service user's ids, to connect a Unix socket as (peer authentication); None
-    /// to connect as this process is.
-    pub peer: Option<(Uid, Gid)>,
+    /// The service user's identity, to connect a Unix socket as (peer authentication);
+    /// None to connect as this process is.
+    pub peer: Option<Ids>,
     /// The session's application_name (launcher_plan::postgres::instance_name).
     pub name: String,
 }
@@ -72,12 +72,13 @@ pub struct Session {
 }
 
 /// Connect once, within `limit`.
-pub async fn connect(
+pub async fn connect<K: Kernel>(
+    ids: &mut Identity<K>,
     server: &Server,
     login: &Login<'_>,
     limit: Duration,
 ) -> Result<Session, ConnectError> {
-    match tokio::time::timeout(limit, connect_inner(server, login)).await {
+    match tokio::time::timeout(limit, connect_inner(ids, server, login)).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError {
             failure: Failure::Unreachable,
@@ -86,7 +87,11 @@ pub async fn connect(
     }
 }
 
-async fn connect_inner(server: &Server, login: &Login<'_>) -> Result<Session, ConnectError> {
+async fn connect_inner<K: Kernel>(
+    ids: &mut Identity<K>,
+    server: &Server,
+    login: &Login<'_>,
+) -> Result<Session, ConnectError> {
     let mut config = PgConfig::new();
     config
         .user(&server.role)
@@ -101,11 +106,9 @@ async fn connect_inner(server: &Server, login: &Login<'_>) -> Result<Session, Co
             let path = server
                 .socket_path()
                 .expect("a socket host has a socket path");
-            let std_stream = launcher_sys::net::connect_unix_as(&path, login.peer)
+            // Non-blocking: a full backlog is a refused attempt, never a blocked runtime.
+            let std_stream = launcher_sys::net::connect_unix_as(ids, &path, login.peer.clone())
                 .map_err(|e| io_failure(&format!("{}", path.display()), e))?;
-            std_stream
-                .set_nonblocking(true)
-                .map_err(|e| io_failure("socket", e))?;
             let stream = tokio::net::UnixStream::from_std(std_stream)
                 .map_err(|e| io_failure("socket", e))?;
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -265,7 +268,8 @@ pub enum WaitError {
 /// timeout is kept beyond the wait's own limit, every failed attempt is logged with its
 /// cause. A server that answers with a refusal waiting cannot fix (authentication, no
 /// such database, TLS) fails at once.
-pub async fn wait(
+pub async fn wait<K: Kernel>(
+    ids: &mut Identity<K>,
     server: &Server,
     login: &Login<'_>,
     stop: &mut StopSignals,
@@ -282,7 +286,7 @@ pub async fn wait(
         let result = tokio::select! {
             biased;
             signal = stop.recv() => return Err(WaitError::Stopped { signal, server: server.to_string() }),
-            r = connect(server, login, CONNECT_TIMEOUT) => r,
+            r = connect(ids, server, login, CONNECT_TIMEOUT) => r,
         };
         let e = match result {
             Ok(session) => {
@@ -523,7 +527,11 @@ impl Session {
 }
 
 /// `check`: connect once (no waiting) and read the facts, on a runtime of its own.
-pub fn observe_once(server: &Server, login: &Login<'_>) -> PostgresFacts {
+pub fn observe_once<K: Kernel>(
+    ids: &mut Identity<K>,
+    server: &Server,
+    login: &Login<'_>,
+) -> PostgresFacts {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -537,7 +545,7 @@ pub fn observe_once(server: &Server, login: &Login<'_>) -> PostgresFacts {
         }
     };
     rt.block_on(async {
-        match connect(server, login, Duration::from_secs(5)).await {
+        match connect(ids, server, login, Duration::from_secs(5)).await {
             Ok(session) => session.observe().await,
             Err(e) => PostgresFacts {
                 server: server.to_string(),

@@ -8,8 +8,62 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use launcher_config::{Config, DATA_DIR_VAR, Database};
+use zeroize::Zeroizing;
 
 use crate::secret::SecretValue;
+
+/// The app's environment, sorted by name. Every value sits in a zeroizing buffer (some are
+/// secrets), until the exec copies them into its argument block (launcher_sys::exec, which
+/// zeroizes its copy should the exec fail) or the value is dropped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Env(Vec<(String, Zeroizing<String>)>);
+
+impl Env {
+    /// The entries, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The entries borrowed, for the exec.
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        self.iter().collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Set `name` to `value`, replacing an earlier value.
+    pub fn set(&mut self, name: String, value: String) {
+        let value = Zeroizing::new(value);
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
+            Ok(at) => self.0[at].1 = value,
+            Err(at) => self.0.insert(at, (name, value)),
+        }
+    }
+
+    /// An environment of these entries (later ones win).
+    pub fn of(pairs: impl IntoIterator<Item = (String, String)>) -> Env {
+        let mut env = Env::default();
+        for (k, v) in pairs {
+            env.set(k, v);
+        }
+        env
+    }
+
+    /// A plain copy, for tests and messages that compare whole environments.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl FromIterator<(String, String)> for Env {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Env {
+        Env::of(pairs)
+    }
+}
 
 /// Who the environment is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +157,7 @@ pub const LOCALE_PATHS_VAR: &str = "BITPOLL_LOCALE_PATHS";
 /// The environment, sorted by name. Later sources win: allowlisted inherited variables,
 /// the launcher's own variables, `[environment]`, then the secrets. Config validation
 /// already refuses overlaps between the last three.
-pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
+pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Env {
     let cfg = inputs.config;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in inputs.inherited {
@@ -198,10 +252,11 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Vec<(String, String)> {
     for (k, v) in &cfg.environment {
         env.insert(k.clone(), v.clone());
     }
+    let mut out = Env::of(env);
     for (k, v) in inputs.secrets {
-        env.insert(k.clone(), v.expose().to_string());
+        out.set(k.clone(), v.expose().to_string());
     }
-    env.into_iter().collect()
+    out
 }
 
 /// Variables the caller of `manage` passes through for one command: every
@@ -321,7 +376,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             home: Path::new("/var/lib/bitpoll"),
             locale_paths: &[],
         };
-        build(&inputs, purpose).into_iter().collect()
+        build(&inputs, purpose).to_map()
     }
 
     #[test]
@@ -448,7 +503,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             home: Path::new("/var/lib/bitpoll"),
             locale_paths: &[],
         };
-        let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).into_iter().collect();
+        let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).to_map();
         assert_eq!(env["PATH"], format!("/opt/venv/bin:{DEFAULT_PATH}"));
     }
 
@@ -467,7 +522,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             home: Path::new("/var/lib/bitpoll"),
             locale_paths: &[],
         };
-        let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).into_iter().collect();
+        let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).to_map();
         for (k, v) in [
             ("BITPOLL_DB_ENGINE", "postgresql"),
             ("BITPOLL_DB_NAME", "polls"),

@@ -32,7 +32,7 @@ pub struct FingerprintInputs<'a> {
     pub source_digest: &'a str,
     pub settings_module: &'a str,
     /// The preparation environment.
-    pub env: &'a [(String, String)],
+    pub env: &'a crate::env::Env,
     /// Names of variables whose values are secrets: only their names are hashed.
     pub secret_names: &'a [&'a str],
     /// Names the config sets in [environment]: these count even when they are also
@@ -59,10 +59,9 @@ pub fn fingerprint(inputs: &FingerprintInputs<'_>) -> Fingerprint {
     for k in inputs.secret_names {
         map.insert(format!("${k}"), short("<secret>"));
     }
-    for (k, v) in inputs.env {
-        let inherited = ALLOWLIST.contains(&k.as_str()) && !inputs.configured.contains(&k.as_str());
-        if VOLATILE.contains(&k.as_str()) || inherited || inputs.secret_names.contains(&k.as_str())
-        {
+    for (k, v) in inputs.env.iter() {
+        let inherited = ALLOWLIST.contains(&k) && !inputs.configured.contains(&k);
+        if VOLATILE.contains(&k) || inherited || inputs.secret_names.contains(&k) {
             continue;
         }
         map.insert(format!("${k}"), short(v));
@@ -311,14 +310,14 @@ pub fn utc(secs: u64) -> String {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn env(pairs: &[(&str, &str)]) -> crate::env::Env {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
-    fn fp(env: &[(String, String)], source: &str) -> Fingerprint {
+    fn fp(env: &crate::env::Env, source: &str) -> Fingerprint {
         fingerprint(&FingerprintInputs {
             step: Step::Migrate,
             python: "/venv/bin/python 1:2",

@@ -6,6 +6,8 @@ use std::process::Command;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
+use launcher_plan::judge::account::AccountProblem;
+
 /// The resolved service account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -19,16 +21,13 @@ pub struct Account {
     pub groups: Vec<Gid>,
 }
 
+/// Why the account could not be made or used. An account the service may not use is an
+/// [`AccountProblem`], the same reason the judgement ahead of the start gives, worded once
+/// by launcher_plan.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
-    #[error("user {user:?} does not exist{}", creation_hint(*.create_user))]
-    UserMissing { user: String, create_user: bool },
-    #[error("group {group:?} does not exist{}", creation_hint(*.create_user))]
-    GroupMissing { group: String, create_user: bool },
-    #[error(
-        "cannot create {what} {name:?}: /etc is read-only here (a unit with ProtectSystem=strict or full); declare the account ahead instead: install the line printed by `bitpoll-launcher sysusers` as /etc/sysusers.d/bitpoll.conf and run systemd-sysusers, or on NixOS declare users.users/users.groups (the NixOS module does), then set service.create_user = false"
-    )]
-    ReadOnlyEtc { what: &'static str, name: String },
+    #[error("{}", .0.finding())]
+    Refused(AccountProblem),
     #[error("cannot create {what} {name:?}: `{command}` failed ({status}): {stderr}")]
     CreateFailed {
         what: &'static str,
@@ -37,12 +36,6 @@ pub enum AccountError {
         status: String,
         stderr: String,
     },
-    #[error(
-        "user {user:?} has uid 0; the service must run unprivileged: give it its own non-root uid"
-    )]
-    UserIsRoot { user: String },
-    #[error("group {group:?} has gid 0; use a dedicated non-root group")]
-    GroupIsRoot { group: String },
     #[error("cannot look up {what} {name:?} in the account database: {source}")]
     Lookup {
         what: &'static str,
@@ -50,18 +43,14 @@ pub enum AccountError {
         #[source]
         source: nix::Error,
     },
-    #[error(
-        "the launcher runs as uid {uid}, not as the configured user {user:?} (uid {want}); run it as root or as {user:?}"
-    )]
-    WrongUser { uid: Uid, user: String, want: Uid },
 }
 
-fn creation_hint(create_user: bool) -> &'static str {
-    if create_user {
-        "; run the launcher as root to create it, or create it ahead (e.g. with `bitpoll-launcher sysusers`)"
-    } else {
-        "; service.create_user = false, so it must be declared ahead: on NixOS with users.users, elsewhere with the sysusers.d line printed by `bitpoll-launcher sysusers` (or set create_user = true)"
-    }
+fn missing(what: &'static str, name: &str, create_user: bool) -> AccountError {
+    AccountError::Refused(AccountProblem::Missing {
+        what,
+        name: name.into(),
+        create_user,
+    })
 }
 
 /// What [`ensure`] did.
@@ -97,10 +86,14 @@ pub fn lookup(user: &str, group: &str) -> Result<Option<Account>, AccountError> 
 
 fn resolve(u: User, g: Group) -> Result<Account, AccountError> {
     if u.uid.is_root() {
-        return Err(AccountError::UserIsRoot { user: u.name });
+        return Err(AccountError::Refused(AccountProblem::UserIsRoot {
+            user: u.name,
+        }));
     }
     if g.gid.as_raw() == 0 {
-        return Err(AccountError::GroupIsRoot { group: g.name });
+        return Err(AccountError::Refused(AccountProblem::GroupIsRoot {
+            group: g.name,
+        }));
     }
     let cname = CString::new(u.name.clone()).expect("user names from the database have no NUL");
     let mut groups =
@@ -136,17 +129,9 @@ pub fn ensure(
         None if create => {
             run_tool("group", group, "groupadd", &["--system", group])?;
             created.group = true;
-            lookup_group(group)?.ok_or_else(|| AccountError::GroupMissing {
-                group: group.into(),
-                create_user: create,
-            })?
+            lookup_group(group)?.ok_or_else(|| missing("group", group, create))?
         }
-        None => {
-            return Err(AccountError::GroupMissing {
-                group: group.into(),
-                create_user: create,
-            });
-        }
+        None => return Err(missing("group", group, create)),
     };
     let u = match lookup_user(user)? {
         Some(u) => u,
@@ -172,17 +157,9 @@ pub fn ensure(
                 ],
             )?;
             created.user = true;
-            lookup_user(user)?.ok_or_else(|| AccountError::UserMissing {
-                user: user.into(),
-                create_user: create,
-            })?
+            lookup_user(user)?.ok_or_else(|| missing("user", user, create))?
         }
-        None => {
-            return Err(AccountError::UserMissing {
-                user: user.into(),
-                create_user: create,
-            });
-        }
+        None => return Err(missing("user", user, create)),
     };
     Ok((resolve(u, g)?, created))
 }
@@ -190,22 +167,16 @@ pub fn ensure(
 /// The configured account, for a launcher that is not root: it must already be that user.
 pub fn verify_current(user: &str, group: &str) -> Result<Account, AccountError> {
     let account = lookup(user, group)?.ok_or_else(|| match lookup_user(user) {
-        Ok(Some(_)) => AccountError::GroupMissing {
-            group: group.into(),
-            create_user: false,
-        },
-        _ => AccountError::UserMissing {
-            user: user.into(),
-            create_user: false,
-        },
+        Ok(Some(_)) => missing("group", group, false),
+        _ => missing("user", user, false),
     })?;
     let uid = nix::unistd::geteuid();
     if uid != account.uid {
-        return Err(AccountError::WrongUser {
-            uid,
+        return Err(AccountError::Refused(AccountProblem::WrongUser {
+            uid: uid.as_raw(),
             user: user.into(),
-            want: account.uid,
-        });
+            want: account.uid.as_raw(),
+        }));
     }
     Ok(account)
 }
@@ -245,10 +216,10 @@ fn admin_tool(tool: &str) -> PathBuf {
 
 fn run_tool(what: &'static str, name: &str, tool: &str, args: &[&str]) -> Result<(), AccountError> {
     if etc_is_read_only() {
-        return Err(AccountError::ReadOnlyEtc {
+        return Err(AccountError::Refused(AccountProblem::ReadOnlyEtc {
             what,
             name: name.into(),
-        });
+        }));
     }
     let out = Command::new(admin_tool(tool))
         .args(args)
@@ -265,10 +236,10 @@ fn run_tool(what: &'static str, name: &str, tool: &str, args: &[&str]) -> Result
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if stderr.contains("Read-only file system") {
-        return Err(AccountError::ReadOnlyEtc {
+        return Err(AccountError::Refused(AccountProblem::ReadOnlyEtc {
             what,
             name: name.into(),
-        });
+        }));
     }
     Err(AccountError::CreateFailed {
         what,

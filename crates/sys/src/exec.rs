@@ -32,9 +32,9 @@ const SD_LISTEN_FDS_START: i32 = 3;
 /// Clear close-on-exec on the sockets systemd passed (LISTEN_FDS), when they are meant for
 /// this PID (LISTEN_PID), so the server inherits them. Returns their range, empty when
 /// there are none for this PID.
-fn pass_listen_fds(env: &[(String, String)]) -> Result<Range<i32>, ExecError> {
+fn pass_listen_fds(env: &[(&str, &str)]) -> Result<Range<i32>, ExecError> {
     let none = SD_LISTEN_FDS_START..SD_LISTEN_FDS_START;
-    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
     let (Some(pid), Some(n)) = (get("LISTEN_PID"), get("LISTEN_FDS")) else {
         return Ok(none);
     };
@@ -59,32 +59,46 @@ fn pass_listen_fds(env: &[(String, String)]) -> Result<Range<i32>, ExecError> {
 /// them) returns [`ExecError::Stopped`] instead; then every signal is unblocked and every
 /// ignored one set to its default, so one arriving after that look ends the process before
 /// the program runs. Returns only on failure.
-pub fn exec(argv: &[String], env: &[(String, String)]) -> ExecError {
+pub fn exec(argv: &[String], env: &[(&str, &str)]) -> ExecError {
     match exec_inner(argv, env) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
+/// The environment as C strings for execve, zeroized when dropped (the exec failed, or
+/// it was never made): the values include secrets.
+pub(crate) struct CEnv(pub(crate) Vec<CString>);
+
+impl Drop for CEnv {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for c in self.0.drain(..) {
+            c.into_bytes_with_nul().zeroize();
+        }
+    }
+}
+
 /// argv and the environment as C strings for execve; None when one holds a NUL byte.
-pub(crate) fn c_strings(
-    argv: &[String],
-    env: &[(String, String)],
-) -> Option<(Vec<CString>, Vec<CString>)> {
+pub(crate) fn c_strings(argv: &[String], env: &[(&str, &str)]) -> Option<(Vec<CString>, CEnv)> {
     let cargs = argv
         .iter()
         .map(|a| CString::new(a.as_bytes()).ok())
         .collect::<Option<Vec<_>>>()?;
-    let cenv = env
-        .iter()
-        .map(|(k, v)| CString::new(format!("{k}={v}")).ok())
-        .collect::<Option<Vec<_>>>()?;
+    let mut cenv = CEnv(Vec::with_capacity(env.len()));
+    for (k, v) in env {
+        let mut entry = zeroize::Zeroizing::new(Vec::with_capacity(k.len() + v.len() + 1));
+        entry.extend_from_slice(k.as_bytes());
+        entry.push(b'=');
+        entry.extend_from_slice(v.as_bytes());
+        cenv.0.push(CString::new(entry.to_vec()).ok()?);
+    }
     Some((cargs, cenv))
 }
 
 fn exec_inner(
     argv: &[String],
-    env: &[(String, String)],
+    env: &[(&str, &str)],
 ) -> Result<std::convert::Infallible, ExecError> {
     let (cargs, cenv) = c_strings(argv, env).ok_or(ExecError::Nul)?;
     let keep = pass_listen_fds(env)?;
@@ -93,7 +107,7 @@ fn exec_inner(
         return Err(ExecError::Stopped { signal });
     }
     crate::signals::defaults_for_exec().map_err(ExecError::Signals)?;
-    nix::unistd::execve(&cargs[0], &cargs, &cenv).map_err(|source| ExecError::Exec {
+    nix::unistd::execve(&cargs[0], &cargs, &cenv.0).map_err(|source| ExecError::Exec {
         program: argv[0].clone(),
         source,
     })
@@ -116,10 +130,8 @@ mod tests {
         assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), 3) }, 3);
         println!("leaked {}", leaked.as_raw_fd());
         std::mem::forget(leaked);
-        let env = [
-            ("LISTEN_PID".to_string(), std::process::id().to_string()),
-            ("LISTEN_FDS".to_string(), "1".to_string()),
-        ];
+        let pid = std::process::id().to_string();
+        let env = [("LISTEN_PID", pid.as_str()), ("LISTEN_FDS", "1")];
         let err = super::exec(&["/bin/cat".to_string()], &env);
         panic!("{err}");
     }

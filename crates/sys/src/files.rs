@@ -86,7 +86,8 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretFileErr
 /// Read a secret the launcher generated earlier, from `dir` (the data directory's
 /// secrets/ descriptor). Ok(None) when it does not exist yet. The file must be a regular
 /// file (no link), owned by root or `owner`, mode 0600 or stricter.
-pub fn read_generated(
+pub fn read_generated<K: crate::privs::Kernel>(
+    ids: &mut crate::privs::Identity<K>,
     dir: BorrowedFd<'_>,
     dir_path: &Path,
     name: &str,
@@ -122,11 +123,9 @@ pub fn read_generated(
             // Root's own file with one name (left by a tool run as root): root reads it,
             // as the launcher always did; the user could not have planted it.
             let reopened = if st.st_uid == 0 {
-                crate::privs::with_root(|| {
-                    openat(dir, name, READ_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
-                })
-                .ok()
-                .and_then(Result::ok)
+                ids.with_root(|| openat(dir, name, READ_FLAGS | OFlag::O_NOFOLLOW, Mode::empty()))
+                    .ok()
+                    .and_then(Result::ok)
             } else {
                 None
             };

@@ -13,15 +13,9 @@
 //!
 //! This module must not decide whom to drop to: the caller builds the [`Target`].
 //!
-//! Before the drop, a root launcher *acts as* the service user ([`act_as`]) for
-//! everything it does in the user's data directory and to the user's preparation
-//! process: its effective (and so file-system) uid and gid are the user's, while the
-//! real and saved ids stay root's. File access and signals are then checked against the
-//! user's rights, so neither CAP_DAC_OVERRIDE, CAP_FOWNER nor CAP_KILL is needed, and
-//! root's rights never open a file in a tree the user controls. The kernel clears the
-//! effective capabilities while it acts; [`with_root`] takes root back for the few steps
-//! that need it (creating the data directory, giving a root-owned entry to the user),
-//! and the drop takes it back first thing.
+//! Before the drop, a root launcher *acts as* the service user for everything it does in
+//! the user's data directory: [`identity`] is the one seam for that, through the same
+//! [`Kernel`]. The drop takes root back first thing.
 
 use std::io;
 
@@ -30,6 +24,9 @@ use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
 
 use crate::account::Account;
+
+pub mod identity;
+pub use identity::{Identity, Ids, SwitchCall, SwitchError, Switched};
 
 /// Everything the drop needs, computed before fork so the child allocates nothing.
 #[derive(Debug, Clone)]
@@ -118,13 +115,21 @@ impl From<DropError> for io::Error {
     }
 }
 
-/// The privileged calls of the drop, one method each, in the order [`drop_with`] makes
-/// them. An implementation used between fork and exec must be async-signal-safe: no
-/// allocation, no locks.
+/// The privileged calls of the drop and of the changes of identity, one method each. Every
+/// method the drop uses ([`drop_with`]) must be async-signal-safe in an implementation
+/// used between fork and exec: no allocation, no locks.
 pub trait Kernel {
-    /// Make root the effective uid and gid again when the process acts as another user
-    /// ([`act_as`]); nothing otherwise.
-    fn take_root_back(&mut self) -> Result<(), Errno>;
+    /// getresuid/getresgid: the real uid, the effective uid and the effective gid.
+    fn current_ids(&mut self) -> Result<(Uid, Uid, Gid), Errno>;
+    /// getgroups(2) into `out` (may allocate: not used by the drop).
+    fn current_groups(&mut self, out: &mut Vec<Gid>) -> Result<(), Errno>;
+    /// setresuid(-1, uid, -1): the effective uid only (root may always take back root
+    /// while root is its saved uid).
+    fn set_euid(&mut self, uid: Uid) -> Result<(), Errno>;
+    /// setresgid(-1, gid, -1): the effective gid only (needs CAP_SETGID).
+    fn set_egid(&mut self, gid: Gid) -> Result<(), Errno>;
+    /// PR_SET_DUMPABLE 0, which every id change resets; cannot fail on a current kernel.
+    fn set_non_dumpable(&mut self);
     /// PR_CAPBSET_READ: whether `cap` is in the bounding set (EINVAL: unknown to the kernel).
     fn read_bounding(&mut self, cap: u32) -> Result<bool, Errno>;
     /// PR_CAPBSET_DROP of `cap` (needs CAP_SETPCAP).
@@ -179,12 +184,37 @@ struct CapData {
     inheritable: u32,
 }
 
+/// "Leave unchanged" for setres[ug]id.
+const KEEP: u32 = u32::MAX;
+
 impl Kernel for Linux {
-    fn take_root_back(&mut self) -> Result<(), Errno> {
-        if acting() {
-            act_as_root().map_err(|e| e.errno)?;
-        }
+    fn current_ids(&mut self) -> Result<(Uid, Uid, Gid), Errno> {
+        let (mut r, mut e, mut s) = (0, 0, 0);
+        // SAFETY: getresuid writes three uid_t through valid pointers to locals.
+        Errno::result(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+        let (mut gr, mut ge, mut gs) = (0, 0, 0);
+        // SAFETY: getresgid writes three gid_t through valid pointers to locals.
+        Errno::result(unsafe { libc::getresgid(&mut gr, &mut ge, &mut gs) })?;
+        Ok((Uid::from_raw(r), Uid::from_raw(e), Gid::from_raw(ge)))
+    }
+
+    fn current_groups(&mut self, out: &mut Vec<Gid>) -> Result<(), Errno> {
+        *out = nix::unistd::getgroups()?;
         Ok(())
+    }
+
+    fn set_euid(&mut self, uid: Uid) -> Result<(), Errno> {
+        // SAFETY: plain integer arguments.
+        Errno::result(unsafe { libc::setresuid(KEEP, uid.as_raw(), KEEP) }).map(drop)
+    }
+
+    fn set_egid(&mut self, gid: Gid) -> Result<(), Errno> {
+        // SAFETY: plain integer arguments.
+        Errno::result(unsafe { libc::setresgid(KEEP, gid.as_raw(), KEEP) }).map(drop)
+    }
+
+    fn set_non_dumpable(&mut self) {
+        let _ = prctl(libc::PR_SET_DUMPABLE, 0, 0);
     }
 
     fn read_bounding(&mut self, cap: u32) -> Result<bool, Errno> {
@@ -295,7 +325,14 @@ impl Kernel for Linux {
 pub fn drop_with<K: Kernel>(k: &mut K, t: &Target) -> Result<(), DropError> {
     let at = |step| move |errno| DropError { step, errno };
     if t.privileged {
-        k.take_root_back().map_err(at(DropStep::TakeRootBack))?;
+        let (real, effective, _) = k.current_ids().map_err(at(DropStep::TakeRootBack))?;
+        if real.is_root() && !effective.is_root() {
+            // Acting as the user (a child forked while the launcher acted as it).
+            let root = Uid::from_raw(0);
+            k.set_euid(root).map_err(at(DropStep::TakeRootBack))?;
+            k.set_egid(Gid::from_raw(0))
+                .map_err(at(DropStep::TakeRootBack))?;
+        }
         for cap in 0..=t.last_cap {
             if k.read_bounding(cap).map_err(at(DropStep::ReadBounding))? {
                 k.drop_bounding(cap).map_err(at(DropStep::DropBounding))?;
@@ -321,104 +358,46 @@ pub fn drop_with<K: Kernel>(k: &mut K, t: &Target) -> Result<(), DropError> {
     Ok(())
 }
 
-/// A failed change between root and the user root acts as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("cannot {what}: {errno}")]
-pub struct SwitchError {
-    pub what: &'static str,
-    pub errno: Errno,
-}
-
-fn setres(
-    what: &'static str,
-    call: unsafe extern "C" fn(u32, u32, u32) -> libc::c_int,
-    effective: u32,
-) -> Result<(), SwitchError> {
-    /// "Leave unchanged" for setres[ug]id.
-    const KEEP: u32 = u32::MAX;
-    // SAFETY: setresuid or setresgid with plain integer arguments.
-    let rc = unsafe { call(KEEP, effective, KEEP) };
-    Errno::result(rc)
-        .map(drop)
-        .map_err(|errno| SwitchError { what, errno })
-}
-
-/// Act as `uid`/`gid` (see the module docs): effective gid first (the change needs
-/// CAP_SETGID, which the uid change takes away), then effective uid; real and saved ids
-/// stay root's. Process-wide: glibc applies set*id calls to every thread.
-/// Async-signal-safe.
-pub fn act_as(uid: Uid, gid: Gid) -> Result<(), SwitchError> {
-    setres(
-        "act as the service user (setresgid)",
-        libc::setresgid,
-        gid.as_raw(),
-    )?;
-    setres(
-        "act as the service user (setresuid)",
-        libc::setresuid,
-        uid.as_raw(),
-    )
-}
-
-/// Take root back after [`act_as`]: allowed without a capability because root is the
-/// real and saved uid; the effective capabilities come back with it. Async-signal-safe.
-pub fn act_as_root() -> Result<(), SwitchError> {
-    setres("take root back (setresuid)", libc::setresuid, 0)?;
-    setres("take root back (setresgid)", libc::setresgid, 0)
-}
-
-/// True while a root process acts as another user ([`act_as`]). Async-signal-safe.
-pub fn acting() -> bool {
-    let (mut r, mut e, mut s) = (0, 0, 0);
-    // SAFETY: getresuid writes three uid_t through valid pointers to locals.
-    let rc = unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
-    rc == 0 && r == 0 && e != 0
-}
-
-/// Run `f` with root's effective ids when the process acts as another user, and act as
-/// that user again afterwards; otherwise just run `f`.
-pub fn with_root<T>(f: impl FnOnce() -> T) -> Result<T, SwitchError> {
-    if !acting() {
-        return Ok(f());
-    }
-    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
-    act_as_root()?;
-    let out = f();
-    act_as(uid, gid)?;
-    Ok(out)
-}
-
-/// Acts as a user until dropped, then root again: for a read-only look at the user's
-/// files by a root process that stays root afterwards (the observer of `run`, `check`
-/// and `manage`).
-#[derive(Debug)]
-pub struct ActingAs(());
-
-impl ActingAs {
-    pub fn new(uid: Uid, gid: Gid) -> Result<ActingAs, SwitchError> {
-        act_as(uid, gid)?;
-        Ok(ActingAs(()))
-    }
-}
-
-impl Drop for ActingAs {
-    fn drop(&mut self) {
-        // Cannot fail while the real uid is root (see act_as_root); a process that stayed
-        // the user would be refused by every later root-only step.
-        let _ = act_as_root();
-    }
-}
-
 /// True when CAP_CHOWN is in this process's permitted set: root may then give a file to
-/// another user, also while it acts as that user (through [`with_root`]).
+/// another user, also while it acts as that user (through [`Identity::with_root`]).
 pub fn may_chown() -> bool {
     caps::has_cap(None, CapSet::Permitted, caps::Capability::CAP_CHOWN).unwrap_or(false)
 }
 
-/// Drop to `t` for good, on the running kernel. Async-signal-safe (no allocation, no
-/// locks): see [`drop_with`] for the order and [`Linux`] for the calls.
+/// Drop to `t` for good, on the running kernel, in a forked child before exec.
+/// Async-signal-safe (no allocation, no locks): see [`drop_with`] for the order and
+/// [`Linux`] for the calls. A process that goes on running uses [`drop_for_good`].
 pub fn drop_to(t: &Target) -> Result<(), DropError> {
     drop_with(&mut Linux, t)
+}
+
+/// Why [`drop_for_good`] did not drop.
+#[derive(Debug, thiserror::Error)]
+pub enum DropForGoodError {
+    #[error(
+        "{0} threads are running at the privilege drop; refusing to drop privileges in a multi-threaded process"
+    )]
+    Threads(usize),
+    #[error("cannot count this process's threads: {0}")]
+    CountThreads(io::Error),
+    #[error(transparent)]
+    Drop(#[from] DropError),
+    #[error(transparent)]
+    Verify(#[from] NotDropped),
+}
+
+/// Drop this process to `t` for good and verify it. Only while it has one thread:
+/// setresuid applies to every thread through the C library, but a thread that holds root
+/// in its own right (in a system call, in another runtime) must not exist then.
+pub fn drop_for_good(identity: Identity, t: &Target) -> Result<(), DropForGoodError> {
+    let threads = crate::thread_count().map_err(DropForGoodError::CountThreads)?;
+    if threads != 1 {
+        return Err(DropForGoodError::Threads(threads));
+    }
+    let mut k = identity.into_kernel();
+    drop_with(&mut k, t)?;
+    verify(t)?;
+    Ok(())
 }
 
 /// What [`verify`] found wrong, if anything.

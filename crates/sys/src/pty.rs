@@ -149,7 +149,7 @@ impl Drop for Mask {
 /// 128 + the signal).
 pub fn run(
     argv: &[String],
-    env: &[(String, String)],
+    env: &[(&str, &str)],
     cwd: &Path,
     target: &Target,
 ) -> Result<i32, PtyError> {
@@ -158,7 +158,7 @@ pub fn run(
     let ccwd = CString::new(cwd.as_os_str().as_bytes()).map_err(|_| PtyError::Nul)?;
     let mut argp: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     argp.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
+    let mut envp: Vec<*const libc::c_char> = cenv.0.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
 
     let ttys = terminals();

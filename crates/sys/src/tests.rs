@@ -4,6 +4,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use launcher_plan::judge::data_dir::DirProblem;
 use launcher_plan::layout::TREE;
 
 use crate::files::{self, SecretFileError, WriteError};
@@ -34,6 +35,11 @@ fn me() -> Owner {
     }
 }
 
+/// This process's identity, as the functions under test take it.
+fn ids() -> crate::privs::Identity {
+    crate::privs::Identity::of_process().unwrap()
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
@@ -42,7 +48,7 @@ fn mode(p: &Path) -> u32 {
 fn creates_the_tree_with_exact_modes_and_repairs_them() {
     let t = TempDir::new("tree");
     let data = t.0.join("data");
-    let (_, changes) = tree::ensure(&data, TREE, me(), "me").unwrap();
+    let (_, changes) = tree::ensure(&mut ids(), &data, TREE, me(), "me").unwrap();
     assert_eq!(
         changes.len(),
         TREE.len(),
@@ -63,10 +69,10 @@ fn creates_the_tree_with_exact_modes_and_repairs_them() {
         assert_eq!(mode(&p), spec.mode, "{}", p.display());
     }
     std::fs::set_permissions(data.join("secrets"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (_, changes) = tree::ensure(&data, TREE, me(), "me").unwrap();
+    let (_, changes) = tree::ensure(&mut ids(), &data, TREE, me(), "me").unwrap();
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0].what, "mode 0755 -> 0700");
-    let (_, changes) = tree::ensure(&data, TREE, me(), "me").unwrap();
+    let (_, changes) = tree::ensure(&mut ids(), &data, TREE, me(), "me").unwrap();
     assert!(
         changes.is_empty(),
         "a correct tree is left alone: {changes:?}"
@@ -77,14 +83,17 @@ fn creates_the_tree_with_exact_modes_and_repairs_them() {
 fn refuses_a_symlink_planted_inside_the_data_dir() {
     let t = TempDir::new("link");
     let data = t.0.join("data");
-    tree::ensure(&data, TREE, me(), "me").unwrap();
+    tree::ensure(&mut ids(), &data, TREE, me(), "me").unwrap();
     let victim = t.0.join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::remove_dir(data.join("static")).unwrap();
     symlink(&victim, data.join("static")).unwrap();
-    let err = tree::ensure(&data, TREE, me(), "me").unwrap_err();
-    assert!(matches!(err, TreeError::Symlink { .. }), "{err}");
+    let err = tree::ensure(&mut ids(), &data, TREE, me(), "me").unwrap_err();
+    assert!(
+        matches!(err, TreeError::Refused(DirProblem::Symlink { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("is a symbolic link"), "{err}");
     assert_eq!(mode(&victim), 0o755, "the link's target was not touched");
 }
@@ -95,18 +104,27 @@ fn refuses_a_data_dir_that_is_a_symlink_or_a_file() {
     let real = t.0.join("real");
     std::fs::create_dir(&real).unwrap();
     symlink(&real, t.0.join("data")).unwrap();
-    let err = tree::ensure(&t.0.join("data"), TREE, me(), "me").unwrap_err();
-    assert!(matches!(err, TreeError::Symlink { .. }), "{err}");
+    let err = tree::ensure(&mut ids(), &t.0.join("data"), TREE, me(), "me").unwrap_err();
+    assert!(
+        matches!(err, TreeError::Refused(DirProblem::Symlink { .. })),
+        "{err}"
+    );
     std::fs::write(t.0.join("file"), b"x").unwrap();
-    let err = tree::ensure(&t.0.join("file"), TREE, me(), "me").unwrap_err();
-    assert!(matches!(err, TreeError::NotADirectory { .. }), "{err}");
+    let err = tree::ensure(&mut ids(), &t.0.join("file"), TREE, me(), "me").unwrap_err();
+    assert!(
+        matches!(err, TreeError::Refused(DirProblem::NotADirectory { .. })),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_parent_is_reported() {
     let t = TempDir::new("parent");
-    let err = tree::ensure(&t.0.join("no/such/data"), TREE, me(), "me").unwrap_err();
-    assert!(matches!(err, TreeError::ParentMissing(_)), "{err}");
+    let err = tree::ensure(&mut ids(), &t.0.join("no/such/data"), TREE, me(), "me").unwrap_err();
+    assert!(
+        matches!(err, TreeError::Refused(DirProblem::ParentMissing { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -188,20 +206,20 @@ fn generated_secrets_must_not_be_links_or_readable_by_others() {
     .unwrap();
     let uid = nix::unistd::geteuid();
     assert!(
-        files::read_generated(dir.as_fd(), &t.0, "absent", uid)
+        files::read_generated(&mut ids(), dir.as_fd(), &t.0, "absent", uid)
             .unwrap()
             .is_none()
     );
     std::fs::write(t.0.join("open"), b"k").unwrap();
     std::fs::set_permissions(t.0.join("open"), std::fs::Permissions::from_mode(0o640)).unwrap();
-    let err = files::read_generated(dir.as_fd(), &t.0, "open", uid).unwrap_err();
+    let err = files::read_generated(&mut ids(), dir.as_fd(), &t.0, "open", uid).unwrap_err();
     assert!(
         err.to_string().contains("a generated secret must be 0600"),
         "{err}"
     );
     std::fs::write(t.0.join("target"), b"k").unwrap();
     symlink(t.0.join("target"), t.0.join("link")).unwrap();
-    let err = files::read_generated(dir.as_fd(), &t.0, "link", uid).unwrap_err();
+    let err = files::read_generated(&mut ids(), dir.as_fd(), &t.0, "link", uid).unwrap_err();
     assert!(matches!(err, SecretFileError::Symlink { .. }), "{err}");
 }
 
@@ -222,7 +240,8 @@ fn a_hard_linked_generated_secret_is_refused() {
     )
     .unwrap();
     std::fs::hard_link(t.0.join("elsewhere"), t.0.join("KEY")).unwrap();
-    let err = files::read_generated(dir.as_fd(), &t.0, "KEY", nix::unistd::geteuid()).unwrap_err();
+    let err = files::read_generated(&mut ids(), dir.as_fd(), &t.0, "KEY", nix::unistd::geteuid())
+        .unwrap_err();
     assert!(
         matches!(err, SecretFileError::HardLinked { links: 2, .. }),
         "{err}"

@@ -6,11 +6,11 @@
 //! service user cannot redirect a root-owned operation elsewhere. Nothing is recursive:
 //! only the directories of the layout are inspected on each start.
 //!
-//! A root launcher calls [`ensure`] while it acts as the service user
-//! ([`crate::privs::act_as`]): the user's own directories are opened, created and
-//! chmod-ed with the user's rights, and root is taken back ([`crate::privs::with_root`])
-//! only to create the data directory itself in a parent the user cannot write, to open
-//! a root-only directory, and to give a root-owned entry to the user (CAP_CHOWN).
+//! A root launcher calls [`ensure`] while it acts as the service user (through the
+//! [`Identity`] it passes): the user's own directories are opened, created and chmod-ed
+//! with the user's rights, and root is taken back ([`Identity::with_root`]) only to create
+//! the data directory itself in a parent the user cannot write, to open a root-only
+//! directory, and to give a root-owned entry to the user (CAP_CHOWN).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -20,48 +20,19 @@ use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
 use nix::unistd::{Gid, Uid, fchown};
 
+use launcher_plan::judge::data_dir::DirProblem;
 use launcher_plan::layout::DirSpec;
 
+use crate::privs::{Identity, Kernel};
+
+/// Why the tree could not be made or used. A path that is not what the service may use is
+/// a [`DirProblem`], the same reason the judgement ahead of the start gives, worded once
+/// by launcher_plan.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error(
-        "the parent directory {0} of the data directory does not exist; create it, or point service.data_dir elsewhere"
-    )]
-    ParentMissing(PathBuf),
-    #[error(
-        "{path} is a symbolic link; the launcher never follows links in the data directory: replace it with a real directory (or point service.data_dir at the link's target)"
-    )]
-    Symlink { path: PathBuf },
-    #[error(
-        "{path} exists but is not a directory; move it away so the launcher can create the directory"
-    )]
-    NotADirectory { path: PathBuf },
-    #[error(
-        "{path} is owned by {owner} (uid {uid}), not by the service user; refusing to take over another user's files: if it really belongs to the service, run `chown -R {user}: {path}` once, otherwise choose another service.data_dir"
-    )]
-    ForeignOwner {
-        path: PathBuf,
-        uid: u32,
-        owner: String,
-        user: String,
-    },
-    #[error(
-        "{path} is owned by uid {uid}, but the launcher runs unprivileged as uid {me}; run it as root once, or `chown {me} {path}`"
-    )]
-    NotOwnedBySelf { path: PathBuf, uid: u32, me: u32 },
-    #[error(
-        "cannot create {path}: the file system is read-only here (a unit with ProtectSystem=strict); create it ahead: `bitpoll-launcher tmpfiles --config FILE > /etc/tmpfiles.d/bitpoll.conf && systemd-tmpfiles --create` (NixOS: the module does)"
-    )]
-    ReadOnly { path: PathBuf },
-    #[error(
-        "{path} has {links} hard links; a file in the data directory that also exists under another name may be a planted link to a file elsewhere, so the launcher will not touch it: remove the extra link (or the file)"
-    )]
-    HardLinked { path: PathBuf, links: u64 },
-    #[error(
-        "{path} belongs to root and the launcher may not give it to {user} here (no CAP_CHOWN: the hardened unit does not keep it); run `chown -R {user}: {path}` once"
-    )]
-    NoChown { path: PathBuf, user: String },
-    #[error("cannot switch between root and the service user: {0}")]
+    #[error("{}", .0.finding())]
+    Refused(DirProblem),
+    #[error(transparent)]
     Identity(#[from] crate::privs::SwitchError),
     #[error("cannot {op} {path}: {source}")]
     Io {
@@ -121,7 +92,8 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 
 /// Create or repair the tree `layout` (parents first, `layout[0]` is the data dir itself).
-pub fn ensure(
+pub fn ensure<K: Kernel>(
+    ids: &mut Identity<K>,
     data_dir: &Path,
     layout: &[DirSpec],
     owner: Owner,
@@ -129,11 +101,11 @@ pub fn ensure(
 ) -> Result<(DataTree, Vec<Change>), TreeError> {
     let mut changes = Vec::new();
     let parent = data_dir.parent().unwrap_or(Path::new("/"));
-    let name = data_dir
-        .file_name()
-        .ok_or_else(|| TreeError::NotADirectory {
+    let name = data_dir.file_name().ok_or_else(|| {
+        TreeError::Refused(DirProblem::NotADirectory {
             path: data_dir.to_path_buf(),
-        })?;
+        })
+    })?;
     // The path up to the data directory belongs to the admin (root); it may contain links.
     let parent_fd = open(
         parent,
@@ -141,7 +113,10 @@ pub fn ensure(
         Mode::empty(),
     )
     .map_err(|e| match e {
-        Errno::ENOENT => TreeError::ParentMissing(parent.to_path_buf()),
+        Errno::ENOENT => TreeError::Refused(DirProblem::ParentMissing {
+            data_dir: data_dir.to_path_buf(),
+            parent: parent.to_path_buf(),
+        }),
         source => TreeError::Io {
             op: "open",
             path: parent.to_path_buf(),
@@ -161,9 +136,9 @@ pub fn ensure(
             )
         };
         let before = changes.len();
-        let fd = open_or_create(at, rel, &path, owner.privileged, &mut changes)?;
+        let fd = open_or_create(ids, at, rel, &path, &mut changes)?;
         let created = changes.len() > before;
-        fix_owner_and_mode(&fd, &path, spec.mode, owner, user_name, &mut changes)?;
+        fix_owner_and_mode(ids, &fd, &path, spec.mode, owner, user_name, &mut changes)?;
         if created {
             // One line for a new directory, not one per step of making it.
             changes.truncate(before);
@@ -187,28 +162,26 @@ pub fn ensure(
 }
 
 /// `f`, and when it is refused with EACCES and the launcher acts as the service user
-/// while root (`privileged`), `f` again as root.
-fn retry_as_root<T>(
-    privileged: bool,
+/// while root, `f` again as root.
+fn retry_as_root<K: Kernel, T>(
+    ids: &mut Identity<K>,
     f: impl Fn() -> nix::Result<T>,
 ) -> Result<nix::Result<T>, TreeError> {
     match f() {
-        Err(Errno::EACCES) if privileged && crate::privs::acting() => {
-            Ok(crate::privs::with_root(f)?)
-        }
+        Err(Errno::EACCES) if ids.acting() => Ok(ids.with_root(f)?),
         other => Ok(other),
     }
 }
 
-fn open_or_create(
+fn open_or_create<K: Kernel>(
+    ids: &mut Identity<K>,
     at: BorrowedFd<'_>,
     rel: &std::ffi::OsStr,
     path: &Path,
-    privileged: bool,
     changes: &mut Vec<Change>,
 ) -> Result<OwnedFd, TreeError> {
     let open = || openat(at, rel, DIR_FLAGS, Mode::empty());
-    match retry_as_root(privileged, open)? {
+    match retry_as_root(ids, open)? {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(classify(at, rel, path, e)),
@@ -216,16 +189,16 @@ fn open_or_create(
     // Created private first; owner and final mode are set through the descriptor below.
     // The data directory's parent is root's: the user may not create entries there.
     let create = || mkdirat(at, rel, Mode::from_bits_truncate(0o700));
-    match retry_as_root(privileged, create)? {
+    match retry_as_root(ids, create)? {
         Ok(()) => changes.push(Change {
             path: path.to_path_buf(),
             what: "created".into(),
         }),
         Err(Errno::EEXIST) => {}
         Err(Errno::EROFS) => {
-            return Err(TreeError::ReadOnly {
+            return Err(TreeError::Refused(DirProblem::ReadOnly {
                 path: path.to_path_buf(),
-            });
+            }));
         }
         Err(source) => {
             return Err(TreeError::Io {
@@ -235,7 +208,7 @@ fn open_or_create(
             });
         }
     }
-    retry_as_root(privileged, open)?.map_err(|e| classify(at, rel, path, e))
+    retry_as_root(ids, open)?.map_err(|e| classify(at, rel, path, e))
 }
 
 /// Turn an open failure into the precise reason: a link, a file, or an I/O error.
@@ -244,12 +217,12 @@ fn classify(at: BorrowedFd<'_>, rel: &std::ffi::OsStr, path: &Path, e: Errno) ->
     let kind = fstatat(at, rel, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
         .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
     match (e, kind) {
-        (_, Ok(k)) if k == SFlag::S_IFLNK => TreeError::Symlink {
+        (_, Ok(k)) if k == SFlag::S_IFLNK => TreeError::Refused(DirProblem::Symlink {
             path: path.to_path_buf(),
-        },
-        (Errno::ENOTDIR, _) | (Errno::ELOOP, _) => TreeError::NotADirectory {
+        }),
+        (Errno::ENOTDIR, _) | (Errno::ELOOP, _) => TreeError::Refused(DirProblem::NotADirectory {
             path: path.to_path_buf(),
-        },
+        }),
         (source, _) => TreeError::Io {
             op: "open",
             path: path.to_path_buf(),
@@ -258,7 +231,8 @@ fn classify(at: BorrowedFd<'_>, rel: &std::ffi::OsStr, path: &Path, e: Errno) ->
     }
 }
 
-fn fix_owner_and_mode(
+fn fix_owner_and_mode<K: Kernel>(
+    ids: &mut Identity<K>,
     fd: &OwnedFd,
     path: &Path,
     mode: u32,
@@ -280,12 +254,11 @@ fn fix_owner_and_mode(
                 .flatten()
                 .map(|u| u.name)
                 .unwrap_or_else(|| format!("uid {uid}"));
-            return Err(TreeError::ForeignOwner {
+            return Err(TreeError::Refused(DirProblem::ForeignOwner {
                 path: path.to_path_buf(),
-                uid: uid.as_raw(),
                 owner: name,
                 user: user_name.to_string(),
-            });
+            }));
         }
         if uid != owner.uid || gid != owner.gid {
             let chown = || fchown(fd, Some(owner.uid), Some(owner.gid));
@@ -294,13 +267,13 @@ fn fix_owner_and_mode(
             let done = if uid == owner.uid {
                 chown()
             } else {
-                crate::privs::with_root(chown)?
+                ids.with_root(chown)?
             };
             done.map_err(|source| match source {
-                Errno::EPERM if uid.is_root() => TreeError::NoChown {
+                Errno::EPERM if uid.is_root() => TreeError::Refused(DirProblem::NoChown {
                     path: path.to_path_buf(),
                     user: user_name.to_string(),
-                },
+                }),
                 source => TreeError::Io {
                     op: "chown",
                     path: path.to_path_buf(),
@@ -313,11 +286,12 @@ fn fix_owner_and_mode(
             });
         }
     } else if uid != owner.uid {
-        return Err(TreeError::NotOwnedBySelf {
+        return Err(TreeError::Refused(DirProblem::NotOwnedBySelf {
             path: path.to_path_buf(),
             uid: uid.as_raw(),
             me: owner.uid.as_raw(),
-        });
+            user: user_name.to_string(),
+        }));
     }
     let current = st.st_mode & 0o7777;
     if current != mode {
@@ -357,7 +331,7 @@ fn open_own_file(
     let fd = match openat(tree.dir(""), name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
-        Err(Errno::ELOOP) => return Err(TreeError::Symlink { path }),
+        Err(Errno::ELOOP) => return Err(TreeError::Refused(DirProblem::Symlink { path })),
         Err(source) => {
             return Err(TreeError::Io {
                 op: "open",
@@ -374,16 +348,17 @@ fn open_own_file(
     let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     if kind == SFlag::S_IFLNK {
         // O_PATH | O_NOFOLLOW opens the link itself.
-        return Err(TreeError::Symlink { path });
+        return Err(TreeError::Refused(DirProblem::Symlink { path }));
     }
     if kind != SFlag::S_IFREG {
         return Ok(None);
     }
     if st.st_nlink != 1 {
-        return Err(TreeError::HardLinked {
+        return Err(TreeError::Refused(DirProblem::HardLinked {
+            subject: path.display().to_string(),
             path,
             links: st.st_nlink as u64,
-        });
+        }));
     }
     Ok(Some((fd, st, path)))
 }
@@ -391,10 +366,12 @@ fn open_own_file(
 /// Give a root-owned regular file directly inside the data directory to the service user
 /// (a database left behind by a tool run as root). Files owned by anyone else are left
 /// alone.
-pub fn adopt_root_owned_file(
+pub fn adopt_root_owned_file<K: Kernel>(
+    ids: &mut Identity<K>,
     tree: &DataTree,
     name: &str,
     owner: Owner,
+    user_name: &str,
 ) -> Result<Option<Change>, TreeError> {
     if !owner.privileged {
         return Ok(None);
@@ -419,11 +396,11 @@ pub fn adopt_root_owned_file(
         };
         Errno::result(rc).map(drop)
     };
-    crate::privs::with_root(chown)?.map_err(|source| match source {
-        Errno::EPERM => TreeError::NoChown {
+    ids.with_root(chown)?.map_err(|source| match source {
+        Errno::EPERM => TreeError::Refused(DirProblem::NoChown {
             path: path.clone(),
-            user: format!("uid {}", owner.uid),
-        },
+            user: user_name.to_string(),
+        }),
         source => TreeError::Io {
             op: "chown",
             path: path.clone(),
@@ -497,7 +474,11 @@ impl Inspected {
 /// of the data directory must exist; if it does not, the data directory is reported
 /// missing. A root caller acting as the service user opens a directory the user may not
 /// open as root instead.
-pub fn inspect(data_dir: &Path, layout: &[DirSpec]) -> Vec<Inspected> {
+pub fn inspect<K: Kernel>(
+    ids: &mut Identity<K>,
+    data_dir: &Path,
+    layout: &[DirSpec],
+) -> Vec<Inspected> {
     let parent = data_dir.parent().unwrap_or(Path::new("/"));
     let name = data_dir.file_name().unwrap_or_default();
     let parent_fd = open(
@@ -525,7 +506,7 @@ pub fn inspect(data_dir: &Path, layout: &[DirSpec]) -> Vec<Inspected> {
             None => (Observed::Missing, None),
             // What the service user (as whom a root launcher looks) may not open is looked
             // at as root: a root-owned directory is then seen as what it is.
-            Some(at) => match retry_as_root(true, || openat(at, rel, DIR_FLAGS, Mode::empty()))
+            Some(at) => match retry_as_root(ids, || openat(at, rel, DIR_FLAGS, Mode::empty()))
                 .unwrap_or(Err(Errno::EACCES))
             {
                 Ok(fd) => match fstat(&fd) {
@@ -541,12 +522,14 @@ pub fn inspect(data_dir: &Path, layout: &[DirSpec]) -> Vec<Inspected> {
                 },
                 Err(Errno::ENOENT) => (Observed::Missing, None),
                 Err(e) => match classify(at, rel, &path, e) {
-                    TreeError::Symlink { .. } => (Observed::Symlink, None),
-                    TreeError::NotADirectory { .. } => (Observed::NotADirectory, None),
+                    TreeError::Refused(DirProblem::Symlink { .. }) => (Observed::Symlink, None),
+                    TreeError::Refused(DirProblem::NotADirectory { .. }) => {
+                        (Observed::NotADirectory, None)
+                    }
                     // Neither the user nor root without CAP_DAC_OVERRIDE may open a
                     // root-only directory inside the user's: its inode still says whose
                     // it is (nothing inside it is looked at).
-                    _ if e == Errno::EACCES && crate::privs::acting() => {
+                    _ if e == Errno::EACCES && ids.acting() => {
                         match nix::sys::stat::fstatat(
                             at,
                             rel,

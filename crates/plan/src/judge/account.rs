@@ -43,6 +43,86 @@ pub const PRIVILEGED_GROUPS: &[&str] = &[
 /// Shared "no one" accounts: files they own belong to every service that uses them.
 const SHARED_ACCOUNTS: &[&str] = &["nobody", "nfsnobody", "nogroup"];
 
+/// Why the account cannot be used, whoever finds it: this judgement ahead of a start, or
+/// `launcher_sys::account` while `run` acts (what changed in between). Either way it is
+/// worded once, by [`AccountProblem::finding`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountProblem {
+    /// The user or group (`what`) does not exist and cannot be created here.
+    Missing {
+        what: &'static str,
+        name: String,
+        create_user: bool,
+    },
+    /// It must be created, and /etc is read-only here.
+    ReadOnlyEtc {
+        what: &'static str,
+        name: String,
+    },
+    UserIsRoot {
+        user: String,
+    },
+    GroupIsRoot {
+        group: String,
+    },
+    /// The launcher is not root and runs as another user than the service's.
+    WrongUser {
+        uid: u32,
+        user: String,
+        want: u32,
+    },
+}
+
+impl AccountProblem {
+    /// The finding: an error with its fix.
+    pub fn finding(&self) -> Finding {
+        match self {
+            AccountProblem::Missing {
+                what,
+                name,
+                create_user: true,
+            } => Finding::error(
+                Group::Account,
+                format!("{what} {name}"),
+                "does not exist, and only root can create it",
+                format!("run the launcher as root once, or {DECLARE}"),
+            ),
+            AccountProblem::Missing { what, name, .. } => Finding::error(
+                Group::Account,
+                format!("{what} {name}"),
+                "does not exist and service.create_user = false",
+                DECLARE,
+            ),
+            AccountProblem::ReadOnlyEtc { what, name } => Finding::error(
+                Group::Account,
+                format!("{what} {name}"),
+                "does not exist, and /etc is read-only here (a unit with ProtectSystem=strict or full), so `run` cannot create it",
+                DECLARE,
+            ),
+            AccountProblem::UserIsRoot { user } => Finding::error(
+                Group::Account,
+                format!("user {user}"),
+                format!("{user} has uid 0"),
+                "the service must run unprivileged: give it its own non-root uid",
+            ),
+            AccountProblem::GroupIsRoot { group } => Finding::error(
+                Group::Account,
+                format!("group {group}"),
+                format!("{group} has gid 0"),
+                "use a dedicated non-root group",
+            ),
+            AccountProblem::WrongUser { uid, user, want } => Finding::error(
+                Group::Account,
+                format!("uid {uid}"),
+                format!(
+                    "the launcher runs as uid {uid}, not as the configured user {user} (uid {want})"
+                ),
+                format!("run it as root or as {user}"),
+            ),
+        }
+    }
+}
+
 /// What `run` does about the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -65,32 +145,45 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
     let group_subject = format!("group {}", svc.group);
     let user_subject = format!("user {}", svc.user);
     match &acc.group {
-        Some(g) if g.gid == 0 => out.push(Finding::error(
-            Group::Account,
-            &group_subject,
-            format!("{} has gid 0", svc.group),
-            "use a dedicated non-root group",
-        )),
+        Some(g) if g.gid == 0 => out.push(
+            AccountProblem::GroupIsRoot {
+                group: svc.group.clone(),
+            }
+            .finding(),
+        ),
         Some(g) => out.push(Finding::ok(
             Group::Account,
             &group_subject,
             format!("exists (gid {})", g.gid),
         )),
-        None if can_create && acc.etc_read_only => out.push(read_only_etc(&group_subject)),
+        None if can_create && acc.etc_read_only => out.push(
+            AccountProblem::ReadOnlyEtc {
+                what: "group",
+                name: svc.group.clone(),
+            }
+            .finding(),
+        ),
         None if can_create => out.push(Finding::info(
             Group::Account,
             &group_subject,
             "does not exist yet; `run` creates it (create_user = true)",
         )),
-        None => out.push(missing(&group_subject, svc.create_user)),
+        None => out.push(
+            AccountProblem::Missing {
+                what: "group",
+                name: svc.group.clone(),
+                create_user: svc.create_user,
+            }
+            .finding(),
+        ),
     }
     match &acc.user {
-        Some(u) if u.uid == 0 => out.push(Finding::error(
-            Group::Account,
-            &user_subject,
-            format!("{} has uid 0", svc.user),
-            "the service must run unprivileged: give it its own non-root uid",
-        )),
+        Some(u) if u.uid == 0 => out.push(
+            AccountProblem::UserIsRoot {
+                user: svc.user.clone(),
+            }
+            .finding(),
+        ),
         Some(u) => {
             out.push(Finding::ok(
                 Group::Account,
@@ -131,13 +224,26 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
                 }
             }
         }
-        None if can_create && acc.etc_read_only => out.push(read_only_etc(&user_subject)),
+        None if can_create && acc.etc_read_only => out.push(
+            AccountProblem::ReadOnlyEtc {
+                what: "user",
+                name: svc.user.clone(),
+            }
+            .finding(),
+        ),
         None if can_create => out.push(Finding::info(
             Group::Account,
             &user_subject,
             "does not exist yet; `run` creates it as a system user (create_user = true)",
         )),
-        None => out.push(missing(&user_subject, svc.create_user)),
+        None => out.push(
+            AccountProblem::Missing {
+                what: "user",
+                name: svc.user.clone(),
+                create_user: svc.create_user,
+            }
+            .finding(),
+        ),
     }
     out.extend(identity(cfg, facts));
     let action = if out.iter().any(Finding::is_error) {
@@ -251,33 +357,6 @@ fn identity_rules(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     out
 }
 
-fn missing(subject: &str, create_user: bool) -> Finding {
-    if create_user {
-        Finding::error(
-            Group::Account,
-            subject,
-            "does not exist, and only root can create it",
-            format!("run the launcher as root once, or {DECLARE}"),
-        )
-    } else {
-        Finding::error(
-            Group::Account,
-            subject,
-            "does not exist and service.create_user = false",
-            DECLARE,
-        )
-    }
-}
-
-fn read_only_etc(subject: &str) -> Finding {
-    Finding::error(
-        Group::Account,
-        subject,
-        "does not exist, and /etc is read-only here (a unit with ProtectSystem=strict or full), so `run` cannot create it",
-        DECLARE,
-    )
-}
-
 /// A launcher that is not root must already be the service user (`run` only: `check` by
 /// another user reports what it could not see instead).
 pub fn launcher_identity(cfg: &Config, facts: &Facts) -> Option<Finding> {
@@ -285,18 +364,16 @@ pub fn launcher_identity(cfg: &Config, facts: &Facts) -> Option<Finding> {
         return None;
     }
     let subject = format!("uid {}", facts.euid);
-    let fix = format!("run it as root or as {}", cfg.service.user);
     match &facts.account.user {
         Some(u) if u.uid == facts.euid => None,
-        Some(u) => Some(Finding::error(
-            Group::Account,
-            subject,
-            format!(
-                "the launcher runs as uid {}, not as the configured user {} (uid {})",
-                facts.euid, cfg.service.user, u.uid
-            ),
-            fix,
-        )),
+        Some(u) => Some(
+            AccountProblem::WrongUser {
+                uid: facts.euid,
+                user: cfg.service.user.clone(),
+                want: u.uid,
+            }
+            .finding(),
+        ),
         None => Some(Finding::error(
             Group::Account,
             subject,

@@ -1,10 +1,150 @@
 //! The data directory: `run` may create it and repair its owner and mode, but never takes
 //! over a tree that belongs to someone else and never follows a link inside it.
 
+use std::path::{Path, PathBuf};
+
 use launcher_config::Config;
 
 use crate::facts::{DirState, Facts, Observer};
 use crate::finding::{Finding, Group};
+
+/// How to create the data directory ahead where `run` cannot.
+const CREATE_AHEAD: &str = "create it ahead: `bitpoll-launcher tmpfiles --config FILE > /etc/tmpfiles.d/bitpoll.conf && systemd-tmpfiles --create` (NixOS: the module does)";
+
+/// Why a path of the data directory cannot be used as it is, whoever finds it: this
+/// judgement ahead of a start, or the guard of `launcher_sys::tree` while `run` acts (what
+/// changed in between). Either way it is worded once, by [`DirProblem::finding`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirProblem {
+    /// The data directory's parent does not exist.
+    ParentMissing {
+        data_dir: PathBuf,
+        parent: PathBuf,
+    },
+    Symlink {
+        path: PathBuf,
+    },
+    NotADirectory {
+        path: PathBuf,
+    },
+    /// Owned by a user other than the service user and root.
+    ForeignOwner {
+        path: PathBuf,
+        owner: String,
+        user: String,
+    },
+    /// The launcher runs as the service user (uid `me`), the directory is someone else's.
+    NotOwnedBySelf {
+        path: PathBuf,
+        uid: u32,
+        me: u32,
+        user: String,
+    },
+    /// Root's, and the launcher may not give it to the user (no CAP_CHOWN).
+    NoChown {
+        path: PathBuf,
+        user: String,
+    },
+    /// Missing, and the launcher may not make it the user's (no CAP_CHOWN).
+    MissingNoChown {
+        path: PathBuf,
+        user: String,
+    },
+    /// Missing on a file system that is read-only here.
+    ReadOnly {
+        path: PathBuf,
+    },
+    /// A file of the data directory with more than one name.
+    HardLinked {
+        subject: String,
+        path: PathBuf,
+        links: u64,
+    },
+}
+
+impl DirProblem {
+    /// The finding: an error with its fix.
+    pub fn finding(&self) -> Finding {
+        let at = |p: &Path| p.display().to_string();
+        let (subject, message, fix) = match self {
+            DirProblem::ParentMissing { data_dir, parent } => (
+                at(data_dir),
+                format!("its parent {} does not exist", parent.display()),
+                format!(
+                    "create {}, or point service.data_dir elsewhere",
+                    parent.display()
+                ),
+            ),
+            DirProblem::Symlink { path } => (
+                at(path),
+                "is a symbolic link; the launcher refuses to follow links here".into(),
+                "replace it with a real directory (or point service.data_dir at the link's target)"
+                    .into(),
+            ),
+            DirProblem::NotADirectory { path } => (
+                at(path),
+                "is not a directory".into(),
+                "move it away so the launcher can create the directory".into(),
+            ),
+            DirProblem::ForeignOwner { path, owner, user } => (
+                at(path),
+                format!("is owned by {owner}, not {user}; `run` refuses to take it over"),
+                format!(
+                    "refusing to take over another user's files: if it really belongs to the service, run `chown -R {user}: {}` once; otherwise choose another service.data_dir",
+                    path.display()
+                ),
+            ),
+            DirProblem::NotOwnedBySelf {
+                path,
+                uid,
+                me,
+                user,
+            } => (
+                at(path),
+                format!(
+                    "is owned by uid {uid}, but the launcher runs unprivileged as uid {me}"
+                ),
+                format!(
+                    "run the launcher as root once, or `chown {user} {}`",
+                    path.display()
+                ),
+            ),
+            DirProblem::NoChown { path, user } => (
+                at(path),
+                format!("belongs to root, and without CAP_CHOWN `run` cannot give it to {user}"),
+                format!(
+                    "run `chown -R {user}: {}` once (the hardened unit keeps no CAP_CHOWN, see docs/hardening.md)",
+                    path.display()
+                ),
+            ),
+            DirProblem::MissingNoChown { path, user } => (
+                at(path),
+                format!("does not exist, and without CAP_CHOWN `run` cannot create it for {user}"),
+                CREATE_AHEAD.into(),
+            ),
+            DirProblem::ReadOnly { path } => (
+                at(path),
+                "does not exist, and the file system is read-only here (a unit with ProtectSystem=strict)".into(),
+                CREATE_AHEAD.into(),
+            ),
+            DirProblem::HardLinked {
+                subject,
+                path,
+                links,
+            } => (
+                subject.clone(),
+                format!(
+                    "has {links} hard links: a file that also exists under another name may be a planted link to a file the service must not get"
+                ),
+                format!(
+                    "move {} away (keep it if it holds data)",
+                    path.display()
+                ),
+            ),
+        };
+        Finding::error(Group::DataDir, subject, message, fix)
+    }
+}
 
 /// Below this much free space in the data directory's file system: a warning.
 pub const LOW_DISK: u64 = 512 * 1024 * 1024;
@@ -22,15 +162,13 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     let tree = &facts.tree;
     if !tree.parent_exists {
         let parent = data_dir.parent().unwrap_or(data_dir);
-        out.push(Finding::error(
-            Group::DataDir,
-            data_dir.display().to_string(),
-            format!("its parent {} does not exist", parent.display()),
-            format!(
-                "create {}, or point service.data_dir elsewhere",
-                parent.display()
-            ),
-        ));
+        out.push(
+            DirProblem::ParentMissing {
+                data_dir: data_dir.clone(),
+                parent: parent.to_path_buf(),
+            }
+            .finding(),
+        );
         return out;
     }
     let root_usable = matches!(
@@ -43,30 +181,31 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     for d in &tree.dirs {
         let subject = d.path.display().to_string();
         match &d.state {
-            DirState::Missing if d.name.is_empty() && no_chown => out.push(Finding::error(
-                Group::DataDir,
-                subject,
-                format!("does not exist, and without CAP_CHOWN `run` cannot create it for {user}"),
-                "create it ahead: `bitpoll-launcher tmpfiles --config FILE > /etc/tmpfiles.d/bitpoll.conf && systemd-tmpfiles --create` (NixOS: the module does)",
-            )),
+            DirState::Missing if d.name.is_empty() && no_chown => out.push(
+                DirProblem::MissingNoChown {
+                    path: d.path.clone(),
+                    user: user.clone(),
+                }
+                .finding(),
+            ),
             DirState::Missing if d.name.is_empty() || root_usable => out.push(Finding::info(
                 Group::DataDir,
                 subject,
                 format!("does not exist yet; `run` creates it ({:04o})", d.want_mode),
             )),
             DirState::Missing => {}
-            DirState::Symlink => out.push(Finding::error(
-                Group::DataDir,
-                subject,
-                "is a symbolic link; the launcher refuses to follow links here",
-                "replace it with a real directory (or point service.data_dir at the link's target)",
-            )),
-            DirState::NotADirectory => out.push(Finding::error(
-                Group::DataDir,
-                subject,
-                "is not a directory",
-                "move it away so the launcher can create the directory",
-            )),
+            DirState::Symlink => out.push(
+                DirProblem::Symlink {
+                    path: d.path.clone(),
+                }
+                .finding(),
+            ),
+            DirState::NotADirectory => out.push(
+                DirProblem::NotADirectory {
+                    path: d.path.clone(),
+                }
+                .finding(),
+            ),
             DirState::Unreadable { denied, error } => {
                 if facts.observer == Observer::Root || !denied {
                     out.push(Finding::error(
@@ -92,31 +231,26 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
             } => {
                 let is_user = user_uid == Some(*uid);
                 if facts.observer == Observer::ServiceUser && !is_user {
-                    out.push(Finding::error(
-                        Group::DataDir,
-                        subject,
-                        format!(
-                            "is owned by uid {uid}, but the launcher runs unprivileged as uid {}",
-                            facts.euid
-                        ),
-                        format!(
-                            "run the launcher as root once, or `chown {user} {}`",
-                            d.path.display()
-                        ),
-                    ));
+                    out.push(
+                        DirProblem::NotOwnedBySelf {
+                            path: d.path.clone(),
+                            uid: *uid,
+                            me: facts.euid,
+                            user: user.clone(),
+                        }
+                        .finding(),
+                    );
                     continue;
                 }
                 if !is_user && *uid != 0 {
-                    let name = owner_name.clone().unwrap_or_else(|| format!("uid {uid}"));
-                    out.push(Finding::error(
-                        Group::DataDir,
-                        subject,
-                        format!("is owned by {name}, not {user}; `run` refuses to take it over"),
-                        format!(
-                            "refusing to take over another user's files: if it really belongs to the service, run `chown -R {user}: {}` once; otherwise choose another service.data_dir",
-                            d.path.display()
-                        ),
-                    ));
+                    out.push(
+                        DirProblem::ForeignOwner {
+                            path: d.path.clone(),
+                            owner: owner_name.clone().unwrap_or_else(|| format!("uid {uid}")),
+                            user: user.clone(),
+                        }
+                        .finding(),
+                    );
                     if d.name.is_empty() {
                         // Not looked into: nothing below it is the launcher's business.
                         break;
@@ -139,15 +273,13 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                     continue;
                 }
                 if *uid == 0 && !is_user && no_chown {
-                    out.push(Finding::error(
-                        Group::DataDir,
-                        subject,
-                        format!("belongs to root, and without CAP_CHOWN `run` cannot give it to {user}"),
-                        format!(
-                            "run `chown -R {user}: {}` once (the hardened unit keeps no CAP_CHOWN, see docs/hardening.md)",
-                            d.path.display()
-                        ),
-                    ));
+                    out.push(
+                        DirProblem::NoChown {
+                            path: d.path.clone(),
+                            user: user.clone(),
+                        }
+                        .finding(),
+                    );
                     continue;
                 }
                 let mut notes = Vec::new();

@@ -56,11 +56,11 @@ pub fn postgresql_facts(applied: &[&str]) -> Facts {
     facts
 }
 
-pub fn env() -> Vec<(String, String)> {
-    vec![
+pub fn env() -> crate::env::Env {
+    crate::env::Env::of([
         ("BITPOLL_DATA_DIR".into(), "/var/lib/bitpoll".into()),
         ("PATH".into(), "/opt/venv/bin:/usr/bin".into()),
-    ]
+    ])
 }
 
 /// Facts of a deployment that has everything: account, tree, secrets, a database.

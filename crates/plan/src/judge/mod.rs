@@ -12,6 +12,9 @@ pub mod keys;
 pub mod prepare;
 pub mod programs;
 pub mod secrets;
+pub mod start;
+
+pub use start::{Command, Preparation, SecretPlan, Start, preparation, start};
 
 use launcher_config::{Config, Database};
 

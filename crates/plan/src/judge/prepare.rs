@@ -69,7 +69,7 @@ impl Planned {
 /// What the judgement needs besides config and facts: the preparation environment the
 /// steps would run with (see [`crate::env`]).
 pub struct Inputs<'a> {
-    pub env: &'a [(String, String)],
+    pub env: &'a crate::env::Env,
     pub force: bool,
 }
 
@@ -261,14 +261,20 @@ pub fn database(cfg: &Config, facts: &Facts) -> Option<Finding> {
     let subject = format!("sqlite {}", path.display());
     let what = match db.kind {
         FileKind::Missing | FileKind::Regular if db.links <= 1 => return None,
-        FileKind::Regular => format!(
-            "has {} hard links: a database with another name elsewhere may be a planted link to a file the service must not get",
-            db.links
-        ),
+        FileKind::Regular => {
+            return Some(
+                super::data_dir::DirProblem::HardLinked {
+                    subject,
+                    path: path.clone(),
+                    links: db.links,
+                }
+                .finding(),
+            );
+        }
         FileKind::Symlink => "is a symbolic link, which the launcher never follows".into(),
         FileKind::Directory => "is a directory, not a database file".into(),
         FileKind::Other | FileKind::Missing => {
-            "is not a regular file (a FIFO, socket or device)".into()
+            "is not a regular file (a FIFO, socket or device)".to_string()
         }
     };
     Some(Finding::error(

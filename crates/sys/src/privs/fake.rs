@@ -1,6 +1,7 @@
 //! A recording [`Kernel`] for tests: it keeps every call in order in a fixed-capacity
-//! array (allocation-free, like the real one), holds a bounding set of its own, and can be
-//! told to fail the Nth call or the first call of a step with a given errno.
+//! array (allocation-free, like the real one), holds a bounding set and an identity of its
+//! own under the kernel's rules for them, and can be told to fail the Nth call or the first
+//! call of a step with a given errno.
 
 use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
@@ -10,7 +11,11 @@ use super::{DropStep, Kernel};
 /// One call as the fake saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
-    TakeRootBack,
+    CurrentIds,
+    CurrentGroups,
+    SetEuid(Uid),
+    SetEgid(Gid),
+    NonDumpable,
     ReadBounding(u32),
     DropBounding(u32),
     ClearAmbient,
@@ -24,9 +29,15 @@ pub enum Call {
 }
 
 impl Call {
+    /// The step of the drop this call belongs to (the identity's own calls count as
+    /// taking root back, the drop's first step, which is made of them).
     pub fn step(self) -> DropStep {
         match self {
-            Call::TakeRootBack => DropStep::TakeRootBack,
+            Call::CurrentIds
+            | Call::CurrentGroups
+            | Call::SetEuid(_)
+            | Call::SetEgid(_)
+            | Call::NonDumpable => DropStep::TakeRootBack,
             Call::ReadBounding(_) => DropStep::ReadBounding,
             Call::DropBounding(_) => DropStep::DropBounding,
             Call::ClearAmbient => DropStep::ClearAmbient,
@@ -46,11 +57,13 @@ enum Fail {
     Nth(usize),
     /// The first call of this step.
     Step(DropStep),
+    /// Every call equal to this one.
+    Call(Call),
 }
 
 /// Room for a full drop on a kernel with 64 capabilities (a read and a drop each) and the
-/// eight calls around the bounding set.
-const CALLS: usize = 2 * 64 + 8;
+/// calls around the bounding set, or a few hundred identity switches.
+const CALLS: usize = 2 * 64 + 256;
 const GROUPS: usize = 32;
 
 pub struct Fake {
@@ -64,10 +77,15 @@ pub struct Fake {
     /// What capget reports: whether the process holds any capability.
     holds: bool,
     fail: Option<(Fail, Errno)>,
+    /// The process's ids: real and saved uid, effective uid and gid.
+    real: Uid,
+    euid: Uid,
+    egid: Gid,
 }
 
 impl Fake {
-    /// A kernel knowing capabilities 0..=`last_cap` whose bounding set is `bounding`.
+    /// A root process on a kernel knowing capabilities 0..=`last_cap` whose bounding set
+    /// is `bounding`.
     pub fn new(last_cap: u32, bounding: u64) -> Fake {
         Fake {
             calls: [Call::ClearAmbient; CALLS],
@@ -78,12 +96,22 @@ impl Fake {
             ngroups: None,
             holds: true,
             fail: None,
+            real: Uid::from_raw(0),
+            euid: Uid::from_raw(0),
+            egid: Gid::from_raw(0),
         }
     }
 
     /// A process that holds no capability (capget finds empty sets).
     pub fn holding_none(mut self) -> Fake {
         self.holds = false;
+        self
+    }
+
+    /// A root process that acts as `uid`/`gid` (real and saved uid stay root's).
+    pub fn acting_as(mut self, uid: Uid, gid: Gid) -> Fake {
+        self.euid = uid;
+        self.egid = gid;
         self
     }
 
@@ -99,18 +127,29 @@ impl Fake {
         self
     }
 
+    /// Fail every call equal to `call` with `errno`.
+    pub fn fail_call(mut self, call: Call, errno: Errno) -> Fake {
+        self.fail = Some((Fail::Call(call), errno));
+        self
+    }
+
     /// The calls made, in order.
     pub fn calls(&self) -> &[Call] {
         &self.calls[..self.len]
     }
 
-    /// What setgroups was given, if it was called.
+    /// What setgroups was given last, if it was called.
     pub fn groups(&self) -> Option<&[Gid]> {
         self.ngroups.map(|n| &self.groups[..n])
     }
 
     pub fn bounding(&self) -> u64 {
         self.bounding
+    }
+
+    /// The effective uid and gid now.
+    pub fn effective(&self) -> (Uid, Gid) {
+        (self.euid, self.egid)
     }
 
     /// Record `call`; the configured failure, if this is the call it is for.
@@ -130,14 +169,58 @@ impl Fake {
             {
                 Err(errno)
             }
+            Some((Fail::Call(c), errno)) if c == call => Err(errno),
             _ => Ok(()),
+        }
+    }
+
+    /// CAP_SETUID/CAP_SETGID in the effective set: root's effective uid.
+    fn privileged(&self) -> Result<(), Errno> {
+        if self.euid.is_root() {
+            Ok(())
+        } else {
+            Err(Errno::EPERM)
         }
     }
 }
 
 impl Kernel for Fake {
-    fn take_root_back(&mut self) -> Result<(), Errno> {
-        self.record(Call::TakeRootBack)
+    fn current_ids(&mut self) -> Result<(Uid, Uid, Gid), Errno> {
+        self.record(Call::CurrentIds)?;
+        Ok((self.real, self.euid, self.egid))
+    }
+
+    fn current_groups(&mut self, out: &mut Vec<Gid>) -> Result<(), Errno> {
+        self.record(Call::CurrentGroups)?;
+        // Before any setgroups: root's own, root only.
+        *out = self
+            .groups()
+            .map_or_else(|| vec![Gid::from_raw(0)], <[Gid]>::to_vec);
+        Ok(())
+    }
+
+    fn set_euid(&mut self, uid: Uid) -> Result<(), Errno> {
+        self.record(Call::SetEuid(uid))?;
+        // Unprivileged, only to the real, effective or saved uid (the saved one is the
+        // real one here).
+        if !self.euid.is_root() && uid != self.real && uid != self.euid {
+            return Err(Errno::EPERM);
+        }
+        self.euid = uid;
+        Ok(())
+    }
+
+    fn set_egid(&mut self, gid: Gid) -> Result<(), Errno> {
+        self.record(Call::SetEgid(gid))?;
+        if gid != self.egid {
+            self.privileged()?;
+        }
+        self.egid = gid;
+        Ok(())
+    }
+
+    fn set_non_dumpable(&mut self) {
+        let _ = self.record(Call::NonDumpable);
     }
 
     fn read_bounding(&mut self, cap: u32) -> Result<bool, Errno> {
@@ -160,6 +243,7 @@ impl Kernel for Fake {
 
     fn setgroups(&mut self, groups: &[Gid]) -> Result<(), Errno> {
         self.record(Call::SetGroups(groups.len()))?;
+        self.privileged()?;
         assert!(groups.len() <= GROUPS, "more than {GROUPS} groups");
         self.groups[..groups.len()].copy_from_slice(groups);
         self.ngroups = Some(groups.len());
@@ -167,11 +251,16 @@ impl Kernel for Fake {
     }
 
     fn setresgid(&mut self, gid: Gid) -> Result<(), Errno> {
-        self.record(Call::SetResGid(gid))
+        self.record(Call::SetResGid(gid))?;
+        self.egid = gid;
+        Ok(())
     }
 
     fn setresuid(&mut self, uid: Uid) -> Result<(), Errno> {
-        self.record(Call::SetResUid(uid))
+        self.record(Call::SetResUid(uid))?;
+        self.real = uid;
+        self.euid = uid;
+        Ok(())
     }
 
     fn holds_capabilities(&mut self) -> Result<bool, Errno> {

@@ -4,7 +4,7 @@ use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
 
 use super::fake::{Call, Fake};
-use super::{DropError, DropStep, Target, drop_with};
+use super::{DropError, DropStep, Identity, Ids, Target, drop_with};
 
 fn target(privileged: bool) -> Target {
     Target {
@@ -24,7 +24,7 @@ fn kernel() -> Fake {
 /// The calls of a complete privileged drop to `target(true)` on `kernel()`.
 fn full_privileged_drop() -> Vec<Call> {
     vec![
-        Call::TakeRootBack,
+        Call::CurrentIds,
         Call::ReadBounding(0),
         Call::DropBounding(0),
         Call::ReadBounding(1),
@@ -238,40 +238,51 @@ const ACTING_CHILD: &str = "LAUNCHER_SYS_PRIVS_ACTING_CHILD";
 /// An id no account on a test machine has.
 const STRANGER: u32 = 64_999;
 
-/// In the re-executed test binary, as root: act as a stranger, whose rights then decide
-/// file access; root comes back for `with_root` only, and the drop takes it back too.
+/// In the re-executed test binary, as root: act as a stranger, whose rights and groups
+/// then decide file access; root comes back for `with_root` only and when the guard
+/// goes, and the drop takes it back too.
 fn act_as_a_stranger_here(root_only: &std::path::Path) {
     use std::fs::File;
     let (uid, gid) = (Uid::from_raw(STRANGER), Gid::from_raw(STRANGER));
+    let user = Ids {
+        uid,
+        gid,
+        groups: vec![gid],
+    };
     File::open(root_only).expect("root reads its own file");
-    assert!(!super::acting());
-    super::act_as(uid, gid).unwrap();
-    assert!(super::acting());
-    let r = nix::unistd::getresuid().unwrap();
-    assert_eq!(
-        (r.real, r.effective, r.saved),
-        (Uid::from_raw(0), uid, Uid::from_raw(0))
-    );
-    let denied = File::open(root_only).unwrap_err();
-    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied);
-    assert!(
-        caps::read(None, caps::CapSet::Effective)
-            .unwrap()
-            .is_empty(),
-        "no effective capability while acting as the user"
-    );
-    assert!(super::with_root(|| File::open(root_only)).unwrap().is_ok());
-    assert_eq!(nix::unistd::geteuid(), uid, "acting as the user again");
-    assert!(File::open(root_only).is_err());
+    let mut ids = Identity::of_process().unwrap();
+    assert!(!ids.acting());
     {
-        // ActingAs nests the other way round: root again when it ends.
-        super::act_as_root().unwrap();
-        let guard = super::ActingAs::new(uid, gid).unwrap();
+        let mut acting = ids.act_as(user.clone()).unwrap();
+        assert!(acting.acting());
+        let r = nix::unistd::getresuid().unwrap();
+        assert_eq!(
+            (r.real, r.effective, r.saved),
+            (Uid::from_raw(0), uid, Uid::from_raw(0))
+        );
+        assert_eq!(
+            nix::unistd::getgroups().unwrap(),
+            vec![gid],
+            "the user's groups only"
+        );
+        let denied = File::open(root_only).unwrap_err();
+        assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(
+            caps::read(None, caps::CapSet::Effective)
+                .unwrap()
+                .is_empty(),
+            "no effective capability while acting as the user"
+        );
+        assert!(
+            !nix::sys::prctl::get_dumpable().unwrap(),
+            "non-dumpable again after the switch"
+        );
+        assert!(acting.with_root(|| File::open(root_only)).unwrap().is_ok());
+        assert_eq!(nix::unistd::geteuid(), uid, "acting as the user again");
         assert!(File::open(root_only).is_err());
-        drop(guard);
-        assert!(File::open(root_only).is_ok());
-        super::act_as(uid, gid).unwrap();
     }
+    assert!(!ids.acting(), "root again when the guard went");
+    assert!(File::open(root_only).is_ok());
     let t = Target {
         uid,
         gid,
@@ -279,9 +290,12 @@ fn act_as_a_stranger_here(root_only: &std::path::Path) {
         last_cap: super::last_cap().unwrap(),
         privileged: true,
     };
+    // A forked child of a process acting as the user drops from there (and never returns
+    // to the guard, as a child execs: it is forgotten, not dropped).
+    let acting = ids.act_as(user).unwrap();
     super::drop_to(&t).expect("the drop takes root back first");
     super::verify(&t).unwrap();
-    assert!(!super::acting());
+    std::mem::forget(acting);
 }
 
 #[test]
@@ -316,4 +330,134 @@ fn acting_as_the_user_checks_access_with_its_rights_and_root_comes_back_only_on_
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("1 passed"), "the child ran the test: {text}");
+}
+
+// The identity seam against the fake: the order of its calls, its atomicity and its
+// guards, without root.
+
+fn user() -> Ids {
+    Ids {
+        uid: Uid::from_raw(990),
+        gid: Gid::from_raw(991),
+        groups: vec![Gid::from_raw(991)],
+    }
+}
+
+fn seam() -> Identity<Fake> {
+    Identity::new(kernel()).unwrap()
+}
+
+/// The calls the fake recorded after the identity read itself.
+fn switch_calls(ids: &Identity<Fake>) -> Vec<Call> {
+    ids.kernel().calls()[2..].to_vec()
+}
+
+#[test]
+fn acting_sets_groups_gid_then_uid_and_the_guard_puts_root_back_uid_first() {
+    let mut ids = seam();
+    assert_eq!(
+        ids.kernel().calls(),
+        [Call::CurrentIds, Call::CurrentGroups],
+        "the identity reads itself once"
+    );
+    {
+        let acting = ids.act_as(user()).unwrap();
+        assert!(acting.acting());
+        assert_eq!(
+            acting.kernel().effective(),
+            (Uid::from_raw(990), Gid::from_raw(991))
+        );
+    }
+    assert!(!ids.acting());
+    assert_eq!(
+        ids.kernel().effective(),
+        (Uid::from_raw(0), Gid::from_raw(0))
+    );
+    assert_eq!(
+        ids.kernel().groups(),
+        Some(&[Gid::from_raw(0)][..]),
+        "root's groups back"
+    );
+    assert_eq!(
+        switch_calls(&ids),
+        [
+            Call::SetGroups(1),
+            Call::SetEgid(Gid::from_raw(991)),
+            Call::SetEuid(Uid::from_raw(990)),
+            Call::NonDumpable,
+            Call::SetEuid(Uid::from_raw(0)),
+            Call::SetGroups(1),
+            Call::SetEgid(Gid::from_raw(0)),
+            Call::NonDumpable,
+        ]
+    );
+}
+
+#[test]
+fn a_failed_uid_switch_puts_the_gid_and_groups_back_and_names_the_call() {
+    let mut ids =
+        Identity::new(kernel().fail_call(Call::SetEuid(Uid::from_raw(990)), Errno::EPERM)).unwrap();
+    let err = ids.act_as(user()).map(drop).unwrap_err();
+    assert_eq!(err.call, super::SwitchCall::SetEuid);
+    assert_eq!(err.errno, Errno::EPERM);
+    assert!(err.to_string().contains("setresuid"), "{err}");
+    assert!(!ids.acting());
+    assert_eq!(
+        ids.kernel().effective(),
+        (Uid::from_raw(0), Gid::from_raw(0))
+    );
+    assert_eq!(ids.kernel().groups(), Some(&[Gid::from_raw(0)][..]));
+    assert_eq!(
+        switch_calls(&ids),
+        [
+            Call::SetGroups(1),
+            Call::SetEgid(Gid::from_raw(991)),
+            Call::SetEuid(Uid::from_raw(990)),
+            // Undone, from root's effective uid.
+            Call::SetEuid(Uid::from_raw(0)),
+            Call::SetGroups(1),
+            Call::SetEgid(Gid::from_raw(0)),
+        ]
+    );
+}
+
+#[test]
+fn root_again_inside_acting_returns_to_the_user_and_a_panic_still_restores() {
+    let mut ids = seam();
+    {
+        let mut acting = ids.act_as(user()).unwrap();
+        assert!(acting.with_root(|| ()).is_ok());
+        assert!(acting.acting(), "the user again after with_root");
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _root = acting.root().unwrap();
+            panic!("inside root");
+        }));
+        assert!(unwound.is_err());
+        assert!(acting.acting(), "the user again after a panic with root");
+        assert_eq!(
+            acting.kernel().effective(),
+            (Uid::from_raw(990), Gid::from_raw(991))
+        );
+    }
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _acting = ids.act_as(user()).unwrap();
+        panic!("while acting");
+    }));
+    assert!(unwound.is_err());
+    assert!(!ids.acting(), "root again after a panic while acting");
+}
+
+#[test]
+fn a_drop_from_a_process_acting_as_the_user_takes_root_back_first() {
+    let mut k = kernel().acting_as(Uid::from_raw(990), Gid::from_raw(991));
+    drop_with(&mut k, &target(true)).unwrap();
+    assert_eq!(
+        k.calls()[..4],
+        [
+            Call::CurrentIds,
+            Call::SetEuid(Uid::from_raw(0)),
+            Call::SetEgid(Gid::from_raw(0)),
+            Call::ReadBounding(0),
+        ]
+    );
 }
