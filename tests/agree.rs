@@ -1,8 +1,10 @@
-//! `check` and `run` judge with the same code: for each rule, one real setup, `check
-//! --json` first, then `run`, and the two must agree. Where check reports an error, run
-//! refuses with exit status 3 and the same words, before it has changed anything; where
-//! check reports none, run serves. For each preparation step, what check says the next
-//! start does is what run then does.
+//! `check`, `manage` and `run` judge with the same code (launcher_plan::judge::start): for
+//! each rule, one real setup, `check --json` first, then `manage`, then `run`, and the
+//! three must agree. Where check reports an error, manage and run refuse with exit status
+//! 3 and the same words, before anything is changed; where check reports none, run serves
+//! and manage runs its command. For each preparation step, what check says the next start
+//! does is what run then does. (The "both" in the names below is check and run; manage
+//! joins them in every case.)
 //!
 //! Root only, one test at a time (the global lock of tests/util):
 //!
@@ -80,6 +82,18 @@ fn both_refuse(env: &mut TestEnv, group: &str, message: &str) {
         listing(&findings)
     );
     let user_before = env.user_exists();
+    let out = manage(env, &["check"]);
+    assert_eq!(out.code, 3, "manage does not refuse\n{}", out.context());
+    for e in &errors {
+        assert!(
+            out.stderr.contains(&e.subject) && out.stderr.contains(&e.message),
+            "manage does not say what check said: {}: {}\n{}",
+            e.subject,
+            e.message,
+            out.context()
+        );
+    }
+    assert_eq!(env.user_exists(), user_before, "manage changed the account");
     env.launch();
     let stderr = env.expect_failure(3, &[], FAIL_FAST);
     for e in &errors {
@@ -106,6 +120,13 @@ fn both_accept(env: &mut TestEnv) -> (Vec<Finding>, String) {
     let log = env.stderr();
     assert_eq!(env.http_get("/").status, 200, "{log}");
     env.stop();
+    let out = manage(env, &["showmigrations", "poll"]);
+    assert_eq!(
+        out.code,
+        0,
+        "manage refuses what run accepted\n{}",
+        out.context()
+    );
     (findings, log)
 }
 

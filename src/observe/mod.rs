@@ -134,6 +134,7 @@ pub fn observe<K: Kernel>(ids: &mut Identity<K>, cfg: &Config, opts: &Options<'_
         systemd: SystemdFacts {
             credentials_dir,
             invocation: std::env::var_os("INVOCATION_ID").is_some(),
+            unit: opts.unit.to_string(),
         },
     }
 }

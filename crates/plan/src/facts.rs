@@ -338,4 +338,6 @@ pub struct SystemdFacts {
     pub credentials_dir: Option<PathBuf>,
     /// Started by systemd (INVOCATION_ID is set).
     pub invocation: bool,
+    /// The unit `check` and `manage` look at from outside (its credentials).
+    pub unit: String,
 }

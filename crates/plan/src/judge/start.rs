@@ -143,7 +143,7 @@ pub fn start(cfg: &Config, facts: &Facts, command: Command, now: u64) -> Start {
             },
         };
         if command == Command::Manage {
-            findings.extend(manage_refusal(fact, &plan));
+            findings.extend(manage_refusal(facts, fact, &plan));
         }
         plans.push(plan);
     }
@@ -199,7 +199,11 @@ fn judging_env(cfg: &Config, facts: &Facts) -> env::Env {
 
 /// `manage` starts the app's code with the service's secrets and creates nothing: a
 /// secret the first start has not generated, or one it cannot see, stops it.
-fn manage_refusal(fact: &crate::facts::SecretFact, plan: &SecretPlan) -> Option<Finding> {
+fn manage_refusal(
+    facts: &Facts,
+    fact: &crate::facts::SecretFact,
+    plan: &SecretPlan,
+) -> Option<Finding> {
     let subject = format!("{} ({})", fact.name, fact.source);
     match (plan, &fact.state) {
         (SecretPlan::Generate { .. }, _) => Some(Finding::error(
@@ -217,7 +221,10 @@ fn manage_refusal(fact: &crate::facts::SecretFact, plan: &SecretPlan) -> Option<
         ) => Some(Finding::error(
             Group::Secrets,
             subject,
-            "is a systemd credential, and no running unit passes it here",
+            format!(
+                "is a systemd credential and the unit {} is not running, so it cannot be read here",
+                facts.systemd.unit
+            ),
             "start the service, or name its unit with --unit NAME",
         )),
         // Outside the unit a credential it cannot read is only information for `check`;
