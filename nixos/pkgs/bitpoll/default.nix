@@ -8,9 +8,9 @@
 #                                 staticfiles.json): STATIC_ROOT, served as /static/
 #   passthru.python               the interpreter environment ([app] python, gunicorn)
 #
-# collectstatic and compilemessages run here, once, with throw-away keys: a start of
-# the service prepares by migrate alone, which writes to the data directory as the
-# service user (bitpoll-launcher).
+# collectstatic and compilemessages run here, once, with throw-away keys
+# (build-assets.sh): a start of the service prepares by migrate alone, which writes
+# to the data directory as the service user (bitpoll-launcher).
 {
   lib,
   stdenvNoCC,
@@ -110,35 +110,14 @@ stdenvNoCC.mkDerivation {
     cp -r manage.py bitpoll locale "$dest"/
     install -m0644 ${./settings_local.py} "$dest/bitpoll/settings_local.py"
 
-    # The settings need a data directory and keys to import; these exist only for
-    # this build and are thrown away with it. Nothing of them reaches $out.
-    export HOME=$TMPDIR
-    export BITPOLL_DATA_DIR=$TMPDIR/build-data
-    mkdir -p "$BITPOLL_DATA_DIR"
-    export BITPOLL_SECRET_KEY=build-time-only-not-a-secret
-    BITPOLL_FIELD_ENCRYPTION_KEY=$(${pythonEnv.interpreter} -c \
-      'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')
-    export BITPOLL_FIELD_ENCRYPTION_KEY
-    export BITPOLL_STATIC_ROOT=$static
-    export DJANGO_SETTINGS_MODULE=bitpoll.settings
-    export PYTHONPATH=$dest
-    export PYTHONDONTWRITEBYTECODE=1
-
-    # Catalogs: compilemessages (msgfmt --check-format) next to each .po, searched
-    # from the source directory only.
-    (cd "$dest" && ${pythonEnv.interpreter} manage.py compilemessages -v 0)
-    if [ -z "$(find "$dest/locale" -name '*.mo' -print -quit)" ]; then
-      echo "compilemessages produced no .mo file under locale/" >&2
-      exit 1
-    fi
-
-    # Static files: django-pipeline compiles the SCSS with libsass and writes hashed
-    # names and staticfiles.json, which the app reads at run time (DEBUG off).
-    (cd "$TMPDIR" && ${pythonEnv.interpreter} "$dest/manage.py" collectstatic --noinput -v 0)
-    test -s "$static/staticfiles.json"
-
-    # Bytecode now: the store is read-only, so Python could not cache it later.
-    ${pythonEnv.interpreter} -m compileall -q "$dest/bitpoll"
+    # Catalogs (.mo next to each .po), collectstatic into $static (SCSS through
+    # libsass, hashed names, staticfiles.json) and bytecode, with throw-away keys
+    # that never reach $out: the one implementation the container image and the
+    # tests on the real Bitpoll run too.
+    ${stdenvNoCC.shell} ${./build-assets.sh} \
+      --python ${pythonEnv.interpreter} \
+      --source "$dest" \
+      --static "$static"
     runHook postInstall
   '';
 
