@@ -94,8 +94,9 @@ run_app() {
         "$python" "$@")
 }
 
-# 1. Catalogs, next to each .po.
-run_app "$source" manage.py compilemessages -v 0
+# 1. Catalogs, next to each .po (verbosity 1: a catalog msgfmt rejects is named with
+#    msgfmt's message; Django says nothing of it at 0).
+run_app "$source" manage.py compilemessages -v 1
 po_count=0
 while IFS= read -r po; do
     po_count=$((po_count + 1))
