@@ -19,7 +19,8 @@
 #      a .mo beside every .po (GNU msgfmt --check-format; msgfmt must be on PATH);
 #   2. collectstatic into OUT: django-pipeline compiles the SCSS with libsass, writes
 #      hashed names and OUT/staticfiles.json, which the app reads at run time;
-#   3. compileall of DIR/bitpoll (a read-only tree cannot cache bytecode later).
+#   3. compileall of DIR/bitpoll (a read-only tree cannot cache bytecode later;
+#      hash-checked .pyc files when SOURCE_DATE_EPOCH is set, as in a Nix build).
 #
 # The settings need a data directory and keys to import: a temporary directory and keys
 # generated here, removed on exit; nothing of them reaches DIR or OUT. The app runs with
@@ -108,8 +109,11 @@ done < <(find "$source/locale" -name '*.po')
 run_app "$scratch" "$source/manage.py" collectstatic --noinput -v 0
 [ -s "$static/staticfiles.json" ] || die "collectstatic wrote no $static/staticfiles.json"
 
-# 3. Bytecode.
-env -i PATH="$PATH" "$python" -m compileall -q "$source/bitpoll" \
+# 3. Bytecode. With SOURCE_DATE_EPOCH set (Nix, reproducible builds) compileall checks
+#    the source by hash, not by modification time, which the Nix store resets to 1.
+epoch=()
+[ -z "${SOURCE_DATE_EPOCH:-}" ] || epoch=(SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH")
+env -i PATH="$PATH" "${epoch[@]}" "$python" -m compileall -q "$source/bitpoll" \
     || die "compileall failed in $source/bitpoll"
 
 echo "build-assets: $po_count catalogs compiled in $source/locale, $(find "$static" -type f | wc -l) static files in $static" >&2
