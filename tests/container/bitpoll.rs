@@ -114,6 +114,11 @@ pub struct Spec {
     pub command: Option<String>,
     /// `[unit]` lines (limits, restart policy).
     pub unit: Vec<String>,
+    /// Another root file system to boot (tests/setup-trixie.sh) instead of the host's;
+    /// it must hold the demo venv at [`VENV`].
+    pub root: Option<std::path::PathBuf>,
+    /// systemd in legacy cgroup mode, enforcing the memory and task limits.
+    pub legacy_cgroups: bool,
 }
 
 impl Default for Spec {
@@ -127,6 +132,8 @@ impl Default for Spec {
             server: Vec::new(),
             command: None,
             unit: Vec::new(),
+            root: None,
+            legacy_cgroups: false,
         }
     }
 }
@@ -164,6 +171,16 @@ impl Spec {
 
     pub fn stall_timeout(mut self, secs: u64) -> Self {
         self.stall_timeout_sec = Some(secs);
+        self
+    }
+
+    pub fn root_dir(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        self.root = Some(root.into());
+        self
+    }
+
+    pub fn legacy_cgroups(mut self) -> Self {
+        self.legacy_cgroups = true;
         self
     }
 
@@ -252,12 +269,27 @@ impl std::ops::Deref for Bitpoll {
 /// account (sysusers), credential file, and the unit exactly as `bitpoll-launcher unit`
 /// renders it.
 pub fn install(tag: &str, spec: Spec) -> Bitpoll {
-    ensure_venv();
-    let c = ContainerBuilder::new(tag)
+    let mut builder = ContainerBuilder::new(tag)
         .with_launcher()
         .bind_ro(DEMO_APP, DEMO_APP_IN)
-        .file(CONFIG_PATH, spec.config(), 0o644)
-        .boot();
+        .file(CONFIG_PATH, spec.config(), 0o644);
+    match &spec.root {
+        Some(root) => {
+            assert!(
+                root.join(VENV.trim_start_matches('/'))
+                    .join("bin/python")
+                    .exists(),
+                "{} has no demo venv at {VENV}",
+                root.display()
+            );
+            builder = builder.root_dir(root);
+        }
+        None => ensure_venv(),
+    }
+    if spec.legacy_cgroups {
+        builder = builder.legacy_cgroups();
+    }
+    let c = builder.boot();
     let t = Instant::now();
 
     // The account, from the sysusers.d entry the launcher prints. The container shares
