@@ -19,6 +19,13 @@ command -v nix-instantiate >/dev/null || need+=(nix-bin)
 # openssl (certificates for the TLS test).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)
+# tests/podman.rs and tests/systemd_trixie.rs: podman with runc and its bridge networks,
+# podman-compose, a Debian trixie from mmdebstrap, curl as the browser.
+for tool in podman runc podman-compose mmdebstrap iptables curl; do
+    command -v "$tool" >/dev/null || need+=("$tool")
+done
+[ -x /usr/lib/podman/netavark ] || need+=(netavark)
+[ -x /usr/lib/podman/aardvark-dns ] || need+=(aardvark-dns)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
     if [[ " ${need[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.d/bitpoll-launcher-tests.conf ]; then
