@@ -28,6 +28,13 @@ command -v strace >/dev/null || need+=(strace)
 for pkg in build-essential libldap2-dev libsasl2-dev fonts-noto-color-emoji; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
 done
+# tests/podman.rs and tests/systemd_trixie.rs: podman with runc and its bridge networks,
+# podman-compose, a Debian trixie from mmdebstrap, curl as the browser.
+for tool in podman runc podman-compose mmdebstrap iptables curl; do
+    command -v "$tool" >/dev/null || need+=("$tool")
+done
+[ -x /usr/lib/podman/netavark ] || need+=(netavark)
+[ -x /usr/lib/podman/aardvark-dns ] || need+=(aardvark-dns)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
     if [[ " ${need[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.d/bitpoll-launcher-tests.conf ]; then

@@ -1707,7 +1707,7 @@ fn a_missing_static_manifest_without_collectstatic_is_an_error() {
         "app",
         "static files",
         &format!(
-            "no manifest at {}/static/current/staticfiles.json and prepare.collectstatic = false",
+            "no manifest at {}/static/staticfiles.json and prepare.collectstatic = false",
             env.data.display()
         ),
     );

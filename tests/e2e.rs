@@ -1496,6 +1496,7 @@ fn server_environment_is_built_from_scratch() {
         "PYTHONPATH",
         "DJANGO_SETTINGS_MODULE",
         "PYTHONUNBUFFERED",
+        "PYTHONNOUSERSITE",
         "BITPOLL_DATA_DIR",
         // The demo source carries no compiled catalogs: they are in the data directory.
         "BITPOLL_LOCALE_PATHS",

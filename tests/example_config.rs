@@ -171,12 +171,18 @@ fn the_container_examples_are_one_valid_config() {
         .lines()
         .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
     {
-        let from = line.split_whitespace().nth(1).unwrap();
-        if from != "." {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // Every source: the words between COPY and the destination.
+        for from in &words[1..words.len() - 1] {
             assert!(
                 Path::new(env!("CARGO_MANIFEST_DIR")).join(from).exists(),
-                "{line}"
+                "{line}: {from}"
             );
         }
     }
+    // Bitpoll at the pinned commit, never a branch.
+    assert!(
+        containerfile.contains("ARG BITPOLL_COMMIT=35b0236534fa181fd026436bd95fe7d0c60f37ba"),
+        "the Containerfile does not fetch the pinned commit"
+    );
 }

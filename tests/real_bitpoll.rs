@@ -597,10 +597,12 @@ fn a_start_with_the_build_time_assets_runs_migrate_only_and_serves_them() {
     let Some((up, mut env)) = real_env("real_assets") else {
         return;
     };
-    // The package's step, on a copy of the source; the result is made read-only.
+    // The package's step, on a copy of the source; the result is made read-only. The
+    // layout is the Nix package's: share/bitpoll and share/bitpoll-static side by side,
+    // where the packaged settings_local.py finds the static tree by itself.
     let built = env.dir.join("built");
     fs::create_dir(&built).expect("mkdir");
-    let (source, statics) = (built.join("src"), built.join("static"));
+    let (source, statics) = (built.join("bitpoll"), built.join("bitpoll-static"));
     copy_source(&up, &source);
     let out = build_assets(&up.python(), &source, &statics);
     assert!(
@@ -626,12 +628,7 @@ fn a_start_with_the_build_time_assets_runs_migrate_only_and_serves_them() {
     env.app = source.clone();
     env.config
         .set_str("app", "source_dir", &source.display().to_string())
-        .set("prepare", "collectstatic", "false")
-        .set_str(
-            "environment",
-            "BITPOLL_STATIC_ROOT",
-            &statics.display().to_string(),
-        );
+        .set("prepare", "collectstatic", "false");
     check_no_errors(&env, "before the first start");
     env.launch();
     wait_ready(&mut env, "start with the build-time assets");

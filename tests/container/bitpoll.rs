@@ -126,6 +126,11 @@ pub struct Spec {
     pub command: Option<String>,
     /// `[unit]` lines (limits, restart policy).
     pub unit: Vec<String>,
+    /// Another root file system to boot (tests/setup-trixie.sh) instead of the host's;
+    /// it must hold the demo venv at [`VENV`].
+    pub root: Option<std::path::PathBuf>,
+    /// systemd in legacy cgroup mode, enforcing the memory and task limits.
+    pub legacy_cgroups: bool,
 }
 
 impl Default for Spec {
@@ -140,6 +145,8 @@ impl Default for Spec {
             server: Vec::new(),
             command: None,
             unit: Vec::new(),
+            root: None,
+            legacy_cgroups: false,
         }
     }
 }
@@ -203,6 +210,16 @@ impl Spec {
 
     pub fn stall_timeout(mut self, secs: u64) -> Self {
         self.stall_timeout_sec = Some(secs);
+        self
+    }
+
+    pub fn root_dir(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        self.root = Some(root.into());
+        self
+    }
+
+    pub fn legacy_cgroups(mut self) -> Self {
+        self.legacy_cgroups = true;
         self
     }
 
@@ -292,12 +309,31 @@ impl std::ops::Deref for Bitpoll {
 /// account (sysusers), credential file, and the unit exactly as `bitpoll-launcher unit`
 /// renders it.
 pub fn install(tag: &str, spec: Spec) -> Bitpoll {
-    let mut builder = ContainerBuilder::new(tag).with_launcher();
+    let mut builder =
+        ContainerBuilder::new(tag)
+            .with_launcher()
+            .file(CONFIG_PATH, spec.config(), 0o644);
     if spec.app == App::Demo {
-        ensure_venv();
         builder = builder.bind_ro(DEMO_APP, DEMO_APP_IN);
     }
-    let c = builder.file(CONFIG_PATH, spec.config(), 0o644).boot();
+    match &spec.root {
+        Some(root) => {
+            assert!(
+                root.join(VENV.trim_start_matches('/'))
+                    .join("bin/python")
+                    .exists(),
+                "{} has no demo venv at {VENV}",
+                root.display()
+            );
+            builder = builder.root_dir(root);
+        }
+        None if spec.app == App::Demo => ensure_venv(),
+        None => {}
+    }
+    if spec.legacy_cgroups {
+        builder = builder.legacy_cgroups();
+    }
+    let c = builder.boot();
     let t = Instant::now();
 
     // The account, from the sysusers.d entry the launcher prints. The container shares

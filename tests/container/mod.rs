@@ -6,6 +6,14 @@
 //! filesystem itself, not its submounts) and whose upper layer is a private tmpfs, so every
 //! write inside is thrown away at teardown. Anything on the host's root filesystem before the
 //! boot is visible inside (`/usr/bin/python3`, a venv under `/opt`, the cargo target dir).
+//! [`ContainerBuilder::root_dir`] takes another root file system as the lower layer instead
+//! (a Debian trixie with systemd 257, tests/setup-trixie.sh), which stays untouched too.
+//!
+//! systemd inside runs in cgroup2 mode, where the host's v1 memory and pids controllers are
+//! not available to it: `MemoryMax=`/`TasksMax=` are accepted and not enforced.
+//! [`ContainerBuilder::legacy_cgroups`] boots it in legacy (v1) mode in cgroups of its own
+//! in those controllers, so that they are (a test-bench mode: systemd 257 calls it
+//! tainted, 258 removes it).
 //!
 //! Each container gets its own name (`blt-<pid>-<starttime>-<n>-<tag>`), work dir under
 //! [`WORK_ROOT`], and cgroup dirs; dropping the [`Container`] tears all of it down, also while
@@ -51,6 +59,9 @@ pub const REQUIRE_ENV: &str = "BITPOLL_REQUIRE_SYSTEMD_TESTS";
 const CONTAINER_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const PROPAGATE_ROOT: &str = "/run/systemd/nspawn/propagate";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The v1 controllers a legacy-mode container gets cgroups of its own in (and whose
+/// hierarchies are remounted writable inside), so that its systemd enforces limits.
+const LEGACY_CONTROLLERS: [&str; 2] = ["memory", "pids"];
 const NAME_MAX: usize = 63;
 
 /// Containers boot one at a time within a test process (booting is CPU-bound; the host has
@@ -143,6 +154,8 @@ pub struct ContainerBuilder {
     boot_timeout: Duration,
     exec_timeout: Duration,
     upper_size: String,
+    root: Option<PathBuf>,
+    legacy_cgroups: bool,
 }
 
 impl ContainerBuilder {
@@ -157,7 +170,34 @@ impl ContainerBuilder {
             boot_timeout: Duration::from_secs(60),
             exec_timeout: Duration::from_secs(180),
             upper_size: "1g".to_owned(),
+            root: None,
+            legacy_cgroups: false,
         }
+    }
+
+    /// Boots `dir` (a root file system with systemd, read-only to the container like the
+    /// host's `/` otherwise) instead of the host's root.
+    pub fn root_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        let dir = dir.as_ref().to_path_buf();
+        assert!(
+            dir.join("usr/lib/systemd/systemd").exists(),
+            "root_dir: {} has no systemd",
+            dir.display()
+        );
+        assert!(
+            !dir.to_string_lossy().contains([',', ':']),
+            "root_dir: ',' or ':' in the path"
+        );
+        self.root = Some(dir);
+        self
+    }
+
+    /// Boots systemd in legacy (cgroup v1) mode, in cgroups of its own in the host's
+    /// memory and pids controllers, so that `MemoryMax=` and `TasksMax=` are enforced
+    /// for units started after the boot. Needs those v1 controllers on the host.
+    pub fn legacy_cgroups(mut self) -> Self {
+        self.legacy_cgroups = true;
+        self
     }
 
     /// Bind-mounts the host path `host` read-only at `container` (an absolute path).
@@ -244,7 +284,7 @@ impl ContainerBuilder {
         let mut c = Container {
             root: work.join("merged"),
             work,
-            cgroups: cgroup_dirs_for(&name),
+            cgroups: cgroup_dirs_for(&name, self.legacy_cgroups),
             name,
             pid1: None,
             nspawn_pid: None,
@@ -254,7 +294,10 @@ impl ContainerBuilder {
         let t_prepared = Instant::now();
         c.start_nspawn(&self);
         c.wait_for_pid1(Duration::from_secs(20).max(self.boot_timeout / 3));
-        let state = c.wait_until_running(self.boot_timeout);
+        let mut state = c.wait_until_running(self.boot_timeout);
+        if self.legacy_cgroups {
+            state = c.enable_legacy_controllers(self.boot_timeout);
+        }
         log(
             &c.name,
             format!(
@@ -495,8 +538,10 @@ impl Container {
         for dir in ["upper", "work"] {
             fs::create_dir(ovl.join(dir)).unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
         }
+        let lower = spec.root.clone().unwrap_or_else(|| PathBuf::from("/"));
         let ovl_opts = format!(
-            "lowerdir=/,upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
             ovl.join("upper").display(),
             ovl.join("work").display()
         );
@@ -520,8 +565,8 @@ impl Container {
             0o644,
         );
 
-        // Boot none of what the host has enabled (postgres, nix-daemon, timers...).
-        let mut masks: BTreeSet<String> = host_enabled_units();
+        // Boot none of what the root has enabled (the host's postgres, nix-daemon, timers...).
+        let mut masks: BTreeSet<String> = enabled_units(&lower);
         masks.extend(spec.masks.iter().cloned());
         for unit in &masks {
             let link = self.host_path(&format!("/etc/systemd/system/{unit}"));
@@ -620,10 +665,20 @@ impl Container {
             cmd.arg(format!("--bind-ro={}:{target}", host.display()));
         }
         cmd.args(&spec.nspawn_args);
+        if spec.legacy_cgroups {
+            // systemd as PID 1 of a container reads its kernel command line from argv.
+            cmd.args([
+                "systemd.unified_cgroup_hierarchy=0",
+                "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1",
+            ]);
+        }
         let console = fs::File::create(self.work.join("console.log")).expect("create console.log");
         let console2 = console.try_clone().expect("dup console.log");
         cmd.env("BLT_CGROUP_PROCS", procs.join(" "))
-            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
+            .env(
+                "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY",
+                if spec.legacy_cgroups { "0" } else { "1" },
+            )
             .stdin(Stdio::null())
             .stdout(console)
             .stderr(console2);
@@ -668,6 +723,27 @@ impl Container {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// nspawn mounts the v1 controller hierarchies read-only inside; systemd can then
+    /// neither create cgroups in them nor set limits. Remount the container's memory and
+    /// pids hierarchies writable (in its mount namespace) and let systemd re-execute, so
+    /// that it takes them up; units started from then on are confined.
+    fn enable_legacy_controllers(&self, timeout: Duration) -> String {
+        for ctl in LEGACY_CONTROLLERS {
+            let mount = format!("/sys/fs/cgroup/{ctl}");
+            let mut cmd = Command::new("nsenter");
+            cmd.arg("-t").arg(self.pid1().to_string()).args([
+                "-m",
+                "mount",
+                "-o",
+                "remount,bind,rw",
+                &mount,
+            ]);
+            run_ok(&mut cmd);
+        }
+        self.exec_ok(&["systemctl", "daemon-reexec"]);
+        self.wait_until_running(timeout)
     }
 
     fn wait_until_running(&self, timeout: Duration) -> String {
@@ -749,11 +825,11 @@ fn nsenter_cmd(pid1: u32, argv: &[&str]) -> Command {
     cmd
 }
 
-/// Units the host has enabled (`/etc/systemd/system/*.{wants,requires}/*`): a cheap
-/// equivalent of `systemctl list-unit-files --state=enabled`.
-fn host_enabled_units() -> BTreeSet<String> {
+/// Units the root file system `root` has enabled (`/etc/systemd/system/*.{wants,requires}/*`):
+/// a cheap equivalent of `systemctl list-unit-files --state=enabled`.
+fn enabled_units(root: &Path) -> BTreeSet<String> {
     let mut units = BTreeSet::new();
-    let Ok(dirs) = fs::read_dir("/etc/systemd/system") else {
+    let Ok(dirs) = fs::read_dir(root.join("etc/systemd/system")) else {
         return units;
     };
     for dir in dirs.flatten() {
@@ -979,7 +1055,10 @@ pub fn known_names() -> BTreeSet<String> {
     };
     add_dir_entries(Path::new(WORK_ROOT));
     add_dir_entries(Path::new(PROPAGATE_ROOT));
-    for h in cgroup_hierarchies() {
+    for h in cgroup_hierarchies()
+        .into_iter()
+        .chain(controller_hierarchies())
+    {
         add_dir_entries(&h);
     }
     for mnt in mounts_under(Path::new(WORK_ROOT)) {
@@ -1050,19 +1129,46 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
-fn cgroup_dirs_for(name: &str) -> Vec<PathBuf> {
-    cgroup_hierarchies()
+/// The host's v1 hierarchies of [`LEGACY_CONTROLLERS`] (none on a pure cgroup v2 host).
+fn controller_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new(CGROUP_ROOT);
+    if root.join("cgroup.controllers").exists() {
+        return Vec::new();
+    }
+    LEGACY_CONTROLLERS
+        .iter()
+        .map(|c| root.join(c))
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// The cgroup dirs a container is started in: those nspawn needs, and in legacy mode
+/// also one in each of [`LEGACY_CONTROLLERS`].
+fn cgroup_dirs_for(name: &str, legacy: bool) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = cgroup_hierarchies()
         .into_iter()
         .map(|h| h.join(name))
-        .collect()
+        .collect();
+    if legacy {
+        let controllers = controller_hierarchies();
+        assert_eq!(
+            controllers.len(),
+            LEGACY_CONTROLLERS.len(),
+            "legacy_cgroups: the host has no v1 {LEGACY_CONTROLLERS:?} hierarchies"
+        );
+        dirs.extend(controllers.into_iter().map(|h| h.join(name)));
+    }
+    dirs
 }
 
 fn existing_cgroup_dirs(name: &str) -> Vec<PathBuf> {
     if name.is_empty() {
         return Vec::new();
     }
-    cgroup_dirs_for(name)
+    cgroup_hierarchies()
         .into_iter()
+        .chain(controller_hierarchies())
+        .map(|h| h.join(name))
         .filter(|d| d.is_dir())
         .collect()
 }

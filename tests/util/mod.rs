@@ -1065,7 +1065,7 @@ impl Drop for TestEnv {
 /// developer's or a CI job's `cargo test`): they would race on useradd and hand out the
 /// same system uids, which are machine-wide. The lock file lives in /run/lock (a tmpfs
 /// cleared at boot), holds nothing, and is shared by every checkout.
-fn lock_machine() -> nix::fcntl::Flock<fs::File> {
+pub fn lock_machine() -> nix::fcntl::Flock<fs::File> {
     let path = "/run/lock/bitpoll-launcher-tests.lock";
     let _ = fs::create_dir_all("/run/lock");
     let file = fs::OpenOptions::new()

@@ -202,7 +202,11 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Env {
     // from the source directory and the interpreter's environment only.
     set("PYTHONNOUSERSITE", "1".into());
     set(DATA_DIR_VAR, cfg.service.data_dir.display().to_string());
-    if let crate::layout::StaticLayout::Versioned { .. } = crate::layout::static_layout(cfg) {
+    // Only where the launcher collects: with collectstatic off the app's own default
+    // stands (a package's tree built with it, as the Nix package's).
+    if let (true, crate::layout::StaticLayout::Versioned { .. }) =
+        (cfg.prepare.collectstatic, crate::layout::static_layout(cfg))
+    {
         set(
             "BITPOLL_STATIC_ROOT",
             crate::layout::static_root(cfg).display().to_string(),
@@ -445,6 +449,31 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
                 assert!(!env.contains_key(k), "{k} passed for {purpose:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_static_root_is_set_only_where_the_launcher_collects() {
+        let inherited = inherited();
+        let server_env = |cfg: &Config| -> BTreeMap<String, String> {
+            let inputs = Inputs {
+                config: cfg,
+                secrets: &[],
+                inherited: &inherited,
+                user: "bitpoll",
+                home: Path::new("/var/lib/bitpoll"),
+                locale_paths: &[],
+            };
+            build(&inputs, Purpose::Server).into_iter().collect()
+        };
+        let mut cfg = config();
+        let env = server_env(&cfg);
+        assert_eq!(
+            env["BITPOLL_STATIC_ROOT"],
+            "/var/lib/bitpoll/static/current"
+        );
+        cfg.prepare.collectstatic = false;
+        let env = server_env(&cfg);
+        assert!(!env.contains_key("BITPOLL_STATIC_ROOT"), "{env:?}");
     }
 
     #[test]

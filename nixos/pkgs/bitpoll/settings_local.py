@@ -134,6 +134,15 @@ STATIC_ROOT = _optional(
     _BUILT_STATIC if _os.path.isdir(_BUILT_STATIC) else _os.path.join(DATA_DIR, "static"),
 )
 STATIC_PRECOMPILER_ROOT = STATIC_ROOT
+
+# Where no web server can read STATIC_ROOT (a container image, whose replicas each carry
+# the tree built into the image), the app serves /static/ itself: WhiteNoise (installed
+# in the image) reads the tree once when a worker loads the app and answers requests
+# below STATIC_URL, hashed names with a far-future Cache-Control (immutable). Appended
+# to settings.py's middleware list (settings_local cannot insert earlier): the
+# middleware before it add headers to a file response and touch no session.
+_SERVE_STATIC = _bool("BITPOLL_SERVE_STATIC", False)
+
 MEDIA_ROOT = _optional("BITPOLL_MEDIA_ROOT", _os.path.join(DATA_DIR, "media"))
 
 # The .mo files are compiled when the package is built (the store is read-only); where
@@ -157,14 +166,17 @@ if _optional("BITPOLL_SITE_NAME"):
 
 # Served over HTTPS (TLS ends at the reverse proxy): cookies only over HTTPS.
 # gunicorn trusts X-Forwarded-Proto from 127.0.0.1 (forwarded_allow_ips), so
-# request.is_secure() is right behind a local nginx without further settings.
+# request.is_secure() is right behind a local nginx without further settings. A proxy
+# at another address (a front container, an Ingress controller) must be named in
+# gunicorn's --forwarded-allow-ips, or Django takes every request for plain HTTP and
+# refuses each POST ("Origin checking failed"); see examples/container.
 SESSION_COOKIE_SECURE = _bool("BITPOLL_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # --- What settings.py expects settings_local to define ----------------------
 
 INSTALLED_APPS_LOCAL = []
-MIDDLEWARE_LOCAL = []
+MIDDLEWARE_LOCAL = ["whitenoise.middleware.WhiteNoiseMiddleware"] if _SERVE_STATIC else []
 PIPELINE_LOCAL = {}
 
 # Django's implicit default, made explicit: django-token-bucket's migrations

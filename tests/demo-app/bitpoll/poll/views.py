@@ -25,6 +25,14 @@ def index(request):
     )
 
 
+def allocate(request):
+    """Take ``?mb=N`` MiB (written, so resident) for the duration of the request, to
+    meet a unit's MemoryMax=; answers how much was held."""
+    megabytes = int(request.GET.get("mb", "0"))
+    held = b"\x01" * (megabytes << 20)
+    return HttpResponse("held %d MiB" % (len(held) >> 20), content_type="text/plain")
+
+
 def healthz(request):
     return HttpResponse("ok", content_type="text/plain")
 

@@ -48,6 +48,11 @@ def demo_delay(apps, schema_editor):
                 ["/bin/sh", "-c", "sleep %d </dev/null >/dev/null 2>&1 &" % int(raw)],
                 check=True,
             )
+    megabytes = _seconds("DEMO_MIGRATION_MEMORY_MB")
+    held = None
+    if megabytes:
+        print("demo migration: taking %d MiB" % megabytes, flush=True)
+        held = b"\x01" * (megabytes << 20)
     steps = _seconds("DEMO_MIGRATION_DELAY")
     if steps:
         for i in range(1, steps + 1):
@@ -56,6 +61,7 @@ def demo_delay(apps, schema_editor):
     hang = _seconds("DEMO_MIGRATION_HANG")
     if hang:
         time.sleep(hang)
+    del held
 
 
 class Migration(migrations.Migration):
