@@ -463,7 +463,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
                 home: Path::new("/var/lib/bitpoll"),
                 locale_paths: &[],
             };
-            build(&inputs, Purpose::Server).into_iter().collect()
+            build(&inputs, Purpose::Server).to_map()
         };
         let mut cfg = config();
         let env = server_env(&cfg);
