@@ -105,7 +105,7 @@ fn manage_before_the_first_start_or_without_the_user_refuses() {
     assert_eq!(out.code, 3, "missing user\n{}", out.context());
     assert!(
         out.stderr.contains(&format!(
-            "the service account {0}:{0} does not exist; start the service once",
+            "the service account {0}:{0} does not exist; fix: start the service once",
             env.user
         )),
         "{}",
@@ -118,10 +118,10 @@ fn manage_before_the_first_start_or_without_the_user_refuses() {
     assert_eq!(out.code, 3, "secrets not generated\n{}", out.context());
     for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
         assert!(
-            out.stderr.contains(&format!("secret {name} (generate "))
-                && out
-                    .stderr
-                    .contains("has not been generated yet: start the service once first"),
+            out.stderr.contains(&format!("{name} (generate "))
+                && out.stderr.contains(
+                    "has not been generated yet: the service has never started; fix: start the service once first"
+                ),
             "{}",
             out.context()
         );
