@@ -8,7 +8,7 @@
 //! prints it, `manage` refuses on the errors and starts its command with the secrets.
 //! The commands differ only where they must:
 //!
-//! - `run` also judges who runs the launcher (root, or the service user itself);
+//! - `run` and `manage` also judge who runs the launcher (root, or the service user);
 //! - `manage` changes nothing the service owns, so what `run` would do first (create the
 //!   account, generate a secret) is a refusal for it, and so is a credential only the
 //!   running unit can read;
@@ -121,7 +121,9 @@ impl Start {
 /// Judge the deployment for `command`; `now` (seconds since the epoch) names a backup.
 pub fn start(cfg: &Config, facts: &Facts, command: Command, now: u64) -> Start {
     let mut findings = Vec::new();
-    if command == Command::Run {
+    // A launcher that is not root must be the service user itself (`check` by another
+    // user reports what it could not see instead).
+    if command != Command::Check {
         findings.extend(account::launcher_identity(cfg, facts));
     }
     let deployment = super::deployment(cfg, facts);
