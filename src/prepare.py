@@ -81,24 +81,40 @@ def switch_static_tree(static_dir, tree):
 
 def backup_database(target):
     """An online backup of the SQLite database (SQLite's backup API, never a file copy of
-    a live database) to `target`, written through a temporary file and renamed."""
+    a live database) to `target`, written through a temporary file and renamed. Copied a
+    slice at a time, so a stop (SIGTERM from the launcher) is noticed between slices and
+    the partial copy removed, with its journal."""
+    import signal
     import sqlite3
 
     from django.db import connections
 
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped("stopped by signal %d during the backup" % signum)
+
     name = str(connections["default"].settings_dict["NAME"])
     tmp = "%s.tmp-%d" % (target, os.getpid())
+    previous = signal.signal(signal.SIGTERM, stop)
     source = sqlite3.connect("file:%s?mode=ro" % name, uri=True)
     try:
         copy = sqlite3.connect(tmp)
-        with copy:
-            source.backup(copy)
-        copy.close()
+        try:
+            with copy:
+                # The progress callback is Python code between slices: a pending SIGTERM
+                # is acted on there.
+                source.backup(copy, pages=1024, progress=lambda status, remaining, total: None)
+        finally:
+            copy.close()
         os.replace(tmp, target)
     finally:
         source.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp + "-journal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        signal.signal(signal.SIGTERM, previous)
     print("database backed up to %s (%d bytes)" % (target, os.path.getsize(target)))
 
 

@@ -2,7 +2,9 @@
 //! milliseconds, without starting Django.
 //!
 //! The file belongs to the service user, so root treats it as untrusted input: it is
-//! opened read-only (no journal, WAL or shm file is ever created, so nothing root-owned is
+//! opened once without following a link and without blocking (a FIFO or device swapped in
+//! is refused, never waited on), checked through that descriptor to be a plain file with
+//! one name, and SQLite reads that very file through /proc/self/fd; it is opened read-only (no journal, WAL or shm file is ever created, so nothing root-owned is
 //! left beside the database), in SQLite's defensive mode with schema code distrusted and
 //! cell sizes checked, no memory mapping, and every row bounded. Anything unusual (a
 //! write-ahead log or a hot journal beside it, a locked or damaged file) is "cannot tell",
@@ -33,10 +35,45 @@ pub fn applied_migrations(db: &Path) -> Result<BTreeSet<String>, String> {
             ));
         }
     }
-    read(db).map_err(|e| format!("{}: {e}", db.display()))
+    read(db).map_err(|e| format!("{} {e}", db.display()))
 }
 
-fn read(db: &Path) -> rusqlite::Result<BTreeSet<String>> {
+/// The database file, opened and checked once: never a link, a FIFO or a device, never a
+/// file with a second name.
+fn open_checked(db: &Path) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::{Mode, SFlag, fstat};
+    let fd = open(
+        db,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ELOOP => "is a symbolic link".to_string(),
+        e => format!("cannot be opened: {e}"),
+    })?;
+    let st = fstat(&fd).map_err(|e| format!("cannot be examined: {e}"))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err("is not a regular file".into());
+    }
+    if st.st_nlink != 1 {
+        return Err(format!("has {} names (hard links)", st.st_nlink));
+    }
+    Ok(fd)
+}
+
+fn read(db: &Path) -> Result<BTreeSet<String>, String> {
+    let fd = open_checked(db)?;
+    // SQLite opens the checked file itself, whatever the path names by now.
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    query(Path::new(&path)).map_err(|e| e.to_string())
+}
+
+fn query(db: &Path) -> rusqlite::Result<BTreeSet<String>> {
     let conn = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -57,6 +94,7 @@ fn read(db: &Path) -> rusqlite::Result<BTreeSet<String>> {
     let mut stmt = conn.prepare("SELECT app, name FROM django_migrations LIMIT ?1")?;
     let mut rows = stmt.query([MAX_ROWS as i64 + 1])?;
     while let Some(row) = rows.next()? {
+        // Anything but text (a NULL the app's owner stored) is "cannot tell".
         let (app, name): (String, String) = (row.get(0)?, row.get(1)?);
         if app.len() > MAX_NAME || name.len() > MAX_NAME || applied.len() >= MAX_ROWS {
             return Err(rusqlite::Error::InvalidQuery);
@@ -107,6 +145,27 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("db.sqlite3")]);
         std::fs::remove_dir_all(db.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_link_a_fifo_or_a_second_name_is_refused_without_blocking() {
+        let db = temp("swapped");
+        let dir = db.parent().unwrap().to_path_buf();
+        let real = dir.join("real.sqlite3");
+        std::fs::write(&real, b"").unwrap();
+        std::os::unix::fs::symlink(&real, &db).unwrap();
+        let e = applied_migrations(&db).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        std::fs::remove_file(&db).unwrap();
+        nix::unistd::mkfifo(&db, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // A FIFO nobody writes to: opening it for reading would block without O_NONBLOCK.
+        let e = applied_migrations(&db).unwrap_err();
+        assert!(e.contains("is not a regular file"), "{e}");
+        std::fs::remove_file(&db).unwrap();
+        std::fs::hard_link(&real, &db).unwrap();
+        let e = applied_migrations(&db).unwrap_err();
+        assert!(e.contains("has 2 names"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

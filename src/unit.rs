@@ -64,7 +64,8 @@ impl Listen {
     /// From `--listen` or a gunicorn `--bind` value: `unix:/path`, `/path`, `host:port`.
     pub fn parse(s: &str) -> anyhow::Result<Listen> {
         let s = s.trim();
-        if let Some(p) = s.strip_prefix("unix:").or(s.starts_with('/').then_some(s)) {
+        if launcher_plan::layout::binds_unix_socket(s) {
+            let p = s.strip_prefix("unix:").unwrap_or(s);
             let p = PathBuf::from(p);
             if !p.is_absolute() || p.as_os_str().len() > 107 {
                 bail!(
@@ -162,19 +163,10 @@ fn listen_address(cfg: &Config, listen: Option<&str>) -> anyhow::Result<Listen> 
     if let Some(l) = listen {
         return Listen::parse(l).context("--listen");
     }
-    let cmd = &cfg.server.command;
-    let mut it = cmd.iter();
-    while let Some(a) = it.next() {
-        let value = if a == "--bind" || a == "-b" {
-            it.next().map(String::as_str)
-        } else {
-            a.strip_prefix("--bind=")
-        };
-        if let Some(v) = value {
-            return Listen::parse(v).with_context(|| {
-                format!("server.command binds {v:?}; pass --listen for the socket unit")
-            });
-        }
+    if let Some(v) = launcher_plan::layout::server_bind(cfg) {
+        return Listen::parse(v).with_context(|| {
+            format!("server.command binds {v:?}; pass --listen for the socket unit")
+        });
     }
     bail!("server.command has no --bind; pass --listen ADDRESS (HOST:PORT or a unix socket path)")
 }

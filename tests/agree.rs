@@ -158,6 +158,34 @@ fn a_data_dir_owned_by_another_user_is_refused_by_both() {
 }
 
 #[test]
+fn a_data_dir_below_a_directory_others_can_write_is_refused_by_both() {
+    let mut env = TestEnv::new("agree_pub_parent");
+    let public = env.dir.join("pub");
+    fs::create_dir(&public).unwrap();
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o777)).unwrap();
+    let data = public.join("bitpoll");
+    env.config
+        .set_str("service", "data_dir", &data.display().to_string());
+    both_refuse(
+        &mut env,
+        "data_dir",
+        "on the way to the data directory is writable by every user (mode 0777) without the sticky bit",
+    );
+    assert!(!data.exists(), "run created the data directory");
+}
+
+#[test]
+fn an_app_source_others_can_change_is_refused_by_both() {
+    let mut env = TestEnv::new("agree_pub_source");
+    fs::set_permissions(&env.app, fs::Permissions::from_mode(0o777)).unwrap();
+    both_refuse(
+        &mut env,
+        "app",
+        "is writable by every user (mode 0777) without the sticky bit",
+    );
+}
+
+#[test]
 fn a_symlink_in_the_layout_is_refused_by_both() {
     let mut env = TestEnv::new("agree_symlink");
     let (uid, gid) = create_service_account(&env);

@@ -493,6 +493,59 @@ fn killing_the_lock_holder_lets_the_waiting_instance_migrate() {
 }
 
 #[test]
+fn a_null_row_in_django_migrations_or_a_lock_held_by_a_prepared_transaction_never_panics_the_launcher()
+ {
+    let (mut pg, mut env, _) = deployment("pg_hostile_replies");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+
+    // What the app's role may do to its own table: a row without an app.
+    pg.psql(
+        DB,
+        "ALTER TABLE django_migrations ALTER COLUMN app DROP NOT NULL; \
+         INSERT INTO django_migrations (app, name, applied) VALUES (NULL, 'x', now())",
+    );
+    env.launch();
+    let code = env.wait_exit_or_ready(READY);
+    let log = env.log_context();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        log.contains("django_migrations holds a row without app or name"),
+        "the unreadable table is named as the reason migrate runs\n{log}"
+    );
+    if code.is_none() {
+        env.stop();
+    }
+    pg.psql(DB, "DELETE FROM django_migrations WHERE app IS NULL");
+
+    // The migration lock held by a prepared transaction: pg_locks shows no pid.
+    pg.stop();
+    pg.enable_prepared_transactions();
+    pg.start_again();
+    let key = launcher_plan::postgres::migration_lock_key(DB, "bitpoll.settings");
+    pg.psql(
+        DB,
+        &format!("BEGIN; SELECT pg_advisory_xact_lock({key}); PREPARE TRANSACTION 'blt_holder'"),
+    );
+    env.launch();
+    let status = env.wait_status("Waiting for another instance's migration", READY);
+    assert!(
+        status.contains("held by a prepared transaction"),
+        "{status}"
+    );
+    pg.psql(DB, "ROLLBACK PREPARED 'blt_holder'");
+    env.wait_ready(READY);
+    assert!(
+        !env.log_context().contains("panicked"),
+        "{}",
+        env.log_context()
+    );
+    assert_serves(&env);
+    env.stop();
+}
+
+#[test]
 fn tls_verify_full_connects_with_the_right_ca_and_fails_at_once_with_another() {
     let (mut pg, mut env, _) = deployment("pg_tls");
     let certs = env.dir.join("certs");

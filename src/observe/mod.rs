@@ -126,6 +126,7 @@ pub fn observe<K: Kernel>(ids: &mut Identity<K>, cfg: &Config, opts: &Options<'_
         secrets: looked.secrets,
         database,
         can_chown: euid == 0 && launcher_sys::privs::may_chown(),
+        trust: trust(cfg, observer, euid),
         python_identity: source::python_identity(&cfg.app.python),
         source: looked.preparation.2,
         stamps: looked.preparation.0,
@@ -136,6 +137,60 @@ pub fn observe<K: Kernel>(ids: &mut Identity<K>, cfg: &Config, opts: &Options<'_
             invocation: std::env::var_os("INVOCATION_ID").is_some(),
             unit: opts.unit.to_string(),
         },
+    }
+}
+
+/// The directories the launcher trusts besides its files, walked under rule 1: root's
+/// (or, for a launcher that runs as the service user, that user's) all the way.
+fn trust(cfg: &Config, observer: Observer, euid: u32) -> TrustFacts {
+    use launcher_sys::trust::{TrustError, trusted_directory};
+    let trusted = launcher_sys::Uid::from_raw(if observer == Observer::ServiceUser {
+        euid
+    } else {
+        0
+    });
+    let walk = |dir: &Path| -> Result<(), Untrusted> {
+        trusted_directory(dir, trusted)
+            .map(drop)
+            .map_err(|e| match e {
+                TrustError::Owner {
+                    component,
+                    uid,
+                    mode,
+                    ..
+                } => Untrusted::Owner {
+                    dir: component,
+                    uid,
+                    mode,
+                },
+                TrustError::Writable {
+                    component, mode, ..
+                } => Untrusted::Writable {
+                    dir: component,
+                    mode,
+                },
+                TrustError::SharedEntry {
+                    component,
+                    uid,
+                    dir,
+                    ..
+                } => Untrusted::SharedEntry {
+                    entry: component,
+                    uid,
+                    dir,
+                },
+                other => Untrusted::Unwalkable(other.reason()),
+            })
+    };
+    let parent = cfg.service.data_dir.parent().unwrap_or(Path::new("/"));
+    TrustFacts {
+        // A missing parent is a finding of its own.
+        data_dir_parent: if parent.is_dir() {
+            walk(parent)
+        } else {
+            Ok(())
+        },
+        source: walk(&cfg.app.source_dir),
     }
 }
 

@@ -195,8 +195,19 @@ async fn tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, ConnectErro
 
 fn io_failure(what: &str, e: std::io::Error) -> ConnectError {
     ConnectError {
-        failure: Failure::Unreachable,
+        failure: io_kind(&e),
         message: format!("{what}: {e}"),
+    }
+}
+
+/// An I/O error of the connection: a server not there (yet) is worth waiting for; what
+/// the client itself cannot send (a parameter with a NUL byte, a socket path too long)
+/// never gets better by waiting.
+fn io_kind(e: &std::io::Error) -> Failure {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::InvalidData | ErrorKind::Unsupported => Failure::Other,
+        _ => Failure::Unreachable,
     }
 }
 
@@ -215,8 +226,8 @@ fn classify(e: &tokio_postgres::Error) -> ConnectError {
             failure = Some(Failure::Tls);
             break;
         }
-        if s.is::<std::io::Error>() {
-            failure = Some(Failure::Unreachable);
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            failure = Some(io_kind(io));
             break;
         }
         source = s.source();
@@ -406,9 +417,10 @@ impl Session {
             ),
         )
         .await?;
-        let version: String = row.get(0);
-        let tables: i64 = row.get(1);
-        let exists: bool = row.get(2);
+        let what = "reading the database";
+        let version: String = column(&row, 0, what)?;
+        let tables: i64 = column(&row, 1, what)?;
+        let exists: bool = column(&row, 2, what)?;
         let applied = if exists {
             self.applied().await
         } else {
@@ -437,7 +449,13 @@ impl Session {
         }
         let mut applied = BTreeSet::new();
         for row in rows {
-            let (app, name): (String, String) = (row.get(0), row.get(1));
+            // The app's role owns the table: it can drop NOT NULL and store anything.
+            let what = "reading django_migrations";
+            let app: Option<String> = column(&row, 0, what)?;
+            let name: Option<String> = column(&row, 1, what)?;
+            let (Some(app), Some(name)) = (app, name) else {
+                return Err("django_migrations holds a row without app or name".into());
+            };
             if app.len() > MAX_NAME || name.len() > MAX_NAME {
                 return Err("django_migrations holds an over-long name".into());
             }
@@ -490,22 +508,28 @@ impl Session {
             ),
         )
         .await?;
-        Ok(rows.first().map(|row| {
-            let pid: i32 = row.get(0);
-            let name: Option<String> = row.get(1);
-            let addr: Option<String> = row.get(2);
-            let silent: Option<f64> = row.get(3);
-            let name = name
-                .filter(|n| !n.is_empty())
-                .map(|n| n.chars().filter(|c| !c.is_control()).take(63).collect())
-                .unwrap_or_else(|| format!("PostgreSQL backend {pid}"));
-            Holder {
-                label: match addr {
-                    Some(a) => format!("{name} from {a}"),
-                    None => name,
-                },
-                silent: silent.map(|s| Duration::from_secs_f64(s.max(0.0))),
-            }
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let what = "looking up the migration lock's holder";
+        // pid is NULL for a lock held by a prepared transaction.
+        let pid: Option<i32> = column(row, 0, what)?;
+        let name: Option<String> = column(row, 1, what)?;
+        let addr: Option<String> = column(row, 2, what)?;
+        let silent: Option<f64> = column(row, 3, what)?;
+        let name = name
+            .filter(|n| !n.is_empty())
+            .map(|n| n.chars().filter(|c| !c.is_control()).take(63).collect())
+            .unwrap_or_else(|| match pid {
+                Some(pid) => format!("PostgreSQL backend {pid}"),
+                None => "a prepared transaction".into(),
+            });
+        Ok(Some(Holder {
+            label: match addr {
+                Some(a) => format!("{name} from {a}"),
+                None => name,
+            },
+            silent: silent.and_then(bounded_seconds),
         }))
     }
 
@@ -556,4 +580,43 @@ pub fn observe_once<K: Kernel>(
             },
         }
     })
+}
+
+/// Column `i` of a row as `T`, or an error naming what was read: a value of another type or
+/// a NULL where none is allowed is the server's (or the app role's) doing, never a panic.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+    what: &str,
+) -> Result<T, String> {
+    row.try_get(i).map_err(|e| {
+        format!(
+            "{what}: the server answered with an unexpected value in column {}: {e}",
+            i + 1
+        )
+    })
+}
+
+/// A non-negative, finite number of seconds as a Duration (at most a year); None for
+/// anything else the server may answer.
+fn bounded_seconds(s: f64) -> Option<Duration> {
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    (s.is_finite()).then(|| Duration::from_secs_f64(s.clamp(0.0, YEAR)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_number_of_seconds_the_server_answers_becomes_a_duration_or_none() {
+        assert_eq!(bounded_seconds(1.5), Some(Duration::from_millis(1500)));
+        assert_eq!(bounded_seconds(-3.0), Some(Duration::ZERO));
+        assert_eq!(
+            bounded_seconds(1e300),
+            Some(Duration::from_secs(365 * 24 * 3600))
+        );
+        assert_eq!(bounded_seconds(f64::NAN), None);
+        assert_eq!(bounded_seconds(f64::INFINITY), None);
+    }
 }

@@ -8,7 +8,7 @@ use launcher_config::Config;
 use launcher_plan::judge::{self, Start};
 use launcher_sys::privs::{Identity, Ids, Switched};
 
-use super::Phase;
+use super::{Phase, Waits};
 use crate::exit::{self, Exit, OrExit};
 
 /// The service account as the start uses it.
@@ -38,16 +38,19 @@ impl Account {
     }
 }
 
-/// The account as the judgement decided: used as it is, or created as root.
-pub(super) fn account(cfg: &Config, start: &Start) -> Result<Account, Exit> {
+/// The account as the judgement decided: used as it is, or created as root. The account
+/// tools (groupadd, useradd) are waited for even when a stop is asked for meanwhile: one
+/// killed half-way could leave the account database locked or half-written; the stop
+/// takes effect as soon as they are done, and nothing of the start goes on after them.
+pub(super) fn account(waits: &mut Waits, cfg: &Config, start: &Start) -> Result<Account, Exit> {
     let phase = Phase::begin("account", "Checking the service account");
     let privileged = launcher_sys::is_root();
     let svc = &cfg.service;
     let account = if privileged {
         let create = matches!(start.account, judge::account::Action::Create { .. });
-        let (account, created) =
-            launcher_sys::account::ensure(&svc.user, &svc.group, &svc.data_dir, create)
-                .or_exit(exit::SYSTEM)?;
+        let ensured = launcher_sys::account::ensure(&svc.user, &svc.group, &svc.data_dir, create);
+        waits.stopped("creating the account")?;
+        let (account, created) = ensured.or_exit(exit::SYSTEM)?;
         if created.group {
             info!(phase = "account", group = %account.group, "created system group {} (gid {})", account.group, account.gid);
         }

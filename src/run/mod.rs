@@ -1,6 +1,7 @@
 //! `bitpoll-launcher run`: every phase from config to exec, in order.
 //!
-//! 1. config       load and validate the whole file
+//! 1. config       load and validate the whole file; the sockets systemd passed, if any,
+//!    must be listening stream sockets (src/run/sockets.rs)
 //! 2. preflight    observe the host read-only (crate::observe) and judge it for `run`
 //!    (launcher_plan::judge::start): any error stops here, before any change, in the words
 //!    `check` prints; with PostgreSQL, wait for the server, read what the database holds
@@ -28,6 +29,7 @@ mod preflight;
 mod preparation;
 mod secrets;
 mod server;
+mod sockets;
 mod tree;
 
 use std::convert::Infallible;
@@ -57,13 +59,14 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let phase = Phase::begin("config", "Reading configuration");
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     phase.end(&format!("configuration {} is valid", args.config.display()));
+    let sockets = sockets::verify(&cfg)?;
 
     let preflight::Preflight {
         mut facts,
         mut start,
         session,
     } = preflight::preflight(&mut waits, &mut ids, &cfg)?;
-    let account = account::account(&cfg, &start)?;
+    let account = account::account(&mut waits, &cfg, &start)?;
     let mut acting = account::act_as(&mut ids, &account)?;
     let tree = tree::directories(&mut acting, &cfg, &account)?;
     let secrets = secrets::secrets(&mut acting, &mut start, &tree, &account)?;
@@ -95,6 +98,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
             inherited: &facts.inherited,
             account: &account,
             secrets,
+            sockets,
             started,
         },
     )

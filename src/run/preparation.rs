@@ -15,7 +15,7 @@ use launcher_plan::finding::Severity;
 use launcher_plan::judge::prepare::{Backup, Decision};
 use launcher_plan::judge::{self, Start};
 use launcher_plan::layout::{
-    self, BACKUPS_DIR, KEYS_FILE, STAMP_FILE_MODE, STATE_DIR, is_backup_name,
+    self, BACKUPS_DIR, KEYS_FILE, SECRETS_DIR, STAMP_FILE_MODE, STATE_DIR, is_backup_name,
     sqlite_files_in_data_dir,
 };
 use launcher_plan::postgres::{instance_name, migration_lock_key};
@@ -73,6 +73,7 @@ pub(super) fn prepare(
             .block_on(|stop| lock::data_dir(tree, owner, &name, stall, stop))
             .map_err(lock_exit)?,
     );
+    remove_leftovers(tree);
     if let (Some(session), true) = (&session, cfg.prepare.migrate) {
         let key = migration_lock_key(&session.server.database, &cfg.app.settings_module);
         let file = locks.file.as_ref();
@@ -135,23 +136,25 @@ pub(super) fn prepare(
         source: facts.source.as_ref().ok(),
         target: target(account)?,
     };
-    let outcome = waits
-        .with(|rt, stop| prepare::execute(rt, stop, &ctx, &plan.planned, &mut locks))
-        .map_err(|e| match e.stop_signal() {
-            Some(signal) => Exit::stopped(signal, e),
-            None => match backup.as_ref().filter(|b| b.exists()) {
-                Some(b) => Exit::new(
-                    exit::RUNTIME,
-                    anyhow::Error::new(e).context(restore_hint(cfg, b)),
-                ),
-                None => Exit::new(exit::RUNTIME, e),
-            },
-        })?;
+    let outcome =
+        waits.with(|rt, stop| prepare::execute(rt, stop, &ctx, &plan.planned, &mut locks));
+    // The backups beyond prepare.backups go, whether this migrate succeeded or not (a
+    // crash loop must not fill the disk); the one just taken always stays.
+    if let Some(b) = backup.as_ref().filter(|b| b.exists()) {
+        prune_backups(cfg, tree, b);
+    }
+    let outcome = outcome.map_err(|e| match e.stop_signal() {
+        Some(signal) => Exit::stopped(signal, e),
+        None => match backup.as_ref().filter(|b| b.exists()) {
+            Some(b) => Exit::new(
+                exit::RUNTIME,
+                anyhow::Error::new(e).context(restore_hint(cfg, b)),
+            ),
+            None => Exit::new(exit::RUNTIME, e),
+        },
+    })?;
     drop(locks);
     drop(session);
-    if backup.is_some() {
-        prune_backups(cfg, tree);
-    }
     // The database is the app's alone, not the web server's that shares the group.
     for file in sqlite_files_in_data_dir(cfg) {
         if let Some(change) =
@@ -176,6 +179,31 @@ pub(super) fn prepare(
     Ok(())
 }
 
+/// What a start that was killed left half-written (a secret, a stamp, a backup) is never
+/// used; with the data directory's lock held, nobody else is writing such a file, so it
+/// goes now (acting as the user, regular files with the launcher's names only).
+fn remove_leftovers(tree: &DataTree) {
+    for dir in [SECRETS_DIR, STATE_DIR, BACKUPS_DIR] {
+        match launcher_sys::files::remove_leftovers(tree.dir(dir), &tree.path_of(dir), |n| {
+            layout::temporary_pid(dir, n)
+        }) {
+            Ok(removed) => {
+                for name in removed {
+                    info!(
+                        phase = "prepare",
+                        "removed {}/{name}, left half-written by a start that was stopped",
+                        tree.path_of(dir).display()
+                    );
+                }
+            }
+            Err(e) => warn!(
+                phase = "prepare",
+                "cannot remove what a stopped start left: {e}"
+            ),
+        }
+    }
+}
+
 /// The identity the preparation process and the server run as.
 pub(super) fn target(account: &Account) -> Result<Target, Exit> {
     Target::for_account(&account.account, account.privileged)
@@ -198,13 +226,16 @@ fn restore_hint(cfg: &Config, backup: &Path) -> String {
     )
 }
 
-/// Keep the newest prepare.backups backups; a failure to prune is logged, not fatal.
-fn prune_backups(cfg: &Config, tree: &DataTree) {
+/// Keep the newest prepare.backups backups, by when they were written, and always `just`
+/// (the one this start took); a failure to prune is logged, not fatal.
+fn prune_backups(cfg: &Config, tree: &DataTree, just: &Path) {
+    let just = just.file_name().and_then(|n| n.to_str());
     match launcher_sys::files::prune(
         tree.dir(BACKUPS_DIR),
         &tree.path_of(BACKUPS_DIR),
         is_backup_name,
         cfg.prepare.backups as usize,
+        just,
     ) {
         Ok(removed) => {
             for name in removed {

@@ -29,6 +29,8 @@ pub(super) struct Inputs<'a> {
     pub inherited: &'a [(String, String)],
     pub account: &'a Account,
     pub secrets: Secrets,
+    /// The listening sockets systemd passed, checked (src/run/sockets.rs).
+    pub sockets: usize,
     /// When the launcher started, for the total time it took.
     pub started: Instant,
 }
@@ -116,7 +118,7 @@ pub(super) fn start(
     ));
 
     let total = i.started.elapsed().as_millis() as u64;
-    let sockets = listen_fds(&server_env);
+    let sockets = i.sockets;
     let server_env = server_env.pairs();
     if sockets > 0 {
         info!(
@@ -130,16 +132,5 @@ pub(super) fn start(
     match launcher_sys::exec::exec(&server_argv, &server_env) {
         ExecError::Stopped { signal } => Err(Exit::stopped(signal, ExecError::Stopped { signal })),
         err => Err(Exit::new(exit::RUNTIME, err)),
-    }
-}
-
-/// How many sockets systemd passed for this process (socket activation), which the
-/// server inherits (launcher_sys::exec).
-fn listen_fds(env: &env::Env) -> usize {
-    match (env.get("LISTEN_PID"), env.get("LISTEN_FDS")) {
-        (Some(pid), Some(n)) if pid.parse::<u32>().ok() == Some(std::process::id()) => {
-            n.parse().unwrap_or(0)
-        }
-        _ => 0,
     }
 }

@@ -154,6 +154,14 @@ impl PgServer {
         fs::write(&conf, text).expect("write postgresql.conf");
     }
 
+    /// Allow prepared transactions (PREPARE TRANSACTION) from the next start on.
+    pub fn enable_prepared_transactions(&self) {
+        let conf = self.data().join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str("\nmax_prepared_transactions = 4\n");
+        fs::write(&conf, text).expect("write postgresql.conf");
+    }
+
     /// Stop the server (fast shutdown: sessions are ended).
     pub fn stop(&mut self) {
         let out = runuser(

@@ -696,10 +696,25 @@ fn read_database(r: &mut Reader, t: Option<&Table>, service: Option<&Service>) -
                 Some(None) => Some(None),
                 None => None,
             };
-            if host
-                .as_deref()
-                .is_some_and(|h| h.is_empty() || h.contains(['\0', ',']))
-            {
+            // Names the server knows: PostgreSQL cuts identifiers at 63 bytes, and a NUL or
+            // a control character cannot be sent at all.
+            for (key, value, what) in [
+                ("name", &name, "the database's name"),
+                ("user", &user, "the role's name"),
+            ] {
+                if value.as_deref().is_some_and(|v| {
+                    v.is_empty() || v.len() > 63 || v.chars().any(char::is_control)
+                }) {
+                    r.problem(
+                        format!("database.{key}"),
+                        "must be 1 to 63 bytes without NUL or control characters",
+                        Some(format!("give {what} exactly as the server knows it")),
+                    );
+                }
+            }
+            if host.as_deref().is_some_and(|h| {
+                h.is_empty() || h.contains(['\0', ',']) || h.chars().any(char::is_control)
+            }) {
                 r.problem(
                     "database.host",
                     "is empty or holds several hosts",

@@ -312,6 +312,30 @@ fn postgresql_config_is_read() {
 }
 
 #[test]
+fn postgresql_names_with_a_nul_control_character_or_too_long_are_refused_naming_the_key() {
+    for (key, value) in [
+        ("name", "bit\\u0000poll"),
+        ("user", "bit\\npoll"),
+        ("name", "x\\u001b[2K"),
+    ] {
+        let text = format!(
+            "{GOOD}\n[database]\nengine = \"postgresql\"\nname = \"b\"\n{key} = \"{value}\"\n"
+        )
+        .replacen("name = \"b\"\nname", "name", 1);
+        let out = rendered(&text);
+        assert!(
+            out.contains(&format!(
+                "database.{key}: must be 1 to 63 bytes without NUL or control characters"
+            )),
+            "{key} = {value:?}\n{out}"
+        );
+    }
+    let long = "n".repeat(64);
+    let text = format!("{GOOD}\n[database]\nengine = \"postgresql\"\nname = \"{long}\"\n");
+    assert!(rendered(&text).contains("database.name: must be 1 to 63 bytes"));
+}
+
+#[test]
 fn postgresql_connection_keys_are_validated() {
     let text = format!(
         "{GOOD}\n[database]\nengine = \"postgresql\"\nname = \"b\"\nhost = \"a,b\"\nsslmode = \"verify_full\"\nwait_timeout_sec = 4000\nsslrootcert = \"ca.pem\"\n"

@@ -66,6 +66,45 @@ pub struct Facts {
     /// The observer is root and may give files to another user (CAP_CHOWN in its
     /// permitted set; the hardened unit does not keep it).
     pub can_chown: bool,
+    /// The paths the launcher trusts besides its config and secrets (rule 1 of
+    /// docs/security.md, for directories).
+    pub trust: TrustFacts,
+}
+
+/// Directories whose path nobody but root (or the launching user) may change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustFacts {
+    /// The data directory's parent and every directory above it.
+    pub data_dir_parent: Result<(), Untrusted>,
+    /// The app source directory and every directory above it.
+    pub source: Result<(), Untrusted>,
+}
+
+impl Default for TrustFacts {
+    fn default() -> TrustFacts {
+        TrustFacts {
+            data_dir_parent: Ok(()),
+            source: Ok(()),
+        }
+    }
+}
+
+/// Why a directory on a trusted path fails the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Untrusted {
+    /// `dir` belongs to `uid`, neither root nor the launching user.
+    Owner { dir: PathBuf, uid: u32, mode: u32 },
+    /// `dir` is writable by its group or others, without the sticky bit.
+    Writable { dir: PathBuf, mode: u32 },
+    /// `entry` sits in `dir`, which others may write (sticky), and belongs to `uid`.
+    SharedEntry {
+        entry: PathBuf,
+        uid: u32,
+        dir: PathBuf,
+    },
+    /// The path could not be walked: the walk's own words (missing, not a directory, a
+    /// loop of links, an I/O error).
+    Unwalkable(String),
 }
 
 /// The programs the launcher needs.

@@ -72,6 +72,32 @@ pub fn is_backup_name(name: &str) -> bool {
         .is_some_and(|t| t.len() == 14 && t.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The PID in the name of a temporary file the launcher or its preparation process
+/// writes in directory `dir` of the layout and renames into place when complete (None for
+/// any other name): `.NAME.tmp-PID` in secrets/ and state/, and a backup's
+/// `db-TIME.sqlite3.tmp-PID` (with SQLite's `-journal` beside it) in backups/. What such
+/// a file is left by (a start that was killed) is never used, and the next start removes it.
+pub fn temporary_pid(dir: &str, name: &str) -> Option<u32> {
+    let digits = |s: &str| {
+        (!s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    match dir {
+        SECRETS_DIR | STATE_DIR => {
+            let (stem, pid) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+            (!stem.is_empty() && !stem.contains('/')).then_some(())?;
+            digits(pid)
+        }
+        BACKUPS_DIR => {
+            let (backup, rest) = name.split_once(".tmp-")?;
+            is_backup_name(backup).then_some(())?;
+            digits(rest.strip_suffix("-journal").unwrap_or(rest))
+        }
+        _ => None,
+    }
+}
+
 /// Mode of generated secret files.
 pub const SECRET_FILE_MODE: u32 = 0o600;
 /// The umask of `run` and `manage`, and so of everything the app creates: nothing it
@@ -146,6 +172,26 @@ pub fn static_layout(cfg: &Config) -> StaticLayout {
 /// Where the app's STATIC_ROOT is (see [`static_layout`]).
 pub fn static_root(cfg: &Config) -> PathBuf {
     static_layout(cfg).root()
+}
+
+/// The address the server binds: the first `--bind`/`-b`/`--bind=` of server.command.
+pub fn server_bind(cfg: &Config) -> Option<&str> {
+    let mut it = cfg.server.command.iter();
+    while let Some(a) = it.next() {
+        if a == "--bind" || a == "-b" {
+            return it.next().map(String::as_str);
+        }
+        if let Some(v) = a.strip_prefix("--bind=") {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// A bind address that is a Unix socket (`unix:/path` or `/path`), not `host:port`.
+pub fn binds_unix_socket(bind: &str) -> bool {
+    let b = bind.trim();
+    b.starts_with("unix:") || b.starts_with('/')
 }
 
 /// Where uploaded files go: the app's BITPOLL_MEDIA_ROOT, or <data_dir>/media.
@@ -241,6 +287,29 @@ command = ["/v/bin/gunicorn", "app:wsgi"]
                 "/var/lib/bitpoll/state/gunicorn-ready.py"
             ]
         );
+    }
+
+    #[test]
+    fn temporaries_are_recognized_by_directory_and_name_only() {
+        for (dir, name, pid) in [
+            (SECRETS_DIR, ".BITPOLL_SECRET_KEY.tmp-4242", Some(4242)),
+            (STATE_DIR, ".keys.tmp-7", Some(7)),
+            (BACKUPS_DIR, "db-20261125193926.sqlite3.tmp-99", Some(99)),
+            (
+                BACKUPS_DIR,
+                "db-20261125193926.sqlite3.tmp-99-journal",
+                Some(99),
+            ),
+            (SECRETS_DIR, "BITPOLL_SECRET_KEY", None),
+            (SECRETS_DIR, ".x.tmp-", None),
+            (SECRETS_DIR, ".x.tmp-12a", None),
+            (STATE_DIR, "..tmp-5", None),
+            (BACKUPS_DIR, "db-20261125193926.sqlite3", None),
+            (BACKUPS_DIR, "other.sqlite3.tmp-5", None),
+            (STATIC_DIR, ".current.tmp-5", None),
+        ] {
+            assert_eq!(temporary_pid(dir, name), pid, "{dir}/{name}");
+        }
     }
 
     #[test]

@@ -106,6 +106,55 @@ fn mark_each(first: libc::c_uint, last: libc::c_uint) -> Result<(), Errno> {
     Ok(())
 }
 
+/// What a descriptor passed as a listening socket (LISTEN_FDS) really is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passed {
+    /// Not open.
+    Closed,
+    /// Open, but not a socket (a file, a pipe, a terminal).
+    NotASocket,
+    /// A socket: its family (AF_*), whether it is a stream socket, and whether it listens.
+    Socket {
+        family: i32,
+        stream: bool,
+        listening: bool,
+    },
+}
+
+/// Look at descriptor `fd` (read-only: fstat and getsockopt).
+pub fn passed(fd: i32) -> Passed {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes one stat into the valid, writable `st`.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Passed::Closed;
+    }
+    // SAFETY: fstat succeeded, so `st` is initialised.
+    let st = unsafe { st.assume_init() };
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Passed::NotASocket;
+    }
+    let opt = |name: libc::c_int| -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the valid, writable `v`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    };
+    Passed::Socket {
+        family: opt(libc::SO_DOMAIN).unwrap_or(-1),
+        stream: opt(libc::SO_TYPE) == Some(libc::SOCK_STREAM),
+        listening: opt(libc::SO_ACCEPTCONN) == Some(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};

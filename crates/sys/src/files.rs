@@ -360,11 +360,64 @@ pub fn open_lock_file(
 /// Remove all but the newest `keep` of the regular files in `dir` whose names `matches`
 /// (names that sort by age). Links and other files are left alone. Returns the names
 /// removed.
+/// Remove the temporary files in `dir` that `pid_of` recognizes (it gives the PID of the
+/// process that wrote one) and whose writer is gone: regular files only (a link or a
+/// directory with such a name is left alone), looked at without following links. A writer
+/// still alive may be another launcher at work: its file stays. Returns the names removed.
+pub fn remove_leftovers(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    pid_of: impl Fn(&str) -> Option<u32>,
+) -> Result<Vec<String>, WriteError> {
+    let mut d = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io("list", dir_path))?;
+    let candidates: Vec<(String, u32)> = d
+        .iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
+        .filter_map(|n| pid_of(&n).map(|pid| (n, pid)))
+        .collect();
+    let mut removed = Vec::new();
+    for (name, pid) in candidates {
+        let alive = i32::try_from(pid).ok().is_some_and(|pid| {
+            pid > 0
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    != Err(Errno::ESRCH)
+        });
+        if alive {
+            continue;
+        }
+        let regular =
+            nix::sys::stat::fstatat(dir, name.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| {
+                    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+                });
+        if !regular {
+            continue;
+        }
+        match unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => removed.push(name),
+            Err(e) => return Err(io("remove", &dir_path.join(&name))(e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Keep the `keep` newest files in `dir` whose names `matches`, by when they were written
+/// (their modification time, then the name), and remove the others; `spare` (the file just
+/// written) is never removed, whatever other files claim by their names or times. Returns
+/// the names removed.
 pub fn prune(
     dir: BorrowedFd<'_>,
     dir_path: &Path,
     matches: impl Fn(&str) -> bool,
     keep: usize,
+    spare: Option<&str>,
 ) -> Result<Vec<String>, WriteError> {
     let list = io("list", dir_path);
     let mut d = nix::dir::Dir::openat(
@@ -374,17 +427,35 @@ pub fn prune(
         Mode::empty(),
     )
     .map_err(list)?;
-    let mut names: Vec<String> = d
+    let names: Vec<String> = d
         .iter()
         .filter_map(Result::ok)
         .filter(|e| e.file_type() == Some(nix::dir::Type::File))
         .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
         .filter(|n| matches(n))
         .collect();
-    names.sort();
-    let excess = names.len().saturating_sub(keep);
+    let mut dated: Vec<((i64, i64), String)> = names
+        .into_iter()
+        .filter_map(|n| {
+            let st =
+                nix::sys::stat::fstatat(dir, n.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .ok()?;
+            Some(((st.st_mtime, st.st_mtime_nsec), n))
+        })
+        .collect();
+    // Newest first; the spared one counts as the newest of all.
+    dated.sort_by(|a, b| {
+        let spared = |n: &String| Some(n.as_str()) == spare;
+        spared(&b.1)
+            .cmp(&spared(&a.1))
+            .then(b.0.cmp(&a.0))
+            .then(b.1.cmp(&a.1))
+    });
     let mut removed = Vec::new();
-    for name in names.into_iter().take(excess) {
+    for (_, name) in dated
+        .into_iter()
+        .skip(keep.max(usize::from(spare.is_some())))
+    {
         unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
             .map_err(io("remove", &dir_path.join(&name)))?;
         removed.push(name);

@@ -104,14 +104,30 @@ pub fn thread_count() -> std::io::Result<usize> {
         .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
 }
 
-/// Make this process non-dumpable: no core file (which would hold the secrets read as
-/// root) and no ptrace or /proc/PID/mem access by the user it hands the app to, from the
-/// start of `run`, `check` and `manage` until exec. exec of the server resets the flag as
-/// the kernel does for any unprivileged program.
+/// Make this process non-dumpable and give it no room for a core file: no core (which
+/// would hold the secrets read as root) and no ptrace or /proc/PID/mem access by the user
+/// it acts as or hands the app to, from the start of `run`, `check` and `manage` until
+/// exec. Every change of ids resets the dumpable flag to the system's `fs.suid_dumpable`,
+/// so the identity seam (privs::Identity) sets it again after each switch; the core size
+/// limit stays 0 throughout (only its soft value: the server may raise it again). exec of
+/// the server resets the flag as the kernel does for any unprivileged program.
 pub fn no_core_dumps() -> std::io::Result<()> {
     // SAFETY: prctl with integer arguments only; no memory is passed to the kernel.
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid, writable `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    lim.rlim_cur = 0;
+    // SAFETY: setrlimit reads the valid `lim`.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

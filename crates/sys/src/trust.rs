@@ -484,6 +484,35 @@ const READ_FLAGS: OFlag = OFlag::O_RDONLY
 /// Resolve `path` under rule 1 and open the file for reading. A relative path is taken
 /// from the current directory, whose whole path is checked too.
 pub fn open_trusted(path: &Path, trusted_uid: Uid) -> Result<TrustedFile, TrustError> {
+    match resolve(path, trusted_uid, Want::File)? {
+        Reached::File(file) => Ok(file),
+        Reached::Directory(_) => unreachable!("a file was asked for"),
+    }
+}
+
+/// Resolve `path` under rule 1 as a directory: every directory on the way and the
+/// directory itself owned by root or the trusted uid and not writable by others (or sticky,
+/// with the next step's owner trusted). Returns the path with every link followed.
+pub fn trusted_directory(path: &Path, trusted_uid: Uid) -> Result<PathBuf, TrustError> {
+    match resolve(path, trusted_uid, Want::Directory)? {
+        Reached::Directory(resolved) => Ok(resolved),
+        Reached::File(_) => unreachable!("a directory was asked for"),
+    }
+}
+
+/// What a walk must end on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    File,
+    Directory,
+}
+
+enum Reached {
+    File(TrustedFile),
+    Directory(PathBuf),
+}
+
+fn resolve(path: &Path, trusted_uid: Uid, want: Want) -> Result<Reached, TrustError> {
     let file = path.to_path_buf();
     let trusted = trusted_uid.as_raw();
     if path.as_os_str().is_empty() {
@@ -575,15 +604,15 @@ pub fn open_trusted(path: &Path, trusted_uid: Uid) -> Result<TrustedFile, TrustE
                     pending.push_front(c);
                 }
             }
-            Kind::Directory if !last => {
+            Kind::Directory if !last || want == Want::Directory => {
                 let entered = walk.enter(fd, &st, here)?;
                 stack.push(entered);
             }
-            Kind::Regular if last => {
+            Kind::Regular if last && want == Want::File => {
                 walk.check_file(&st, &here)?;
-                return walk.reopen(dir, &name, &st, here);
+                return walk.reopen(dir, &name, &st, here).map(Reached::File);
             }
-            _ if last => {
+            _ if last && want == Want::File => {
                 return Err(TrustError::NotRegular {
                     file: file.clone(),
                     component: here,
@@ -599,8 +628,11 @@ pub fn open_trusted(path: &Path, trusted_uid: Uid) -> Result<TrustedFile, TrustE
             }
         }
     }
-    // The path ended on a directory (`/`, or `..` last).
+    // The path ended on a directory (`/`, `..` last, or what was asked for).
     let dir = stack.last().expect("the root stays on the stack");
+    if want == Want::Directory {
+        return Ok(Reached::Directory(dir.path.clone()));
+    }
     Err(TrustError::NotRegular {
         file: file.clone(),
         component: dir.path.clone(),

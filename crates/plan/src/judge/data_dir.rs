@@ -8,6 +8,65 @@ use launcher_config::Config;
 use crate::facts::{DirState, Facts, Observer};
 use crate::finding::{Finding, Group};
 
+/// What is wrong with a directory on a trusted path, and the fix: the words for every
+/// path rule 1 covers besides files (the data directory's parents, the app source).
+/// `what` names what the path leads to; `elsewhere` is the other way out.
+pub fn untrusted(
+    why: &crate::facts::Untrusted,
+    what: &str,
+    target: &Path,
+    elsewhere: &str,
+) -> (String, String) {
+    use crate::facts::Untrusted;
+    // "/srv/pub on the way to the data directory", or "the app source /srv/app" itself.
+    let place = |dir: &Path| {
+        if dir == target {
+            format!("{what} {}", dir.display())
+        } else {
+            format!("{} on the way to {what}", dir.display())
+        }
+    };
+    match why {
+        Untrusted::Owner { dir, uid, mode } => (
+            format!(
+                "{} belongs to uid {uid} (mode {mode:04o}), not root: that user can replace {what}",
+                place(dir)
+            ),
+            format!(
+                "chown root:root {0} && chmod go-w {0}, or {elsewhere}",
+                dir.display()
+            ),
+        ),
+        Untrusted::Writable { dir, mode } => (
+            format!(
+                "{} on the way to {what} is writable by {} (mode {mode:04o}) without the sticky bit: anyone who can write there can move {what} away and put their own in its place",
+                dir.display(),
+                if mode & 0o002 != 0 {
+                    "every user"
+                } else {
+                    "its group"
+                }
+            ),
+            format!(
+                "chmod go-w {} (or set the sticky bit, chmod +t, where others must write), or {elsewhere}",
+                dir.display()
+            ),
+        ),
+        Untrusted::SharedEntry { entry, uid, dir } => (
+            format!(
+                "{} belongs to uid {uid} and sits in {}, which others can write: its owner can replace it",
+                place(entry),
+                dir.display()
+            ),
+            format!("chown -h root:root {}, or {elsewhere}", entry.display()),
+        ),
+        Untrusted::Unwalkable(words) => (
+            format!("its path cannot be checked: {words}"),
+            format!("correct the path, or {elsewhere}"),
+        ),
+    }
+}
+
 /// How to create the data directory ahead where `run` cannot.
 const CREATE_AHEAD: &str = "create it ahead: `bitpoll-launcher tmpfiles --config FILE > /etc/tmpfiles.d/bitpoll.conf && systemd-tmpfiles --create` (NixOS: the module does)";
 
@@ -53,6 +112,11 @@ pub enum DirProblem {
     /// Missing on a file system that is read-only here.
     ReadOnly {
         path: PathBuf,
+    },
+    /// A directory above the data directory that others can change.
+    UntrustedParent {
+        data_dir: PathBuf,
+        why: crate::facts::Untrusted,
     },
     /// A file of the data directory with more than one name.
     HardLinked {
@@ -127,6 +191,15 @@ impl DirProblem {
                 "does not exist, and the file system is read-only here (a unit with ProtectSystem=strict)".into(),
                 CREATE_AHEAD.into(),
             ),
+            DirProblem::UntrustedParent { data_dir, why } => {
+                let (message, fix) = untrusted(
+                    why,
+                    "the data directory",
+                    data_dir,
+                    "move service.data_dir below directories only root can change (such as /var/lib)",
+                );
+                (at(data_dir), message, fix)
+            }
             DirProblem::HardLinked {
                 subject,
                 path,
@@ -160,6 +233,16 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
         out.push(f);
     }
     let tree = &facts.tree;
+    if let Err(why) = &facts.trust.data_dir_parent {
+        out.push(
+            DirProblem::UntrustedParent {
+                data_dir: data_dir.clone(),
+                why: why.clone(),
+            }
+            .finding(),
+        );
+        return out;
+    }
     if !tree.parent_exists {
         let parent = data_dir.parent().unwrap_or(data_dir);
         out.push(
@@ -362,6 +445,29 @@ mod tests {
 
     fn errors(f: &[Finding]) -> Vec<&Finding> {
         f.iter().filter(|f| f.is_error()).collect()
+    }
+
+    #[test]
+    fn a_parent_others_can_write_is_refused_naming_it_and_the_fix() {
+        let mut facts = fixture::facts();
+        facts.trust.data_dir_parent = Err(crate::facts::Untrusted::Writable {
+            dir: "/srv/pub".into(),
+            mode: 0o777,
+        });
+        let f = judge(&fixture::config(""), &facts);
+        let e = errors(&f);
+        assert_eq!(e.len(), 1, "{f:?}");
+        assert!(
+            e[0].message.contains("/srv/pub on the way to the data directory is writable by every user (mode 0777) without the sticky bit"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[0].fix
+                .as_deref()
+                .unwrap()
+                .starts_with("chmod go-w /srv/pub")
+        );
     }
 
     #[test]

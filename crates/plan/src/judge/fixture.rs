@@ -163,6 +163,7 @@ pub fn facts() -> Facts {
             .collect(),
         key_record: None,
         systemd: SystemdFacts::default(),
+        trust: crate::facts::TrustFacts::default(),
         can_chown: true,
     }
 }

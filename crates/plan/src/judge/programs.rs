@@ -19,19 +19,29 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     }
     let src = cfg.app.source_dir.display().to_string();
     match &facts.source {
-        Ok(s) if s.manage_py => out.push(Finding::ok(Group::App, src, "holds manage.py")),
+        Ok(s) if s.manage_py => out.push(Finding::ok(Group::App, src.clone(), "holds manage.py")),
         Ok(_) => out.push(Finding::error(
             Group::App,
-            src,
+            src.clone(),
             "has no manage.py",
             "point app.source_dir at the directory holding the app's manage.py",
         )),
         Err(e) => out.push(Finding::error(
             Group::App,
-            src,
+            src.clone(),
             format!("cannot be read: {e}"),
             "make the app source readable",
         )),
+    }
+    // The app's code: whoever may change it runs code as the service user.
+    if let (Ok(_), Err(why)) = (&facts.source, &facts.trust.source) {
+        let (message, fix) = super::data_dir::untrusted(
+            why,
+            "the app source",
+            &cfg.app.source_dir,
+            "install the app where only root can change it (such as /opt or /nix/store)",
+        );
+        out.push(Finding::error(Group::App, src, message, fix));
     }
     let server = cfg.server.command[0].clone();
     if facts.programs.server_executable {
@@ -63,6 +73,27 @@ mod tests {
         assert_eq!(errors.len(), 2, "{f:?}");
         assert!(errors[0].fix.as_deref().unwrap().contains("app.python"));
         assert!(errors[1].fix.as_deref().unwrap().contains("server.command"));
+    }
+
+    #[test]
+    fn a_source_others_can_change_is_an_error_naming_the_directory_and_the_fix() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.trust.source = Err(crate::facts::Untrusted::Writable {
+            dir: "/srv/pub".into(),
+            mode: 0o777,
+        });
+        let f = judge(&cfg, &facts);
+        let e = f.iter().find(|f| f.is_error()).expect("an error");
+        assert!(
+            e.message
+                .contains("/srv/pub on the way to the app source is writable by every user"),
+            "{e}"
+        );
+        assert!(
+            e.fix.as_deref().unwrap().contains("chmod go-w /srv/pub"),
+            "{e}"
+        );
     }
 
     #[test]
