@@ -258,6 +258,106 @@ in
       };
     };
 
+    mail = {
+      host = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "mail.example.org";
+        description = ''
+          SMTP server for the mails Bitpoll sends (registration, invitations, vote
+          notifications): BITPOLL_EMAIL_HOST. Null: Django's default, a server on
+          localhost, port 25.
+        '';
+      };
+      port = mkOption {
+        type = types.nullOr types.port;
+        default = null;
+        example = 587;
+        description = "SMTP port (BITPOLL_EMAIL_PORT); null: 25, or 465 with `security = \"tls\"`.";
+      };
+      security = mkOption {
+        type = types.enum [
+          "none"
+          "starttls"
+          "tls"
+        ];
+        default = "none";
+        description = ''
+          `starttls`: plain connection upgraded with STARTTLS (BITPOLL_EMAIL_USE_TLS, usually
+          port 587); `tls`: TLS from the start (BITPOLL_EMAIL_USE_SSL, usually port 465).
+        '';
+      };
+      user = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "SMTP login (BITPOLL_EMAIL_HOST_USER).";
+      };
+      passwordFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/keys/bitpoll-mail-password";
+        description = ''
+          File holding the SMTP password, outside the store, root-only: delivered like
+          {option}`services.bitpoll.secretFiles`.BITPOLL_EMAIL_HOST_PASSWORD.
+        '';
+      };
+      from = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "Polls <polls@example.org>";
+        description = "Sender of Bitpoll's mails (BITPOLL_DEFAULT_FROM_EMAIL).";
+      };
+    };
+
+    ldap = {
+      serverUri = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "ldaps://ldap.example.org";
+        description = ''
+          Log in with LDAP accounts besides the database's (BITPOLL_AUTH_LDAP_SERVER_URI).
+          Null: no LDAP. Further keys (groups, attribute map, STARTTLS, a CA file) are
+          BITPOLL_AUTH_LDAP_* variables in {option}`services.bitpoll.environment`
+          (docs/reference/settings.md).
+        '';
+      };
+      bindDn = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "cn=bitpoll,ou=services,dc=example,dc=org";
+        description = "DN to bind as for the user search (BITPOLL_AUTH_LDAP_BIND_DN); null: anonymous.";
+      };
+      bindPasswordFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = ''
+          File holding the bind password, outside the store, root-only: delivered like
+          {option}`services.bitpoll.secretFiles`.BITPOLL_AUTH_LDAP_BIND_PASSWORD.
+        '';
+      };
+      userSearchBase = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "ou=People,dc=example,dc=org";
+        description = "Where the users are (BITPOLL_AUTH_LDAP_USER_SEARCH_BASE).";
+      };
+      userSearchFilter = mkOption {
+        type = types.str;
+        default = "(uid=%(user)s)";
+        description = "Filter that finds the user by the name typed at login (BITPOLL_AUTH_LDAP_USER_SEARCH_FILTER).";
+      };
+    };
+
+    registration.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Let visitors create accounts themselves (BITPOLL_REGISTER_ENABLED; the group pages
+        follow it unless BITPOLL_GROUP_MANAGEMENT says otherwise). Off: accounts come
+        from `manage createsuperuser`, the admin pages or LDAP.
+      '';
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -285,7 +385,27 @@ in
         );
         message = "services.bitpoll.secretFiles must be absolute paths outside the Nix store (the store is world-readable).";
       }
+      {
+        assertion = cfg.ldap.serverUri == null || cfg.ldap.userSearchBase != null;
+        message = "services.bitpoll.ldap.serverUri needs services.bitpoll.ldap.userSearchBase (or BITPOLL_AUTH_LDAP_USER_DN_TEMPLATE in services.bitpoll.environment).";
+      }
+      {
+        assertion = lib.all (p: p == null || (lib.hasPrefix "/" p && !(lib.hasPrefix "${builtins.storeDir}/" p))) [
+          cfg.mail.passwordFile
+          cfg.ldap.bindPasswordFile
+        ];
+        message = "services.bitpoll.mail.passwordFile and ldap.bindPasswordFile must be absolute paths outside the Nix store.";
+      }
     ];
+
+    # Mail, LDAP and registration as the app's variables (docs/reference/settings.md).
+    services.bitpoll.secretFiles =
+      optionalAttrs (cfg.mail.passwordFile != null) {
+        BITPOLL_EMAIL_HOST_PASSWORD = mkDefault cfg.mail.passwordFile;
+      }
+      // optionalAttrs (cfg.ldap.bindPasswordFile != null) {
+        BITPOLL_AUTH_LDAP_BIND_PASSWORD = mkDefault cfg.ldap.bindPasswordFile;
+      };
 
     services.bitpoll.settings = {
       service = {
@@ -334,11 +454,30 @@ in
       );
     };
 
-    services.bitpoll.environment = mkIf cfg.nginx.enable {
-      BITPOLL_ALLOWED_HOSTS = mkDefault cfg.nginx.hostName;
-      BITPOLL_BASE_URL = mkDefault "${if nginxTls then "https" else "http"}://${cfg.nginx.hostName}";
-      BITPOLL_SECURE_COOKIES = mkDefault (if nginxTls then "true" else "false");
-    };
+    services.bitpoll.environment = lib.mkMerge [
+      (mkIf cfg.nginx.enable {
+        BITPOLL_ALLOWED_HOSTS = mkDefault cfg.nginx.hostName;
+        BITPOLL_BASE_URL = mkDefault "${if nginxTls then "https" else "http"}://${cfg.nginx.hostName}";
+        BITPOLL_SECURE_COOKIES = mkDefault (if nginxTls then "true" else "false");
+      })
+      {
+        BITPOLL_REGISTER_ENABLED = mkDefault (if cfg.registration.enable then "true" else "false");
+      }
+      (lib.mapAttrs (_: mkDefault) (
+        lib.filterAttrs (_: v: v != null) {
+          BITPOLL_EMAIL_HOST = cfg.mail.host;
+          BITPOLL_EMAIL_PORT = if cfg.mail.port == null then null else toString cfg.mail.port;
+          BITPOLL_EMAIL_HOST_USER = cfg.mail.user;
+          BITPOLL_DEFAULT_FROM_EMAIL = cfg.mail.from;
+          BITPOLL_EMAIL_USE_TLS = if cfg.mail.security == "starttls" then "true" else null;
+          BITPOLL_EMAIL_USE_SSL = if cfg.mail.security == "tls" then "true" else null;
+          BITPOLL_AUTH_LDAP_SERVER_URI = cfg.ldap.serverUri;
+          BITPOLL_AUTH_LDAP_BIND_DN = if cfg.ldap.serverUri == null then null else cfg.ldap.bindDn;
+          BITPOLL_AUTH_LDAP_USER_SEARCH_BASE = if cfg.ldap.serverUri == null then null else cfg.ldap.userSearchBase;
+          BITPOLL_AUTH_LDAP_USER_SEARCH_FILTER = if cfg.ldap.serverUri == null then null else cfg.ldap.userSearchFilter;
+        }
+      ))
+    ];
 
     users.users.${cfg.user} = {
       isSystemUser = true;

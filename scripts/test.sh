@@ -33,6 +33,10 @@ done
 for tool in podman runc podman-compose mmdebstrap iptables curl; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
+# tests/guide_debian.rs: the Debian guide's packages and web servers (run in a container).
+for pkg in nginx caddy git python3-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
+done
 [ -x /usr/lib/podman/netavark ] || need+=(netavark)
 [ -x /usr/lib/podman/aardvark-dns ] || need+=(aardvark-dns)
 if [ ${#need[@]} -gt 0 ]; then
@@ -43,7 +47,14 @@ if [ ${#need[@]} -gt 0 ]; then
         echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/bitpoll-launcher-tests.conf
     fi
     apt-get update -qq
+    # Web servers installed for the Debian guide's container must not start on this host.
+    no_start=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d
+        no_start=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${need[@]}" >&2
+    [ -z "$no_start" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 bash tests/setup-venv.sh >/dev/null

@@ -1881,7 +1881,7 @@ fn a_bind_port_held_by_the_running_service_is_ok() {
 }
 
 #[test]
-fn gunicorn_27_without_no_control_socket_is_a_warning() {
+fn gunicorn_25_1_or_newer_without_no_control_socket_is_a_warning() {
     let mut env = TestEnv::new("check_gunicorn27");
     env.config.set(
         "server",
@@ -1898,7 +1898,7 @@ fn gunicorn_27_without_no_control_socket_is_a_warning() {
         "warning",
         "server",
         "gunicorn",
-        "gunicorn 27 creates a control socket in the home directory by default",
+        "gunicorn 25.1 or newer creates a control socket in the home directory by default",
     );
     assert_eq!(
         f.fix.as_deref(),

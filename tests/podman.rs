@@ -1015,3 +1015,37 @@ fn the_container_examples_run_under_podman_with_the_real_bitpoll() {
     with_kube_play(&p);
     eprintln!("[podman] all done in {:.1}s", t0.elapsed().as_secs_f64());
 }
+
+/// The replicas of examples/container/README.md start with the options this test starts
+/// them with (docs/guides/containers.md points at that README): its `podman run` loop,
+/// with `$i` and `$S` (the secret mounts) as the README defines them, is
+/// [`replica_args`] with the README's image.
+#[test]
+fn the_readme_starts_the_replicas_as_this_test_does() {
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/container/README.md"),
+    )
+    .expect("read examples/container/README.md");
+    // The loop's command, its continuation lines joined.
+    let start = readme
+        .find("podman run -d --name bitpoll-$i")
+        .expect("the README's podman run loop");
+    let end = start + readme[start..].find("\ndone").expect("the loop's end");
+    let command = readme[start..end].replace("\\\n", " ");
+    let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let secrets = Path::new("$PWD/secrets");
+    let mut want = replica_args("bitpoll-$i", "bitpoll-net", "bitpoll-data-$i", secrets);
+    want.pop(); // the test's image
+    let mounts = secret_mounts(secrets);
+    want.truncate(want.len() - mounts.len());
+    want.extend(["$S".to_string(), "localhost/bitpoll".to_string()]);
+    assert_eq!(words, want, "the README's replicas and the test's differ");
+    // $S, as the README defines it.
+    let s_start = readme.find("S=\"").expect("the README's S=");
+    let s_end = s_start + 3 + readme[s_start + 3..].find('"').expect("S's end");
+    let s: Vec<&str> = readme[s_start + 3..s_end].split_whitespace().collect();
+    assert_eq!(
+        s, mounts,
+        "the README's secret mounts and the test's differ"
+    );
+}

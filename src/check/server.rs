@@ -27,12 +27,10 @@ pub fn check_server(cfg: &Config, uid: Option<Uid>, probe: Option<&Probe>, r: &m
                     "gunicorn",
                     format!("version {v} in the app's environment"),
                 );
-                let major: u32 = v
-                    .split('.')
-                    .next()
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(0);
-                if major >= 27
+                // The control socket (and --no-control-socket) came with gunicorn 25.1.0.
+                let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+                let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+                if version >= (25, 1)
                     && !cmd.iter().any(|a| {
                         a.starts_with("--no-control-socket") || a.starts_with("--control-socket")
                     })
@@ -40,7 +38,7 @@ pub fn check_server(cfg: &Config, uid: Option<Uid>, probe: Option<&Probe>, r: &m
                     r.warn(
                         Group::Server,
                         "gunicorn",
-                        "gunicorn 27 creates a control socket in the home directory by default",
+                        "gunicorn 25.1 or newer creates a control socket in the home directory by default",
                         "add \"--no-control-socket\" to server.command",
                     );
                 }

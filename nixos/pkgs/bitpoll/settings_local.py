@@ -3,7 +3,7 @@
 Bitpoll's settings.py ends with ``from .settings_local import *``. In the Nix
 store nothing can be edited, so everything deployment-specific is read from
 BITPOLL_* environment variables, which bitpoll-launcher sets (it builds the
-server's environment from its TOML config and secrets). docs/nixos.md lists
+server's environment from its TOML config and secrets). docs/reference/settings.md lists
 the contract; keep the two in sync.
 
 Required: BITPOLL_DATA_DIR, BITPOLL_SECRET_KEY, BITPOLL_FIELD_ENCRYPTION_KEY.
@@ -34,7 +34,7 @@ def _required(name):
     if not value.strip():
         raise _ImproperlyConfigured(
             f"{name} is not set; bitpoll-launcher sets it from its config "
-            "(see docs/nixos.md, 'Environment contract')"
+            "(see docs/reference/settings.md)"
         )
     return value.strip()
 
@@ -58,8 +58,38 @@ def _bool(name, default=False):
     )
 
 
-def _list(name):
-    return [item.strip() for item in _os.environ.get(name, "").split(",") if item.strip()]
+def _list(name, sep=","):
+    return [item.strip() for item in _os.environ.get(name, "").split(sep) if item.strip()]
+
+
+def _int(name, default, low, high):
+    value = _optional(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise _ImproperlyConfigured(f"{name}={value!r} is not a whole number from {low} to {high}")
+    return number
+
+
+def _mapping(name, default):
+    # "django_field=ldap_attribute,..." (LDAP attribute maps).
+    value = _optional(name)
+    if value is None:
+        return dict(default)
+    result = {}
+    for item in value.split(","):
+        key, sep, attr = item.partition("=")
+        if not sep or not key.strip() or not attr.strip():
+            raise _ImproperlyConfigured(
+                f"{name}: {item.strip()!r} is not FIELD=ATTRIBUTE; write e.g. "
+                "first_name=givenName,last_name=sn,email=mail"
+            )
+        result[key.strip()] = attr.strip()
+    return result
 
 
 def _fernet_key(name):
@@ -172,6 +202,142 @@ if _optional("BITPOLL_SITE_NAME"):
 # refuses each POST ("Origin checking failed"); see examples/container.
 SESSION_COOKIE_SECURE = _bool("BITPOLL_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# Links and texts of the page footer. Bitpoll's own defaults are placeholders (a link to
+# example.com, an imprint reading "Text goes here"): a deployment sets its own. An empty
+# BITPOLL_HOME_URL (the default here) shows no link.
+HOME_URL = _optional("BITPOLL_HOME_URL", "")
+HOME_URL_NAME = _optional("BITPOLL_HOME_URL_NAME", "Dashboard")
+if _optional("BITPOLL_IMPRINT_URL"):
+    IMPRINT_URL = _optional("BITPOLL_IMPRINT_URL")
+if _optional("BITPOLL_IMPRINT_TEXT"):
+    IMPRINT_TEXT = _optional("BITPOLL_IMPRINT_TEXT")
+if _optional("BITPOLL_PRIVACY_URL"):
+    PRIVACY_URL = _optional("BITPOLL_PRIVACY_URL")
+if _optional("BITPOLL_URL_PREFIX"):
+    URL_PREFIX = _optional("BITPOLL_URL_PREFIX").strip("/")
+
+# --- Accounts and polls -----------------------------------------------------
+
+# Self-service registration (and with it the group pages, as upstream couples them).
+REGISTER_ENABLED = _bool("BITPOLL_REGISTER_ENABLED", True)
+GROUP_MANAGEMENT = _bool("BITPOLL_GROUP_MANAGEMENT", REGISTER_ENABLED)
+PUBLIC_POLLS = _bool("BITPOLL_PUBLIC_POLLS", True)
+POLL_CREATION_REQUIRES_LOGIN = _bool("BITPOLL_POLL_CREATION_REQUIRES_LOGIN", False)
+CALENDAR_ENABLED = _bool("BITPOLL_CALENDAR_ENABLED", True)
+
+# --- Mail -------------------------------------------------------------------
+
+# Registration, invitations and vote notifications are sent by mail (SMTP). Without
+# BITPOLL_EMAIL_HOST Django's default stands: a server on localhost, port 25.
+if _optional("BITPOLL_EMAIL_BACKEND"):
+    EMAIL_BACKEND = _optional("BITPOLL_EMAIL_BACKEND")
+EMAIL_HOST = _optional("BITPOLL_EMAIL_HOST", "localhost")
+EMAIL_USE_TLS = _bool("BITPOLL_EMAIL_USE_TLS", False)  # STARTTLS, usually port 587
+EMAIL_USE_SSL = _bool("BITPOLL_EMAIL_USE_SSL", False)  # TLS from the start, port 465
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise _ImproperlyConfigured(
+        "BITPOLL_EMAIL_USE_TLS and BITPOLL_EMAIL_USE_SSL are both on; choose one "
+        "(STARTTLS on port 587, or TLS from the start on port 465)"
+    )
+EMAIL_PORT = _int("BITPOLL_EMAIL_PORT", 465 if EMAIL_USE_SSL else 25, 1, 65535)
+EMAIL_HOST_USER = _optional("BITPOLL_EMAIL_HOST_USER", "")
+# A secret: configure it in [secrets], never in [environment].
+EMAIL_HOST_PASSWORD = _optional("BITPOLL_EMAIL_HOST_PASSWORD", "")
+EMAIL_TIMEOUT = _int("BITPOLL_EMAIL_TIMEOUT", 30, 1, 3600)
+if _optional("BITPOLL_DEFAULT_FROM_EMAIL"):
+    DEFAULT_FROM_EMAIL = _optional("BITPOLL_DEFAULT_FROM_EMAIL")
+    SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Where a failed registration mail is reported, and the contact on the privacy page.
+if _optional("BITPOLL_TEAM_EMAIL"):
+    TEAM_EMAIL = _optional("BITPOLL_TEAM_EMAIL")
+if _optional("BITPOLL_MAIL_SIGNATURE"):
+    MAIL_SIGNATURE = _optional("BITPOLL_MAIL_SIGNATURE")
+# Group mails put it before their subject (Django's default is "[Django] ").
+EMAIL_SUBJECT_PREFIX = _optional(
+    "BITPOLL_EMAIL_SUBJECT_PREFIX",
+    "[" + (_optional("BITPOLL_SITE_NAME") or "Bitpoll") + "]",
+) + " "
+
+# --- LDAP -------------------------------------------------------------------
+
+# Log in with LDAP accounts (django-auth-ldap), besides the accounts in the database.
+# Set BITPOLL_AUTH_LDAP_SERVER_URI to turn it on. Users are found by a search below
+# BITPOLL_AUTH_LDAP_USER_SEARCH_BASE (bound as BITPOLL_AUTH_LDAP_BIND_DN, or
+# anonymously) or, instead, bound directly with BITPOLL_AUTH_LDAP_USER_DN_TEMPLATE.
+# Lists of DNs are separated by ";" (a DN holds commas).
+if _optional("BITPOLL_AUTH_LDAP_SERVER_URI"):
+    import ldap as _ldap
+    from django_auth_ldap.config import LDAPSearch as _LDAPSearch
+
+    AUTHENTICATION_BACKENDS = (
+        "django_auth_ldap.backend.LDAPBackend",
+        "django.contrib.auth.backends.ModelBackend",
+    )
+    AUTH_LDAP_SERVER_URI = _optional("BITPOLL_AUTH_LDAP_SERVER_URI")
+    AUTH_LDAP_BIND_DN = _optional("BITPOLL_AUTH_LDAP_BIND_DN", "")
+    # A secret: configure it in [secrets], never in [environment].
+    AUTH_LDAP_BIND_PASSWORD = _optional("BITPOLL_AUTH_LDAP_BIND_PASSWORD", "")
+    AUTH_LDAP_START_TLS = _bool("BITPOLL_AUTH_LDAP_START_TLS", False)
+    _ldap_options = {}
+    if _optional("BITPOLL_AUTH_LDAP_CA_FILE"):
+        _ldap_options[_ldap.OPT_X_TLS_CACERTFILE] = _optional("BITPOLL_AUTH_LDAP_CA_FILE")
+        _ldap_options[_ldap.OPT_X_TLS_NEWCTX] = 0
+    AUTH_LDAP_GLOBAL_OPTIONS = _ldap_options
+    if _optional("BITPOLL_AUTH_LDAP_USER_DN_TEMPLATE"):
+        AUTH_LDAP_USER_DN_TEMPLATE = _optional("BITPOLL_AUTH_LDAP_USER_DN_TEMPLATE")
+    elif _optional("BITPOLL_AUTH_LDAP_USER_SEARCH_BASE"):
+        AUTH_LDAP_USER_SEARCH = _LDAPSearch(
+            _optional("BITPOLL_AUTH_LDAP_USER_SEARCH_BASE"),
+            _ldap.SCOPE_SUBTREE,
+            _optional("BITPOLL_AUTH_LDAP_USER_SEARCH_FILTER", "(uid=%(user)s)"),
+        )
+    else:
+        raise _ImproperlyConfigured(
+            "BITPOLL_AUTH_LDAP_SERVER_URI is set but neither BITPOLL_AUTH_LDAP_USER_SEARCH_BASE "
+            "nor BITPOLL_AUTH_LDAP_USER_DN_TEMPLATE says where the users are"
+        )
+    AUTH_LDAP_USER_ATTR_MAP = _mapping(
+        "BITPOLL_AUTH_LDAP_USER_ATTR_MAP",
+        {"first_name": "givenName", "last_name": "sn", "email": "mail"},
+    )
+    AUTH_LDAP_ALWAYS_UPDATE_USER = _bool("BITPOLL_AUTH_LDAP_ALWAYS_UPDATE_USER", True)
+    if _optional("BITPOLL_AUTH_LDAP_GROUP_SEARCH_BASE"):
+        from django_auth_ldap.config import (
+            GroupOfNamesType as _GroupOfNamesType,
+            PosixGroupType as _PosixGroupType,
+        )
+
+        _group_types = {"posix": _PosixGroupType, "groupOfNames": _GroupOfNamesType}
+        _group_type = _optional("BITPOLL_AUTH_LDAP_GROUP_TYPE", "posix")
+        if _group_type not in _group_types:
+            raise _ImproperlyConfigured(
+                f"BITPOLL_AUTH_LDAP_GROUP_TYPE={_group_type!r} is not supported; use "
+                "'posix' or 'groupOfNames'"
+            )
+        AUTH_LDAP_GROUP_SEARCH = _LDAPSearch(
+            _optional("BITPOLL_AUTH_LDAP_GROUP_SEARCH_BASE"),
+            _ldap.SCOPE_SUBTREE,
+            _optional(
+                "BITPOLL_AUTH_LDAP_GROUP_SEARCH_FILTER",
+                "(objectClass=posixGroup)" if _group_type == "posix" else "(objectClass=groupOfNames)",
+            ),
+        )
+        AUTH_LDAP_GROUP_TYPE = _group_types[_group_type]()
+        AUTH_LDAP_MIRROR_GROUPS = _bool("BITPOLL_AUTH_LDAP_MIRROR_GROUPS", False)
+        _flags = {}
+        if _list("BITPOLL_AUTH_LDAP_STAFF_GROUPS", ";"):
+            _flags["is_staff"] = _list("BITPOLL_AUTH_LDAP_STAFF_GROUPS", ";")
+        if _list("BITPOLL_AUTH_LDAP_SUPERUSER_GROUPS", ";"):
+            _flags["is_superuser"] = _list("BITPOLL_AUTH_LDAP_SUPERUSER_GROUPS", ";")
+        AUTH_LDAP_USER_FLAGS_BY_GROUP = _flags
+    elif _optional("BITPOLL_AUTH_LDAP_STAFF_GROUPS") or _optional(
+        "BITPOLL_AUTH_LDAP_SUPERUSER_GROUPS"
+    ):
+        raise _ImproperlyConfigured(
+            "BITPOLL_AUTH_LDAP_STAFF_GROUPS and _SUPERUSER_GROUPS need "
+            "BITPOLL_AUTH_LDAP_GROUP_SEARCH_BASE (where the groups are)"
+        )
 
 # --- What settings.py expects settings_local to define ----------------------
 
