@@ -17,10 +17,11 @@ pub(super) fn python_identity(python: &Path) -> String {
     let mut id = python.display().to_string();
     if let Ok(real) = std::fs::canonicalize(python) {
         if let Ok(m) = std::fs::metadata(&real) {
+            // Not the device number: a container's overlay gets a new one on every start,
+            // which would make every restart prepare again.
             id.push_str(&format!(
-                " {} {}:{} {} {}",
+                " {} {} {} {}",
                 real.display(),
-                m.dev(),
                 m.ino(),
                 m.size(),
                 m.mtime()

@@ -177,7 +177,7 @@ impl DirProblem {
                 at(path),
                 format!("belongs to root, and without CAP_CHOWN `run` cannot give it to {user}"),
                 format!(
-                    "run `chown -R {user}: {}` once (the hardened unit keeps no CAP_CHOWN, see docs/hardening.md)",
+                    "run `chown -R {user}: {}` once (the launcher has no CAP_CHOWN here: the hardened unit does not keep it, nor does a container started without it; see docs/hardening.md)",
                     path.display()
                 ),
             ),
