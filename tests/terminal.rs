@@ -8,7 +8,7 @@
 //! launcher's care (runuser without --pty), so the tests can fail.
 //!
 //! Also here: manage's pty relay compared with `runuser --pty` (end of piped input, a
-//! command that leaves a process behind, large input, stop signals, the terminal's mode
+//! command that leaves a process behind, large input, stop signals, a terminal that takes no output, the terminal's mode
 //! restored), the signal state the server and manage's command start with, the user site
 //! directory the app could plant code in, and escaped text on the terminal.
 //!
@@ -735,6 +735,93 @@ fn manage_relays_large_input_without_deadlock_and_restores_the_terminal_on_stop_
         }
     }
 }
+
+/// Output of the pane's terminal held (as Ctrl-S or a stalled connection would) while
+/// alive; let go when dropped, so the pane always comes back.
+struct HeldOutput(fs::File);
+
+impl HeldOutput {
+    fn hold(tty: &str) -> HeldOutput {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(tty)
+            .expect("open the pane's terminal");
+        nix::sys::termios::tcflow(&file, nix::sys::termios::FlowArg::TCOOFF)
+            .expect("stop the pane's output");
+        HeldOutput(file)
+    }
+}
+
+impl Drop for HeldOutput {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcflow(&self.0, nix::sys::termios::FlowArg::TCOON);
+    }
+}
+
+#[test]
+fn manage_ends_on_a_stop_signal_while_the_terminal_takes_no_output() {
+    let mut b = Both::new("relay_held");
+    let before = b.shell.stty();
+    let flood = "import sys\nwhile True: sys.stdout.write('x' * 80 + chr(10))";
+    let flood_file = b.env.dir.join("flood.py");
+    fs::write(&flood_file, flood).unwrap();
+    fs::set_permissions(&flood_file, fs::Permissions::from_mode(0o644)).unwrap();
+    b.shell.type_line(&format!(
+        "{}; echo \"held-done=$?\"",
+        b.manage(&format!(
+            "shell -c \"exec(open('{}').read())\"",
+            flood_file.display()
+        ))
+    ));
+    b.shell.wait_for(&"x".repeat(80), LONG);
+    let launcher = child_of(b.shell.shell_pid());
+    let held = HeldOutput::hold(&b.shell.tty());
+    // Every buffer between the command and the held terminal fills up.
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(launcher as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + PTY_GRACE + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{launcher}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = !Path::new(&format!("/proc/{launcher}")).exists()
+        || util::proc_stat(launcher as i32).is_some_and(|(state, _, _)| state == 'Z');
+    let running: Vec<i32> = b
+        .env
+        .processes_of_user()
+        .into_iter()
+        .filter(|p| util::proc_stat(*p).is_some_and(|(state, _, _)| state != 'Z'))
+        .collect();
+    drop(held);
+    assert!(
+        ended,
+        "manage did not end on SIGTERM while its terminal took no output"
+    );
+    assert!(
+        running.is_empty(),
+        "the command outlived SIGTERM: {running:?}"
+    );
+    // What the command wrote but the terminal had not taken is dropped: the shell's line
+    // may follow a cut one.
+    let screen = b.shell.wait_for("held-done=", LONG);
+    let code: String = screen
+        .rsplit("held-done=")
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    assert_eq!(code, "143", "SIGTERM ends the command\n{screen}");
+    b.shell.settle();
+    assert_eq!(b.shell.stty(), before, "the terminal's mode after SIGTERM");
+}
+
+/// How long manage gives its command after a stop signal.
+const PTY_GRACE: Duration = Duration::from_secs(5);
 
 /// The one child of `ppid` (the launcher or runuser started by the shell).
 fn child_of(ppid: u32) -> u32 {

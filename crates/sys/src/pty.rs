@@ -16,7 +16,10 @@
 //! The relay ends when the command exits, even if something it left in the background
 //! still holds the pty; the caller's terminal mode is restored on every way out (return,
 //! error, panic). The pty's master side is non-blocking and input waits in a bounded
-//! buffer, so a command that writes while it is sent input cannot deadlock the relay.
+//! buffer, so a command that writes while it is sent input cannot deadlock the relay;
+//! output goes to the caller's terminal through a description of its own, non-blocking,
+//! so a terminal that stops taking it (Ctrl-S, a stalled connection) holds back the
+//! command, never the relay's handling of signals.
 //! SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to the launcher are passed on to the command;
 //! if it has not ended [`STOP_GRACE`] later, it is killed.
 //!
@@ -44,6 +47,13 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Input read from the caller but not yet taken by the pty waits here, up to this much.
 const INPUT_BUFFER: usize = 64 * 1024;
+
+/// Output read from the pty but not yet taken by the caller's terminal, up to this much.
+const OUTPUT_BUFFER: usize = 64 * 1024;
+
+/// After the command has ended, at most this much more is read from its terminal:
+/// something it left in the background may go on writing there.
+const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// What went wrong starting the command (the child reports the step and errno).
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +125,8 @@ struct RawMode(Option<Termios>);
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(saved) = &self.0 {
-            let _ = termios::tcsetattr(borrow(0), SetArg::TCSADRAIN, saved);
+            // At once: a terminal that takes no output must not hold the way out.
+            let _ = termios::tcsetattr(borrow(0), SetArg::TCSANOW, saved);
         }
     }
 }
@@ -128,7 +139,7 @@ fn raw_mode(saved: Option<&Termios>) -> RawMode {
     };
     let mut raw = saved.clone();
     termios::cfmakeraw(&mut raw);
-    if termios::tcsetattr(borrow(0), SetArg::TCSADRAIN, &raw).is_err() {
+    if termios::tcsetattr(borrow(0), SetArg::TCSANOW, &raw).is_err() {
         return RawMode(None);
     }
     RawMode(Some(saved.clone()))
@@ -331,8 +342,8 @@ struct Relay {
     child: Pid,
     master: OwnedFd,
     master_open: bool,
-    /// The caller's terminal the command's output goes to: stdout, else stderr, else stdin.
-    output: Option<RawFd>,
+    /// The caller's terminal the command's output goes to.
+    output: Output,
     /// Reading the caller's stdin (a terminal) into `input`.
     stdin_open: bool,
     input: Vec<u8>,
@@ -346,7 +357,7 @@ impl Relay {
             child,
             master,
             master_open: true,
-            output: [1, 2, 0].into_iter().find(|&fd| ttys[fd as usize]),
+            output: Output::open([1, 2, 0].into_iter().find(|&fd| ttys[fd as usize])),
             stdin_open: ttys[0],
             input: Vec::with_capacity(INPUT_BUFFER),
             stopping: None,
@@ -355,29 +366,74 @@ impl Relay {
 
     fn run(mut self, signals: &SignalFd) -> Result<i32, PtyError> {
         let mut buf = vec![0u8; 16 * 1024];
+        // Once the command has ended: its status, and whether what it wrote has been read.
+        let mut ended: Option<i32> = None;
+        let mut drained = false;
+        let mut drain_left = DRAIN_LIMIT;
         loop {
+            if let Some(status) = ended {
+                // After a stop signal nothing waits for a terminal that takes no output.
+                if self.stopping.is_some() {
+                    self.output.flush();
+                    return Ok(status);
+                }
+                // The rest of what the command wrote, bounded: something it left behind
+                // may go on writing to its terminal.
+                if !drained {
+                    let room = self.output.room().min(drain_left).min(buf.len());
+                    if room > 0 {
+                        match nix::unistd::read(&self.master, &mut buf[..room]) {
+                            Ok(n) if n > 0 => {
+                                drain_left -= n;
+                                self.output.push(&buf[..n]);
+                            }
+                            _ => drained = true,
+                        }
+                    }
+                    drained |= drain_left == 0;
+                }
+                if drained && self.output.is_empty() {
+                    return Ok(status);
+                }
+            }
+
             let timeout = match self.stopping {
                 Some((_, kill_at)) => {
                     let left = kill_at.saturating_duration_since(Instant::now());
                     PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
                         .unwrap_or(PollTimeout::ZERO)
                 }
+                None if ended.is_some() && !drained && !self.output.is_full() => PollTimeout::ZERO,
                 None => PollTimeout::NONE,
             };
-            let read_input =
-                self.stdin_open && self.stopping.is_none() && self.input.len() < INPUT_BUFFER;
+            let running = ended.is_none();
+            let read_input = running
+                && self.stdin_open
+                && self.stopping.is_none()
+                && self.input.len() < INPUT_BUFFER;
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             // A closed side is left out: poll would report its hang-up again and again.
-            let master_at = self.master_open.then(|| {
-                let mut events = PollFlags::POLLIN;
-                if !self.input.is_empty() {
-                    events |= PollFlags::POLLOUT;
+            // So is the pty while the caller's terminal takes no more output: the command
+            // then waits, as it would on a terminal of its own.
+            let mut master_events = PollFlags::empty();
+            if running && self.master_open {
+                if !self.output.is_full() {
+                    master_events |= PollFlags::POLLIN;
                 }
-                fds.push(PollFd::new(self.master.as_fd(), events));
+                if !self.input.is_empty() {
+                    master_events |= PollFlags::POLLOUT;
+                }
+            }
+            let master_at = (!master_events.is_empty()).then(|| {
+                fds.push(PollFd::new(self.master.as_fd(), master_events));
                 fds.len() - 1
             });
             let stdin_at = read_input.then(|| {
                 fds.push(PollFd::new(borrow(0), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let output_at = self.output.waiting().map(|fd| {
+                fds.push(PollFd::new(fd, PollFlags::POLLOUT));
                 fds.len() - 1
             });
             match poll(&mut fds, timeout) {
@@ -389,8 +445,12 @@ impl Relay {
                 at.and_then(|i| fds[i].revents())
                     .unwrap_or(PollFlags::empty())
             };
-            let (sig_ev, master_ev, stdin_ev) =
-                (revents(Some(0)), revents(master_at), revents(stdin_at));
+            let (sig_ev, master_ev, stdin_ev, output_ev) = (
+                revents(Some(0)),
+                revents(master_at),
+                revents(stdin_at),
+                revents(output_at),
+            );
             drop(fds);
 
             if let Some((signal, kill_at)) = self.stopping {
@@ -404,12 +464,14 @@ impl Relay {
             }
             if sig_ev.contains(PollFlags::POLLIN) {
                 if let Some(status) = self.signals(signals)? {
-                    self.drain(&mut buf);
-                    return Ok(status);
+                    ended = Some(status);
                 }
             }
+            if !output_ev.is_empty() {
+                self.output.flush();
+            }
             let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
-            if master_ev.intersects(readable) {
+            if master_ev.intersects(readable) && !self.output.is_full() {
                 self.relay_output(&mut buf)?;
             }
             if master_ev.contains(PollFlags::POLLOUT) {
@@ -458,32 +520,17 @@ impl Relay {
         Ok(ended)
     }
 
-    /// Copy what the command wrote to the caller's terminal.
+    /// Read what the command wrote into the output buffer.
     fn relay_output(&mut self, buf: &mut [u8]) -> Result<(), PtyError> {
-        match nix::unistd::read(&self.master, buf) {
+        let room = self.output.room().min(buf.len());
+        match nix::unistd::read(&self.master, &mut buf[..room]) {
             // EIO: no process holds the command's terminal any more.
             Ok(0) | Err(Errno::EIO) => self.master_open = false,
-            Ok(n) => self.write_out(&buf[..n]),
+            Ok(n) => self.output.push(&buf[..n]),
             Err(Errno::EINTR | Errno::EAGAIN) => {}
             Err(e) => return Err(setup("read the pty")(e)),
         }
         Ok(())
-    }
-
-    /// Whatever the command wrote before it ended, as far as it is there now.
-    fn drain(&mut self, buf: &mut [u8]) {
-        for _ in 0..64 {
-            match nix::unistd::read(&self.master, buf) {
-                Ok(n) if n > 0 => self.write_out(&buf[..n]),
-                _ => return,
-            }
-        }
-    }
-
-    fn write_out(&self, data: &[u8]) {
-        if let Some(fd) = self.output {
-            write_all(fd, data);
-        }
     }
 
     /// Hand buffered input to the command's terminal, as much as it takes now.
@@ -515,6 +562,93 @@ impl Relay {
             Ok(n) => self.input.extend_from_slice(&buf[..n]),
             Err(Errno::EINTR | Errno::EAGAIN) => {}
             Err(_) => self.stdin_open = false,
+        }
+    }
+}
+
+/// The caller's terminal as the relay writes to it: a description of its own, opened
+/// non-blocking, with a bounded buffer in front. A terminal that stops taking output
+/// (Ctrl-S, a stalled connection) then holds back the command, never the relay, which
+/// goes on handling stop signals. The caller's own descriptor, shared with its shell,
+/// stays as it was; only if the terminal cannot be opened again is it written to,
+/// blocking.
+struct Output {
+    to: Option<Writer>,
+    pending: Vec<u8>,
+}
+
+enum Writer {
+    Own(OwnedFd),
+    Shared(RawFd),
+}
+
+impl Output {
+    fn open(fd: Option<RawFd>) -> Output {
+        use std::os::unix::fs::OpenOptionsExt;
+        let to = fd.map(|fd| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+                .open(format!("/proc/self/fd/{fd}"))
+                .ok()
+                .filter(|file| is_tty(file.as_raw_fd()))
+                .map_or(Writer::Shared(fd), |file| Writer::Own(file.into()))
+        });
+        Output {
+            to,
+            pending: Vec::with_capacity(OUTPUT_BUFFER),
+        }
+    }
+
+    fn room(&self) -> usize {
+        OUTPUT_BUFFER.saturating_sub(self.pending.len())
+    }
+
+    fn is_full(&self) -> bool {
+        self.room() == 0
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The descriptor to wait on for room, while output waits.
+    fn waiting(&self) -> Option<BorrowedFd<'_>> {
+        match &self.to {
+            Some(Writer::Own(fd)) if !self.pending.is_empty() => Some(fd.as_fd()),
+            _ => None,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        match &self.to {
+            Some(Writer::Own(_)) => {
+                self.pending.extend_from_slice(data);
+                self.flush();
+            }
+            Some(Writer::Shared(fd)) => write_all(*fd, data),
+            None => {}
+        }
+    }
+
+    /// Write as much as the terminal takes now.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(Writer::Own(fd)) = &self.to else {
+                return;
+            };
+            match nix::unistd::write(fd, &self.pending) {
+                Ok(0) | Err(Errno::EAGAIN) => return,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(Errno::EINTR) => {}
+                // The terminal is gone (hung up): nothing more can be shown.
+                Err(_) => {
+                    self.pending.clear();
+                    self.to = None;
+                }
+            }
         }
     }
 }
