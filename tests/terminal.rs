@@ -8,9 +8,10 @@
 //! launcher's care (runuser without --pty), so the tests can fail.
 //!
 //! Also here: manage's pty relay compared with `runuser --pty` (end of piped input, a
-//! command that leaves a process behind, large input, stop signals, a terminal that takes no output, the terminal's mode
-//! restored), the signal state the server and manage's command start with, the user site
-//! directory the app could plant code in, and escaped text on the terminal.
+//! command that leaves a process behind, large input, stop signals, a terminal that takes
+//! no output, the terminal's mode restored), the signal state the server and manage's
+//! command start with, the user site directory the app could plant code in, and escaped
+//! text on the terminal.
 //!
 //! Root only, one test at a time (`cargo test --test terminal -- --test-threads=1`); needs
 //! tmux and runuser (util-linux).
