@@ -33,7 +33,9 @@ done
 for tool in podman runc podman-compose mmdebstrap iptables curl; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
-# tests/guide_debian.rs: the Debian guide's packages and web servers (run in a container).
+# tests/guide_debian.rs: the Debian guide's packages and web servers (run in a container);
+# iproute2's `ip` links its two containers as two hosts.
+command -v ip >/dev/null || need+=(iproute2)
 for pkg in nginx caddy git python3-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
 done
