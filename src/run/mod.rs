@@ -59,7 +59,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
     let phase = Phase::begin("config", "Reading configuration");
     let cfg = crate::config::load(&args.config).or_exit(exit::CONFIG)?;
     phase.end(&format!("configuration {} is valid", args.config.display()));
-    let sockets = sockets::verify(&cfg)?;
+    let sockets = sockets::verify()?;
 
     let preflight::Preflight {
         mut facts,

@@ -1,12 +1,12 @@
 //! The sockets systemd passed (socket activation: LISTEN_PID, LISTEN_FDS) are looked at
 //! before anything else: the server gets each descriptor as the service user, so only a
-//! listening stream socket of the family the server binds may reach it. Anything else (a
-//! root-only file left on fd 3 by whoever started the launcher, a number of descriptors
-//! that were never passed) stops the start here, with status 2, before any preparation.
+//! listening Unix or TCP stream socket may reach it (either, whatever the server's --bind
+//! names: the passed sockets replace it). Anything else (a root-only file left on fd 3 by
+//! whoever started the launcher, a number of descriptors that were never passed) stops
+//! the start here, with status 2, before any preparation.
 
 use anyhow::anyhow;
 
-use launcher_config::Config;
 use launcher_sys::fds::{Passed, passed};
 
 use crate::exit::{self, Exit};
@@ -18,7 +18,7 @@ const MAX_PASSED: usize = 64;
 
 /// The number of sockets passed for this process (0 when none are, or they are for
 /// another PID), or the refusal.
-pub(super) fn verify(cfg: &Config) -> Result<usize, Exit> {
+pub(super) fn verify() -> Result<usize, Exit> {
     let var = |k: &str| std::env::var(k).ok();
     let (Some(pid), Some(count)) = (var("LISTEN_PID"), var("LISTEN_FDS")) else {
         return Ok(0);
@@ -36,8 +36,6 @@ pub(super) fn verify(cfg: &Config) -> Result<usize, Exit> {
             ));
         }
     };
-    let unix =
-        launcher_plan::layout::server_bind(cfg).map(launcher_plan::layout::binds_unix_socket);
     for fd in FIRST..FIRST + n as i32 {
         let what = match passed(fd) {
             Passed::Closed => "not open".to_string(),
@@ -46,15 +44,15 @@ pub(super) fn verify(cfg: &Config) -> Result<usize, Exit> {
             Passed::Socket {
                 listening: false, ..
             } => "a socket that does not listen".to_string(),
-            Passed::Socket { family, .. } => match (unix, family) {
-                (Some(true), nix::libc::AF_UNIX)
-                | (Some(false), nix::libc::AF_INET | nix::libc::AF_INET6)
-                | (None, _) => continue,
-                (Some(true), _) => "not a Unix socket, though the server binds one".to_string(),
-                (Some(false), _) => {
-                    "not a TCP socket, though the server binds HOST:PORT".to_string()
-                }
-            },
+            // The passed sockets replace the server's --bind (the socket unit's
+            // ListenStream= may be a path while the configuration binds host:port).
+            Passed::Socket {
+                family: nix::libc::AF_UNIX | nix::libc::AF_INET | nix::libc::AF_INET6,
+                ..
+            } => continue,
+            Passed::Socket { family, .. } => {
+                format!("a socket of address family {family}, neither Unix nor TCP")
+            }
         };
         return refuse(format!(
             "descriptor {fd} was passed as a listening socket (LISTEN_FDS={n}), but it is {what}: the server would get it as the service user"
