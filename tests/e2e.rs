@@ -261,9 +261,7 @@ fn notify_reports_status_for_every_phase() {
         "Preparing the data directory",
         "Loading secrets",
         "Preparing the app",
-        "Preparing: migrate",
-        "Preparing: collectstatic",
-        "Preparing: compilemessages",
+        "Preparing: ",
         "Dropping privileges",
         "Starting the server",
     ];
@@ -273,6 +271,23 @@ fn notify_reports_status_for_every_phase() {
         "phases out of order: {:?}",
         statuses(&env)
     );
+    // Each step is named with its number while it runs (migrate beside the others), all
+    // between the start of preparation and the privilege drop.
+    for (n, step) in STEPS.iter().enumerate() {
+        let named = format!("{step} ({}/3)", n + 1);
+        let i = all
+            .iter()
+            .position(|m| {
+                m.get("STATUS")
+                    .is_some_and(|s| s.starts_with("Preparing: ") && s.contains(&named))
+            })
+            .unwrap_or_else(|| panic!("no STATUS naming {named}: {:?}", statuses(&env)));
+        assert!(
+            (position("Preparing the app")..position("Dropping privileges")).contains(&i),
+            "{named} outside preparation: {:?}",
+            statuses(&env)
+        );
+    }
 
     let extend: Vec<usize> = all
         .iter()
@@ -479,10 +494,17 @@ fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_outpu
         error.contains("RuntimeError: boom"),
         "the error lacks the output tail\n{stderr}"
     );
-    for step in STEPS {
-        assert!(
-            !env.stamp(step).exists(),
-            "{step} stamp written although migrate failed"
+    // collectstatic and compilemessages run beside migrate: a stamp for each that
+    // finished before the failure, none for the rest.
+    assert!(
+        !env.stamp("migrate").exists(),
+        "migrate stamp written although it failed"
+    );
+    for step in ["collectstatic", "compilemessages"] {
+        assert_eq!(
+            env.stamp(step).exists(),
+            stderr.contains(&format!("step {step} finished")),
+            "{step}: a stamp without its success, or a success without its stamp\n{stderr}"
         );
     }
     assert!(!env.notifications.iter().any(|n| n.text.contains("READY=1")));
@@ -490,6 +512,170 @@ fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_outpu
         listening_socket_inode(env.port).is_none(),
         "a server was started"
     );
+}
+
+/// collectstatic and compilemessages run beside migrate, in processes forked from the one
+/// Django start: with a slow migration both finish first, each with its own stamp, every
+/// output line is logged with its own step, and the start has all three effects.
+#[test]
+fn collectstatic_and_compilemessages_run_beside_migrate_each_with_its_own_stamp() {
+    let mut env = TestEnv::new("side_by_side");
+    env.config
+        .set_str("environment", "DEMO_MIGRATION_DELAY", "3");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in the log\n{}", env.log_context()))
+    };
+    assert!(
+        log.contains("(migrate | collectstatic, compilemessages side by side)"),
+        "{}",
+        env.log_context()
+    );
+    assert_eq!(log.matches("Django started in").count(), 1, "{log}");
+    for step in ["collectstatic", "compilemessages"] {
+        let done = at(&format!("step {step} finished"));
+        assert!(
+            at("step migrate started") < done && done < at("step migrate finished"),
+            "{step} did not run while migrate ran\n{log}"
+        );
+    }
+    let logged_with = |text: &str, step: &str| {
+        log.lines()
+            .any(|l| l.contains(text) && l.contains(&format!(" step={step} ")))
+    };
+    assert!(
+        logged_with("demo migration: step 3 of 3", "migrate"),
+        "{log}"
+    );
+    assert!(logged_with("now serves v-", "collectstatic"), "{log}");
+    assert!(
+        logged_with("catalog(s) compiled", "compilemessages"),
+        "{log}"
+    );
+    assert!(
+        statuses(&env)
+            .iter()
+            .any(|s| s.contains("migrate (1/3)") && s.contains("collectstatic (2/3)")),
+        "no STATUS names the two running steps: {:?}",
+        statuses(&env)
+    );
+    for step in STEPS {
+        assert!(env.stamp(step).exists(), "no {step} stamp\n{log}");
+    }
+    // The three effects: a migrated database, the collected files, the catalogs.
+    let r = env.http_get("/");
+    assert_eq!(r.status, 200, "{}", env.log_context());
+    assert!(env.data.join("static/current/staticfiles.json").is_file());
+    assert!(
+        env.data
+            .join("locale/de_DE/LC_MESSAGES/django.mo")
+            .is_file()
+    );
+    assert!(!log.contains("protocol violation"), "{log}");
+    env.stop();
+}
+
+/// A step that fails beside another stops it: the error names the failed step with its
+/// exit status and output, and the step stopped with it; neither gets a stamp, nor does
+/// the step that never began; nothing of the preparation is left running.
+#[test]
+fn a_failing_collectstatic_stops_the_migration_beside_it_and_names_its_step() {
+    let mut env = TestEnv::new("side_by_side_fail");
+    env.config
+        .set_str("environment", "DEMO_MIGRATION_DELAY", "30")
+        .set_str("environment", "DEMO_COLLECTSTATIC_FAIL", "1");
+    env.launch();
+    let stderr = env.expect_failure(
+        1,
+        &[
+            "preparation step collectstatic failed (exit status 3); migrate ran beside it and was stopped before it finished",
+            "RuntimeError: demo collectstatic failed on purpose",
+        ],
+        READY,
+    );
+    assert!(
+        env.elapsed() < Duration::from_secs(20),
+        "the failure waited for the migration: {:?}",
+        env.elapsed()
+    );
+    for step in STEPS {
+        assert!(!env.stamp(step).exists(), "{step} stamp written\n{stderr}");
+    }
+    assert!(!stderr.contains("step compilemessages started"), "{stderr}");
+    let error = &stderr[stderr
+        .find("preparation step collectstatic failed")
+        .unwrap()..];
+    assert!(
+        !error.contains("demo migration: step"),
+        "the error's output tail is not the failed step's\n{stderr}"
+    );
+    let left = env.processes_of_user();
+    assert!(
+        left.is_empty(),
+        "processes of the service user remain:\n{}",
+        util::describe_processes(&left)
+    );
+    assert!(!env.notifications.iter().any(|n| n.text.contains("READY=1")));
+}
+
+/// A stop while collectstatic fills a fresh tree leaves `current` on the tree it served,
+/// whole; the interrupted step gets no stamp, and the next start collects again.
+#[test]
+fn a_stop_in_the_middle_of_collectstatic_leaves_the_previous_static_tree_in_place() {
+    let mut env = TestEnv::new("static_stop");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let current = env.data.join("static/current");
+    let served = fs::read_link(&current).expect("static/current is a link");
+    let manifest = fs::read(current.join("staticfiles.json")).expect("a manifest");
+
+    // A changed environment makes every step run again; collectstatic then takes 30 s.
+    env.config
+        .set_str("environment", "DEMO_COLLECTSTATIC_DELAY", "30");
+    let pid = env.launch();
+    env.wait_for_log("demo collectstatic: step 2 of 30", READY);
+    env.signal(Signal::SIGTERM);
+    let code = env.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 143, "{}", env.log_context());
+    let log = env.stderr();
+    assert!(
+        log.contains("(SIGTERM) during preparation step collectstatic")
+            || log.contains("(SIGTERM) during preparation steps migrate and collectstatic"),
+        "{log}"
+    );
+    assert_eq!(
+        fs::read_link(&current).unwrap(),
+        served,
+        "current moved to an unfinished tree\n{log}"
+    );
+    assert_eq!(
+        fs::read(current.join("staticfiles.json")).unwrap(),
+        manifest
+    );
+    assert!(current.join("css").is_dir());
+    assert!(!env.stamp("collectstatic").exists(), "{log}");
+    assert!(processes_in_group(pid as i32).is_empty());
+    let left = env.processes_of_user();
+    assert!(left.is_empty(), "{}", util::describe_processes(&left));
+
+    // The next start collects into a fresh tree and serves it.
+    env.config.remove("environment", "DEMO_COLLECTSTATIC_DELAY");
+    env.launch();
+    env.wait_ready(READY);
+    assert!(
+        env.stderr().contains("step collectstatic runs"),
+        "{}",
+        env.log_context()
+    );
+    let now = fs::read_link(&current).unwrap();
+    assert_ne!(now, served);
+    assert!(current.join("staticfiles.json").is_file());
+    assert!(env.stamp("collectstatic").exists());
+    env.stop();
 }
 
 /// Launch with a slow migration, send `signal` to the launcher while migrate runs, and
@@ -561,7 +747,13 @@ fn a_stop_signal_during_preparation(
         !env.stamp("migrate").exists(),
         "migrate stamp written for an interrupted migration"
     );
-    assert!(!env.stamp("collectstatic").exists());
+    // collectstatic ran beside migrate: its stamp only if it finished.
+    assert_eq!(
+        env.stamp("collectstatic").exists(),
+        env.stderr().contains("step collectstatic finished"),
+        "{}",
+        env.log_context()
+    );
     assert!(
         statuses(&env).iter().any(|s| s.starts_with("Stopping")),
         "{:?}",
@@ -660,6 +852,9 @@ class Migration(migrations.Migration):
 "#,
         0o644,
     );
+    // collectstatic, beside migrate, is still busy when the fake events come.
+    env.config
+        .set_str("environment", "DEMO_COLLECTSTATIC_DELAY", "30");
     env.launch();
     let stderr = env.expect_failure(
         1,
@@ -676,7 +871,9 @@ class Migration(migrations.Migration):
         );
     }
     assert!(
-        !stderr.contains("step collectstatic started") && !stderr.contains("step migrate finished"),
+        !stderr.contains("step collectstatic finished")
+            && !stderr.contains("step migrate finished")
+            && !stderr.contains("step compilemessages started"),
         "output was taken for an event\n{stderr}"
     );
     // The lines are logged as the output they are.

@@ -992,15 +992,26 @@ fn stopping_during_preparation_stops_the_child_and_leaves_no_stamp() {
     );
     let python = b.exec(&["pgrep", "-a", "-u", USER]);
     assert!(!python.status.success(), "{}", bitpoll::text(&python));
-    for stamp in ["migrate", "collectstatic", "compilemessages"] {
-        let path = format!("{DATA_DIR}/state/{stamp}.stamp");
-        assert!(
-            !b.exists(&path),
-            "{path} exists after the interrupted start"
+    let recs = b.launcher_records();
+    let path = format!("{DATA_DIR}/state/migrate.stamp");
+    assert!(
+        !b.exists(&path),
+        "{path} exists after the interrupted start"
+    );
+    // collectstatic and compilemessages ran beside migrate: a stamp for each that
+    // finished before the stop, none for the rest.
+    for step in ["collectstatic", "compilemessages"] {
+        let finished = recs
+            .iter()
+            .any(|r| message_has(r, &format!("step {step} finished")));
+        assert_eq!(
+            b.exists(&format!("{DATA_DIR}/state/{step}.stamp")),
+            finished,
+            "{step}: a stamp without its success, or a success without its stamp:\n{}",
+            bitpoll::messages(&recs)
         );
     }
     // The launcher said which step it interrupted (a warning or worse).
-    let recs = b.launcher_records();
     eprintln!(
         "the launcher's last words:\n{}",
         bitpoll::messages(&recs[recs.len().saturating_sub(3)..])
