@@ -26,15 +26,15 @@ use std::time::Instant;
 use anyhow::{Context as _, anyhow};
 use tracing::{info, warn};
 
-use launcher_config::{Config, Ready};
+use launcher_config::Config;
 use launcher_plan::Step;
 use launcher_plan::env::{self, Purpose};
 use launcher_plan::facts::{Facts, SecretState, View};
 use launcher_plan::finding::{Finding, Severity, refusal};
 use launcher_plan::judge::{self, prepare::Decision, secrets::Action};
 use launcher_plan::layout::{
-    self, BACKUPS_DIR, KEYS_FILE, READY_HOOK_FILE, STAMP_FILE_MODE, STATE_DIR, TREE,
-    is_backup_name, sqlite_files_in_data_dir,
+    self, BACKUPS_DIR, KEYS_FILE, STAMP_FILE_MODE, STATE_DIR, TREE, is_backup_name,
+    sqlite_files_in_data_dir,
 };
 use launcher_plan::postgres::{Server, instance_name, migration_lock_key};
 use launcher_plan::secret::SecretValue;
@@ -373,9 +373,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
 
     let server_env = env::build(&env_inputs, Purpose::Server);
     drop(secret_values);
-    if cfg.server.ready == Ready::Worker {
-        write_ready_hook(&tree, owner).or_exit(exit::SYSTEM)?;
-    }
+    crate::ready::write_hook(&cfg, &tree, owner).or_exit(exit::SYSTEM)?;
     let server_argv = layout::server_argv(&cfg);
 
     // The server runs the app's code: it must not hold the terminal of an admin who
@@ -427,27 +425,6 @@ fn listen_fds(env: &[(String, String)]) -> usize {
         }
         _ => 0,
     }
-}
-
-/// gunicorn's config file with the worker readiness hook (`[server] ready = "worker"`),
-/// written on every start so it is always the launcher's own text.
-fn write_ready_hook(tree: &tree::DataTree, owner: Owner) -> anyhow::Result<()> {
-    const HOOK: &str = include_str!("gunicorn_ready.py");
-    launcher_sys::files::write_atomic(
-        tree.dir(STATE_DIR),
-        &tree.path_of(STATE_DIR),
-        READY_HOOK_FILE,
-        HOOK.as_bytes(),
-        0o600,
-        owner.privileged.then_some((owner.uid, owner.gid)),
-        true,
-    )
-    .with_context(|| {
-        format!(
-            "cannot write gunicorn's readiness hook into {}",
-            tree.path_of(STATE_DIR).display()
-        )
-    })
 }
 
 /// A stop signal received since the last look ends the start here.

@@ -338,6 +338,80 @@ fn notify_reports_status_for_every_phase() {
     env.stop();
 }
 
+/// `[server] ready = "answer"`: every gunicorn worker calls the app once (GET
+/// `ready_path`, with a Host from ALLOWED_HOSTS) before it accepts connections, and the
+/// arbiter sends READY=1 once the first one has its answer, saying so in STATUS; every
+/// notification comes from the main process, so NotifyAccess=main suffices. A warm-up
+/// that fails is logged with its status, one without an answer within
+/// `ready_timeout_sec` is left behind, and READY=1 comes all the same.
+#[test]
+fn ready_answer_comes_once_a_worker_answered_its_warm_up_request() {
+    let mut env = TestEnv::new("ready_answer");
+    env.config.set_str("server", "ready", "answer");
+    let pid = env.launch();
+    let ready = env.wait_ready(READY);
+    let main = pid as i32;
+    assert_eq!(ready.pid, main, "READY=1 from another process");
+    let status = ready.get("STATUS").unwrap_or_default().to_string();
+    assert!(
+        status.starts_with("Gunicorn worker ") && status.contains(" answered GET / (200 OK in "),
+        "{status}"
+    );
+    assert!(
+        statuses(&env)
+            .iter()
+            .any(|s| s.starts_with("Warming up: gunicorn worker ") && s.ends_with(" calls GET /")),
+        "{:?}",
+        statuses(&env)
+    );
+    assert!(
+        env.notifications.iter().all(|n| n.pid == main),
+        "a notification from another process: {:?}",
+        env.notifications
+    );
+    let log = env.stderr();
+    assert!(
+        log.contains("bitpoll-launcher warm-up: GET / answered 200 OK in "),
+        "{log}"
+    );
+    assert_eq!(env.http_get("/").status, 200);
+    assert_eq!(env.stop(), 0);
+
+    // A warm-up answered with an error status: logged with it, READY=1 all the same.
+    env.config.set_str("server", "ready_path", "/no-such-page");
+    env.launch();
+    let ready = env.wait_ready(READY);
+    let status = ready.get("STATUS").unwrap_or_default().to_string();
+    assert!(
+        status.ends_with("started; its warm-up GET /no-such-page answered 404 Not Found"),
+        "{status}"
+    );
+    assert!(
+        env.stderr()
+            .contains("bitpoll-launcher warm-up: GET /no-such-page answered 404 Not Found in "),
+        "{}",
+        env.log_context()
+    );
+    assert_eq!(env.http_get("/healthz").status, 200);
+    assert_eq!(env.stop(), 0);
+
+    // No answer within ready_timeout_sec: the worker goes on, READY=1 comes.
+    env.config
+        .set_str("server", "ready_path", "/slow?s=60")
+        .set("server", "ready_timeout_sec", "2");
+    env.launch();
+    let ready = env.wait_ready(READY);
+    let took = env.elapsed();
+    let status = ready.get("STATUS").unwrap_or_default().to_string();
+    assert!(
+        status.ends_with("its warm-up GET /slow?s=60 had no answer within 2 s"),
+        "{status}"
+    );
+    assert!(took < Duration::from_secs(40), "READY=1 after {took:?}");
+    assert_eq!(env.http_get("/healthz").status, 200);
+    env.stop();
+}
+
 #[test]
 fn abstract_notify_socket_works() {
     let mut env = TestEnv::new("abstract");

@@ -6,4 +6,5 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
     path("whoami", views.whoami, name="whoami"),
+    path("slow", views.slow, name="slow"),
 ]
