@@ -42,7 +42,12 @@
 # target directory] pairs, and each .po below a source base is compiled with GNU msgfmt,
 # as Django's compilemessages does, to the same relative path below its target. The app
 # finds the targets through BITPOLL_LOCALE_PATHS. With BITPOLL_LAUNCHER_BACKUP set, the
-# SQLite database is backed up there before migrate. With BITPOLL_LAUNCHER_STATIC set (a
+# SQLite database is backed up there before migrate. With BITPOLL_LAUNCHER_NEW_DATABASE set
+# (the SQLite database migrate creates: it does not exist yet), the database is built under
+# a temporary name beside it (BITPOLL_DB_PATH points there for this process only), with
+# SQLite's journal in memory and no sync after each migration, then synced and moved into
+# place in one rename before migrate reports step-done: stopped or crashed on the way, it
+# leaves no database, and the next start builds it again. With BITPOLL_LAUNCHER_STATIC set (a
 # directory), collectstatic fills a fresh tree below it and then switches the link
 # `current`, which the app and the web server use, to it in one rename; stopped before
 # that, it leaves `current` on the tree it served.
@@ -61,7 +66,78 @@ COMMANDS = {
 CATALOGS = os.environ.pop("BITPOLL_LAUNCHER_CATALOGS", "[]")
 BACKUP = os.environ.pop("BITPOLL_LAUNCHER_BACKUP", "")
 STATIC_DIR = os.environ.pop("BITPOLL_LAUNCHER_STATIC", "")
+NEW_DATABASE = os.environ.pop("BITPOLL_LAUNCHER_NEW_DATABASE", "")
 CURRENT = "current"
+# The temporary name of a database being built: "<name>.new-<pid>".
+NEW_SUFFIX = ".new-"
+
+
+class NewDatabase:
+    """The SQLite database migrate creates, built under a temporary name and moved into
+    place once complete."""
+
+    def __init__(self, path):
+        self.path = path
+        self.tmp = "%s%s%d" % (path, NEW_SUFFIX, os.getpid())
+        self.active = False
+
+    def before_setup(self):
+        """Remove what an earlier, interrupted build left, and point the app's settings
+        at the temporary name."""
+        import re
+
+        directory, name = os.path.split(self.path)
+        pattern = re.compile(re.escape(name + NEW_SUFFIX) + r"[0-9]+(-journal|-wal|-shm)?")
+        for entry in os.listdir(directory or "."):
+            if pattern.fullmatch(entry):
+                os.unlink(os.path.join(directory, entry))
+        os.environ["BITPOLL_DB_PATH"] = self.tmp
+
+    def after_setup(self):
+        """Use the temporary name only if the app's settings took it."""
+        from django.db import connections
+
+        name = str(connections["default"].settings_dict.get("NAME", ""))
+        self.active = os.path.abspath(name) == os.path.abspath(self.tmp)
+        if not self.active:
+            print("the app's database is %s, not BITPOLL_DB_PATH: migrating it in place" % name)
+
+    def fast(self):
+        """No journal on disk and no sync per transaction: the file is not the database
+        until it is complete and synced."""
+        from django.db import connections
+
+        connection = connections["default"]
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode = MEMORY")
+            cursor.execute("PRAGMA synchronous = OFF")
+
+    def finish(self):
+        """Sync the complete database and move it into place."""
+        from django.db import connections
+
+        connections.close_all()
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+        directory = os.path.dirname(self.path) or "."
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        print("new database: built as %s, now %s" % (os.path.basename(self.tmp), self.path))
+
+    def discard(self):
+        for suffix in ("", "-journal"):
+            try:
+                os.unlink(self.tmp + suffix)
+            except FileNotFoundError:
+                pass
 
 
 def fresh_static_tree(static_dir):
@@ -215,14 +291,29 @@ def nothing_to_migrate():
     return not executor.migration_plan(targets)
 
 
-def run_lane(steps, events, force_migrate, static_tree):
+def migrate_new_database(new_db):
+    """migrate into the database being built, then move it into place."""
+    from django.core.management import call_command
+
+    new_db.fast()
+    try:
+        call_command("migrate", verbosity=1, interactive=False)
+        new_db.finish()
+    except BaseException:
+        new_db.discard()
+        raise
+
+
+def run_lane(steps, events, force_migrate, static_tree, new_db=None):
     """Run `steps` in order in this process, reporting each on `events`."""
     from django.core.management import call_command
 
     for step in steps:
         events.send("step-begin", step)
         t = time.monotonic()
-        if step == "migrate" and not force_migrate and nothing_to_migrate():
+        if step == "migrate" and new_db is not None and new_db.active:
+            migrate_new_database(new_db)
+        elif step == "migrate" and not force_migrate and nothing_to_migrate():
             print("No migrations to apply: the database holds every migration on disk.")
         elif step == "compilemessages":
             import json
@@ -278,7 +369,7 @@ def die_with_parent(parent, libc):
         os._exit(3)
 
 
-def start_lane(lane, count, steps, events, force_migrate, static_tree, libc):
+def start_lane(lane, count, steps, events, force_migrate, static_tree, libc, new_db):
     """Fork the process of lane `lane` (of `count`); returns its pid in the driver."""
     driver = os.getpid()
     pid = os.fork()
@@ -299,7 +390,7 @@ def start_lane(lane, count, steps, events, force_migrate, static_tree, libc):
         for other in range(1, count):
             for fd in lane_fds(other):
                 os.close(fd)
-        status = run_lane(steps, events, force_migrate, static_tree)
+        status = run_lane(steps, events, force_migrate, static_tree, new_db)
     except BaseException:
         import traceback
 
@@ -316,7 +407,7 @@ class Stop(BaseException):
     """SIGTERM reached the driver while its lanes run."""
 
 
-def run_lanes(lanes, events, force_migrate, static_tree):
+def run_lanes(lanes, events, force_migrate, static_tree, new_db):
     """Run each lane in a process of its own, wait for all of them, stop the others as
     soon as one fails, and report how each ended."""
     import signal
@@ -337,7 +428,9 @@ def run_lanes(lanes, events, force_migrate, static_tree):
     signal.signal(signal.SIGTERM, on_sigterm)
     running = {}
     for lane, steps in enumerate(lanes):
-        pid = start_lane(lane, len(lanes), steps, events, force_migrate, static_tree, libc)
+        pid = start_lane(
+            lane, len(lanes), steps, events, force_migrate, static_tree, libc, new_db
+        )
         running[pid] = lane
     for lane in range(1, len(lanes)):
         for fd in lane_fds(lane):
@@ -372,6 +465,8 @@ def run_lanes(lanes, events, force_migrate, static_tree):
         stop_lanes()
         for pid in running:
             os.waitpid(pid, 0)
+        if new_db is not None:
+            new_db.discard()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         os._exit(128 + signal.SIGTERM)
@@ -396,13 +491,19 @@ def main(argv):
     static_tree = None
     if STATIC_DIR and "collectstatic" in steps:
         static_tree = fresh_static_tree(STATIC_DIR)
+    new_db = None
+    if NEW_DATABASE and "migrate" in steps:
+        new_db = NewDatabase(NEW_DATABASE)
+        new_db.before_setup()
     import django
 
     django.setup()
+    if new_db is not None:
+        new_db.after_setup()
     events.send("setup-done", elapsed_ms(t0))
     if len(lanes) == 1:
-        return run_lane(lanes[0], events, force_migrate, static_tree)
-    return run_lanes(lanes, events, force_migrate, static_tree)
+        return run_lane(lanes[0], events, force_migrate, static_tree, new_db)
+    return run_lanes(lanes, events, force_migrate, static_tree, new_db)
 
 
 if __name__ == "__main__":

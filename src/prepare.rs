@@ -73,6 +73,9 @@ pub struct Context<'a> {
     pub catalogs: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// Where the driver backs up the SQLite database before migrate, if anywhere.
     pub backup: Option<std::path::PathBuf>,
+    /// The SQLite database migrate creates, built under a temporary name and moved into
+    /// place (launcher_plan::judge::prepare::new_database).
+    pub new_database: Option<std::path::PathBuf>,
     /// The directory of versioned static trees (launcher_plan::layout::StaticLayout),
     /// when the static files are collected there.
     pub static_dir: Option<std::path::PathBuf>,
@@ -306,6 +309,11 @@ async fn supervise(
         ctx.static_dir
             .as_ref()
             .map(|d| ("BITPOLL_LAUNCHER_STATIC", d.display().to_string())),
+    )
+    .envs(
+        ctx.new_database
+            .as_ref()
+            .map(|d| ("BITPOLL_LAUNCHER_NEW_DATABASE", d.display().to_string())),
     )
     .stdin(Stdio::null())
     .stdout(Stdio::piped())

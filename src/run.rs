@@ -303,6 +303,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible, Exit> {
         env: prepare_env,
         catalogs,
         backup: backup.clone(),
+        new_database: judge::prepare::new_database(&cfg, &facts, &planned),
         static_dir: match launcher_plan::layout::static_layout(&cfg) {
             launcher_plan::layout::StaticLayout::Versioned { dir } => Some(dir),
             launcher_plan::layout::StaticLayout::Fixed(_) => None,

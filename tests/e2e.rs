@@ -574,6 +574,12 @@ fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_outpu
         !env.stamp("migrate").exists(),
         "migrate stamp written although it failed"
     );
+    // The database it was building is gone: the next start builds it from nothing.
+    assert!(
+        !env.data.join("db.sqlite3").exists(),
+        "a half-built database is in place"
+    );
+    assert_eq!(new_database_leftovers(&env), Vec::<String>::new());
     for step in ["collectstatic", "compilemessages"] {
         assert_eq!(
             env.stamp(step).exists(),
@@ -586,6 +592,18 @@ fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_outpu
         listening_socket_inode(env.port).is_none(),
         "a server was started"
     );
+}
+
+/// Files in the data directory left of a database built under a temporary name.
+fn new_database_leftovers(env: &TestEnv) -> Vec<String> {
+    fs::read_dir(&env.data)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("db.sqlite3.new-"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// collectstatic and compilemessages run beside migrate, in processes forked from the one
@@ -624,6 +642,12 @@ fn collectstatic_and_compilemessages_run_beside_migrate_each_with_its_own_stamp(
         logged_with("demo migration: step 3 of 3", "migrate"),
         "{log}"
     );
+    // The new database was built under a temporary name and moved into place.
+    assert!(
+        logged_with("new database: built as db.sqlite3.new-", "migrate"),
+        "{log}"
+    );
+    assert!(new_database_leftovers(&env).is_empty());
     assert!(logged_with("now serves v-", "collectstatic"), "{log}");
     assert!(
         logged_with("catalog(s) compiled", "compilemessages"),
@@ -840,11 +864,22 @@ fn a_stop_signal_during_preparation(
 fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
     let (mut env, _) =
         a_stop_signal_during_preparation("sigterm", Signal::SIGTERM, Launch::default());
+    // The first migrate was building a new database: nothing of it is in place.
+    assert!(
+        !env.data.join("db.sqlite3").exists(),
+        "{}",
+        env.log_context()
+    );
+    assert_eq!(new_database_leftovers(&env), Vec::<String>::new());
+    // What a killed build would leave (the driver killed with SIGKILL) goes at the next.
+    write_file(&env.data.join("db.sqlite3.new-4242"), b"half built", 0o640);
 
     // The interrupted step runs again next time.
     env.config.remove("environment", "DEMO_MIGRATION_DELAY");
     env.launch();
     env.wait_ready(READY);
+    assert_eq!(new_database_leftovers(&env), Vec::<String>::new());
+    assert!(env.data.join("db.sqlite3").is_file());
     assert!(
         env.stderr().contains("step migrate runs"),
         "{}",
