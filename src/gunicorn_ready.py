@@ -11,12 +11,16 @@
 # - MODE "answer": every worker, once it has loaded the app and before it accepts
 #   connections, calls the app once itself with GET READY_PATH (a warm-up: the lazy
 #   imports, templates and URL patterns of a first request are loaded before a client
-#   comes), with a Host from the app's ALLOWED_HOSTS. The first worker to get its answer
-#   tells the arbiter through a pipe, and the arbiter sends READY=1 with the outcome in
-#   STATUS, so NotifyAccess=main suffices. A warm-up that fails (an exception, a status of
-#   400 or more) is logged with its status, and one without an answer within
-#   ANSWER_TIMEOUT seconds is left running; either way the worker goes on and READY=1 is
-#   sent: the start does not hang on it.
+#   comes), with a Host from the app's ALLOWED_HOSTS. With --preload the arbiter, which
+#   holds the app, does it first, once, before it forks the workers: they inherit what it
+#   loaded (database connections and caches it opened are closed, and the garbage
+#   collector is kept off the loaded objects, gc.freeze), so their own call is quick. The
+#   first worker to get its answer tells the arbiter through a pipe, and the arbiter sends
+#   READY=1 with the outcome in STATUS, so NotifyAccess=main suffices. A warm-up that
+#   fails (an exception, a status of 400 or more) is logged with its status, and one
+#   without an answer within ANSWER_TIMEOUT seconds is given up (in the arbiter, a timer
+#   signal ends it; in a worker, it is left running); either way the server goes on and
+#   READY=1 is sent: the start does not hang on it.
 #
 # A shared byte (an anonymous mapping, inherited by every forked worker) records that
 # READY=1 was sent, so later workers stay silent.
@@ -49,8 +53,15 @@ def _notify(message, log):
 
 
 def when_ready(server):
-    """In the arbiter, before it forks a worker: start the relay (MODE "answer")."""
-    if MODE != "answer" or not _notify_socket:
+    """In the arbiter, before it forks a worker (MODE "answer"): with --preload, warm the
+    app up here once; then start the relay."""
+    if MODE != "answer":
+        return
+    if server.cfg.preload_app:
+        _notify("STATUS=Warming up: gunicorn's arbiter calls GET %s" % READY_PATH, server.log)
+        outcome, late = _warm_up_in_arbiter(server)
+        _outcome(outcome, late, server.log, os.getpid(), before_fork=True)
+    if not _notify_socket:
         return
     read_end, write_end = os.pipe()
     _relay["write"] = write_end
@@ -172,10 +183,114 @@ def _call_app(app, path, outcome):
     outcome["ms"] = int((time.monotonic() - started) * 1000)
 
 
+class _Late(BaseException):
+    """The warm-up in the arbiter ran out of time."""
+
+
+def _outcome(outcome, late, log, worker_pid, before_fork):
+    """Log the warm-up's outcome; the text for STATUS."""
+    where = "the warm-up" if before_fork else "its warm-up"
+    if late:
+        log.warning(
+            "bitpoll-launcher warm-up: GET %s had no answer within %d s; the server goes on",
+            READY_PATH,
+            ANSWER_TIMEOUT,
+        )
+        return "Gunicorn worker %d started; %s GET %s had no answer within %d s" % (
+            worker_pid,
+            where,
+            READY_PATH,
+            ANSWER_TIMEOUT,
+        )
+    if "error" in outcome:
+        log.warning(
+            "bitpoll-launcher warm-up: GET %s failed after %d ms: %s",
+            READY_PATH,
+            outcome["ms"],
+            outcome["error"],
+        )
+        return "Gunicorn worker %d started; %s GET %s failed: %s" % (
+            worker_pid,
+            where,
+            READY_PATH,
+            outcome["error"],
+        )
+    status = outcome["status"]
+    code = status.split(" ", 1)[0]
+    if not code.isdigit() or int(code) >= 400:
+        log.warning(
+            "bitpoll-launcher warm-up: GET %s answered %s in %d ms",
+            READY_PATH,
+            status,
+            outcome["ms"],
+        )
+        return "Gunicorn worker %d started; %s GET %s answered %s" % (
+            worker_pid,
+            where,
+            READY_PATH,
+            status,
+        )
+    log.info(
+        "bitpoll-launcher warm-up: GET %s answered %s in %d ms%s",
+        READY_PATH,
+        status,
+        outcome["ms"],
+        " (in the arbiter, before it forks its workers)" if before_fork else "",
+    )
+    return "Gunicorn worker %d answered GET %s (%s in %d ms)" % (
+        worker_pid,
+        READY_PATH,
+        status,
+        outcome["ms"],
+    )
+
+
+def _warm_up_in_arbiter(server):
+    """--preload: the arbiter holds the app; call it once here, in the main thread, at
+    most ANSWER_TIMEOUT seconds (a timer signal ends a call that takes longer), and close
+    what the request opened (database connections, caches), so the workers it forks
+    share the loaded state and inherit no connection. Returns (outcome, late)."""
+    import signal
+
+    outcome = {}
+    state = {"done": False}
+
+    def on_alarm(signum, frame):
+        if not state["done"]:
+            raise _Late()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, ANSWER_TIMEOUT)
+    late = False
+    try:
+        _call_app(server.app.wsgi(), READY_PATH, outcome)
+        state["done"] = True
+    except _Late:
+        late = True
+    finally:
+        state["done"] = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    try:
+        from django.core.cache import caches
+        from django.db import connections
+
+        connections.close_all()
+        caches.close_all()
+    except Exception as e:
+        server.log.warning("bitpoll-launcher warm-up: cannot close what it opened: %s", e)
+    # What the app has loaded so far lives on in every worker: keep the garbage collector
+    # off it, or each worker's first collection writes to (and so copies) all of it.
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return outcome, late
+
+
 def _warm_up(worker):
     """Call the app once with GET READY_PATH, at most ANSWER_TIMEOUT seconds (the worker
     keeps telling the arbiter it is alive meanwhile). Returns the text for STATUS."""
-    pid = os.getpid()
     outcome = {}
     thread = threading.Thread(
         target=_call_app, args=(worker.wsgi, READY_PATH, outcome), name="warm-up", daemon=True
@@ -185,52 +300,7 @@ def _warm_up(worker):
     while thread.is_alive() and time.monotonic() < deadline:
         thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
         worker.notify()
-    if thread.is_alive():
-        worker.log.warning(
-            "bitpoll-launcher warm-up: GET %s had no answer within %d s; the worker goes on",
-            READY_PATH,
-            ANSWER_TIMEOUT,
-        )
-        return "Gunicorn worker %d started; its warm-up GET %s had no answer within %d s" % (
-            pid,
-            READY_PATH,
-            ANSWER_TIMEOUT,
-        )
-    if "error" in outcome:
-        worker.log.warning(
-            "bitpoll-launcher warm-up: GET %s failed after %d ms: %s",
-            READY_PATH,
-            outcome["ms"],
-            outcome["error"],
-        )
-        return "Gunicorn worker %d started; its warm-up GET %s failed: %s" % (
-            pid,
-            READY_PATH,
-            outcome["error"],
-        )
-    status = outcome["status"]
-    code = status.split(" ", 1)[0]
-    if not code.isdigit() or int(code) >= 400:
-        worker.log.warning(
-            "bitpoll-launcher warm-up: GET %s answered %s in %d ms",
-            READY_PATH,
-            status,
-            outcome["ms"],
-        )
-        return "Gunicorn worker %d started; its warm-up GET %s answered %s" % (
-            pid,
-            READY_PATH,
-            status,
-        )
-    worker.log.info(
-        "bitpoll-launcher warm-up: GET %s answered %s in %d ms", READY_PATH, status, outcome["ms"]
-    )
-    return "Gunicorn worker %d answered GET %s (%s in %d ms)" % (
-        pid,
-        READY_PATH,
-        status,
-        outcome["ms"],
-    )
+    return _outcome(outcome, thread.is_alive(), worker.log, os.getpid(), before_fork=False)
 
 
 def post_worker_init(worker):

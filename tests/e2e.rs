@@ -410,6 +410,43 @@ fn ready_answer_comes_once_a_worker_answered_its_warm_up_request() {
     assert!(took < Duration::from_secs(40), "READY=1 after {took:?}");
     assert_eq!(env.http_get("/healthz").status, 200);
     env.stop();
+
+    // With --preload the arbiter, which holds the app, calls it first, once, before it
+    // forks the workers; each worker's own call then finds it loaded.
+    env.config.remove("server", "ready_path");
+    env.config.remove("server", "ready_timeout_sec");
+    env.config.set(
+        "server",
+        "command",
+        &format!(
+            "[{}, \"--bind\", \"127.0.0.1:{}\", \"--workers\", \"2\", \"--no-control-socket\", \"--preload\", \"bitpoll.wsgi:application\"]",
+            util::toml_str(&env.gunicorn.display().to_string()),
+            env.port
+        ),
+    );
+    let pid = env.launch();
+    let ready = env.wait_ready(READY);
+    assert_eq!(ready.pid, pid as i32);
+    let status = ready.get("STATUS").unwrap_or_default().to_string();
+    assert!(
+        status.starts_with("Gunicorn worker ") && status.contains(" answered GET / (200 OK in "),
+        "{status}"
+    );
+    let log = env.stderr();
+    assert!(
+        log.contains("answered 200 OK in ")
+            && log.contains("(in the arbiter, before it forks its workers)"),
+        "{log}"
+    );
+    assert!(
+        statuses(&env)
+            .iter()
+            .any(|s| s == "Warming up: gunicorn's arbiter calls GET /"),
+        "{:?}",
+        statuses(&env)
+    );
+    assert_eq!(env.http_get("/").status, 200);
+    assert_eq!(env.stop(), 0);
 }
 
 #[test]
