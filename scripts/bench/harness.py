@@ -187,12 +187,17 @@ def group_alive(pgid):
         return True
 
 
-def stop_group(pgid, reaped, timeout=15.0):
+def stop_group(pgid, reaped, timeout=15.0, settle=0.3):
     """SIGTERM the process group, SIGKILL it after `timeout`, and wait until it is empty.
+
+    First `settle` seconds pass: gunicorn sent SIGTERM while it is still forking its
+    workers can leave the last one running until its graceful timeout (30 s).
 
     `reaped()` reaps the direct child without blocking and says whether it is gone: until
     then it stays in the group as a zombie. Its orphaned children (gunicorn's workers)
     are reaped by init."""
+    if not reaped():
+        time.sleep(settle)
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
