@@ -1851,6 +1851,8 @@ fn server_environment_is_built_from_scratch() {
         "DEMO_REPORT_ENV",
         "DEMO_MIGRATION_DELAY",
         "NOTIFY_SOCKET",
+        // Every Python the launcher starts ignores the user's site directory.
+        "PYTHONNOUSERSITE",
     ];
     for r in required {
         assert!(
