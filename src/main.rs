@@ -15,6 +15,7 @@ mod observability;
 mod observe;
 mod postgres;
 mod prepare;
+mod ready;
 mod run;
 mod signals;
 mod sqlite;

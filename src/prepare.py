@@ -1,6 +1,12 @@
 # The preparation driver: one Python process, one Django start, the requested management
-# commands in order. bitpoll-launcher runs it as the service user with the app's
-# environment and reads its output; it is not meant to be run by hand.
+# commands. bitpoll-launcher runs it as the service user with the app's environment and
+# reads its output; it is not meant to be run by hand.
+#
+# Arguments: one per lane, the lane's steps separated by commas ("migrate
+# collectstatic,compilemessages"); with --force-migrate first, migrate runs as a command
+# even when there is nothing to apply. The steps of a lane run in order; lanes run side by
+# side (launcher_plan::protocol::lanes decides which: collectstatic and compilemessages
+# never touch the database, so they need not wait for migrate).
 #
 # Protocol: the driver reports its progress as events on file descriptor 3, the write end
 # of a pipe the launcher reads apart from stdout and stderr. stdout and stderr carry the
@@ -12,8 +18,19 @@
 #   migrations [<app_label>.<name> ...]    after migrate succeeded, before its step-done:
 #                                          every migration Django finds on disk, sorted
 #   step-done <step> <ms>
+#   lane-end <lane> exit <code> | signal <n> | stopped
 # The launcher accepts event lines up to 1 MiB. A failing step prints its traceback to
 # stderr and the driver exits with status 3.
+#
+# With one lane the driver runs its steps itself. With more, after Django started it
+# forks one process per lane (the imported app is shared, nothing is started twice), and
+# only waits: lane 0 reports on the driver's fd 3, 1 and 2, lane k on fds 3k+1 (events),
+# 3k+2 (stdout) and 3k+3 (stderr), which it moves to 3, 1 and 2, so each line the launcher
+# reads is known to come from its lane. A lane that fails makes the driver stop the others
+# (SIGTERM: an interrupted step reports no step-done, so it gets no stamp); when every
+# lane is gone the driver sends one lane-end per lane on fd 3 and exits with status 3 if
+# one failed. A lane dies with the driver (PR_SET_PDEATHSIG), as the driver dies with the
+# launcher.
 #
 # migrate runs Django's migrate command only when the database lacks a migration Django
 # finds on disk (the plan `migrate --check` would report): another instance may have
@@ -25,9 +42,15 @@
 # target directory] pairs, and each .po below a source base is compiled with GNU msgfmt,
 # as Django's compilemessages does, to the same relative path below its target. The app
 # finds the targets through BITPOLL_LOCALE_PATHS. With BITPOLL_LAUNCHER_BACKUP set, the
-# SQLite database is backed up there before migrate. With BITPOLL_LAUNCHER_STATIC set (a
+# SQLite database is backed up there before migrate. With BITPOLL_LAUNCHER_NEW_DATABASE set
+# (the SQLite database migrate creates: it does not exist yet), the database is built under
+# a temporary name beside it (BITPOLL_DB_PATH points there for this process only), with
+# SQLite's journal in memory and no sync after each migration, then synced and moved into
+# place in one rename before migrate reports step-done: stopped or crashed on the way, it
+# leaves no database, and the next start builds it again. With BITPOLL_LAUNCHER_STATIC set (a
 # directory), collectstatic fills a fresh tree below it and then switches the link
-# `current`, which the app and the web server use, to it in one rename.
+# `current`, which the app and the web server use, to it in one rename; stopped before
+# that, it leaves `current` on the tree it served.
 import os
 import sys
 import time
@@ -43,7 +66,78 @@ COMMANDS = {
 CATALOGS = os.environ.pop("BITPOLL_LAUNCHER_CATALOGS", "[]")
 BACKUP = os.environ.pop("BITPOLL_LAUNCHER_BACKUP", "")
 STATIC_DIR = os.environ.pop("BITPOLL_LAUNCHER_STATIC", "")
+NEW_DATABASE = os.environ.pop("BITPOLL_LAUNCHER_NEW_DATABASE", "")
 CURRENT = "current"
+# The temporary name of a database being built: "<name>.new-<pid>".
+NEW_SUFFIX = ".new-"
+
+
+class NewDatabase:
+    """The SQLite database migrate creates, built under a temporary name and moved into
+    place once complete."""
+
+    def __init__(self, path):
+        self.path = path
+        self.tmp = "%s%s%d" % (path, NEW_SUFFIX, os.getpid())
+        self.active = False
+
+    def before_setup(self):
+        """Remove what an earlier, interrupted build left, and point the app's settings
+        at the temporary name."""
+        import re
+
+        directory, name = os.path.split(self.path)
+        pattern = re.compile(re.escape(name + NEW_SUFFIX) + r"[0-9]+(-journal|-wal|-shm)?")
+        for entry in os.listdir(directory or "."):
+            if pattern.fullmatch(entry):
+                os.unlink(os.path.join(directory, entry))
+        os.environ["BITPOLL_DB_PATH"] = self.tmp
+
+    def after_setup(self):
+        """Use the temporary name only if the app's settings took it."""
+        from django.db import connections
+
+        name = str(connections["default"].settings_dict.get("NAME", ""))
+        self.active = os.path.abspath(name) == os.path.abspath(self.tmp)
+        if not self.active:
+            print("the app's database is %s, not BITPOLL_DB_PATH: migrating it in place" % name)
+
+    def fast(self):
+        """No journal on disk and no sync per transaction: the file is not the database
+        until it is complete and synced."""
+        from django.db import connections
+
+        connection = connections["default"]
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode = MEMORY")
+            cursor.execute("PRAGMA synchronous = OFF")
+
+    def finish(self):
+        """Sync the complete database and move it into place."""
+        from django.db import connections
+
+        connections.close_all()
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+        directory = os.path.dirname(self.path) or "."
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        print("new database: built as %s, now %s" % (os.path.basename(self.tmp), self.path))
+
+    def discard(self):
+        for suffix in ("", "-journal"):
+            try:
+                os.unlink(self.tmp + suffix)
+            except FileNotFoundError:
+                pass
 
 
 def fresh_static_tree(static_dir):
@@ -167,7 +261,19 @@ def open_events():
             "no event pipe on fd %d: this driver is run by bitpoll-launcher\n" % EVENT_FD
         )
         return None
-    return os.fdopen(EVENT_FD, "w", buffering=1, encoding="utf-8")
+    return Events(EVENT_FD)
+
+
+class Events:
+    """The event pipe: one line per event, each written with one write(2)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def send(self, *words):
+        data = (" ".join(words) + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(self.fd, data):]
 
 
 def elapsed_ms(since):
@@ -201,35 +307,29 @@ def nothing_to_migrate():
     return not executor.migration_plan(targets)
 
 
-def main(argv):
-    force_migrate = "--force-migrate" in argv
-    steps = [a for a in argv if a != "--force-migrate"]
-    unknown = [s for s in steps if s not in COMMANDS]
-    if unknown:
-        sys.stderr.write("unknown preparation step(s): %s\n" % ", ".join(unknown))
-        return 2
-    events = open_events()
-    if events is None:
-        return 2
+def migrate_new_database(new_db):
+    """migrate into the database being built, then move it into place."""
+    from django.core.management import call_command
 
-    def send(*words):
-        events.write(" ".join(words) + "\n")
-        events.flush()
+    new_db.fast()
+    try:
+        call_command("migrate", verbosity=1, interactive=False)
+        new_db.finish()
+    except BaseException:
+        new_db.discard()
+        raise
 
-    t0 = time.monotonic()
-    static_tree = None
-    if STATIC_DIR and "collectstatic" in steps:
-        static_tree = fresh_static_tree(STATIC_DIR)
-    import django
 
-    django.setup()
-    send("setup-done", elapsed_ms(t0))
+def run_lane(steps, events, force_migrate, static_tree, new_db=None):
+    """Run `steps` in order in this process, reporting each on `events`."""
     from django.core.management import call_command
 
     for step in steps:
-        send("step-begin", step)
+        events.send("step-begin", step)
         t = time.monotonic()
-        if step == "migrate" and not force_migrate and nothing_to_migrate():
+        if step == "migrate" and new_db is not None and new_db.active:
+            migrate_new_database(new_db)
+        elif step == "migrate" and not force_migrate and nothing_to_migrate():
             print("No migrations to apply: the database holds every migration on disk.")
         elif step == "compilemessages":
             import json
@@ -247,9 +347,179 @@ def main(argv):
         if step == "migrate":
             names = disk_migrations()
             if names is not None:
-                send("migrations", *names)
-        send("step-done", step, elapsed_ms(t))
+                events.send("migrations", *names)
+        events.send("step-done", step, elapsed_ms(t))
     return 0
+
+
+def lane_fds(lane):
+    """The driver's descriptors for lane `lane` >= 1: events, stdout, stderr
+    (launcher_plan::protocol::lane_fds)."""
+    return (3 * lane + 1, 3 * lane + 2, 3 * lane + 3)
+
+
+def c_library():
+    """The C library through ctypes, for prctl; None where ctypes is missing."""
+    try:
+        import ctypes
+
+        return ctypes, ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+def die_with_parent(parent, libc):
+    """SIGKILL this process when the driver dies, however it dies."""
+    if libc is None:
+        sys.stderr.write(
+            "warning: ctypes is not available: this step is not stopped should the "
+            "preparation process be killed\n"
+        )
+        return
+    ctypes, c = libc
+    pr_set_pdeathsig, sigkill = 1, 9
+    if c.prctl(pr_set_pdeathsig, sigkill, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    # The driver may have died before the prctl: then no signal comes.
+    if os.getppid() != parent:
+        os._exit(3)
+
+
+def start_lane(lane, count, steps, events, force_migrate, static_tree, libc, new_db):
+    """Fork the process of lane `lane` (of `count`); returns its pid in the driver."""
+    driver = os.getpid()
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    status = 3
+    try:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        die_with_parent(driver, libc)
+        if lane > 0:
+            ev, out, err = lane_fds(lane)
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            os.dup2(ev, EVENT_FD, inheritable=False)
+        # Only this lane's pipes stay open here, so each reaches its end with its lane.
+        for other in range(1, count):
+            for fd in lane_fds(other):
+                os.close(fd)
+        status = run_lane(steps, events, force_migrate, static_tree, new_db)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+class Stop(BaseException):
+    """SIGTERM reached the driver while its lanes run."""
+
+
+def run_lanes(lanes, events, force_migrate, static_tree, new_db):
+    """Run each lane in a process of its own, wait for all of them, stop the others as
+    soon as one fails, and report how each ended."""
+    import signal
+
+    from django.db import connections
+
+    # Nothing the lanes would share: no database connection is open across the fork.
+    connections.close_all()
+    libc = c_library()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    def on_sigterm(signum, frame):
+        raise Stop()
+
+    # A stop (the launcher signals the whole process group) ends the lanes before the
+    # driver: when the launcher has reaped the driver, nothing of the preparation is left.
+    signal.signal(signal.SIGTERM, on_sigterm)
+    running = {}
+    for lane, steps in enumerate(lanes):
+        pid = start_lane(
+            lane, len(lanes), steps, events, force_migrate, static_tree, libc, new_db
+        )
+        running[pid] = lane
+    for lane in range(1, len(lanes)):
+        for fd in lane_fds(lane):
+            os.close(fd)
+    ends = [None] * len(lanes)
+    stopped = set()
+    failed = False
+
+    def stop_lanes():
+        for other_pid, other in running.items():
+            if other not in stopped:
+                stopped.add(other)
+                os.kill(other_pid, signal.SIGTERM)
+
+    try:
+        while running:
+            pid, wait_status = os.waitpid(-1, 0)
+            lane = running.pop(pid, None)
+            if lane is None:
+                continue
+            if os.WIFEXITED(wait_status):
+                ends[lane] = ("exit", str(os.WEXITSTATUS(wait_status)))
+            elif lane in stopped:
+                ends[lane] = ("stopped",)
+            else:
+                ends[lane] = ("signal", str(os.WTERMSIG(wait_status)))
+            if ends[lane] != ("exit", "0") and lane not in stopped:
+                failed = True
+                stop_lanes()
+    except Stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_lanes()
+        for pid in running:
+            os.waitpid(pid, 0)
+        if new_db is not None:
+            new_db.discard()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(128 + signal.SIGTERM)
+    for lane, end in enumerate(ends):
+        events.send("lane-end", str(lane), *end)
+    return 3 if failed else 0
+
+
+def main(argv):
+    force_migrate = "--force-migrate" in argv
+    lanes = [word.split(",") for word in argv if word != "--force-migrate"]
+    steps = [step for lane in lanes for step in lane]
+    unknown = [s for s in steps if s not in COMMANDS]
+    if unknown or not lanes or len(set(steps)) != len(steps):
+        sys.stderr.write("unknown or repeated preparation step(s): %s\n" % " ".join(argv))
+        return 2
+    events = open_events()
+    if events is None:
+        return 2
+
+    t0 = time.monotonic()
+    static_tree = None
+    if STATIC_DIR and "collectstatic" in steps:
+        static_tree = fresh_static_tree(STATIC_DIR)
+    new_db = None
+    if NEW_DATABASE and "migrate" in steps:
+        new_db = NewDatabase(NEW_DATABASE)
+        new_db.before_setup()
+    import django
+
+    django.setup()
+    if new_db is not None:
+        new_db.after_setup()
+    events.send("setup-done", elapsed_ms(t0))
+    if len(lanes) == 1:
+        return run_lane(lanes[0], events, force_migrate, static_tree, new_db)
+    return run_lanes(lanes, events, force_migrate, static_tree, new_db)
 
 
 if __name__ == "__main__":

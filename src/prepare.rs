@@ -1,34 +1,44 @@
 //! Preparation: decide which of migrate, collectstatic and compilemessages have something
 //! to do, run those in one Python process as the service user, and keep systemd informed.
 //!
-//! The driver (prepare.py, embedded) starts Django once and runs the steps in order. It
-//! reports its progress as events on a pipe of its own, its fd 3 (the protocol is in
-//! launcher_plan::protocol); its stdout and stderr carry the commands' output only, so
-//! nothing a command prints can pass for an event. All three are read as they come, each
-//! with a fixed memory bound: every output line goes to the log with the step it belongs to
-//! (a very long one cut), any output or event counts as progress and keeps systemd's start
-//! timeout extended, and a step that is silent for `prepare.stall_timeout_sec` is stopped
-//! with a clear error instead of being killed by an opaque timeout.
+//! The driver (prepare.py, embedded) starts Django once and runs the steps. Steps that do
+//! not depend on one another run side by side in lanes (launcher_plan::protocol::lanes:
+//! migrate in one, collectstatic and compilemessages in the other), each in a process the
+//! driver forks after Django started. Each lane reports its progress as events on a pipe
+//! of its own (the protocol is in launcher_plan::protocol), and has its own stdout and
+//! stderr, which carry the commands' output only, so nothing a command prints can pass for
+//! an event and every line is known to come from its lane. All pipes are read as they come,
+//! each with a fixed memory bound: every output line goes to the log with the step it
+//! belongs to (a very long one cut), any output or event counts as progress and keeps
+//! systemd's start timeout extended, and a preparation that is silent for
+//! `prepare.stall_timeout_sec` is stopped with a clear error instead of being killed by an
+//! opaque timeout.
 //!
-//! A step's stamp is written only after the driver reported that very step finished, in
-//! its turn; an event that does not fit the plan is logged as a protocol violation and
-//! changes nothing. A stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT) stops the driver
-//! (SIGTERM, a grace period, SIGKILL; always reaped) and the interrupted step gets no
-//! stamp. This module never panics on what the driver sends.
+//! A step's stamp is written only after its lane reported that very step finished, in its
+//! turn; an event that does not fit the plan is logged as a protocol violation and changes
+//! nothing. When a lane fails, the driver stops the others, and the error names the step
+//! that failed and those stopped with it. A stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT)
+//! stops the driver and its lanes at once (SIGTERM to their process group, a grace
+//! period, SIGKILL; always reaped) and the interrupted steps get no stamp. This module
+//! never panics on what the driver sends.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, ReadBuf};
 use tracing::{debug, info, warn};
 
 use launcher_config::Config;
 use launcher_plan::Step;
 use launcher_plan::judge::prepare::{Decision, Planned};
 use launcher_plan::layout::{STAMP_FILE_MODE, STATE_DIR, stamp_file_name};
-use launcher_plan::protocol::{Effect, Event, LOG_LINE_MAX, LineSplitter, Parser, Progress};
+use launcher_plan::protocol::{
+    self, Effect, Event, LOG_LINE_MAX, LaneEnd, LineSplitter, Parser, Progress,
+};
 use launcher_plan::stamp::Reason;
 use launcher_plan::stamp::Stamp;
 use launcher_sys::StopSignal;
@@ -63,6 +73,9 @@ pub struct Context<'a> {
     pub catalogs: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// Where the driver backs up the SQLite database before migrate, if anywhere.
     pub backup: Option<std::path::PathBuf>,
+    /// The SQLite database migrate creates, built under a temporary name and moved into
+    /// place (launcher_plan::judge::prepare::new_database).
+    pub new_database: Option<std::path::PathBuf>,
     /// The directory of versioned static trees (launcher_plan::layout::StaticLayout),
     /// when the static files are collected there.
     pub static_dir: Option<std::path::PathBuf>,
@@ -100,22 +113,29 @@ pub enum PrepareError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}", failure_text(.step, .status, .tail))]
+    #[error("{}", failure_text(.step, .status, .stopped, .tail))]
     Failed {
         step: Option<Step>,
         status: String,
+        /// Steps that ran beside the failed one and were stopped before they finished.
+        stopped: Vec<Step>,
         tail: Vec<String>,
     },
-    #[error("preparation step {step} made no progress (no output) for {secs} s and was stopped; if it legitimately works silently that long, raise prepare.stall_timeout_sec{}", tail_text(.tail))]
+    #[error("preparation {} {step} made no progress (no output) for {secs} s and {} stopped; if it legitimately works silently that long, raise prepare.stall_timeout_sec{}", if .step.contains(" and ") { "steps" } else { "step" }, if .step.contains(" and ") { "were" } else { "was" }, tail_text(.tail))]
     Stalled {
         step: String,
         secs: u64,
         tail: Vec<String>,
     },
     #[error(
-        "stopped by signal {} ({signal}) during preparation step {step}; the step's stamp was not written, so it runs again on the next start", .signal.raw()
+        "stopped by signal {} ({signal}) during preparation {}", .signal.raw(), interrupted_text(.step, *.several)
     )]
-    Interrupted { signal: StopSignal, step: String },
+    Interrupted {
+        signal: StopSignal,
+        /// The steps that were running ("migrate and collectstatic"), or "setup".
+        step: String,
+        several: bool,
+    },
     #[error("cannot record that step {step} finished: {source}")]
     Stamp {
         step: Step,
@@ -144,14 +164,37 @@ fn tail_text(tail: &[String]) -> String {
     }
 }
 
-fn failure_text(step: &Option<Step>, status: &str, tail: &[String]) -> String {
+fn interrupted_text(step: &str, several: bool) -> String {
+    if several {
+        format!("steps {step}; their stamps were not written, so they run again on the next start")
+    } else {
+        format!("step {step}; the step's stamp was not written, so it runs again on the next start")
+    }
+}
+
+fn failure_text(step: &Option<Step>, status: &str, stopped: &[Step], tail: &[String]) -> String {
     let what = match step {
         Some(step) => format!("preparation step {step} failed ({status})"),
         None => format!(
             "Django could not start before the first preparation step ({status}); check the settings and the app's environment"
         ),
     };
-    format!("{what}{}", tail_text(tail))
+    let stopped = if stopped.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} ran beside it and {} stopped before {} finished (no stamp: {} again on the next start)",
+            names(stopped),
+            if stopped.len() == 1 { "was" } else { "were" },
+            if stopped.len() == 1 { "it" } else { "they" },
+            if stopped.len() == 1 {
+                "it runs"
+            } else {
+                "they run"
+            },
+        )
+    };
+    format!("{what}{stopped}{}", tail_text(tail))
 }
 
 /// What running the steps produced, for the caller.
@@ -209,8 +252,40 @@ async fn supervise(
     locks: &mut Locks<'_>,
 ) -> Result<Outcome, PrepareError> {
     let python = ctx.cfg.app.python.display().to_string();
-    let (event_read, event_write) = launcher_sys::child::pipe()?;
-    let mut event_pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(event_read)?;
+    let lanes = protocol::lanes(steps);
+    // Lane 0 reports on the driver's fd 3 (events) and its stdout and stderr; lane k on
+    // protocol::lane_fds(k). The launcher keeps the read ends.
+    let mut sources: Vec<Source> = Vec::with_capacity(3 * lanes.len());
+    let mut passed: Vec<(OwnedFd, RawFd)> = Vec::with_capacity(3 * lanes.len());
+    let mut events_sources = Vec::with_capacity(lanes.len());
+    for lane in 0..lanes.len() {
+        let fds = if lane == 0 {
+            [EVENT_FD, 1, 2]
+        } else {
+            protocol::lane_fds(lane)
+        };
+        for (kind, fd) in [Kind::Events, Kind::Stdout, Kind::Stderr]
+            .into_iter()
+            .zip(fds)
+        {
+            if lane == 0 && kind != Kind::Events {
+                continue; // the Command's own pipes, below
+            }
+            let (read, write) = launcher_sys::child::pipe()?;
+            let source = Source::new(
+                lane,
+                kind,
+                Reader::Pipe(tokio::net::unix::pipe::Receiver::from_owned_fd(read)?),
+            );
+            if kind == Kind::Events {
+                events_sources.push(source);
+            } else {
+                sources.push(source);
+            }
+            passed.push((write, fd));
+        }
+    }
+    let last_fd = passed.iter().map(|(_, fd)| *fd).max().unwrap_or(EVENT_FD);
     // Forced: migrate runs as a command even when Django finds nothing to apply.
     let forced = planned
         .iter()
@@ -220,60 +295,86 @@ async fn supervise(
     if forced {
         cmd.arg("--force-migrate");
     }
-    cmd.args(steps.iter().map(|s| s.name()))
-        .current_dir(&ctx.cfg.app.source_dir)
-        .env_clear()
-        .envs(ctx.env.iter())
-        .envs(catalogs_var(&ctx.catalogs))
-        .envs(
-            ctx.backup
-                .as_ref()
-                .map(|b| ("BITPOLL_LAUNCHER_BACKUP", b.display().to_string())),
-        )
-        .envs(
-            ctx.static_dir
-                .as_ref()
-                .map(|d| ("BITPOLL_LAUNCHER_STATIC", d.display().to_string())),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(
+        lanes
+            .iter()
+            .map(|lane| lane.iter().map(|s| s.name()).collect::<Vec<_>>().join(",")),
+    )
+    .current_dir(&ctx.cfg.app.source_dir)
+    .env_clear()
+    .envs(ctx.env.iter())
+    .envs(catalogs_var(&ctx.catalogs))
+    .envs(
+        ctx.backup
+            .as_ref()
+            .map(|b| ("BITPOLL_LAUNCHER_BACKUP", b.display().to_string())),
+    )
+    .envs(
+        ctx.static_dir
+            .as_ref()
+            .map(|d| ("BITPOLL_LAUNCHER_STATIC", d.display().to_string())),
+    )
+    .envs(
+        ctx.new_database
+            .as_ref()
+            .map(|d| ("BITPOLL_LAUNCHER_NEW_DATABASE", d.display().to_string())),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     // The driver runs the app's code: in a session of its own, so it never holds the
-    // terminal of an admin who started the launcher by hand.
+    // terminal of an admin who started the launcher by hand. Its lanes share its process
+    // group, so one signal to the group stops them all.
     launcher_sys::session::new_session_in_child(&mut cmd);
-    launcher_sys::child::pass_fd_in_child(&mut cmd, event_write, EVENT_FD);
-    // Nothing the launcher inherited reaches the driver: only stdio and the event pipe.
-    launcher_sys::fds::close_in_child(&mut cmd, EVENT_FD..EVENT_FD + 1);
+    launcher_sys::child::pass_fds_in_child(&mut cmd, passed);
+    // Nothing the launcher inherited reaches the driver: only stdio and the lanes' pipes.
+    launcher_sys::fds::close_in_child(&mut cmd, EVENT_FD..last_fd + 1);
     launcher_sys::privs::drop_in_child(&mut cmd, ctx.target.clone());
     // Killed with the launcher (kill -9 included): the locks die with the launcher, and
-    // an orphaned driver would go on migrating beside the next holder.
+    // an orphaned driver would go on migrating beside the next holder. Its lanes die with
+    // it in turn.
     launcher_sys::child::die_with_parent(&mut cmd);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let spawned = cmd.spawn();
-    // The command holds this process's copy of the event pipe's write end: close it, so
-    // the pipe reaches its end when the driver is gone.
+    // The command holds this process's copies of the pipes' write ends: close them, so
+    // each pipe reaches its end when the processes writing to it are gone.
     drop(cmd);
     let mut child = spawned.map_err(|source| PrepareError::Spawn { python, source })?;
     let pid = child.id();
-    info!(phase = "prepare", steps = %names(steps), pid, "preparation started: {}", names(steps));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // Output before events, lane by lane: output a lane flushed before an event is logged
+    // before the event is acted on (so it is attributed to the step that printed it), and
+    // lane 0's setup-done, sent before the lanes exist, is read before any lane's event.
+    sources.insert(0, Source::new(0, Kind::Stdout, Reader::Stdout(stdout)));
+    sources.insert(1, Source::new(0, Kind::Stderr, Reader::Stderr(stderr)));
+    sources.extend(events_sources);
+    let side_by_side = if lanes.len() > 1 {
+        format!(
+            " ({} side by side)",
+            lanes
+                .iter()
+                .map(|l| names(l))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )
+    } else {
+        String::new()
+    };
+    info!(phase = "prepare", steps = %names(steps), pid, "preparation started: {}{side_by_side}", names(steps));
     let init = std::process::id() == 1;
 
     let stall = ctx.cfg.prepare.stall_timeout;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let (mut out_buf, mut err_buf, mut event_buf) = ([0u8; 8192], [0u8; 8192], [0u8; 8192]);
-    let (mut out_open, mut err_open, mut events_open) = (true, true, true);
     let mut last_progress = Instant::now();
     let mut last_extend: Option<Instant> = None;
     let mut exited: Option<(ExitStatus, Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut events = Events::new(ctx, planned, steps);
+    let mut events = Events::new(ctx, planned, &lanes);
 
     loop {
         // In this order: a stop request and the timer are never starved by a flood of
-        // output, and output the driver flushed before an event is logged before the
-        // event is acted on (so it is attributed to the step that printed it).
+        // output.
         tokio::select! {
             biased;
             signal = stop_signals.recv() => return interrupted(&mut child, &events, signal).await,
@@ -287,17 +388,18 @@ async fn supervise(
                 if let Some((_, at)) = exited {
                     // A stream held open by a grandchild of the driver: stop waiting.
                     if at.elapsed() > Duration::from_secs(2) {
-                        if std::mem::take(&mut out_open) { events.output_end(Stream::Stdout); }
-                        if std::mem::take(&mut err_open) { events.output_end(Stream::Stderr); }
-                        if std::mem::take(&mut events_open) { events.protocol_end()?; }
+                        for source in sources.iter_mut().filter(|s| s.open) {
+                            source.open = false;
+                            events.end(source.lane, source.kind)?;
+                        }
                     }
                 } else {
                     let silent = last_progress.elapsed();
                     if silent >= stall {
-                        let step = events.current_name();
+                        let step = events.running_names();
                         warn!(phase = "prepare", step = %step, silent_sec = silent.as_secs(), "no progress for {} s, stopping the preparation process", silent.as_secs());
                         stop(&mut child).await;
-                        return Err(PrepareError::Stalled { step, secs: silent.as_secs(), tail: events.tail.iter().cloned().collect() });
+                        return Err(PrepareError::Stalled { step, secs: silent.as_secs(), tail: events.tail_of_running() });
                     }
                     if last_extend.is_none_or(|t| t.elapsed() >= EXTEND_EVERY) {
                         notify::extend_timeout(stall - silent + TIMEOUT_MARGIN);
@@ -307,23 +409,24 @@ async fn supervise(
                     }
                 }
             },
-            r = stdout.read(&mut out_buf), if out_open => match r {
-                Ok(0) | Err(_) => { out_open = false; events.output_end(Stream::Stdout); }
-                Ok(n) => { last_progress = Instant::now(); events.output(Stream::Stdout, &out_buf[..n]); }
-            },
-            r = stderr.read(&mut err_buf), if err_open => match r {
-                Ok(0) | Err(_) => { err_open = false; events.output_end(Stream::Stderr); }
-                Ok(n) => { last_progress = Instant::now(); events.output(Stream::Stderr, &err_buf[..n]); }
-            },
-            r = event_pipe.read(&mut event_buf), if events_open => match r {
-                Ok(0) | Err(_) => { events_open = false; events.protocol_end()?; }
-                Ok(n) => { last_progress = Instant::now(); events.protocol(&event_buf[..n])?; }
+            (i, r) = read_any(&mut sources), if sources.iter().any(|s| s.open) => {
+                let source = &mut sources[i];
+                match r {
+                    Ok(0) | Err(_) => {
+                        source.open = false;
+                        events.end(source.lane, source.kind)?;
+                    }
+                    Ok(n) => {
+                        last_progress = Instant::now();
+                        events.feed(source.lane, source.kind, &source.buf[..n])?;
+                    }
+                }
             },
             status = child.wait(), if exited.is_none() => {
                 exited = Some((status?, Instant::now()));
             },
         }
-        if locks.migration.is_some() && events.progress.finished().contains(&Step::Migrate) {
+        if locks.migration.is_some() && events.progress.is_finished(Step::Migrate) {
             // The database is migrated: other instances may go on while this one
             // collects static files and compiles catalogs.
             locks.release_migration().await;
@@ -333,11 +436,81 @@ async fn supervise(
                 "migration lock released: other instances may decide on migrate now"
             );
         }
-        if let (Some((status, _)), false, false, false) = (exited, out_open, err_open, events_open)
-        {
-            return events.finish(status);
+        // The driver reaps its lanes before it exits (and a lane dies with the driver), so
+        // with its exit nothing of the preparation is left.
+        if let Some((status, _)) = exited {
+            if sources.iter().all(|s| !s.open) {
+                return events.finish(status);
+            }
         }
     }
+}
+
+/// What a pipe of the driver carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Stdout,
+    Stderr,
+    Events,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Stdout => "stdout",
+            Kind::Stderr => "stderr",
+            Kind::Events => "events",
+        }
+    }
+}
+
+/// The read end of one of the driver's pipes.
+enum Reader {
+    Stdout(tokio::process::ChildStdout),
+    Stderr(tokio::process::ChildStderr),
+    Pipe(tokio::net::unix::pipe::Receiver),
+}
+
+/// One pipe of one lane, with its read buffer.
+struct Source {
+    lane: usize,
+    kind: Kind,
+    reader: Reader,
+    open: bool,
+    buf: Box<[u8; 8192]>,
+}
+
+impl Source {
+    fn new(lane: usize, kind: Kind, reader: Reader) -> Source {
+        Source {
+            lane,
+            kind,
+            reader,
+            open: true,
+            buf: Box::new([0; 8192]),
+        }
+    }
+}
+
+/// Read from the first open source that has data (in the order of `sources`): its index
+/// and what the read returned (the bytes are in its buffer).
+async fn read_any(sources: &mut [Source]) -> (usize, std::io::Result<usize>) {
+    std::future::poll_fn(|cx| {
+        for (i, s) in sources.iter_mut().enumerate().filter(|(_, s)| s.open) {
+            let mut buf = ReadBuf::new(&mut s.buf[..]);
+            let polled = match &mut s.reader {
+                Reader::Stdout(r) => Pin::new(r).poll_read(cx, &mut buf),
+                Reader::Stderr(r) => Pin::new(r).poll_read(cx, &mut buf),
+                Reader::Pipe(r) => Pin::new(r).poll_read(cx, &mut buf),
+            };
+            if let Poll::Ready(r) = polled {
+                let n = buf.filled().len();
+                return Poll::Ready((i, r.map(|()| n)));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn interrupted(
@@ -345,15 +518,20 @@ async fn interrupted(
     events: &Events<'_, '_>,
     signal: StopSignal,
 ) -> Result<Outcome, PrepareError> {
-    let step = events.current_name();
+    let step = events.running_names();
+    let several = events.progress.running().len() > 1;
     warn!(phase = "prepare", step = %step, signal = %signal, "{signal} received during preparation, stopping the preparation process");
     notify::status(&format!("Stopping: interrupted during {step}"));
     stop(child).await;
-    Err(PrepareError::Interrupted { signal, step })
+    Err(PrepareError::Interrupted {
+        signal,
+        step,
+        several,
+    })
 }
 
-/// SIGTERM the driver and what it started (its own process group), give it a moment,
-/// then SIGKILL; the driver is always reaped.
+/// SIGTERM the driver and what it started (its own process group: its lanes too, which it
+/// reaps before it exits), give it a moment, then SIGKILL; the driver is always reaped.
 async fn stop(child: &mut tokio::process::Child) {
     let group = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
     if let Some(group) = group {
@@ -383,20 +561,12 @@ fn names(steps: &[Step]) -> String {
         .join(", ")
 }
 
-/// The driver's output streams.
-#[derive(Debug, Clone, Copy)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
+/// One lane's streams: its output cut into lines, its events parsed, its last lines.
+struct LaneStreams {
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+    parser: Parser,
+    tail: VecDeque<String>,
 }
 
 /// Turns the driver's output into log records and its events into stamps.
@@ -404,87 +574,139 @@ struct Events<'c, 'a> {
     ctx: &'c Context<'a>,
     planned: &'c [Planned],
     progress: Progress,
-    parser: Parser,
-    stdout: LineSplitter,
-    stderr: LineSplitter,
-    tail: VecDeque<String>,
+    lanes: Vec<LaneStreams>,
 }
 
 impl<'c, 'a> Events<'c, 'a> {
-    fn new(ctx: &'c Context<'a>, planned: &'c [Planned], steps: &[Step]) -> Events<'c, 'a> {
+    fn new(ctx: &'c Context<'a>, planned: &'c [Planned], lanes: &[Vec<Step>]) -> Events<'c, 'a> {
         Events {
             ctx,
             planned,
-            progress: Progress::new(steps),
-            parser: Parser::new(),
-            stdout: LineSplitter::new(LOG_LINE_MAX),
-            stderr: LineSplitter::new(LOG_LINE_MAX),
-            tail: VecDeque::with_capacity(TAIL_LINES),
+            progress: Progress::with_lanes(lanes),
+            lanes: lanes
+                .iter()
+                .map(|_| LaneStreams {
+                    stdout: LineSplitter::new(LOG_LINE_MAX),
+                    stderr: LineSplitter::new(LOG_LINE_MAX),
+                    parser: Parser::new(),
+                    tail: VecDeque::with_capacity(TAIL_LINES),
+                })
+                .collect(),
         }
     }
 
-    /// The step output belongs to: the one that began last, or Django's start.
-    fn current_name(&self) -> String {
+    /// The step output of `lane` belongs to: the one that began last there, or Django's
+    /// start.
+    fn current_name(&self, lane: usize) -> String {
         self.progress
-            .latest()
+            .latest(lane)
             .map_or_else(|| "setup".to_string(), |s| s.name().to_string())
     }
 
-    fn splitter(&mut self, stream: Stream) -> &mut LineSplitter {
-        match stream {
-            Stream::Stdout => &mut self.stdout,
-            Stream::Stderr => &mut self.stderr,
+    /// The steps running now ("migrate and collectstatic"), or Django's start.
+    fn running_names(&self) -> String {
+        let running = self.progress.running();
+        match running.as_slice() {
+            [] => self.current_name(0),
+            [one] => one.name().to_string(),
+            [first @ .., last] => format!("{} and {last}", names(first)),
         }
     }
 
-    fn output(&mut self, stream: Stream, bytes: &[u8]) {
+    /// The last output lines of the lanes still running (all lanes if none runs).
+    fn tail_of_running(&self) -> Vec<String> {
+        let running = self.progress.running();
+        let mut tail = Vec::new();
+        for (lane, streams) in self.lanes.iter().enumerate() {
+            let runs = self
+                .progress
+                .latest(lane)
+                .is_some_and(|s| running.contains(&s));
+            if runs || running.is_empty() {
+                tail.extend(streams.tail.iter().cloned());
+            }
+        }
+        tail
+    }
+
+    /// Bytes from lane `lane`'s pipe of kind `kind`.
+    fn feed(&mut self, lane: usize, kind: Kind, bytes: &[u8]) -> Result<(), PrepareError> {
         let mut lines = Vec::new();
-        self.splitter(stream)
-            .feed(bytes, |line| lines.push(line.to_text()));
-        for line in lines {
-            self.log_output(stream, line);
+        let streams = &mut self.lanes[lane];
+        match kind {
+            Kind::Stdout => streams.stdout.feed(bytes, |l| lines.push(l.to_text())),
+            Kind::Stderr => streams.stderr.feed(bytes, |l| lines.push(l.to_text())),
+            Kind::Events => {
+                for event in streams.parser.feed(bytes) {
+                    self.apply(lane, event)?;
+                }
+                return Ok(());
+            }
         }
+        for line in lines {
+            self.log_output(lane, kind, line);
+        }
+        Ok(())
     }
 
-    /// The stream ended: log its unterminated last line.
-    fn output_end(&mut self, stream: Stream) {
+    /// Lane `lane`'s pipe of kind `kind` ended: an unterminated last output line is
+    /// logged; an unterminated last event is reported, not acted on.
+    fn end(&mut self, lane: usize, kind: Kind) -> Result<(), PrepareError> {
         let mut lines = Vec::new();
-        self.splitter(stream)
-            .finish(|line| lines.push(line.to_text()));
-        for line in lines {
-            self.log_output(stream, line);
+        let streams = &mut self.lanes[lane];
+        match kind {
+            Kind::Stdout => streams.stdout.finish(|l| lines.push(l.to_text())),
+            Kind::Stderr => streams.stderr.finish(|l| lines.push(l.to_text())),
+            Kind::Events => {
+                for event in streams.parser.finish() {
+                    self.apply(lane, event)?;
+                }
+                return Ok(());
+            }
         }
+        for line in lines {
+            self.log_output(lane, kind, line);
+        }
+        Ok(())
     }
 
-    fn log_output(&mut self, stream: Stream, text: String) {
+    fn log_output(&mut self, lane: usize, kind: Kind, text: String) {
         if text.is_empty() {
             return;
         }
-        let step = self.current_name();
-        info!(phase = "prepare", step = %step, stream = stream.name(), "{text}");
-        if self.tail.len() == TAIL_LINES {
-            self.tail.pop_front();
+        let step = self.current_name(lane);
+        info!(phase = "prepare", step = %step, stream = kind.name(), "{text}");
+        let tail = &mut self.lanes[lane].tail;
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
         }
-        self.tail.push_back(text);
+        tail.push_back(text);
     }
 
-    fn protocol(&mut self, bytes: &[u8]) -> Result<(), PrepareError> {
-        for event in self.parser.feed(bytes) {
-            self.apply(event)?;
+    /// STATUS= for the steps running now, each with its number in the run order.
+    fn status(&self) {
+        let running = self.progress.running();
+        if running.is_empty() {
+            return;
         }
-        Ok(())
+        let order: Vec<Step> = self
+            .planned
+            .iter()
+            .filter(|p| p.runs())
+            .map(|p| p.step)
+            .collect();
+        let text: Vec<String> = running
+            .iter()
+            .map(|s| {
+                let n = order.iter().position(|o| o == s).map_or(0, |i| i + 1);
+                format!("{s} ({n}/{})", order.len())
+            })
+            .collect();
+        notify::status(&format!("Preparing: {}", text.join(", ")));
     }
 
-    /// The event pipe ended: an unterminated last line is reported, not acted on.
-    fn protocol_end(&mut self) -> Result<(), PrepareError> {
-        for event in self.parser.finish() {
-            self.apply(event)?;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Event) -> Result<(), PrepareError> {
-        match self.progress.apply(event) {
+    fn apply(&mut self, lane: usize, event: Event) -> Result<(), PrepareError> {
+        match self.progress.apply_from(lane, event) {
             Effect::SetupDone { ms } => {
                 info!(
                     phase = "prepare",
@@ -493,13 +715,14 @@ impl<'c, 'a> Events<'c, 'a> {
                     "Django started in {ms} ms"
                 );
             }
-            Effect::Began { step, number, of } => {
-                notify::status(&format!("Preparing: {step} ({number}/{of})"));
+            Effect::Began { step, .. } => {
+                self.status();
                 info!(phase = "prepare", step = %step, "step {step} started");
             }
             Effect::Finished { step, ms } => {
                 self.write_stamp(step)?;
                 info!(phase = "prepare", step = %step, duration_ms = ms, "step {step} finished in {ms} ms");
+                self.status();
             }
             Effect::Migrations { count } => {
                 debug!(
@@ -509,8 +732,14 @@ impl<'c, 'a> Events<'c, 'a> {
                     "Django knows {count} migrations on disk"
                 );
             }
+            Effect::LaneEnded { lane, end } => {
+                debug!(
+                    phase = "prepare",
+                    lane, "the process of lane {lane} ended: {end}"
+                );
+            }
             Effect::Violation(what) => {
-                let step = self.current_name();
+                let step = self.current_name(lane);
                 warn!(phase = "prepare", step = %step, "protocol violation by the preparation process, ignored: {what}");
             }
         }
@@ -571,21 +800,40 @@ impl<'c, 'a> Events<'c, 'a> {
                 migrations: self.progress.into_migrations(),
             });
         }
-        // Once a step began: the first that did not finish, or the last one if all
-        // finished and the driver failed on exit.
-        let step = self
-            .progress
-            .latest()
-            .map(|latest| self.progress.unfinished().unwrap_or(latest));
-        let status = if status.success() {
-            "exit status 0, but it did not report every step finished".to_string()
-        } else {
-            describe(status)
+        let p = &self.progress;
+        let lanes = p.lane_count();
+        // The lane that failed: by the driver's report, else (one lane, or a driver that
+        // could not report) the first with a step that began and did not finish.
+        let reported = (0..lanes).find(|&l| {
+            p.lane_end(l)
+                .is_some_and(|e| e != LaneEnd::Exit(0) && e != LaneEnd::Stopped)
+        });
+        let running = |l: usize| p.latest(l).is_some() && p.latest(l) == p.unfinished(l);
+        let lane = reported
+            .or_else(|| (0..lanes).find(|&l| running(l)))
+            .unwrap_or(0);
+        // Once a step began in it: the first that did not finish, or the last one if all
+        // finished and the lane failed on exit.
+        let step = p
+            .latest(lane)
+            .map(|latest| p.unfinished(lane).unwrap_or(latest));
+        let status = match reported.and_then(|l| p.lane_end(l)) {
+            Some(end) => end.to_string(),
+            None if status.success() => {
+                "exit status 0, but it did not report every step finished".to_string()
+            }
+            None => describe(status),
         };
+        // The steps of the other lanes that were running when the failure stopped them.
+        let stopped: Vec<Step> = (0..lanes)
+            .filter(|&l| l != lane)
+            .filter_map(|l| p.latest(l).filter(|s| !p.is_finished(*s)))
+            .collect();
         Err(PrepareError::Failed {
             step,
             status,
-            tail: self.tail.into_iter().collect(),
+            stopped,
+            tail: self.lanes[lane].tail.iter().cloned().collect(),
         })
     }
 }

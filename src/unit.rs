@@ -335,6 +335,13 @@ pub fn render(cfg: &Config, o: &Options<'_>) -> anyhow::Result<String> {
     writeln!(w, "Type=notify")?;
     match cfg.server.ready {
         Ready::Arbiter => writeln!(w, "NotifyAccess=main")?,
+        Ready::Answer => {
+            writeln!(
+                w,
+                "# [server] ready = \"answer\": gunicorn's arbiter sends READY=1 once a worker answered its warm-up request."
+            )?;
+            writeln!(w, "NotifyAccess=main")?;
+        }
         Ready::Worker => {
             writeln!(
                 w,
@@ -707,5 +714,29 @@ ready = "worker"
         let unit = render_with(&cfg, Mode::Privileged, None).unwrap();
         assert!(has(&unit, "NotifyAccess=all"), "{unit}");
         assert!(!has(&unit, "NotifyAccess=main"), "{unit}");
+    }
+
+    #[test]
+    fn ready_answer_keeps_notify_access_main() {
+        let cfg = launcher_config::parse_str(
+            r#"
+[service]
+user = "bitpoll"
+data_dir = "/var/lib/bitpoll"
+[app]
+python = "/v/bin/python"
+source_dir = "/src"
+[secrets]
+BITPOLL_SECRET_KEY = { generate = "django-secret-key" }
+BITPOLL_FIELD_ENCRYPTION_KEY = { credential = "fek" }
+[server]
+command = ["/v/bin/gunicorn", "app:wsgi"]
+ready = "answer"
+"#,
+        )
+        .unwrap();
+        let unit = render_with(&cfg, Mode::Privileged, None).unwrap();
+        assert!(has(&unit, "NotifyAccess=main"), "{unit}");
+        assert!(!has(&unit, "NotifyAccess=all"), "{unit}");
     }
 }

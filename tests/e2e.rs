@@ -261,9 +261,7 @@ fn notify_reports_status_for_every_phase() {
         "Preparing the data directory",
         "Loading secrets",
         "Preparing the app",
-        "Preparing: migrate",
-        "Preparing: collectstatic",
-        "Preparing: compilemessages",
+        "Preparing: ",
         "Dropping privileges",
         "Starting the server",
     ];
@@ -273,6 +271,23 @@ fn notify_reports_status_for_every_phase() {
         "phases out of order: {:?}",
         statuses(&env)
     );
+    // Each step is named with its number while it runs (migrate beside the others), all
+    // between the start of preparation and the privilege drop.
+    for (n, step) in STEPS.iter().enumerate() {
+        let named = format!("{step} ({}/3)", n + 1);
+        let i = all
+            .iter()
+            .position(|m| {
+                m.get("STATUS")
+                    .is_some_and(|s| s.starts_with("Preparing: ") && s.contains(&named))
+            })
+            .unwrap_or_else(|| panic!("no STATUS naming {named}: {:?}", statuses(&env)));
+        assert!(
+            (position("Preparing the app")..position("Dropping privileges")).contains(&i),
+            "{named} outside preparation: {:?}",
+            statuses(&env)
+        );
+    }
 
     let extend: Vec<usize> = all
         .iter()
@@ -321,6 +336,117 @@ fn notify_reports_status_for_every_phase() {
         "a notification from another PID: {all:?}"
     );
     env.stop();
+}
+
+/// `[server] ready = "answer"`: every gunicorn worker calls the app once (GET
+/// `ready_path`, with a Host from ALLOWED_HOSTS) before it accepts connections, and the
+/// arbiter sends READY=1 once the first one has its answer, saying so in STATUS; every
+/// notification comes from the main process, so NotifyAccess=main suffices. A warm-up
+/// that fails is logged with its status, one without an answer within
+/// `ready_timeout_sec` is left behind, and READY=1 comes all the same.
+#[test]
+fn ready_answer_comes_once_a_worker_answered_its_warm_up_request() {
+    let mut env = TestEnv::new("ready_answer");
+    env.config.set_str("server", "ready", "answer");
+    let pid = env.launch();
+    let ready = env.wait_ready(READY);
+    let main = pid as i32;
+    assert_eq!(ready.pid, main, "READY=1 from another process");
+    let status = ready.get("STATUS").unwrap_or_default().to_string();
+    assert!(
+        status.starts_with("Gunicorn worker ") && status.contains(" answered GET / (200 OK in "),
+        "{status}"
+    );
+    assert!(
+        statuses(&env)
+            .iter()
+            .any(|s| s.starts_with("Warming up: gunicorn worker ") && s.ends_with(" calls GET /")),
+        "{:?}",
+        statuses(&env)
+    );
+    assert!(
+        env.notifications.iter().all(|n| n.pid == main),
+        "a notification from another process: {:?}",
+        env.notifications
+    );
+    let log = env.stderr();
+    assert!(
+        log.contains("bitpoll-launcher warm-up: GET / answered 200 OK in "),
+        "{log}"
+    );
+    assert_eq!(env.http_get("/").status, 200);
+    assert_eq!(env.stop(), 0);
+
+    // A warm-up answered with an error status: logged with it, READY=1 all the same.
+    env.config.set_str("server", "ready_path", "/no-such-page");
+    env.launch();
+    let ready = env.wait_ready(READY);
+    let status = ready.get("STATUS").unwrap_or_default().to_string();
+    assert!(
+        status.ends_with("started; its warm-up GET /no-such-page answered 404 Not Found"),
+        "{status}"
+    );
+    assert!(
+        env.stderr()
+            .contains("bitpoll-launcher warm-up: GET /no-such-page answered 404 Not Found in "),
+        "{}",
+        env.log_context()
+    );
+    assert_eq!(env.http_get("/healthz").status, 200);
+    assert_eq!(env.stop(), 0);
+
+    // No answer within ready_timeout_sec: the worker goes on, READY=1 comes.
+    env.config
+        .set_str("server", "ready_path", "/slow?s=60")
+        .set("server", "ready_timeout_sec", "2");
+    env.launch();
+    let ready = env.wait_ready(READY);
+    let took = env.elapsed();
+    let status = ready.get("STATUS").unwrap_or_default().to_string();
+    assert!(
+        status.ends_with("its warm-up GET /slow?s=60 had no answer within 2 s"),
+        "{status}"
+    );
+    assert!(took < Duration::from_secs(40), "READY=1 after {took:?}");
+    assert_eq!(env.http_get("/healthz").status, 200);
+    env.stop();
+
+    // With --preload the arbiter, which holds the app, calls it first, once, before it
+    // forks the workers; each worker's own call then finds it loaded.
+    env.config.remove("server", "ready_path");
+    env.config.remove("server", "ready_timeout_sec");
+    env.config.set(
+        "server",
+        "command",
+        &format!(
+            "[{}, \"--bind\", \"127.0.0.1:{}\", \"--workers\", \"2\", \"--no-control-socket\", \"--preload\", \"bitpoll.wsgi:application\"]",
+            util::toml_str(&env.gunicorn.display().to_string()),
+            env.port
+        ),
+    );
+    let pid = env.launch();
+    let ready = env.wait_ready(READY);
+    assert_eq!(ready.pid, pid as i32);
+    let status = ready.get("STATUS").unwrap_or_default().to_string();
+    assert!(
+        status.starts_with("Gunicorn worker ") && status.contains(" answered GET / (200 OK in "),
+        "{status}"
+    );
+    let log = env.stderr();
+    assert!(
+        log.contains("answered 200 OK in ")
+            && log.contains("(in the arbiter, before it forks its workers)"),
+        "{log}"
+    );
+    assert!(
+        statuses(&env)
+            .iter()
+            .any(|s| s == "Warming up: gunicorn's arbiter calls GET /"),
+        "{:?}",
+        statuses(&env)
+    );
+    assert_eq!(env.http_get("/").status, 200);
+    assert_eq!(env.stop(), 0);
 }
 
 #[test]
@@ -479,10 +605,23 @@ fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_outpu
         error.contains("RuntimeError: boom"),
         "the error lacks the output tail\n{stderr}"
     );
-    for step in STEPS {
-        assert!(
-            !env.stamp(step).exists(),
-            "{step} stamp written although migrate failed"
+    // collectstatic and compilemessages run beside migrate: a stamp for each that
+    // finished before the failure, none for the rest.
+    assert!(
+        !env.stamp("migrate").exists(),
+        "migrate stamp written although it failed"
+    );
+    // The database it was building is gone: the next start builds it from nothing.
+    assert!(
+        !env.data.join("db.sqlite3").exists(),
+        "a half-built database is in place"
+    );
+    assert_eq!(new_database_leftovers(&env), Vec::<String>::new());
+    for step in ["collectstatic", "compilemessages"] {
+        assert_eq!(
+            env.stamp(step).exists(),
+            stderr.contains(&format!("step {step} finished")),
+            "{step}: a stamp without its success, or a success without its stamp\n{stderr}"
         );
     }
     assert!(!env.notifications.iter().any(|n| n.text.contains("READY=1")));
@@ -490,6 +629,188 @@ fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_outpu
         listening_socket_inode(env.port).is_none(),
         "a server was started"
     );
+}
+
+/// Files in the data directory left of a database built under a temporary name.
+fn new_database_leftovers(env: &TestEnv) -> Vec<String> {
+    fs::read_dir(&env.data)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("db.sqlite3.new-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// collectstatic and compilemessages run beside migrate, in processes forked from the one
+/// Django start: with a slow migration both finish first, each with its own stamp, every
+/// output line is logged with its own step, and the start has all three effects.
+#[test]
+fn collectstatic_and_compilemessages_run_beside_migrate_each_with_its_own_stamp() {
+    let mut env = TestEnv::new("side_by_side");
+    env.config
+        .set_str("environment", "DEMO_MIGRATION_DELAY", "3");
+    env.launch();
+    env.wait_ready(READY);
+    let log = env.stderr();
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in the log\n{}", env.log_context()))
+    };
+    assert!(
+        log.contains("(migrate | collectstatic, compilemessages side by side)"),
+        "{}",
+        env.log_context()
+    );
+    assert_eq!(log.matches("Django started in").count(), 1, "{log}");
+    for step in ["collectstatic", "compilemessages"] {
+        let done = at(&format!("step {step} finished"));
+        assert!(
+            at("step migrate started") < done && done < at("step migrate finished"),
+            "{step} did not run while migrate ran\n{log}"
+        );
+    }
+    let logged_with = |text: &str, step: &str| {
+        log.lines()
+            .any(|l| l.contains(text) && l.contains(&format!(" step={step} ")))
+    };
+    assert!(
+        logged_with("demo migration: step 3 of 3", "migrate"),
+        "{log}"
+    );
+    // The new database was built under a temporary name and moved into place.
+    assert!(
+        logged_with("new database: built as db.sqlite3.new-", "migrate"),
+        "{log}"
+    );
+    assert!(new_database_leftovers(&env).is_empty());
+    assert!(logged_with("now serves v-", "collectstatic"), "{log}");
+    assert!(
+        logged_with("catalog(s) compiled", "compilemessages"),
+        "{log}"
+    );
+    assert!(
+        statuses(&env)
+            .iter()
+            .any(|s| s.contains("migrate (1/3)") && s.contains("collectstatic (2/3)")),
+        "no STATUS names the two running steps: {:?}",
+        statuses(&env)
+    );
+    for step in STEPS {
+        assert!(env.stamp(step).exists(), "no {step} stamp\n{log}");
+    }
+    // The three effects: a migrated database, the collected files, the catalogs.
+    let r = env.http_get("/");
+    assert_eq!(r.status, 200, "{}", env.log_context());
+    assert!(env.data.join("static/current/staticfiles.json").is_file());
+    assert!(
+        env.data
+            .join("locale/de_DE/LC_MESSAGES/django.mo")
+            .is_file()
+    );
+    assert!(!log.contains("protocol violation"), "{log}");
+    env.stop();
+}
+
+/// A step that fails beside another stops it: the error names the failed step with its
+/// exit status and output, and the step stopped with it; neither gets a stamp, nor does
+/// the step that never began; nothing of the preparation is left running.
+#[test]
+fn a_failing_collectstatic_stops_the_migration_beside_it_and_names_its_step() {
+    let mut env = TestEnv::new("side_by_side_fail");
+    env.config
+        .set_str("environment", "DEMO_MIGRATION_DELAY", "30")
+        .set_str("environment", "DEMO_COLLECTSTATIC_FAIL", "1");
+    env.launch();
+    let stderr = env.expect_failure(
+        1,
+        &[
+            "preparation step collectstatic failed (exit status 3); migrate ran beside it and was stopped before it finished",
+            "RuntimeError: demo collectstatic failed on purpose",
+        ],
+        READY,
+    );
+    assert!(
+        env.elapsed() < Duration::from_secs(20),
+        "the failure waited for the migration: {:?}",
+        env.elapsed()
+    );
+    for step in STEPS {
+        assert!(!env.stamp(step).exists(), "{step} stamp written\n{stderr}");
+    }
+    assert!(!stderr.contains("step compilemessages started"), "{stderr}");
+    let error = &stderr[stderr
+        .find("preparation step collectstatic failed")
+        .unwrap()..];
+    assert!(
+        !error.contains("demo migration: step"),
+        "the error's output tail is not the failed step's\n{stderr}"
+    );
+    let left = env.processes_of_user();
+    assert!(
+        left.is_empty(),
+        "processes of the service user remain:\n{}",
+        util::describe_processes(&left)
+    );
+    assert!(!env.notifications.iter().any(|n| n.text.contains("READY=1")));
+}
+
+/// A stop while collectstatic fills a fresh tree leaves `current` on the tree it served,
+/// whole; the interrupted step gets no stamp, and the next start collects again.
+#[test]
+fn a_stop_in_the_middle_of_collectstatic_leaves_the_previous_static_tree_in_place() {
+    let mut env = TestEnv::new("static_stop");
+    env.launch();
+    env.wait_ready(READY);
+    env.stop();
+    let current = env.data.join("static/current");
+    let served = fs::read_link(&current).expect("static/current is a link");
+    let manifest = fs::read(current.join("staticfiles.json")).expect("a manifest");
+
+    // A changed environment makes every step run again; collectstatic then takes 30 s.
+    env.config
+        .set_str("environment", "DEMO_COLLECTSTATIC_DELAY", "30");
+    let pid = env.launch();
+    env.wait_for_log("demo collectstatic: step 2 of 30", READY);
+    env.signal(Signal::SIGTERM);
+    let code = env.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 143, "{}", env.log_context());
+    let log = env.stderr();
+    assert!(
+        log.contains("(SIGTERM) during preparation step collectstatic")
+            || log.contains("(SIGTERM) during preparation steps migrate and collectstatic"),
+        "{log}"
+    );
+    assert_eq!(
+        fs::read_link(&current).unwrap(),
+        served,
+        "current moved to an unfinished tree\n{log}"
+    );
+    assert_eq!(
+        fs::read(current.join("staticfiles.json")).unwrap(),
+        manifest
+    );
+    assert!(current.join("css").is_dir());
+    assert!(!env.stamp("collectstatic").exists(), "{log}");
+    assert!(processes_in_group(pid as i32).is_empty());
+    let left = env.processes_of_user();
+    assert!(left.is_empty(), "{}", util::describe_processes(&left));
+
+    // The next start collects into a fresh tree and serves it.
+    env.config.remove("environment", "DEMO_COLLECTSTATIC_DELAY");
+    env.launch();
+    env.wait_ready(READY);
+    assert!(
+        env.stderr().contains("step collectstatic runs"),
+        "{}",
+        env.log_context()
+    );
+    let now = fs::read_link(&current).unwrap();
+    assert_ne!(now, served);
+    assert!(current.join("staticfiles.json").is_file());
+    assert!(env.stamp("collectstatic").exists());
+    env.stop();
 }
 
 /// Launch with a slow migration, send `signal` to the launcher while migrate runs, and
@@ -561,7 +882,13 @@ fn a_stop_signal_during_preparation(
         !env.stamp("migrate").exists(),
         "migrate stamp written for an interrupted migration"
     );
-    assert!(!env.stamp("collectstatic").exists());
+    // collectstatic ran beside migrate: its stamp only if it finished.
+    assert_eq!(
+        env.stamp("collectstatic").exists(),
+        env.stderr().contains("step collectstatic finished"),
+        "{}",
+        env.log_context()
+    );
     assert!(
         statuses(&env).iter().any(|s| s.starts_with("Stopping")),
         "{:?}",
@@ -574,11 +901,22 @@ fn a_stop_signal_during_preparation(
 fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
     let (mut env, _) =
         a_stop_signal_during_preparation("sigterm", Signal::SIGTERM, Launch::default());
+    // The first migrate was building a new database: nothing of it is in place.
+    assert!(
+        !env.data.join("db.sqlite3").exists(),
+        "{}",
+        env.log_context()
+    );
+    assert_eq!(new_database_leftovers(&env), Vec::<String>::new());
+    // What a killed build would leave (the driver killed with SIGKILL) goes at the next.
+    write_file(&env.data.join("db.sqlite3.new-4242"), b"half built", 0o640);
 
     // The interrupted step runs again next time.
     env.config.remove("environment", "DEMO_MIGRATION_DELAY");
     env.launch();
     env.wait_ready(READY);
+    assert_eq!(new_database_leftovers(&env), Vec::<String>::new());
+    assert!(env.data.join("db.sqlite3").is_file());
     assert!(
         env.stderr().contains("step migrate runs"),
         "{}",
@@ -660,6 +998,9 @@ class Migration(migrations.Migration):
 "#,
         0o644,
     );
+    // collectstatic, beside migrate, is still busy when the fake events come.
+    env.config
+        .set_str("environment", "DEMO_COLLECTSTATIC_DELAY", "30");
     env.launch();
     let stderr = env.expect_failure(
         1,
@@ -676,7 +1017,9 @@ class Migration(migrations.Migration):
         );
     }
     assert!(
-        !stderr.contains("step collectstatic started") && !stderr.contains("step migrate finished"),
+        !stderr.contains("step collectstatic finished")
+            && !stderr.contains("step migrate finished")
+            && !stderr.contains("step compilemessages started"),
         "output was taken for an event\n{stderr}"
     );
     // The lines are logged as the output they are.
@@ -1509,6 +1852,8 @@ fn server_environment_is_built_from_scratch() {
         "DEMO_REPORT_ENV",
         "DEMO_MIGRATION_DELAY",
         "NOTIFY_SOCKET",
+        // Every Python the launcher starts ignores the user's site directory.
+        "PYTHONNOUSERSITE",
     ];
     for r in required {
         assert!(

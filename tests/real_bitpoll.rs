@@ -389,6 +389,28 @@ fn sqlite_cold_and_warm_start_serves_german_pages_and_assets_and_keeps_a_vote() 
         "{}",
         env.log_context()
     );
+    // collectstatic ran beside migrate, after the one Django start.
+    assert!(
+        log.contains("(migrate | collectstatic, compilemessages side by side)"),
+        "{}",
+        env.log_context()
+    );
+    assert_eq!(log.matches("Django started in").count(), 1);
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no {what:?}\n{}", env.log_context()))
+    };
+    assert!(
+        at("step collectstatic started") < at("step migrate finished"),
+        "collectstatic waited for migrate\n{}",
+        env.log_context()
+    );
+    for step in STEPS {
+        assert!(
+            env.data.join(format!("state/{step}.stamp")).is_file(),
+            "no {step} stamp"
+        );
+    }
     assert!(
         log.contains("Applying poll.0020_alter_poll_allow_unauthenticated_vote_changes... OK"),
         "{}",
@@ -664,6 +686,62 @@ fn a_start_with_the_build_time_assets_runs_migrate_only_and_serves_them() {
     assert_assets_served(&env, &html, &statics, service_gid(&env));
     check_no_errors(&env, "while running");
     assert_app_quiet(&env);
+}
+
+/// A stylesheet libsass rejects: collectstatic fails beside migrate, the error names it
+/// with the compiler's message, it gets no stamp and `current` never names a tree; migrate
+/// has a stamp only if it finished before the failure stopped it.
+#[test]
+fn a_failing_collectstatic_beside_migrate_is_named_and_leaves_no_stamp() {
+    let Some((up, mut env)) = real_env("real_static_fail") else {
+        return;
+    };
+    let source = env.dir.join("src");
+    copy_source(&up, &source);
+    let scss = source.join("bitpoll/base/static/scss/main.scss");
+    let mut text = fs::read_to_string(&scss).expect("read main.scss");
+    text.push_str("\n.broken { color: $no-such-variable; }\n");
+    fs::write(&scss, text).expect("write main.scss");
+    let st = Command::new("chmod")
+        .args(["-R", "a+rX,a-w"])
+        .arg(&source)
+        .status()
+        .expect("chmod");
+    assert!(st.success());
+    env.app = source.clone();
+    env.config
+        .set_str("app", "source_dir", &source.display().to_string());
+    env.launch();
+    let stderr = env.expect_failure(
+        1,
+        &["preparation step collectstatic failed (exit status 3)"],
+        READY,
+    );
+    let error = &stderr[stderr
+        .find("preparation step collectstatic failed")
+        .unwrap()..];
+    assert!(
+        error.contains("no-such-variable"),
+        "the error does not carry libsass's message\n{stderr}"
+    );
+    assert!(!env.data.join("state/collectstatic.stamp").exists());
+    assert!(!env.data.join("state/compilemessages.stamp").exists());
+    assert_eq!(
+        env.data.join("state/migrate.stamp").exists(),
+        stderr.contains("step migrate finished"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("step migrate finished")
+            || error.contains("migrate ran beside it and was stopped"),
+        "{stderr}"
+    );
+    assert!(!env.data.join("static/current").exists());
+    let left = env.processes_of_user();
+    assert!(
+        left.is_empty(),
+        "processes of the service user remain: {left:?}"
+    );
 }
 
 #[test]

@@ -425,7 +425,9 @@ fn start_returns_after_ready_and_the_server_keeps_the_launchers_pid_without_priv
     eprintln!("systemctl start {UNIT} took {:.3}s", took.as_secs_f64());
 
     // Right after `systemctl start` returned, with no polling: the start job waited for
-    // READY=1, which gunicorn sends (with its own STATUS=) once it listens.
+    // READY=1, which gunicorn's arbiter (the main process) sends once a worker answered
+    // its warm-up request (server.ready = "answer", the default for gunicorn), saying so
+    // in STATUS=.
     let show = b.show(&[
         "ActiveState",
         "SubState",
@@ -439,7 +441,11 @@ fn start_returns_after_ready_and_the_server_keeps_the_launchers_pid_without_priv
     assert_eq!(show["SubState"], "running");
     assert_eq!(show["Type"], "notify");
     assert_eq!(show["NotifyAccess"], "main");
-    assert_eq!(show["StatusText"], "Gunicorn arbiter booted");
+    let status = &show["StatusText"];
+    assert!(
+        status.starts_with("Gunicorn worker ") && status.contains(" answered GET / (200 OK in "),
+        "{status}"
+    );
     let (code, body) = b.http_get("/healthz");
     assert_eq!((code, body.as_str()), (200, "ok"));
     let (code, _) = b.http_get("/");
@@ -558,9 +564,10 @@ fn the_journal_has_the_launchers_structured_records_and_status_follows_the_phase
             .any(|(state, text)| state == "activating" && text == "Preparing: migrate (1/3)"),
         "the launcher's STATUS= for the migration was not seen while activating: {seen:?}"
     );
-    assert_eq!(
-        seen.last().map(|(_, t)| t.as_str()),
-        Some("Gunicorn arbiter booted")
+    let last = seen.last().map(|(_, t)| t.as_str()).unwrap_or_default();
+    assert!(
+        last.starts_with("Gunicorn worker ") && last.contains(" answered GET / (200 OK in "),
+        "{seen:?}"
     );
 
     let inv = b.invocation_id();
@@ -992,15 +999,26 @@ fn stopping_during_preparation_stops_the_child_and_leaves_no_stamp() {
     );
     let python = b.exec(&["pgrep", "-a", "-u", USER]);
     assert!(!python.status.success(), "{}", bitpoll::text(&python));
-    for stamp in ["migrate", "collectstatic", "compilemessages"] {
-        let path = format!("{DATA_DIR}/state/{stamp}.stamp");
-        assert!(
-            !b.exists(&path),
-            "{path} exists after the interrupted start"
+    let recs = b.launcher_records();
+    let path = format!("{DATA_DIR}/state/migrate.stamp");
+    assert!(
+        !b.exists(&path),
+        "{path} exists after the interrupted start"
+    );
+    // collectstatic and compilemessages ran beside migrate: a stamp for each that
+    // finished before the stop, none for the rest.
+    for step in ["collectstatic", "compilemessages"] {
+        let finished = recs
+            .iter()
+            .any(|r| message_has(r, &format!("step {step} finished")));
+        assert_eq!(
+            b.exists(&format!("{DATA_DIR}/state/{step}.stamp")),
+            finished,
+            "{step}: a stamp without its success, or a success without its stamp:\n{}",
+            bitpoll::messages(&recs)
         );
     }
     // The launcher said which step it interrupted (a warning or worse).
-    let recs = b.launcher_records();
     eprintln!(
         "the launcher's last words:\n{}",
         bitpoll::messages(&recs[recs.len().saturating_sub(3)..])

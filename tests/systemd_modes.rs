@@ -81,7 +81,9 @@ fn the_unprivileged_unit_serves_reads_its_credential_restarts_and_holds_its_hard
         Spec::default()
             .mode(Mode::Unprivileged)
             .fek(Fek::Credential)
-            .env("DEMO_REPORT_ENV", "BITPOLL_FIELD_ENCRYPTION_KEY"),
+            .env("DEMO_REPORT_ENV", "BITPOLL_FIELD_ENCRYPTION_KEY")
+            // READY=1 from gunicorn itself, as soon as it listens.
+            .server_line("ready = \"arbiter\""),
     );
     let unit = b.exec_ok(&["systemctl", "cat", UNIT]);
     for want in [

@@ -24,6 +24,8 @@ rustPlatform.buildRustPackage {
     fileset = fs.unions [
       (root + "/Cargo.toml")
       (root + "/Cargo.lock")
+      # The bundled SQLite's build flags (the cargo setup hook appends its own to it).
+      (root + "/.cargo/config.toml")
       (root + "/src")
       (root + "/crates")
       (fs.maybeMissing (root + "/tests"))

@@ -15,6 +15,17 @@ Subcommands (each appends "tag.key<TAB>value" lines to the results file given by
          how long after READY=1 the first HTTP 200 came (answer_ms): how long a client
          that trusted READY=1 waits. Then stops the process group (SIGTERM, SIGKILL after
          15 s) and waits until it is gone.
+         With --cpu 1, also records the CPU time (user + system, ms) of the whole process
+         tree at READY=1 (cpu_ms, see tree_cpu_ms).
+  serve  --log FILE --tag T --answer HOST:PORT [--answer-path P] [--answer-host H]
+         [--sock PATH] [--expect-ran N] -- CMD...
+         Starts CMD in a new session and, from that moment, sends GET P (default /) to
+         HOST:PORT until an HTTP 200 comes (a refused connection is retried every 2 ms; a
+         connection that is accepted waits for the answer). Records launch -> first HTTP
+         200 (first200_ms), the CPU time of the process tree then (cpu_ms), and with
+         --sock launch -> READY=1 (ready_ms) if it came by then; also the launcher's
+         figures from its log as `ready` does. For any command: the launcher, or a shell
+         preStart that ends in `exec gunicorn`.
   wall   --log FILE --tag T [--ok 0,1] -- CMD...
          Wall-clock time of CMD (ms) and its ru_maxrss (KiB, the largest process of the
          tree: wait4 folds in the reaped descendants; never below this harness's own RSS,
@@ -36,10 +47,17 @@ Subcommands (each appends "tag.key<TAB>value" lines to the results file given by
          deployment on one database), each in a new session with a notify socket of its
          own, and waits until every one sent READY=1. Records launch -> all READY=1
          (all_ready_ms), -> the first (first_ready_ms), and the largest "launcher done in"
-         (done_max_ms). With --expect-migrated, checks that exactly N instances applied
-         migrations ("Applying " in their log). Then stops every process group.
+         (done_max_ms); the CPU time of every instance's process tree at its READY=1,
+         summed (cpu_ms); of each launcher alone, sampled at its "STATUS=Starting the
+         server" right before its exec, summed (launcher_cpu_ms); and for the instances that
+         waited for another's migration lock, their wait (wait_ms, summed, from the log's
+         "waited N s") and their launchers' CPU time (wait_cpu_ms, summed). With
+         --expect-migrated, checks that exactly N instances applied migrations ("Applying "
+         in their log). Then stops every process group.
   report RESULTS
          Prints the table (median and min) and the ratios.
+
+CPU times come from /proc/PID/stat (clock ticks, 10 ms): see tree_cpu_ms.
 """
 import os
 import re
@@ -103,6 +121,62 @@ def children(pid):
         return []
 
 
+TICK_MS = 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def all_children(pid):
+    """Children of every thread of `pid`."""
+    out = []
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                out.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ticks(pid):
+    """(utime + stime, cutime + cstime) of `pid` in clock ticks, or None when gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    # fields[0] is the state (field 3): utime is field 14, stime 15, cutime 16, cstime 17.
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def tree_cpu_ms(root):
+    """CPU time (user + system, ms) of `root` and everything it started, now: for each
+    live process of the tree its own time plus that of its descendants it has reaped
+    (which includes theirs). Only a process reaped outside the tree would be missed; the
+    launcher reaps its preparation process, which reaps its lanes and their children."""
+    total = 0
+    stack, seen = [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        t = cpu_ticks(pid)
+        if t is None:
+            continue
+        total += t[0] + t[1]
+        stack.extend(all_children(pid))
+    return total * TICK_MS
+
+
+def self_cpu_ms(pid):
+    t = cpu_ticks(pid)
+    return None if t is None else t[0] * TICK_MS
+
+
 def group_alive(pgid):
     try:
         os.killpg(pgid, 0)
@@ -113,12 +187,17 @@ def group_alive(pgid):
         return True
 
 
-def stop_group(pgid, reaped, timeout=15.0):
+def stop_group(pgid, reaped, timeout=15.0, settle=0.3):
     """SIGTERM the process group, SIGKILL it after `timeout`, and wait until it is empty.
+
+    First `settle` seconds pass: gunicorn sent SIGTERM while it is still forking its
+    workers can leave the last one running until its graceful timeout (30 s).
 
     `reaped()` reaps the direct child without blocking and says whether it is gone: until
     then it stays in the group as a zombie. Its orphaned children (gunicorn's workers)
     are reaped by init."""
+    if not reaped():
+        time.sleep(settle)
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
@@ -160,9 +239,29 @@ def parse_log(path):
         m = re.search(r"Django started in (\d+) ms", line)
         if m:
             res["setup_ms"] = int(m.group(1))
+    for step, ms in re.findall(r"step (\w+) finished in (\d+) ms", text):
+        res["step_%s_ms" % step] = int(ms)
+    m = re.search(r"waited [0-9.]+ s for .* duration_ms=(\d+)", text)
+    if m:
+        res["wait_ms"] = int(m.group(1))
     res["ran"] = len(re.findall(r"skipped=false", text))
     res["skipped"] = len(re.findall(r"skipped=true", text))
     return res
+
+
+LOG_KEYS = ("done_ms", "prepare_ms", "setup_ms", "step_migrate_ms", "step_collectstatic_ms",
+            "step_compilemessages_ms")
+
+
+def record_log(out, tag, path, expect_ran=None, expect_skipped=None):
+    parsed = parse_log(path)
+    for key in LOG_KEYS:
+        if key in parsed:
+            record(out, tag, key, parsed[key])
+    for key, want in (("ran", expect_ran), ("skipped", expect_skipped)):
+        if want is not None and parsed[key] != int(want):
+            raise SystemExit("harness: %s: expected %s steps %s, the log shows %d\n%s"
+                             % (tag, want, key, parsed[key], tail(path)))
 
 
 def tail(path, n=25):
@@ -175,7 +274,7 @@ def tail(path, n=25):
 def cmd_ready(argv):
     head, cmd = split_cmd(argv)
     o = options(head, {"sock", "log", "tag", "out", "timeout", "expect-ran", "expect-skipped",
-                       "answer"})
+                       "answer", "answer-path", "answer-host", "cpu"})
     timeout = float(o.get("timeout", "120"))
     sock_path = o["sock"]
     if os.path.exists(sock_path):
@@ -188,7 +287,7 @@ def cmd_ready(argv):
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True)
-    ready = exec_at = None
+    ready = exec_at = cpu = None
     rss = None
     msgs = 0
     deadline = t0 + timeout
@@ -212,7 +311,10 @@ def cmd_ready(argv):
                 exec_at = at
             if "READY=1" in lines:
                 ready = at
-        answered = first_answer(o["answer"], deadline) if "answer" in o else None
+                cpu = tree_cpu_ms(p.pid) if "cpu" in o else None
+        answered = (first_answer(o["answer"], deadline, o.get("answer-path", "/healthz"),
+                                 o.get("answer-host", "localhost"))
+                    if "answer" in o else None)
         st = proc_status(p.pid)
         rss = st["rss"] if st else None
     finally:
@@ -230,20 +332,91 @@ def cmd_ready(argv):
         record(out, tag, "server_rss_kib", rss)
     if answered is not None:
         record(out, tag, "answer_ms", "%.1f" % ((answered - ready) * 1000))
-    parsed = parse_log(o["log"])
-    for key in ("done_ms", "prepare_ms", "setup_ms"):
-        if key in parsed:
-            record(out, tag, key, parsed[key])
-    for key, want in (("ran", o.get("expect-ran")), ("skipped", o.get("expect-skipped"))):
-        if want is not None and parsed[key] != int(want):
-            raise SystemExit("harness: %s: expected %s steps %s, the log shows %d\n%s"
-                             % (tag, want, key, parsed[key], tail(o["log"])))
+        record(out, tag, "first200_ms", "%.1f" % ((answered - t0) * 1000))
+    if "cpu" in o:
+        record(out, tag, "cpu_ms", "%.0f" % cpu)
+    record_log(out, tag, o["log"], o.get("expect-ran"), o.get("expect-skipped"))
 
 
-def first_answer(address, deadline):
-    """The time the first HTTP 200 for GET /healthz came from ADDRESS (host:port)."""
+def cmd_serve(argv):
+    head, cmd = split_cmd(argv)
+    o = options(head, {"sock", "log", "tag", "out", "timeout", "expect-ran", "expect-skipped",
+                       "answer", "answer-path", "answer-host"})
+    timeout = float(o.get("timeout", "180"))
+    s = None
+    env = dict(os.environ)
+    if "sock" in o:
+        if os.path.exists(o["sock"]):
+            os.unlink(o["sock"])
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(o["sock"])
+        os.chmod(o["sock"], 0o666)
+        s.setblocking(False)
+        env["NOTIFY_SOCKET"] = o["sock"]
+    log = open(o["log"], "w")
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+    deadline = t0 + timeout
+    ready = None
+
+    def drain():
+        nonlocal ready
+        if s is None:
+            return
+        try:
+            while True:
+                msg = s.recv(4096)
+                if ready is None and "READY=1" in msg.decode(errors="replace").split("\n"):
+                    ready = time.monotonic()
+        except BlockingIOError:
+            pass
+
+    host, port = o["answer"].rsplit(":", 1)
+    request = ("GET %s HTTP/1.0\r\nHost: %s\r\n\r\n"
+               % (o.get("answer-path", "/"), o.get("answer-host", "localhost"))).encode()
+    answered = cpu = None
+    try:
+        while answered is None:
+            if time.monotonic() > deadline:
+                raise SystemExit("harness: %s: no HTTP 200 within %.0f s\n%s"
+                                 % (o["tag"], timeout, tail(o["log"])))
+            if p.poll() is not None:
+                raise SystemExit("harness: %s: %s exited with %s before an HTTP 200\n%s"
+                                 % (o["tag"], cmd[0], p.returncode, tail(o["log"])))
+            drain()
+            try:
+                with socket.create_connection((host, int(port)), timeout=60) as c:
+                    c.sendall(request)
+                    head_bytes = c.recv(64)
+            except (ConnectionRefusedError, ConnectionResetError):
+                time.sleep(0.002)
+                continue
+            if head_bytes.startswith(b"HTTP/1.") and head_bytes.split(b" ")[1] == b"200":
+                answered = time.monotonic()
+                cpu = tree_cpu_ms(p.pid)
+            else:
+                raise SystemExit("harness: %s: GET answered %r\n%s"
+                                 % (o["tag"], head_bytes[:40], tail(o["log"])))
+        drain()
+    finally:
+        stop_group(p.pid, lambda: p.poll() is not None)
+        log.close()
+        if s is not None:
+            s.close()
+            os.unlink(o["sock"])
+    out, tag = o["out"], o["tag"]
+    record(out, tag, "first200_ms", "%.1f" % ((answered - t0) * 1000))
+    record(out, tag, "cpu_ms", "%.0f" % cpu)
+    if ready is not None:
+        record(out, tag, "ready_ms", "%.1f" % ((ready - t0) * 1000))
+    record_log(out, tag, o["log"], o.get("expect-ran"), o.get("expect-skipped"))
+
+
+def first_answer(address, deadline, path="/healthz", host_header="localhost"):
+    """The time the first HTTP 200 for GET PATH came from ADDRESS (host:port)."""
     host, port = address.rsplit(":", 1)
-    request = b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n"
+    request = ("GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path, host_header)).encode()
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, int(port)), timeout=30) as c:
@@ -254,7 +427,7 @@ def first_answer(address, deadline):
             continue
         if head.startswith(b"HTTP/1.") and head.split(b" ")[1] == b"200":
             return time.monotonic()
-        raise SystemExit("harness: GET /healthz answered %r" % head[:40])
+        raise SystemExit("harness: GET %s answered %r" % (path, head[:40]))
     raise SystemExit("harness: no HTTP 200 from %s" % address)
 
 
@@ -398,7 +571,7 @@ def cmd_cluster(argv):
     timeout = float(o.get("timeout", "180"))
     launcher, configs = cmd[0], cmd[1:]
     socks, procs, logs = [], [], []
-    ready = {}
+    ready, cpu, launcher_cpu = {}, {}, {}
     t0 = time.monotonic()
     try:
         for i, config in enumerate(configs):
@@ -431,8 +604,12 @@ def cmd_cluster(argv):
                         msg = s.recv(4096)
                     except BlockingIOError:
                         break
-                    if i not in ready and "READY=1" in msg.decode(errors="replace").split("\n"):
+                    lines = msg.decode(errors="replace").split("\n")
+                    if i not in launcher_cpu and "STATUS=Starting the server" in lines:
+                        launcher_cpu[i] = self_cpu_ms(procs[i].pid)
+                    if i not in ready and "READY=1" in lines:
                         ready[i] = time.monotonic()
+                        cpu[i] = tree_cpu_ms(procs[i].pid)
                 if i not in ready and procs[i].poll() is not None:
                     raise SystemExit("harness: %s: instance %d exited with %s before READY=1\n%s"
                                      % (o["tag"], i, procs[i].returncode, tail(logs[i])))
@@ -446,9 +623,19 @@ def cmd_cluster(argv):
     out, tag = o["out"], o["tag"]
     record(out, tag, "all_ready_ms", "%.1f" % ((max(ready.values()) - t0) * 1000))
     record(out, tag, "first_ready_ms", "%.1f" % ((min(ready.values()) - t0) * 1000))
-    done = [parse_log(l).get("done_ms") for l in logs]
+    parsed = [parse_log(l) for l in logs]
+    done = [p.get("done_ms") for p in parsed]
     if all(d is not None for d in done):
         record(out, tag, "done_max_ms", max(done))
+    record(out, tag, "cpu_ms", "%.0f" % sum(cpu.values()))
+    if len(launcher_cpu) == len(configs) and None not in launcher_cpu.values():
+        record(out, tag, "launcher_cpu_ms", "%.0f" % sum(launcher_cpu.values()))
+    waiters = [i for i, p in enumerate(parsed) if "wait_ms" in p]
+    if waiters:
+        record(out, tag, "waiters", len(waiters))
+        record(out, tag, "wait_ms", sum(parsed[i]["wait_ms"] for i in waiters))
+        if all(launcher_cpu.get(i) is not None for i in waiters):
+            record(out, tag, "wait_cpu_ms", "%.0f" % sum(launcher_cpu[i] for i in waiters))
     if "expect-migrated" in o:
         migrated = sum(1 for l in logs if "Applying " in open(l, errors="replace").read())
         if migrated != int(o["expect-migrated"]):
@@ -489,91 +676,138 @@ def cmd_report(argv):
     def count(v):
         return "-" if v is None else "%d" % v
 
-    rows = [
-        ("Start-up (ms)", None, None),
-        ("1  launcher cold: launch -> READY=1", "cold.ready_ms", ms),
-        ("     launch -> exec (harness clock)", "cold.exec_ms", ms),
-        ("     launcher done in (its log)", "cold.done_ms", ms),
-        ("     prepare phase (3 steps in 1 Python)", "cold.prepare_ms", ms),
-        ("     Django start inside the driver", "cold.setup_ms", ms),
-        ("     gunicorn exec -> READY=1", "cold.server_ms", ms),
-        ("2  launcher warm: launch -> READY=1", "warm.ready_ms", ms),
-        ("     launch -> exec (harness clock)", "warm.exec_ms", ms),
-        ("     launcher done in (its log)", "warm.done_ms", ms),
-        ("     prepare phase (3 skipped; log has whole ms)", "warm.prepare_ms", ms),
-        ("     gunicorn exec -> READY=1", "warm.server_ms", ms),
-        ("   launcher --force-prepare: launch -> READY=1", "forced.ready_ms", ms),
-        ("     prepare phase (3 steps, nothing to do)", "forced.prepare_ms", ms),
-        ("2b READY=1 -> first HTTP 200, gunicorn --preload, READY from", None, None),
-        ("     the arbiter (server.ready = \"arbiter\", default)", "ready_arbiter.answer_ms", ms),
-        ("     the first worker (server.ready = \"worker\")", "ready_worker.answer_ms", ms),
-        ("     launch -> READY=1, arbiter", "ready_arbiter.ready_ms", ms),
-        ("     launch -> READY=1, worker", "ready_worker.ready_ms", ms),
-        ("   the same without --preload: READY=1 -> first 200, arbiter", "ready_arbiter_lazy.answer_ms", ms),
-        ("     READY=1 -> first 200, worker", "ready_worker_lazy.answer_ms", ms),
-        ("3  shell preStart, fresh (3 x manage.py)", "shell_fresh.wall_ms", ms),
-        ("   shell preStart, nothing to do", "shell_noop.wall_ms", ms),
-        ("4  bitpoll-launcher check (0 errors)", "check.wall_ms", ms),
-        ("   python -c 'import django; django.setup()'", "django_setup.wall_ms", ms),
-        ("   python -c pass (interpreter alone)", "python_bare.wall_ms", ms),
-        ("Instances on one PostgreSQL database: launch of all -> every READY=1 (ms)", None, None),
-        ("6  N=1, fresh database and data directories", "pg1_fresh.all_ready_ms", ms),
-        ("   N=2, fresh", "pg2_fresh.all_ready_ms", ms),
-        ("   N=4, fresh", "pg4_fresh.all_ready_ms", ms),
-        ("   N=1, warm (nothing to do)", "pg1_warm.all_ready_ms", ms),
-        ("   N=2, warm", "pg2_warm.all_ready_ms", ms),
-        ("   N=4, warm", "pg4_warm.all_ready_ms", ms),
-        ("     N=1, warm: launcher done in (its log)", "pg1_warm.done_max_ms", ms),
-        ("     N=4, warm: slowest launcher done in", "pg4_warm.done_max_ms", ms),
-        ("Memory (MiB)", None, None),
-        ("5  launcher `unit`: binary baseline (ru_maxrss)", "mem_unit.ru_maxrss_kib", mib),
-        ("   launcher `run` warm, server /bin/true (ru_maxrss)", "mem_warm.ru_maxrss_kib", mib),
-        ("   launcher `run` cold: VmHWM just before exec", "mem_cold.launcher_hwm_kib", mib),
-        ("   launcher `run` cold: largest VmRSS sampled", "mem_cold.launcher_rss_max_kib", mib),
-        ("   launcher `check`: VmHWM just before exit", "mem_check.launcher_hwm_kib", mib),
-        ("   Python preparation child: VmHWM", "mem_cold.child_hwm_kib", mib),
-        ("   Python check probe child: VmHWM", "mem_check.child_hwm_kib", mib),
-        ("   the exec'd server (/bin/sleep): VmHWM", "mem_cold.exec_hwm_kib", mib),
-        ("   cold `run`, wait4 ru_maxrss (= largest process)", "mem_cold.ru_maxrss_kib", mib),
-        ("   `check`, wait4 ru_maxrss (= largest process)", "mem_check.ru_maxrss_kib", mib),
-        ("   shell preStart: largest manage.py (ru_maxrss)", "shell_fresh.maxrss_kib", mib),
-        ("   python django.setup() (ru_maxrss)", "django_setup.maxrss_kib", mib),
-        ("   gunicorn master VmRSS at READY=1", "warm.server_rss_kib", mib),
-        ("Other", None, None),
-        ("   sd_notify datagrams before READY=1, cold", "cold.notify_msgs", count),
-        ("   sd_notify datagrams before READY=1, warm", "warm.notify_msgs", count),
-        ("   /proc samples of the launcher, cold `run`", "mem_cold.samples", count),
-    ]
-    width = max(len(r[0]) for r in rows) + 2
-    print("%-*s %9s %9s %5s" % (width, "figure", "median", "min", "runs"))
-    for label, key, fmt in rows:
-        if key is None:
-            print("\n" + label)
-            continue
-        if key not in vals:
-            continue
-        print("%-*s %9s %9s %5d" % (width, label, fmt(med(key)), fmt(mn(key)), len(vals[key])))
+    def kilo(v):
+        return "-" if v is None else "%.0f" % v
 
-    def ratio(label, a, b, fmt=ms, unit="ms"):
+    apps = sorted({k.split("_", 1)[0] for k in vals})
+
+    def rows_of(a):
+        x = lambda tag: "%s_%s" % (a, tag)  # noqa: E731
+        rows = [
+            ("%s: start-up, ms" % a, None, None),
+            ("1  cold (fresh data dir): launch -> first HTTP 200", x("cold.first200_ms"), ms),
+            ("     launch -> READY=1", x("cold.ready_ms"), ms),
+            ("     launcher done in (its log)", x("cold.done_ms"), ms),
+            ("     prepare phase (one Django start, steps side by side)", x("cold.prepare_ms"), ms),
+            ("       Django start in the driver", x("cold.setup_ms"), ms),
+            ("       migrate", x("cold.step_migrate_ms"), ms),
+            ("       collectstatic (beside migrate)", x("cold.step_collectstatic_ms"), ms),
+            ("       compilemessages (after collectstatic)", x("cold.step_compilemessages_ms"), ms),
+            ("     CPU time of the process tree at the first 200", x("cold.cpu_ms"), ms),
+            ("   shell preStart (3 x manage.py) + gunicorn, fresh: -> first 200", x("shell_cold.first200_ms"), ms),
+            ("     CPU time at the first 200", x("shell_cold.cpu_ms"), ms),
+            ("2  warm: launch -> READY=1 (ready = \"answer\")", x("warm.ready_ms"), ms),
+            ("     READY=1 -> first HTTP 200", x("warm.answer_ms"), ms),
+            ("     launch -> first HTTP 200", x("warm.first200_ms"), ms),
+            ("     launcher done in (its log)", x("warm.done_ms"), ms),
+            ("     CPU time of the process tree at READY=1", x("warm.cpu_ms"), ms),
+            ("   shell preStart, nothing to do, + gunicorn: -> first 200", x("shell_warm.first200_ms"), ms),
+            ("   --force-prepare: prepare phase (steps with nothing to do)", x("forced.prepare_ms"), ms),
+            ("%s: READY=1 and the first answer (warm), ms" % a, None, None),
+            ("   answer (default), --preload: launch -> READY=1", x("warm.ready_ms"), ms),
+            ("     READY=1 -> first 200", x("warm.answer_ms"), ms),
+            ("   arbiter, --preload: launch -> READY=1", x("ready_arbiter.ready_ms"), ms),
+            ("     READY=1 -> first 200", x("ready_arbiter.answer_ms"), ms),
+            ("   worker, --preload: launch -> READY=1", x("ready_worker.ready_ms"), ms),
+            ("     READY=1 -> first 200", x("ready_worker.answer_ms"), ms),
+            ("   answer, no --preload: launch -> READY=1", x("ready_lazy.ready_ms"), ms),
+            ("     READY=1 -> first 200", x("ready_lazy.answer_ms"), ms),
+            ("   arbiter, no --preload: launch -> READY=1", x("ready_lazy_arbiter.ready_ms"), ms),
+            ("     READY=1 -> first 200", x("ready_lazy_arbiter.answer_ms"), ms),
+            ("   CPU time of the process tree at READY=1: answer", x("warm.cpu_ms"), ms),
+            ("     arbiter", x("ready_arbiter.cpu_ms"), ms),
+            ("%s: check, ms" % a, None, None),
+            ("4  bitpoll-launcher check (0 errors)", x("check.wall_ms"), ms),
+            ("   python -c 'import django; django.setup()'", x("django_setup.wall_ms"), ms),
+            ("   python -c pass", x("python_bare.wall_ms"), ms),
+            ("%s: memory, MiB" % a, None, None),
+            ("5  launcher `run` warm, server /bin/true (ru_maxrss)", x("mem_warm.ru_maxrss_kib"), mib),
+            ("   the same: task clock (perf stat, ms)", x("perf_warm.task_clock_ms"), ms),
+            ("   the same: instructions up to its exec (callgrind, thousands)", x("callgrind_warm.instructions_k"), kilo),
+            ("   launcher `unit` (ru_maxrss)", x("mem_unit.ru_maxrss_kib"), mib),
+            ("   launcher `run` cold: VmHWM just before exec", x("mem_cold.launcher_hwm_kib"), mib),
+            ("   launcher `run` cold: largest VmRSS sampled", x("mem_cold.launcher_rss_max_kib"), mib),
+            ("   launcher `check`: VmHWM just before exit", x("mem_check.launcher_hwm_kib"), mib),
+            ("   largest Python child while preparing: VmHWM", x("mem_cold.child_hwm_kib"), mib),
+            ("   Python check probe: VmHWM", x("mem_check.child_hwm_kib"), mib),
+            ("   gunicorn master at READY=1 (VmRSS)", x("warm.server_rss_kib"), mib),
+            ("%s: instances on one PostgreSQL database (launch -> every READY=1; CPU summed)" % a, None, None),
+        ]
+        for n in (1, 2, 4):
+            for state, what in (("fresh", "fresh database and data dirs"),
+                                ("newdb", "new database, prepared instances"),
+                                ("warm", "nothing to do")):
+                k = x("pg%d_%s" % (n, state))
+                rows.append(("6  N=%d, %s: wall" % (n, what), k + ".all_ready_ms", ms))
+                rows.append(("     CPU time, all processes up to READY=1", k + ".cpu_ms", ms))
+                rows.append(("     the launchers alone", k + ".launcher_cpu_ms", ms))
+                rows.append(("     instances that waited for the migration lock", k + ".waiters", count))
+                rows.append(("     their wait (summed)", k + ".wait_ms", ms))
+                rows.append(("     their launchers' CPU time (summed)", k + ".wait_cpu_ms", ms))
+        return rows
+
+    width = 70
+    print("%-*s %9s %9s %5s" % (width, "figure", "median", "min", "runs"))
+    for a in apps:
+        for label, key, fmt in rows_of(a):
+            if key is None:
+                print("\n" + label)
+                continue
+            if key not in vals:
+                continue
+            print("%-*s %9s %9s %5d" % (width, label, fmt(med(key)), fmt(mn(key)), len(vals[key])))
+
+    def ratio(label, a, b, unit="ms"):
         x, y = med(a), med(b)
         if x is None or y is None or y == 0:
             return
-        print("  %-*s %8.1fx   (%s / %s %s)" % (width - 2, label, x / y, fmt(x), fmt(y), unit))
+        xm, ym = mn(a), mn(b)
+        print("  %-*s %7.2fx  %7.2fx   (%s / %s %s)" % (width - 2, label, x / y, xm / ym,
+                                                       ms(x), ms(y), unit))
 
-    print("\nRatios (of medians)")
-    ratio("cold / warm, launch -> READY=1", "cold.ready_ms", "warm.ready_ms")
-    ratio("shell fresh / launcher cold prepare phase", "shell_fresh.wall_ms", "cold.prepare_ms")
-    ratio("shell nothing-to-do / --force-prepare phase", "shell_noop.wall_ms", "forced.prepare_ms")
-    ratio("shell nothing-to-do / warm launch -> exec", "shell_noop.wall_ms", "warm.exec_ms")
-    ratio("check / one Django start", "check.wall_ms", "django_setup.wall_ms")
-    for state in ("fresh", "warm"):
+    def sum_ratio(label, a, parts):
+        """a / sum of (factor, key) parts, of the medians and of the minima."""
+        if a not in vals or any(k not in vals for _, k in parts):
+            return
+        base_med = sum(f * med(k) for f, k in parts)
+        base_min = sum(f * mn(k) for f, k in parts)
+        if base_med and base_min:
+            print("  %-*s %7.2fx  %7.2fx   (%s / %s ms)" % (width - 2, label, med(a) / base_med,
+                                                         mn(a) / base_min, ms(med(a)),
+                                                         ms(base_med)))
+
+    print("\nRatios: of the medians, of the minima")
+    for a in apps:
+        x = lambda tag: "%s_%s" % (a, tag)  # noqa: E731
+        print(" %s" % a)
+        ratio("cold, launch -> first 200: launcher / shell preStart + gunicorn",
+              x("cold.first200_ms"), x("shell_cold.first200_ms"))
+        ratio("cold, CPU time at the first 200: launcher / shell", x("cold.cpu_ms"),
+              x("shell_cold.cpu_ms"))
+        ratio("warm, launch -> first 200: launcher / shell (nothing to do)",
+              x("warm.first200_ms"), x("shell_warm.first200_ms"))
+        ratio("READY=1 -> first 200: arbiter / answer", x("ready_arbiter.answer_ms"),
+              x("warm.answer_ms"))
+        ratio("launch -> READY=1: answer / arbiter", x("warm.ready_ms"), x("ready_arbiter.ready_ms"))
+        ratio("launch -> first 200: answer / arbiter", x("warm.first200_ms"),
+              x("ready_arbiter.first200_ms"))
+        ratio("check / one Django start", x("check.wall_ms"), x("django_setup.wall_ms"))
         for n in (2, 4):
-            ratio("PostgreSQL N=%d / N=1, %s, all ready" % (n, state),
-                  "pg%d_%s.all_ready_ms" % (n, state), "pg1_%s.all_ready_ms" % state)
-    ratio("Python preparation child / launcher (peak memory)", "mem_cold.child_hwm_kib",
-          "mem_cold.launcher_hwm_kib", mib, "MiB")
-    for k in ("mem_cold.child_names", "mem_check.child_names", "mem_cold.exec_name"):
-        if k in text:
+            sum_ratio("N=%d new database, CPU: / (N=1 new database + %d x N=1 warm)" % (n, n - 1),
+                      x("pg%d_newdb.cpu_ms" % n),
+                      [(1, x("pg1_newdb.cpu_ms")), (n - 1, x("pg1_warm.cpu_ms"))])
+            sum_ratio("N=%d fresh, CPU: / (N=1 fresh + %d x N=1 warm)" % (n, n - 1),
+                      x("pg%d_fresh.cpu_ms" % n),
+                      [(1, x("pg1_fresh.cpu_ms")), (n - 1, x("pg1_warm.cpu_ms"))])
+            sum_ratio("N=%d warm, CPU: / (%d x N=1 warm)" % (n, n), x("pg%d_warm.cpu_ms" % n),
+                      [(n, x("pg1_warm.cpu_ms"))])
+            for state in ("fresh", "newdb", "warm"):
+                ratio("N=%d / N=1, %s, wall to all READY=1" % (n, state),
+                      x("pg%d_%s.all_ready_ms" % (n, state)), x("pg1_%s.all_ready_ms" % state))
+            ratio("N=%d new database: waiters' launcher CPU per ms waited" % n,
+                  x("pg%d_newdb.wait_cpu_ms" % n), x("pg%d_newdb.wait_ms" % n), "ms")
+    for k in sorted(text):
+        if k.endswith("child_names") or k.endswith("exec_name"):
             print("  (%s = %s)" % (k, text[k]))
 
 
@@ -583,8 +817,8 @@ def main():
     # SIGTERM (bench.sh stopped) runs the finally clauses that stop what was started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sub, argv = sys.argv[1], sys.argv[2:]
-    {"ready": cmd_ready, "wall": cmd_wall, "maxrss": cmd_maxrss, "mem": cmd_mem,
-     "cluster": cmd_cluster, "report": cmd_report}[sub](argv)
+    {"ready": cmd_ready, "serve": cmd_serve, "wall": cmd_wall, "maxrss": cmd_maxrss,
+     "mem": cmd_mem, "cluster": cmd_cluster, "report": cmd_report}[sub](argv)
 
 
 if __name__ == "__main__":

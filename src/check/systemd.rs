@@ -79,8 +79,13 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
             "set Type=notify",
         ),
     }
-    let worker = cfg.server.ready == Ready::Worker;
+    let worker = cfg.server.ready.from_worker();
     match (props.get("NotifyAccess"), worker) {
+        (Some(&"main"), false) if cfg.server.ready == Ready::Answer => r.ok(
+            Group::Systemd,
+            format!("{unit} NotifyAccess"),
+            "main (server.ready = \"answer\": gunicorn's arbiter sends READY=1 once a worker answered its warm-up request)",
+        ),
         (Some(&"main"), false) => r.ok(Group::Systemd, format!("{unit} NotifyAccess"), "main"),
         (Some(&"all"), true) => r.ok(
             Group::Systemd,

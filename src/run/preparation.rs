@@ -129,6 +129,7 @@ pub(super) fn prepare(
         env,
         catalogs: start.catalogs.clone(),
         backup: backup.clone(),
+        new_database: plan.new_database.clone(),
         static_dir: match layout::static_layout(cfg) {
             layout::StaticLayout::Versioned { dir } => Some(dir),
             layout::StaticLayout::Fixed(_) => None,

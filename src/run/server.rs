@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tracing::info;
 
-use launcher_config::{Config, Ready};
+use launcher_config::Config;
 use launcher_plan::env::{self, Purpose};
 use launcher_plan::judge::Start;
-use launcher_plan::layout::{self, READY_HOOK_FILE, STATE_DIR};
+use launcher_plan::layout;
 use launcher_sys::exec::ExecError;
 use launcher_sys::privs::{Identity, Switched};
 
@@ -35,35 +35,15 @@ pub(super) struct Inputs<'a> {
     pub started: Instant,
 }
 
-/// gunicorn's config file with the worker readiness hook (`[server] ready = "worker"`),
-/// written on every start so it is always the launcher's own text, as the service user.
+/// gunicorn's config file with the readiness hooks (src/ready.rs), written on every start
+/// so it is always the launcher's own text, as the service user.
 pub(super) fn ready_hook(
     _acting: &mut Switched<'_>,
     cfg: &Config,
     tree: &DataTree,
     account: &Account,
 ) -> Result<(), Exit> {
-    if cfg.server.ready != Ready::Worker {
-        return Ok(());
-    }
-    const HOOK: &str = include_str!("../gunicorn_ready.py");
-    let owner = account.owner();
-    launcher_sys::files::write_atomic(
-        tree.dir(STATE_DIR),
-        &tree.path_of(STATE_DIR),
-        READY_HOOK_FILE,
-        HOOK.as_bytes(),
-        0o600,
-        owner.privileged.then_some((owner.uid, owner.gid)),
-        true,
-    )
-    .with_context(|| {
-        format!(
-            "cannot write gunicorn's readiness hook into {}",
-            tree.path_of(STATE_DIR).display()
-        )
-    })
-    .or_exit(exit::SYSTEM)
+    crate::ready::write_hook(cfg, tree, account.owner()).or_exit(exit::SYSTEM)
 }
 
 /// Drop for good and exec the server. Needs the end of the runtime (`SingleThreaded`) and

@@ -178,9 +178,21 @@ pub struct Server {
     pub command: Vec<String>,
     /// When systemd is told the service is ready.
     pub ready: Ready,
+    /// The path (and query) of the warm-up request with `ready = "answer"`.
+    pub ready_path: String,
+    /// How long a gunicorn worker waits for the answer to its warm-up request before it
+    /// reports readiness anyway (`ready = "answer"`).
+    pub ready_timeout: Duration,
 }
 
-/// Who sends READY=1.
+/// The warm-up request's path when the config names none.
+pub const DEFAULT_READY_PATH: &str = "/";
+/// `ready_timeout_sec` when the config names none.
+pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 30;
+/// The longest `ready_path`.
+const READY_PATH_MAX: usize = 2048;
+
+/// Who sends READY=1, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ready {
     /// The server itself: gunicorn's arbiter, once its socket listens and before any
@@ -190,16 +202,33 @@ pub enum Ready {
     /// file the launcher passes (`-c`); the arbiter's own READY=1 is suppressed (unit:
     /// NotifyAccess=all).
     Worker,
+    /// gunicorn's arbiter, once its first worker has loaded the app and answered a
+    /// request to `ready_path` inside the worker (a warm-up, before the worker accepts
+    /// connections), through the same config file: the worker tells the arbiter, which
+    /// sends READY=1 (unit: NotifyAccess=main).
+    Answer,
 }
 
 impl Ready {
-    pub const ALL: [Ready; 2] = [Ready::Arbiter, Ready::Worker];
+    pub const ALL: [Ready; 3] = [Ready::Arbiter, Ready::Worker, Ready::Answer];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Ready::Arbiter => "arbiter",
             Ready::Worker => "worker",
+            Ready::Answer => "answer",
         }
+    }
+
+    /// Whether gunicorn gets the launcher's config file with the readiness hooks.
+    pub fn uses_hook(self) -> bool {
+        self != Ready::Arbiter
+    }
+
+    /// Whether READY=1 comes from another process than the main one (the unit then
+    /// needs NotifyAccess=all).
+    pub fn from_worker(self) -> bool {
+        self == Ready::Worker
     }
 }
 
@@ -517,7 +546,7 @@ const PREPARE_KEYS: &[&str] = &[
     "stall_timeout_sec",
     "backups",
 ];
-const SERVER_KEYS: &[&str] = &["command", "ready"];
+const SERVER_KEYS: &[&str] = &["command", "ready", "ready_path", "ready_timeout_sec"];
 const SECRET_SOURCE_KEYS: &[&str] = &["file", "credential", "generate"];
 
 /// All keys of all fixed tables, to tell an admin that a key lives in another table.
@@ -1018,16 +1047,100 @@ fn read_server(r: &mut Reader, t: Option<&Table>) -> Option<Server> {
             None
         }
         Some(_) => {
-            let ready = read_ready(r, t, &command)?;
-            Some(Server { command, ready })
+            let ready = read_ready(r, t, &command);
+            let ready_path = read_ready_path(r, t, ready);
+            let ready_timeout = read_ready_timeout(r, t, ready);
+            Some(Server {
+                command,
+                ready: ready?,
+                ready_path: ready_path?,
+                ready_timeout: ready_timeout?,
+            })
         }
+    }
+}
+
+fn read_ready_timeout(r: &mut Reader, t: &Table, ready: Option<Ready>) -> Option<Duration> {
+    match r.integer(t, "server", "ready_timeout_sec")? {
+        None => Some(Duration::from_secs(DEFAULT_READY_TIMEOUT_SECS)),
+        Some(_) if ready.is_some_and(|k| k != Ready::Answer) => {
+            r.problem(
+                "server.ready_timeout_sec",
+                "is only used with ready = \"answer\"",
+                Some("set ready = \"answer\", or remove ready_timeout_sec".into()),
+            );
+            None
+        }
+        Some(s) if (1..=600).contains(&s) => Some(Duration::from_secs(s as u64)),
+        Some(s) => {
+            r.problem(
+                "server.ready_timeout_sec",
+                format!("{s} is out of range"),
+                Some("use a number of seconds between 1 and 600".into()),
+            );
+            None
+        }
+    }
+}
+
+fn read_ready_path(r: &mut Reader, t: &Table, ready: Option<Ready>) -> Option<String> {
+    let Some(path) = r.string(t, "server", "ready_path", false) else {
+        return Some(DEFAULT_READY_PATH.to_string());
+    };
+    if ready.is_some_and(|k| k != Ready::Answer) {
+        r.problem(
+            "server.ready_path",
+            "is only used with ready = \"answer\"",
+            Some("set ready = \"answer\", or remove ready_path".into()),
+        );
+        return None;
+    }
+    let visible = path.bytes().all(|b| b.is_ascii_graphic());
+    if !path.starts_with('/') || !visible || path.len() > READY_PATH_MAX {
+        r.problem(
+            "server.ready_path",
+            format!("{path:?} is not a request path"),
+            Some(format!(
+                "a path on the app starting with /, at most {READY_PATH_MAX} characters, without spaces or non-ASCII characters (percent-encode them), e.g. \"/\" or \"/healthz?warm=1\""
+            )),
+        );
+        return None;
+    }
+    Some(path)
+}
+
+/// Whether `command` runs gunicorn (its program, or `python -m gunicorn`).
+fn runs_gunicorn(command: &[String]) -> bool {
+    command.iter().take(3).any(|a| {
+        Path::new(a)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("gunicorn"))
+    })
+}
+
+/// The config-file option of gunicorn in `command`, if it has one.
+fn gunicorn_config_option(command: &[String]) -> Option<&String> {
+    command.iter().find(|a| {
+        *a == "-c"
+            || a.starts_with("--config")
+            || (a.starts_with("-c") && a.len() > 2 && !a.starts_with("--"))
+    })
+}
+
+/// `ready` as written, or its default: "answer" for gunicorn without a config file of
+/// its own (the hooks come in one), "arbiter" otherwise.
+pub fn default_ready(command: &[String]) -> Ready {
+    if runs_gunicorn(command) && gunicorn_config_option(command).is_none() {
+        Ready::Answer
+    } else {
+        Ready::Arbiter
     }
 }
 
 fn read_ready(r: &mut Reader, t: &Table, command: &[String]) -> Option<Ready> {
     let value = r.string(t, "server", "ready", false);
     let ready = match value.as_deref() {
-        None => Ready::Arbiter,
+        None => return Some(default_ready(command)),
         Some(v) => match Ready::ALL.iter().find(|k| k.as_str() == v) {
             Some(k) => *k,
             None => {
@@ -1039,28 +1152,20 @@ fn read_ready(r: &mut Reader, t: &Table, command: &[String]) -> Option<Ready> {
             }
         },
     };
-    if ready == Ready::Worker {
-        let gunicorn = command.iter().take(3).any(|a| {
-            Path::new(a)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("gunicorn"))
-        });
-        if !gunicorn {
+    if ready.uses_hook() {
+        let ready_text = ready.as_str();
+        if !runs_gunicorn(command) {
             r.problem(
                 "server.ready",
-                "\"worker\" needs gunicorn as the server",
-                Some("it works through a gunicorn hook; with another server use ready = \"arbiter\" (the default)".into()),
+                format!("\"{ready_text}\" needs gunicorn as the server"),
+                Some("it works through a gunicorn hook; with another server use ready = \"arbiter\" (the default for it)".into()),
             );
             return None;
         }
-        if let Some(a) = command.iter().find(|a| {
-            *a == "-c"
-                || a.starts_with("--config")
-                || (a.starts_with("-c") && a.len() > 2 && !a.starts_with("--"))
-        }) {
+        if let Some(a) = gunicorn_config_option(command) {
             r.problem(
                 "server.ready",
-                format!("\"worker\" passes its own gunicorn config file, and server.command already has {a}"),
+                format!("\"{ready_text}\" passes its own gunicorn config file, and server.command already has {a}"),
                 Some("move those settings to command-line options, or use ready = \"arbiter\"".into()),
             );
             return None;

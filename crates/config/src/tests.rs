@@ -549,6 +549,35 @@ fn the_unit_table_defaults_come_from_the_shared_file_and_validate() {
     assert_eq!((u.limit_nofile, u.restart_sec), (8192, 5));
     assert_eq!((u.restart_steps, u.restart_max_delay_sec), (None, None));
     assert_eq!((u.start_limit_interval_sec, u.start_limit_burst), (600, 10));
+    // gunicorn without a config file of its own: READY=1 once a worker answered.
+    assert_eq!(cfg.server.ready, Ready::Answer);
+    assert_eq!(cfg.server.ready_path, "/");
+}
+
+#[test]
+fn ready_defaults_to_answer_for_gunicorn_without_a_config_file_and_arbiter_otherwise() {
+    let command = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        default_ready(&command(&["/v/bin/gunicorn", "app:wsgi"])),
+        Ready::Answer
+    );
+    assert_eq!(
+        default_ready(&command(&["/v/bin/python", "-m", "gunicorn", "app:wsgi"])),
+        Ready::Answer
+    );
+    for other in [
+        &["/v/bin/gunicorn", "-c", "/etc/g.py", "app:wsgi"][..],
+        &["/v/bin/gunicorn", "--config=/etc/g.py", "app:wsgi"][..],
+        &["/usr/bin/uwsgi", "--http", ":8000"][..],
+        &["/bin/true"][..],
+    ] {
+        assert_eq!(default_ready(&command(other)), Ready::Arbiter, "{other:?}");
+    }
+    let cfg = parse_str(&GOOD.replace(
+        "command = [\"/opt/bitpoll/venv/bin/gunicorn\", \"--bind\", \"127.0.0.1:3008\", \"bitpoll.wsgi:application\"]",
+        "command = [\"/usr/bin/uwsgi\", \"--http\", \":8000\"]",
+    ))
+    .unwrap();
     assert_eq!(cfg.server.ready, Ready::Arbiter);
 }
 
@@ -604,6 +633,77 @@ fn bad_unit_values_are_reported_with_their_keys() {
     );
     assert!(
         text.contains("unit.restart_max_delay_sec: 5 is not above restart_sec (5)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn ready_answer_takes_a_request_path_and_needs_gunicorn() {
+    let with = |lines: &str| {
+        GOOD.replace(
+            "command = [\"/opt/bitpoll/venv/bin/gunicorn\", \"--bind\", \"127.0.0.1:3008\", \"bitpoll.wsgi:application\"]",
+            &format!("command = [\"/v/bin/gunicorn\", \"app:wsgi\"]\n{lines}"),
+        )
+    };
+    let cfg = parse_str(&with("ready = \"answer\"")).unwrap();
+    assert_eq!(cfg.server.ready, Ready::Answer);
+    assert_eq!(cfg.server.ready_path, "/");
+    assert!(cfg.server.ready.uses_hook() && !cfg.server.ready.from_worker());
+    assert_eq!(cfg.server.ready_timeout, Duration::from_secs(30));
+    let cfg = parse_str(&with(
+        "ready = \"answer\"\nready_path = \"/healthz?warm=1\"\nready_timeout_sec = 5",
+    ))
+    .unwrap();
+    assert_eq!(cfg.server.ready_path, "/healthz?warm=1");
+    assert_eq!(cfg.server.ready_timeout, Duration::from_secs(5));
+    // The default for gunicorn without a config file of its own.
+    let cfg = parse_str(&with("ready_path = \"/healthz\"")).unwrap();
+    assert_eq!(cfg.server.ready, Ready::Answer);
+    assert_eq!(cfg.server.ready_path, "/healthz");
+    for (lines, want) in [
+        (
+            "ready = \"answer\"\nready_path = \"healthz\"",
+            "server.ready_path: \"healthz\" is not a request path",
+        ),
+        (
+            "ready = \"answer\"\nready_path = \"/a b\"",
+            "server.ready_path: \"/a b\" is not a request path",
+        ),
+        (
+            "ready = \"answer\"\nready_path = \"/ä\"",
+            "is not a request path",
+        ),
+        (
+            "ready = \"arbiter\"\nready_path = \"/\"",
+            "server.ready_path: is only used with ready = \"answer\"",
+        ),
+        (
+            "ready = \"worker\"\nready_path = \"/\"",
+            "server.ready_path: is only used with ready = \"answer\"",
+        ),
+        ("ready = \"answr\"", "(did you mean `answer`?)"),
+        (
+            "ready = \"answer\"\nready_timeout_sec = 0",
+            "server.ready_timeout_sec: 0 is out of range",
+        ),
+        (
+            "ready = \"arbiter\"\nready_timeout_sec = 5",
+            "server.ready_timeout_sec: is only used with ready = \"answer\"",
+        ),
+        (
+            "ready = \"answer\"\nready_path = 1",
+            "server.ready_path: must be a string",
+        ),
+    ] {
+        let text = rendered(&with(lines));
+        assert!(text.contains(want), "{lines}: missing {want:?} in\n{text}");
+    }
+    let text = rendered(&GOOD.replace(
+        "command = [\"/opt/bitpoll/venv/bin/gunicorn\", \"--bind\", \"127.0.0.1:3008\", \"bitpoll.wsgi:application\"]",
+        "command = [\"/usr/bin/uwsgi\"]\nready = \"answer\"",
+    ));
+    assert!(
+        text.contains("server.ready: \"answer\" needs gunicorn"),
         "{text}"
     );
 }

@@ -107,15 +107,15 @@ pub const UMASK: u32 = 0o027;
 /// Mode of stamp files.
 pub const STAMP_FILE_MODE: u32 = 0o600;
 
-/// File name, inside [`STATE_DIR`], of the gunicorn config with the readiness hook that
-/// `[server] ready = "worker"` passes to the server (written on every start).
+/// File name, inside [`STATE_DIR`], of the gunicorn config with the readiness hooks that
+/// `[server] ready = "worker"` or `"answer"` passes to the server (written on every start).
 pub const READY_HOOK_FILE: &str = "gunicorn-ready.py";
 
-/// The server's argv: `server.command`, plus `-c <hook>` when the first worker, not
-/// gunicorn's arbiter, reports readiness (gunicorn takes options after the app too).
+/// The server's argv: `server.command`, plus `-c <hook>` when readiness waits for the
+/// first worker, not only gunicorn's arbiter (gunicorn takes options after the app too).
 pub fn server_argv(cfg: &Config) -> Vec<String> {
     let mut argv = cfg.server.command.clone();
-    if cfg.server.ready == launcher_config::Ready::Worker {
+    if cfg.server.ready.uses_hook() {
         argv.push("-c".into());
         argv.push(
             cfg.service
@@ -261,7 +261,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_worker_readiness_hook_is_passed_as_gunicorns_config_file() {
+    fn the_readiness_hooks_are_passed_as_gunicorns_config_file() {
         let text = r#"
 [service]
 user = "bitpoll"
@@ -275,18 +275,19 @@ BITPOLL_FIELD_ENCRYPTION_KEY = { generate = "fernet-key" }
 [server]
 command = ["/v/bin/gunicorn", "app:wsgi"]
 "#;
+        let hooked = [
+            "/v/bin/gunicorn",
+            "app:wsgi",
+            "-c",
+            "/var/lib/bitpoll/state/gunicorn-ready.py",
+        ];
+        // ready = "answer", the default for gunicorn, and "worker" pass the hooks.
         let cfg = launcher_config::parse_str(text).unwrap();
-        assert_eq!(server_argv(&cfg), ["/v/bin/gunicorn", "app:wsgi"]);
+        assert_eq!(server_argv(&cfg), hooked);
         let cfg = launcher_config::parse_str(&format!("{text}ready = \"worker\"\n")).unwrap();
-        assert_eq!(
-            server_argv(&cfg),
-            [
-                "/v/bin/gunicorn",
-                "app:wsgi",
-                "-c",
-                "/var/lib/bitpoll/state/gunicorn-ready.py"
-            ]
-        );
+        assert_eq!(server_argv(&cfg), hooked);
+        let cfg = launcher_config::parse_str(&format!("{text}ready = \"arbiter\"\n")).unwrap();
+        assert_eq!(server_argv(&cfg), ["/v/bin/gunicorn", "app:wsgi"]);
     }
 
     #[test]

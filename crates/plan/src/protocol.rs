@@ -11,14 +11,23 @@
 //! step-begin <step>                        a step (migrate, collectstatic, compilemessages) starts
 //! migrations [<app_label>.<name> ...]      after migrate succeeded: every migration on disk, sorted
 //! step-done <step> <ms>                    the step succeeded
+//! lane-end <lane> exit <code>              (lanes side by side only) the lane's process
+//! lane-end <lane> signal <n>                 exited, was killed by a signal, or was stopped
+//! lane-end <lane> stopped                    by the driver because another lane failed
 //! ```
+//!
+//! Steps that do not depend on one another run side by side in *lanes* ([`lanes`]): after
+//! its one Django start the driver forks one process per lane, and each lane reports on
+//! pipes of its own (lane 0 on the driver's fd 1, 2 and 3, lane `k` on [`lane_fds`]), so
+//! every output line and event is known to come from its lane. The driver reaps the lanes,
+//! stops the others when one fails, and then reports how each ended (`lane-end`, on fd 3).
 //!
 //! The root process trusts none of these bytes. [`LineSplitter`] cuts any stream into
 //! lines with a fixed memory bound (a longer line is cut, and what is cut is only
 //! counted); [`Parser`] turns the event stream into [`Event`]s and never panics;
-//! [`Progress`] accepts an event only when it fits the planned steps in order, so a stamp
-//! can be written for exactly the steps that reported their own completion. Nothing here
-//! does I/O.
+//! [`Progress`] accepts an event only when it fits the planned steps of the lane it came
+//! from, in order, so a stamp can be written for exactly the steps that reported their
+//! own completion. Nothing here does I/O.
 
 use crate::Step;
 
@@ -29,6 +38,26 @@ pub const EVENT_LINE_MAX: usize = 1 << 20;
 pub const LOG_LINE_MAX: usize = 8 << 10;
 /// How much of a malformed event line is shown in a warning.
 const EXCERPT_MAX: usize = 120;
+
+/// The steps that run, in lanes that run side by side, each lane's steps in order.
+/// collectstatic and compilemessages read the app and write files only, never the
+/// database, so they need not wait for migrate: with migrate and at least one of them to
+/// run, migrate has lane 0 and the others share lane 1. Otherwise one lane holds them all.
+pub fn lanes(steps: &[Step]) -> Vec<Vec<Step>> {
+    let (migrate, rest): (Vec<Step>, Vec<Step>) = steps.iter().partition(|s| **s == Step::Migrate);
+    if migrate.is_empty() || rest.is_empty() {
+        vec![steps.to_vec()]
+    } else {
+        vec![migrate, rest]
+    }
+}
+
+/// The driver's descriptors for lane `lane` (1 and up): its events, stdout and stderr.
+/// Lane 0 reports on the driver's own fd 3, 1 and 2.
+pub fn lane_fds(lane: usize) -> [i32; 3] {
+    let base = 3 * lane as i32;
+    [base + 1, base + 2, base + 3]
+}
 
 /// One line of a stream, without its newline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,11 +178,37 @@ pub enum Event {
     },
     /// Every migration Django finds on disk, as `app_label.name`.
     Migrations(Vec<String>),
+    /// How a lane's process ended (lanes side by side only).
+    LaneEnd {
+        lane: usize,
+        end: LaneEnd,
+    },
     /// A line that is not an event: why, and the start of the line, escaped.
     Malformed {
         reason: &'static str,
         excerpt: String,
     },
+}
+
+/// How a lane's process ended, as the driver saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneEnd {
+    /// It exited with this status.
+    Exit(i32),
+    /// A signal killed it, not the driver.
+    Signal(i32),
+    /// The driver stopped it because another lane failed.
+    Stopped,
+}
+
+impl std::fmt::Display for LaneEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaneEnd::Exit(code) => write!(f, "exit status {code}"),
+            LaneEnd::Signal(n) => write!(f, "killed by signal {n}"),
+            LaneEnd::Stopped => f.write_str("stopped because another step failed"),
+        }
+    }
 }
 
 /// Turns the event stream, in chunks of any size, into events.
@@ -227,17 +282,38 @@ fn parse_line(line: Line<'_>) -> Event {
         ("migrations", names) if names.iter().all(|n| migration_name(n)) => Some(
             Event::Migrations(names.iter().map(|n| n.to_string()).collect()),
         ),
-        ("setup-done" | "step-begin" | "step-done" | "migrations", _) => None,
+        ("lane-end", [lane, how @ ..]) => lane_end(how).and_then(|end| {
+            let lane = number(lane)?;
+            usize::try_from(lane)
+                .ok()
+                .map(|lane| Event::LaneEnd { lane, end })
+        }),
+        ("setup-done" | "step-begin" | "step-done" | "migrations" | "lane-end", _) => None,
         _ => return malformed("unknown event", bytes),
     };
     event.unwrap_or_else(|| malformed("bad arguments", bytes))
 }
 
 fn millis(word: &str) -> Option<u64> {
+    number(word)
+}
+
+/// A decimal number without sign, of at most 20 digits.
+fn number(word: &str) -> Option<u64> {
     if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     word.parse().ok()
+}
+
+fn lane_end(how: &[&str]) -> Option<LaneEnd> {
+    let small = |w: &str| number(w).and_then(|n| i32::try_from(n).ok());
+    match how {
+        ["exit", code] => small(code).map(LaneEnd::Exit),
+        ["signal", n] => small(n).map(LaneEnd::Signal),
+        ["stopped"] => Some(LaneEnd::Stopped),
+        _ => None,
+    }
 }
 
 /// `app_label.name`, both parts non-empty, no control characters.
@@ -262,7 +338,7 @@ pub enum Effect {
     SetupDone {
         ms: u64,
     },
-    /// The step is number `number` of `of`.
+    /// The step is number `number` of `of` in the plan's order.
     Began {
         step: Step,
         number: usize,
@@ -277,40 +353,105 @@ pub enum Effect {
     Migrations {
         count: usize,
     },
+    /// The driver reported how a lane's process ended.
+    LaneEnded {
+        lane: usize,
+        end: LaneEnd,
+    },
     /// The event does not fit the plan or is not an event; it changed nothing.
     Violation(String),
 }
 
-/// The run as the events tell it, checked against the steps that were planned to run:
-/// each step must begin after Django started and after the step before it finished, and
-/// finish before the next begins. An event that does not fit changes nothing, so a step
-/// counts as finished only after its own `step-done`, in its turn.
+/// One lane's steps and how far it got.
 #[derive(Debug)]
-pub struct Progress {
+struct Lane {
     planned: Vec<Step>,
-    setup_done: bool,
     /// How many of `planned` finished (always a prefix).
     finished: usize,
     /// `planned[finished]` began and has not finished.
     running: bool,
+    end: Option<LaneEnd>,
+}
+
+impl Lane {
+    fn running(&self) -> Option<Step> {
+        self.running
+            .then(|| self.planned.get(self.finished).copied())
+            .flatten()
+    }
+
+    fn latest(&self) -> Option<Step> {
+        let began = self.finished + usize::from(self.running);
+        began.checked_sub(1).map(|i| self.planned[i])
+    }
+
+    fn unfinished(&self) -> Option<Step> {
+        self.planned.get(self.finished).copied()
+    }
+}
+
+/// The run as the events tell it, checked against the steps that were planned to run, in
+/// their lanes: in each lane, each step must begin after the step before it finished
+/// (lane 0's first step after Django started; a further lane's process is forked only
+/// after that), and finish before the next begins; events come from the lane whose pipe
+/// carried them. An event that does not fit changes nothing, so a step counts as finished
+/// only after its own `step-done`, from its own lane, in its turn.
+#[derive(Debug)]
+pub struct Progress {
+    lanes: Vec<Lane>,
+    /// Every planned step in run order, for "n of N".
+    order: Vec<Step>,
+    setup_done: bool,
     migrations: Option<Vec<String>>,
 }
 
 impl Progress {
+    /// The steps one after the other, in one lane.
     pub fn new(planned: &[Step]) -> Progress {
+        Progress::with_lanes(&[planned.to_vec()])
+    }
+
+    /// The steps in lanes side by side (see [`lanes`]).
+    pub fn with_lanes(lanes: &[Vec<Step>]) -> Progress {
+        let mut order: Vec<Step> = lanes.iter().flatten().copied().collect();
+        order.sort();
         Progress {
-            planned: planned.to_vec(),
+            lanes: lanes
+                .iter()
+                .map(|planned| Lane {
+                    planned: planned.clone(),
+                    finished: 0,
+                    running: false,
+                    end: None,
+                })
+                .collect(),
+            order,
             setup_done: false,
-            finished: 0,
-            running: false,
             migrations: None,
         }
     }
 
+    /// How many lanes run side by side.
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// An event from the driver's own pipe, which is lane 0's.
     pub fn apply(&mut self, event: Event) -> Effect {
+        self.apply_from(0, event)
+    }
+
+    /// An event that came on lane `lane`'s pipe.
+    pub fn apply_from(&mut self, lane: usize, event: Event) -> Effect {
         let violation = |text: String| Effect::Violation(text);
+        if lane >= self.lanes.len() {
+            return violation(format!("an event on lane {lane}, which does not exist"));
+        }
         match event {
             Event::SetupDone { ms } => {
+                if lane != 0 {
+                    return violation(format!("setup-done from lane {lane}"));
+                }
                 if self.setup_done {
                     return violation("setup-done repeated".into());
                 }
@@ -318,44 +459,47 @@ impl Progress {
                 Effect::SetupDone { ms }
             }
             Event::StepBegin(step) => {
-                if !self.setup_done {
+                if lane == 0 && !self.setup_done {
                     return violation(format!("step-begin {step} before setup-done"));
                 }
-                if let Some(running) = self.running() {
+                let l = &self.lanes[lane];
+                if let Some(running) = l.running() {
                     return violation(format!(
                         "step-begin {step} while {running} has not finished"
                     ));
                 }
-                match self.planned.get(self.finished) {
+                match l.planned.get(l.finished) {
                     Some(&next) if next == step => {
-                        self.running = true;
+                        self.lanes[lane].running = true;
                         Effect::Began {
                             step,
-                            number: self.finished + 1,
-                            of: self.planned.len(),
+                            number: self.number(step),
+                            of: self.order.len(),
                         }
                     }
-                    _ => violation(format!("step-begin {step} {}", self.misfit(step))),
+                    _ => violation(format!("step-begin {step} {}", self.misfit(lane, step))),
                 }
             }
             Event::StepDone { step, ms } => {
-                let running = self.running();
+                let l = &self.lanes[lane];
+                let running = l.running();
                 if running == Some(step) {
-                    self.running = false;
-                    self.finished += 1;
+                    let l = &mut self.lanes[lane];
+                    l.running = false;
+                    l.finished += 1;
                     return Effect::Finished { step, ms };
                 }
                 let why = match running {
-                    None if self.unfinished() == Some(step) => "before it began".into(),
-                    Some(running) if self.planned.contains(&step) && !self.done(step) => {
+                    None if l.unfinished() == Some(step) => "before it began".into(),
+                    Some(running) if l.planned.contains(&step) && !self.is_finished(step) => {
                         format!("while {running} runs")
                     }
-                    _ => self.misfit(step),
+                    _ => self.misfit(lane, step),
                 };
                 violation(format!("step-done {step} {why}"))
             }
             Event::Migrations(names) => {
-                if self.running() != Some(Step::Migrate) {
+                if self.lanes[lane].running() != Some(Step::Migrate) {
                     return violation("migrations listed outside the migrate step".into());
                 }
                 if self.migrations.is_some() {
@@ -365,20 +509,54 @@ impl Progress {
                 self.migrations = Some(names);
                 Effect::Migrations { count }
             }
+            Event::LaneEnd { lane: which, end } => {
+                if lane != 0 || self.lanes.len() < 2 {
+                    return violation(format!(
+                        "lane-end {which} {}",
+                        if lane != 0 {
+                            format!("from lane {lane}")
+                        } else {
+                            "without lanes side by side".into()
+                        }
+                    ));
+                }
+                match self.lanes.get_mut(which) {
+                    None => violation(format!("lane-end {which}: no such lane")),
+                    Some(l) if l.end.is_some() => violation(format!("lane-end {which} repeated")),
+                    Some(l) => {
+                        l.end = Some(end);
+                        Effect::LaneEnded { lane: which, end }
+                    }
+                }
+            }
             Event::Malformed { reason, excerpt } => {
                 violation(format!("not an event ({reason}): \"{excerpt}\""))
             }
         }
     }
 
-    /// Why `step` does not fit now (it is neither running nor next).
-    fn misfit(&self, step: Step) -> String {
-        if !self.planned.contains(&step) {
+    /// `step`'s number in run order, from 1.
+    fn number(&self, step: Step) -> usize {
+        self.order
+            .iter()
+            .position(|s| *s == step)
+            .map_or(0, |i| i + 1)
+    }
+
+    /// Why `step` does not fit lane `lane` now (it is neither running nor next there).
+    fn misfit(&self, lane: usize, step: Step) -> String {
+        let l = &self.lanes[lane];
+        if !self.order.contains(&step) {
             format!("names a step that is not planned to run ({})", self.plan())
-        } else if self.done(step) {
+        } else if !l.planned.contains(&step) {
+            format!(
+                "names a step of another lane (lane {lane} runs {})",
+                names(&l.planned)
+            )
+        } else if self.is_finished(step) {
             "names a step that already finished".into()
         } else {
-            match self.unfinished() {
+            match l.unfinished() {
                 Some(next) => format!("out of order: {next} is next"),
                 None => "after every step finished".into(),
             }
@@ -386,43 +564,52 @@ impl Progress {
     }
 
     fn plan(&self) -> String {
-        let names: Vec<&str> = self.planned.iter().map(|s| s.name()).collect();
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
+        names(&self.order)
     }
 
-    fn done(&self, step: Step) -> bool {
-        self.finished().contains(&step)
+    /// Whether `step` finished.
+    pub fn is_finished(&self, step: Step) -> bool {
+        self.lanes
+            .iter()
+            .any(|l| l.planned[..l.finished].contains(&step))
     }
 
-    /// The step that began and has not finished.
-    pub fn running(&self) -> Option<Step> {
-        self.running
-            .then(|| self.planned.get(self.finished).copied())
-            .flatten()
+    /// The steps that began and have not finished, in run order.
+    pub fn running(&self) -> Vec<Step> {
+        let mut running: Vec<Step> = self.lanes.iter().filter_map(Lane::running).collect();
+        running.sort();
+        running
     }
 
-    /// The step that began last (running or finished): output belongs to it.
-    pub fn latest(&self) -> Option<Step> {
-        let began = self.finished + usize::from(self.running);
-        began.checked_sub(1).map(|i| self.planned[i])
+    /// The step of lane `lane` that began last (running or finished): that lane's output
+    /// belongs to it.
+    pub fn latest(&self, lane: usize) -> Option<Step> {
+        self.lanes.get(lane).and_then(Lane::latest)
     }
 
-    /// The steps that finished, in order.
-    pub fn finished(&self) -> &[Step] {
-        &self.planned[..self.finished]
+    /// The steps that finished, in run order.
+    pub fn finished(&self) -> Vec<Step> {
+        let mut done: Vec<Step> = self
+            .lanes
+            .iter()
+            .flat_map(|l| l.planned[..l.finished].iter().copied())
+            .collect();
+        done.sort();
+        done
     }
 
     pub fn all_finished(&self) -> bool {
-        self.finished == self.planned.len()
+        self.lanes.iter().all(|l| l.finished == l.planned.len())
     }
 
-    /// The first planned step that has not finished.
-    pub fn unfinished(&self) -> Option<Step> {
-        self.planned.get(self.finished).copied()
+    /// The first planned step of lane `lane` that has not finished.
+    pub fn unfinished(&self, lane: usize) -> Option<Step> {
+        self.lanes.get(lane).and_then(Lane::unfinished)
+    }
+
+    /// How the driver said lane `lane` ended, if it did.
+    pub fn lane_end(&self, lane: usize) -> Option<LaneEnd> {
+        self.lanes.get(lane).and_then(|l| l.end)
     }
 
     /// The migrations on disk as listed during migrate.
@@ -432,6 +619,18 @@ impl Progress {
 
     pub fn into_migrations(self) -> Option<Vec<String>> {
         self.migrations
+    }
+}
+
+fn names(steps: &[Step]) -> String {
+    if steps.is_empty() {
+        "none".into()
+    } else {
+        steps
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -942,28 +1141,200 @@ mod tests {
     fn the_running_and_latest_step_follow_the_events() {
         let mut p = Progress::new(&[G, C]);
         assert_eq!(
-            (p.running(), p.latest(), p.unfinished()),
-            (None, None, Some(G))
+            (p.running(), p.latest(0), p.unfinished(0)),
+            (vec![], None, Some(G))
         );
         p.apply(setup());
         p.apply(begin(G));
-        assert_eq!((p.running(), p.latest()), (Some(G), Some(G)));
+        assert_eq!((p.running(), p.latest(0)), (vec![G], Some(G)));
         p.apply(migrations());
         p.apply(done(G));
         assert_eq!(
-            (p.running(), p.latest(), p.unfinished()),
-            (None, Some(G), Some(C))
+            (p.running(), p.latest(0), p.unfinished(0)),
+            (vec![], Some(G), Some(C))
         );
         p.apply(begin(C));
         p.apply(done(C));
         assert_eq!(
-            (p.running(), p.latest(), p.unfinished()),
-            (None, Some(C), None)
+            (p.running(), p.latest(0), p.unfinished(0)),
+            (vec![], Some(C), None)
         );
         assert_eq!(
             p.into_migrations(),
             Some(vec!["poll.0001_initial".to_string()])
         );
+    }
+
+    #[test]
+    fn migrate_runs_beside_the_steps_that_do_not_need_the_database() {
+        let cases: [(&[Step], Vec<Vec<Step>>); 6] = [
+            (&[G, C, M], vec![vec![G], vec![C, M]]),
+            (&[G, M], vec![vec![G], vec![M]]),
+            (&[G, C], vec![vec![G], vec![C]]),
+            (&[G], vec![vec![G]]),
+            (&[C, M], vec![vec![C, M]]),
+            (&[], vec![vec![]]),
+        ];
+        for (steps, want) in cases {
+            assert_eq!(lanes(steps), want, "{steps:?}");
+        }
+        assert_eq!(lane_fds(1), [4, 5, 6]);
+        assert_eq!(lane_fds(2), [7, 8, 9]);
+    }
+
+    #[test]
+    fn lane_end_events_parse() {
+        let cases: Vec<(&[u8], Event)> = vec![
+            (
+                b"lane-end 1 exit 3",
+                Event::LaneEnd {
+                    lane: 1,
+                    end: LaneEnd::Exit(3),
+                },
+            ),
+            (
+                b"lane-end 0 signal 9",
+                Event::LaneEnd {
+                    lane: 0,
+                    end: LaneEnd::Signal(9),
+                },
+            ),
+            (
+                b"lane-end 0 stopped",
+                Event::LaneEnd {
+                    lane: 0,
+                    end: LaneEnd::Stopped,
+                },
+            ),
+            (b"lane-end 0", bad("bad arguments", "lane-end 0")),
+            (
+                b"lane-end x exit 1",
+                bad("bad arguments", "lane-end x exit 1"),
+            ),
+            (b"lane-end 1 exit", bad("bad arguments", "lane-end 1 exit")),
+            (
+                b"lane-end 1 exit 99999999999",
+                bad("bad arguments", "lane-end 1 exit 99999999999"),
+            ),
+            (
+                b"lane-end 1 stopped now",
+                bad("bad arguments", "lane-end 1 stopped now"),
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(
+                parse_line(Line::Whole(line)),
+                want,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    fn lane_end(lane: usize, end: LaneEnd) -> Event {
+        Event::LaneEnd { lane, end }
+    }
+
+    #[test]
+    fn lanes_side_by_side_finish_their_own_steps_only() {
+        let plan = [vec![G], vec![C, M]];
+        let mut p = Progress::with_lanes(&plan);
+        assert_eq!(p.lane_count(), 2);
+        assert_eq!(p.apply_from(0, setup()), Effect::SetupDone { ms: 1 });
+        // Lane 1 begins before lane 0 (its pipe was read first): fine.
+        assert_eq!(
+            p.apply_from(1, begin(C)),
+            Effect::Began {
+                step: C,
+                number: 2,
+                of: 3
+            }
+        );
+        assert_eq!(
+            p.apply_from(0, begin(G)),
+            Effect::Began {
+                step: G,
+                number: 1,
+                of: 3
+            }
+        );
+        assert_eq!(p.running(), vec![G, C]);
+        // A lane's events finish nothing of another lane.
+        assert!(
+            matches!(p.apply_from(1, done(G)), Effect::Violation(t) if t == "step-done migrate names a step of another lane (lane 1 runs collectstatic, compilemessages)")
+        );
+        assert!(matches!(p.apply_from(0, done(C)), Effect::Violation(_)));
+        assert!(
+            matches!(p.apply_from(1, migrations()), Effect::Violation(t) if t == "migrations listed outside the migrate step")
+        );
+        assert!(matches!(p.apply_from(1, setup()), Effect::Violation(_)));
+        assert!(matches!(p.apply_from(2, begin(M)), Effect::Violation(_)));
+        assert_eq!(
+            p.apply_from(1, done(C)),
+            Effect::Finished { step: C, ms: 1 }
+        );
+        assert_eq!(
+            (p.latest(0), p.latest(1), p.unfinished(1)),
+            (Some(G), Some(C), Some(M))
+        );
+        assert_eq!(
+            p.apply_from(0, migrations()),
+            Effect::Migrations { count: 1 }
+        );
+        assert_eq!(
+            p.apply_from(1, begin(M)),
+            Effect::Began {
+                step: M,
+                number: 3,
+                of: 3
+            }
+        );
+        assert_eq!(p.running(), vec![G, M]);
+        assert_eq!(
+            p.apply_from(1, done(M)),
+            Effect::Finished { step: M, ms: 1 }
+        );
+        assert!(!p.all_finished());
+        assert_eq!(p.finished(), vec![C, M]);
+        assert_eq!(
+            p.apply_from(0, done(G)),
+            Effect::Finished { step: G, ms: 1 }
+        );
+        assert!(p.all_finished() && p.is_finished(G));
+        // The driver's report of the ends: on its own pipe, once per lane.
+        assert!(matches!(
+            p.apply_from(1, lane_end(1, LaneEnd::Exit(0))),
+            Effect::Violation(_)
+        ));
+        assert_eq!(
+            p.apply_from(0, lane_end(1, LaneEnd::Exit(0))),
+            Effect::LaneEnded {
+                lane: 1,
+                end: LaneEnd::Exit(0)
+            }
+        );
+        assert!(
+            matches!(p.apply_from(0, lane_end(1, LaneEnd::Exit(0))), Effect::Violation(t) if t == "lane-end 1 repeated")
+        );
+        assert!(matches!(
+            p.apply_from(0, lane_end(2, LaneEnd::Stopped)),
+            Effect::Violation(_)
+        ));
+        assert_eq!(p.lane_end(1), Some(LaneEnd::Exit(0)));
+        assert_eq!(p.lane_end(0), None);
+    }
+
+    #[test]
+    fn lane_zero_waits_for_setup_and_one_lane_takes_no_lane_end() {
+        let mut p = Progress::with_lanes(&[vec![G], vec![C]]);
+        assert!(
+            matches!(p.apply_from(0, begin(G)), Effect::Violation(t) if t == "step-begin migrate before setup-done")
+        );
+        let mut p = Progress::new(&[G, C]);
+        assert!(matches!(
+            p.apply(lane_end(0, LaneEnd::Exit(0))),
+            Effect::Violation(t) if t == "lane-end 0 without lanes side by side"
+        ));
     }
 
     /// Lines that are events, almost events, or noise.
@@ -1049,6 +1420,36 @@ mod tests {
             for e in &events {
                 if let Event::Malformed { excerpt, .. } = e {
                     prop_assert!(excerpt.len() <= EXCERPT_MAX * 10 + 3);
+                }
+            }
+        }
+
+        #[test]
+        fn in_lanes_each_lane_finishes_a_prefix_of_its_plan_and_only_on_its_own_step_done(
+            planned in prop::sample::subsequence(Step::ALL.to_vec(), 0..=3),
+            events in prop::collection::vec((0usize..3, prop_oneof![
+                Just(setup()),
+                prop::sample::select(Step::ALL.to_vec()).prop_map(begin),
+                prop::sample::select(Step::ALL.to_vec()).prop_map(done),
+                Just(migrations()),
+                (0usize..3).prop_map(|l| lane_end(l, LaneEnd::Exit(0))),
+            ]), 0..32),
+        ) {
+            let plan = lanes(&planned);
+            let mut p = Progress::with_lanes(&plan);
+            for (lane, e) in events {
+                let before = p.finished();
+                let done_in_lane = match &e {
+                    Event::StepDone { step, .. } => plan.get(lane).is_some_and(|l| l.contains(step)),
+                    _ => false,
+                };
+                let effect = p.apply_from(lane, e);
+                let after = p.finished();
+                let finished_now = matches!(effect, Effect::Finished { .. });
+                prop_assert!(after == before || (after.len() == before.len() + 1 && done_in_lane && finished_now));
+                for (i, l) in plan.iter().enumerate() {
+                    let n = l.iter().filter(|s| p.is_finished(**s)).count();
+                    prop_assert!(l[..n].iter().all(|s| p.is_finished(*s)), "lane {} finished out of order", i);
                 }
             }
         }

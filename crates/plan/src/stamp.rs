@@ -86,11 +86,19 @@ fn field(h: &mut Sha256, name: &str, value: &str) {
 
 /// The first 16 hex digits of a SHA-256: enough to tell inputs apart, short in a stamp.
 fn short(value: &str) -> String {
-    hex(&Sha256::digest(value.as_bytes()))[..16].to_string()
+    hex(&Sha256::digest(value.as_bytes())[..8])
 }
 
+/// Lower-case hex digits of `bytes` (every start judges dozens of inputs: no formatting
+/// machinery per byte).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// A stamp as stored in `<data_dir>/state/<step>.stamp`.
@@ -309,6 +317,13 @@ pub fn utc(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_is_the_first_16_hex_digits_of_the_sha256() {
+        // sha256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        assert_eq!(short("abc"), "ba7816bf8f01cfea");
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> crate::env::Env {
         pairs

@@ -58,11 +58,12 @@ MEDIA_URL = "/media/"
 STATICFILES_DIRS = [os.path.join(BASE_DIR, "bitpoll", "static")]
 # Hashed file names plus staticfiles.json, written by collectstatic. With DEBUG=False
 # and no manifest, every page that uses {% static %} fails with "Missing staticfiles
-# manifest entry", just like the real Bitpoll's PipelineManifestStorage.
+# manifest entry", just like the real Bitpoll's PipelineManifestStorage. (Django's
+# ManifestStaticFilesStorage, which tests can make slow or failing: poll/storage.py.)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage",
+        "BACKEND": "bitpoll.poll.storage.DemoStaticFilesStorage",
     },
 }
 

@@ -7,4 +7,5 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("whoami", views.whoami, name="whoami"),
     path("allocate", views.allocate, name="allocate"),
+    path("slow", views.slow, name="slow"),
 ]

@@ -252,6 +252,20 @@ pub fn backup(cfg: &Config, facts: &Facts, planned: &[Planned], now: u64) -> Bac
     }
 }
 
+/// The SQLite database migrate creates, when it runs and the file does not exist yet:
+/// the driver then builds it under a temporary name beside it, without waiting for the
+/// disk after every migration, and moves it into place in one rename once migrate
+/// succeeded (a stop or crash on the way leaves no database, and the next start builds it
+/// again). None for an existing file, PostgreSQL, or when migrate does not run.
+pub fn new_database(cfg: &Config, facts: &Facts, planned: &[Planned]) -> Option<PathBuf> {
+    let Database::Sqlite { path } = &cfg.database else {
+        return None;
+    };
+    let db = facts.database.sqlite.as_ref()?;
+    let migrates = planned.iter().any(|p| p.step == Step::Migrate && p.runs());
+    (migrates && db.kind == FileKind::Missing).then(|| path.clone())
+}
+
 /// The database file must be a plain file of its own, or absent (migrate creates it).
 pub fn database(cfg: &Config, facts: &Facts) -> Option<Finding> {
     let Database::Sqlite { path } = &cfg.database else {
@@ -373,6 +387,36 @@ mod tests {
 
     fn decision(p: &[Planned], step: Step) -> &Decision {
         &p.iter().find(|p| p.step == step).unwrap().decision
+    }
+
+    #[test]
+    fn only_a_database_migrate_creates_is_built_under_a_temporary_name() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        let path = match &cfg.database {
+            Database::Sqlite { path } => path.clone(),
+            _ => unreachable!(),
+        };
+        facts.database.sqlite.as_mut().unwrap().kind = FileKind::Missing;
+        let p = planned(&cfg, &facts);
+        assert!(p.iter().any(|p| p.step == Step::Migrate && p.runs()));
+        assert_eq!(new_database(&cfg, &facts, &p), Some(path));
+        // Migrate does not run: nothing is built.
+        let skipped: Vec<Planned> = p
+            .iter()
+            .filter(|p| p.step != Step::Migrate)
+            .cloned()
+            .collect();
+        assert_eq!(new_database(&cfg, &facts, &skipped), None);
+        // An existing file is migrated in place.
+        for kind in [FileKind::Regular, FileKind::Symlink, FileKind::Other] {
+            facts.database.sqlite.as_mut().unwrap().kind = kind;
+            assert_eq!(new_database(&cfg, &facts, &p), None, "{kind:?}");
+        }
+        let cfg = fixture::postgresql_config("db");
+        let facts = fixture::postgresql_facts(&[]);
+        let p = planned(&cfg, &facts);
+        assert_eq!(new_database(&cfg, &facts, &p), None);
     }
 
     #[test]

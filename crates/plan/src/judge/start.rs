@@ -67,6 +67,8 @@ impl SecretPlan {
 pub struct Preparation {
     pub planned: Vec<Planned>,
     pub backup: Backup,
+    /// The SQLite database migrate builds under a temporary name (prepare::new_database).
+    pub new_database: Option<PathBuf>,
 }
 
 /// The judgement of a deployment for one command.
@@ -176,7 +178,12 @@ pub fn preparation(cfg: &Config, facts: &Facts, force: bool, now: u64) -> Prepar
     let env = judging_env(cfg, facts);
     let planned = prepare::judge(cfg, facts, &prepare::Inputs { env: &env, force });
     let backup = prepare::backup(cfg, facts, &planned, now);
-    Preparation { planned, backup }
+    let new_database = prepare::new_database(cfg, facts, &planned);
+    Preparation {
+        planned,
+        backup,
+        new_database,
+    }
 }
 
 /// The preparation environment as far as a step's fingerprint looks at it: secrets count

@@ -1,5 +1,6 @@
 import hashlib
 import os
+import time
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
@@ -35,6 +36,13 @@ def allocate(request):
 
 def healthz(request):
     return HttpResponse("ok", content_type="text/plain")
+
+
+def slow(request):
+    """Answers after ?s=N seconds (at most 120): a first request that takes long."""
+    raw = request.GET.get("s", "1")
+    time.sleep(min(int(raw) if raw.isdigit() else 1, 120))
+    return HttpResponse("slow ok", content_type="text/plain")
 
 
 def whoami(request):
