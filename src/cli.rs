@@ -72,6 +72,17 @@ anything. It does not start the unit.",
         after_help = INSTALL_EXIT_CODES
     )]
     Install(InstallArgs),
+    /// Print the journal catalog: what each MESSAGE_ID of the launcher's records means and
+    /// what to do (systemd's catalog format, for /etc/systemd/catalog/).
+    #[command(
+        long_about = "Print the journal catalog of the launcher in systemd's catalog format: one \
+entry per rule that can refuse a start, fail it or warn, under the MESSAGE_ID its journal \
+records carry, with what it means, the documented fix and where the docs say more. \
+`journalctl -x` shows the entry under each such record once the catalog is installed: \
+`bitpoll-launcher install` and the NixOS module do that; by hand, write it to \
+/etc/systemd/catalog/bitpoll-launcher.catalog and run `journalctl --update-catalog`."
+    )]
+    Catalog,
     /// Stop the unit and remove what install wrote; keep the account and the data.
     #[command(
         long_about = "Stop and disable bitpoll.service and remove the three files install wrote, \

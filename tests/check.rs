@@ -39,6 +39,17 @@ const GROUPS: &[&str] = &[
     "server", "systemd",
 ];
 
+/// The finding ids docs/check.md lists (`| `group.name` | ...` rows of its id table).
+fn documented_ids() -> Vec<String> {
+    let text = include_str!("../docs/check.md");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(id, _)| id.to_string())
+        .filter(|id| launcher_config::is_finding_id(id))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------
 // Running check
 // ---------------------------------------------------------------------------------------
@@ -60,7 +71,9 @@ struct Report {
 
 #[derive(Debug, Clone)]
 struct Finding {
+    id: String,
     severity: String,
+    accepted: bool,
     group: String,
     subject: String,
     message: String,
@@ -71,8 +84,13 @@ impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<7} [{}] {}: {}",
-            self.severity, self.group, self.subject, self.message
+            "{:<7} [{}] {}: {} [{}{}]",
+            self.severity,
+            self.group,
+            self.subject,
+            self.message,
+            self.id,
+            if self.accepted { ", accepted" } else { "" }
         )?;
         if let Some(fix) = &self.fix {
             write!(f, " (fix: {fix})")?;
@@ -193,7 +211,10 @@ fn check_json_run(env: &TestEnv, run: Run) -> Report {
         let obj = f.as_object().expect("a finding is an object");
         for key in obj.keys() {
             assert!(
-                ["severity", "group", "subject", "message", "fix"].contains(&key.as_str()),
+                [
+                    "id", "severity", "accepted", "group", "subject", "message", "fix"
+                ]
+                .contains(&key.as_str()),
                 "undocumented field {key} in {f}"
             );
         }
@@ -203,7 +224,11 @@ fn check_json_run(env: &TestEnv, run: Run) -> Report {
                 .to_string()
         };
         let finding = Finding {
+            id: s("id"),
             severity: s("severity"),
+            accepted: f["accepted"]
+                .as_bool()
+                .unwrap_or_else(|| panic!("accepted of {f} is not a boolean")),
             group: s("group"),
             subject: s("subject"),
             message: s("message"),
@@ -221,9 +246,17 @@ fn check_json_run(env: &TestEnv, run: Run) -> Report {
         );
         assert_eq!(
             finding.fix.is_some(),
-            finding.severity == "warning" || finding.severity == "error",
-            "`fix` is present exactly on warnings and errors: {finding}"
+            finding.severity == "warning" || finding.severity == "error" || finding.accepted,
+            "`fix` is present exactly on warnings, errors and accepted warnings: {finding}"
         );
+        assert!(
+            !finding.accepted || finding.severity == "info",
+            "an accepted finding is info: {finding}"
+        );
+        // Every id is documented (a Django id under its prefix).
+        let documented =
+            finding.id.starts_with("django:") || documented_ids().contains(&finding.id);
+        assert!(documented, "id not listed in docs/check.md: {finding}");
         assert!(!finding.message.is_empty(), "empty message: {finding}");
         findings.push(finding);
     }
@@ -418,7 +451,8 @@ fn assert_human_well_formed(out: &Output) {
             !line.starts_with(' ') && line.strip_suffix(':').is_some_and(|g| GROUPS.contains(&g));
         let finding = ["ok", "info", "warning", "error"]
             .iter()
-            .any(|sev| line.starts_with(&format!("  {sev:<7} ")));
+            .any(|sev| line.starts_with(&format!("  {sev:<7} ")))
+            && line.ends_with(']');
         let fix = line.starts_with("          fix: ");
         assert!(
             header || finding || fix,
@@ -494,7 +528,7 @@ fn config_problems_are_all_reported_at_once_with_their_key_paths() {
     assert_eq!(h.code, 2, "{}", h.context());
     for needle in [
         "config:\n",
-        "  error   service.create_usr: unknown key\n          fix: did you mean `create_user`?",
+        "  error   service.create_usr: unknown key [config.invalid]\n          fix: did you mean `create_user`?",
         "  error   prepare.migrate: must be true or false",
         "  error   app.python: is missing",
         "  error   secrets.BITPOLL_SECRET_KEY: has 2 sources",
@@ -1761,10 +1795,19 @@ fn uncompiled_or_stale_catalogs_without_compilemessages_are_a_warning() {
 
 #[test]
 fn msgfmt_missing_from_the_apps_path_with_compilemessages_is_an_error() {
-    // The app's PATH is the launcher's own PATH with the interpreter's directory in
-    // front (launcher_plan::env::build): a launcher PATH without gettext's directory.
-    let env = TestEnv::new("check_msgfmt");
+    // The app's PATH is the interpreter's directory and a fixed system path, whatever
+    // PATH the launcher got (launcher_plan::env::build): msgfmt is found even when the
+    // caller's PATH has nothing; an [environment] PATH without gettext's directory hides it.
+    let mut env = TestEnv::new("check_msgfmt");
     create_service_account(&env);
+    sync_config(&env);
+    let r = check_json_run(&env, Run::new(&check_args(&env)).path("/nonexistent"));
+    r.expect_exact("ok", "app", "msgfmt", "found at /usr/bin/msgfmt");
+    env.config.set_str(
+        "environment",
+        "PATH",
+        &format!("{}/bin:/nonexistent", util::VENV),
+    );
     sync_config(&env);
     let r = check_json_run(&env, Run::new(&check_args(&env)).path("/nonexistent"));
     r.assert_code(2);
@@ -2207,12 +2250,15 @@ fn human_output_is_grouped_plain_off_a_terminal_and_ends_with_a_summary() {
         } else if line.starts_with("  ") {
             let f = ordered[seen];
             assert_eq!(f.group, current, "{line:?} is under its group");
-            let expected = format!("  {:<7} {}: {}", f.severity, f.subject, f.message);
+            let expected = format!(
+                "  {:<7} {}: {} [{}]",
+                f.severity, f.subject, f.message, f.id
+            );
             if f.subject.starts_with("free space at ") {
                 // The two runs are apart in time; other processes use the disk meanwhile.
                 let (head, _) = expected.split_once(": ").unwrap();
                 assert!(
-                    line.starts_with(head) && line.ends_with(" MiB free"),
+                    line.starts_with(head) && line.ends_with(" MiB free [data_dir.free_space]"),
                     "{line:?}"
                 );
             } else {

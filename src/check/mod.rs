@@ -18,8 +18,9 @@ mod systemd;
 use launcher_config::Config;
 use launcher_plan::env::{self, Purpose};
 use launcher_plan::facts::{Facts, Observer, View};
-use launcher_plan::finding::{Group, Severity};
+use launcher_plan::finding::Severity;
 use launcher_plan::judge::{self, Command, SecretPlan, Start};
+use launcher_plan::rule::Rule;
 use launcher_plan::secret::SecretValue;
 
 use crate::cli::CheckArgs;
@@ -39,7 +40,11 @@ pub fn run(args: &CheckArgs) -> Result<u8, Exit> {
     let mut report = Report::default();
     let cfg = match crate::config::load(&args.config) {
         Ok(cfg) => {
-            report.ok(Group::Config, args.config.display().to_string(), "valid");
+            report.ok(
+                Rule::ConfigValid,
+                args.config.display().to_string(),
+                "valid",
+            );
             Some(cfg)
         }
         Err(e) => {
@@ -53,13 +58,23 @@ pub fn run(args: &CheckArgs) -> Result<u8, Exit> {
                     .hint
                     .clone()
                     .unwrap_or_else(|| format!("edit {}", args.config.display()));
-                report.error(Group::Config, subject, p.message.clone(), fix);
+                report.error(Rule::ConfigInvalid, subject, p.message.clone(), fix);
             }
             None
         }
     };
     if let Some(cfg) = &cfg {
         check_deployment(cfg, args, &mut report);
+        // What the admin accepts counts as info; an entry that does not apply is a warning.
+        let django_checked = report.findings.iter().any(|f| {
+            f.rule == Rule::DjangoCheck
+                || (f.rule == Rule::AppDeployCheck && f.severity == Severity::Ok)
+        });
+        let unused =
+            launcher_plan::accept::apply(&cfg.check.accept, &mut report.findings, django_checked);
+        for f in unused {
+            report.push(f);
+        }
     }
     report::print(&report, &args.config, args.json);
     Ok(match report.worst() {
@@ -75,7 +90,7 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
         Ok(ids) => ids,
         Err(e) => {
             r.error(
-                Group::Check,
+                Rule::CheckIdentity,
                 "identity",
                 e.to_string(),
                 "check that /proc is mounted",
@@ -99,7 +114,7 @@ fn check_deployment(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     };
     if viewer == Viewer::Other {
         r.warn(
-            Group::Check,
+            Rule::CheckPartialView,
             format!("uid {}", facts.euid),
             format!(
                 "running as neither root nor {}: files only they can read were not checked, and the app was probed as uid {}",
@@ -198,7 +213,7 @@ fn probe(
 ) -> Option<probe::Probe> {
     let (Some(account), Some(app_env)) = (account, app_env) else {
         r.info(
-            Group::App,
+            Rule::AppNotProbed,
             "probe",
             "the app was not probed: the service account does not exist yet",
         );
@@ -215,7 +230,7 @@ fn probe(
         .collect();
     if !missing.is_empty() {
         r.info(
-            Group::App,
+            Rule::AppNotProbed,
             "probe",
             format!(
                 "the app was not started: secret(s) {} could not be loaded here",

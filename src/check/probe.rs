@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use launcher_config::{Config, Database};
 use launcher_plan::facts::{DirState, Facts};
-use launcher_plan::finding::Group;
+use launcher_plan::finding::{Finding, Severity};
+use launcher_plan::rule::Rule;
 
 use super::Viewer;
 use super::report::Report;
@@ -152,7 +153,7 @@ pub fn probe_app(
             Ok(t) => launcher_sys::privs::drop_in_child(&mut cmd, t),
             Err(e) => {
                 r.error(
-                    Group::Python,
+                    Rule::PythonProbeFailed,
                     "probe",
                     format!("cannot prepare the privilege drop: {e}"),
                     "check /proc is mounted",
@@ -165,7 +166,7 @@ pub fn probe_app(
         Ok(o) => o,
         Err(e) => {
             r.error(
-                Group::Python,
+                Rule::PythonProbeFailed,
                 python.display().to_string(),
                 format!("cannot run: {e}"),
                 "check app.python",
@@ -188,7 +189,7 @@ pub fn probe_app(
                 .rev()
                 .collect();
             r.error(
-                Group::Python,
+                Rule::PythonProbeFailed,
                 python.display().to_string(),
                 format!("the probe failed ({}): {}", output.status, tail.join(" | ")),
                 "run the interpreter by hand as the service user to see why",
@@ -258,7 +259,7 @@ fn run_with_timeout(
 pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     let python = cfg.app.python.display().to_string();
     r.ok(
-        Group::Python,
+        Rule::PythonInterpreter,
         python,
         format!("Python {}", p.python.as_deref().unwrap_or("?")),
     );
@@ -269,13 +270,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         }
         if a.writable {
             r.ok(
-                Group::DataDir,
+                Rule::DataDirWriteAccess,
                 format!("write access to {path}"),
                 format!("{who} can write"),
             );
         } else {
             r.error(
-                Group::DataDir,
+                Rule::DataDirWriteAccess,
                 format!("write access to {path}"),
                 format!("{who} cannot write"),
                 format!(
@@ -287,7 +288,7 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     }
     if let Some(e) = &p.django_error {
         r.error(
-            Group::App,
+            Rule::AppDjango,
             "django",
             format!("cannot be imported: {e}"),
             "install Django into the interpreter's environment",
@@ -295,13 +296,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         return;
     }
     r.ok(
-        Group::App,
+        Rule::AppDjango,
         "django",
         format!("Django {}", p.django.as_deref().unwrap_or("?")),
     );
     if let Some(e) = &p.setup_error {
         r.error(
-            Group::App,
+            Rule::AppSettings,
             cfg.app.settings_module.clone(),
             format!("the app does not start: {e}"),
             "fix the settings or the app's environment ([environment], [secrets])",
@@ -309,13 +310,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         return;
     }
     r.ok(
-        Group::App,
+        Rule::AppSettings,
         cfg.app.settings_module.clone(),
         "imports and Django starts with the app's environment",
     );
     if let Some(e) = &p.checks_error {
         r.error(
-            Group::App,
+            Rule::AppDeployCheck,
             "manage.py check --deploy",
             e.clone(),
             "run manage.py check --deploy as the service user",
@@ -323,26 +324,43 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     }
     let checks = p.checks.as_deref().unwrap_or_default();
     if checks.is_empty() && p.checks_error.is_none() {
-        r.ok(Group::App, "manage.py check --deploy", "no issues");
+        r.ok(
+            Rule::AppDeployCheck,
+            "manage.py check --deploy",
+            "no issues",
+        );
     }
     for c in checks {
-        let subject = format!("check --deploy {}", c.id.as_deref().unwrap_or("?"));
         let fix = c
             .hint
             .clone()
             .unwrap_or_else(|| "see Django's deployment checklist".into());
-        // The app's cookie settings come from the environment contract.
-        let fix = match c.id.as_deref() {
-            Some("security.W012" | "security.W016") => format!(
-                "{fix}; when the site is served over HTTPS, set BITPOLL_SECURE_COOKIES = \"true\" in [environment]"
+        // The app's cookie settings come from the environment contract; the HTTPS
+        // settings do not apply to a site served over plain HTTP (a test host) or behind
+        // a TLS proxy that sets them itself.
+        let id = c.id.as_deref().unwrap_or("unnamed");
+        let fix = match id {
+            "security.W012" | "security.W016" => format!(
+                "{fix}; when the site is served over HTTPS, set BITPOLL_SECURE_COOKIES = \"true\" in [environment]; on a site served over plain HTTP, accept it: [check] accept = [\"django:{id}\"]"
+            ),
+            "security.W004" | "security.W008" => format!(
+                "{fix}; where a TLS proxy in front does this, or the site is served over plain HTTP, accept it: [check] accept = [\"django:{id}\"]"
             ),
             _ => fix,
         };
-        match c.level {
-            l if l >= 40 => r.error(Group::App, subject, c.msg.clone(), fix),
-            l if l >= 30 => r.warn(Group::App, subject, c.msg.clone(), fix),
-            _ => r.info(Group::App, subject, c.msg.clone()),
-        }
+        let severity = match c.level {
+            l if l >= 40 => Severity::Error,
+            l if l >= 30 => Severity::Warning,
+            _ => Severity::Info,
+        };
+        let fix = (severity >= Severity::Warning).then_some(fix);
+        r.push(Finding::django(
+            severity,
+            id,
+            format!("check --deploy {id}"),
+            c.msg.clone(),
+            fix,
+        ));
     }
     if let Some(db) = &p.db {
         let subject = match (&db.vendor[..], &db.name) {
@@ -351,23 +369,23 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         };
         if !db.exists {
             r.info(
-                Group::Database,
+                Rule::DatabaseApp,
                 subject,
                 "does not exist yet; migrate creates it",
             );
         } else if let Some(e) = &db.error {
             r.error(
-                Group::Database,
+                Rule::DatabaseApp,
                 subject,
                 format!("not reachable: {e}"),
                 "check the database settings and that the server is running",
             );
         } else {
-            r.ok(Group::Database, subject.clone(), "reachable");
+            r.ok(Rule::DatabaseApp, subject.clone(), "reachable");
             match p.pending.as_deref() {
-                Some([]) => r.ok(Group::Database, "migrations", "all applied"),
-                Some(pending) if cfg.prepare.migrate => r.info(Group::Database, "migrations", format!("{} pending ({}); `run` applies them", pending.len(), abbreviate(pending))),
-                Some(pending) => r.warn(Group::Database, "migrations", format!("{} pending ({}) and prepare.migrate = false", pending.len(), abbreviate(pending)), "run `bitpoll-launcher manage --config FILE -- migrate` or enable prepare.migrate"),
+                Some([]) => r.ok(Rule::DatabaseMigrations, "migrations", "all applied"),
+                Some(pending) if cfg.prepare.migrate => r.info(Rule::DatabaseMigrations, "migrations", format!("{} pending ({}); `run` applies them", pending.len(), abbreviate(pending))),
+                Some(pending) => r.warn(Rule::DatabaseMigrations, "migrations", format!("{} pending ({}) and prepare.migrate = false", pending.len(), abbreviate(pending)), "run `bitpoll-launcher manage --config FILE -- migrate` or enable prepare.migrate"),
                 None => {}
             }
         }
@@ -376,13 +394,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         let subject = format!("encrypted data ({})", e.field);
         if e.ok {
             r.ok(
-                Group::Database,
+                Rule::DatabaseEncrypted,
                 subject,
                 "a stored value decrypts with the configured FIELD_ENCRYPTION_KEY",
             );
         } else {
             r.error(
-                Group::Database,
+                Rule::DatabaseEncrypted,
                 subject,
                 "a stored value does not decrypt with the configured FIELD_ENCRYPTION_KEY: the app shows ciphertext instead of the data",
                 "configure the key the data was encrypted with (or a rotation list \"NEW,OLD\" holding it)",
@@ -392,19 +410,19 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     if let Some(m) = &p.manifest {
         if m.exists {
             r.ok(
-                Group::App,
+                Rule::AppStaticFiles,
                 "static files",
                 format!("manifest {} present", m.path),
             );
         } else if cfg.prepare.collectstatic {
             r.info(
-                Group::App,
+                Rule::AppStaticFiles,
                 "static files",
                 format!("no manifest at {} yet; `run` collects static files", m.path),
             );
         } else {
             r.error(
-                Group::App,
+                Rule::AppStaticFiles,
                 "static files",
                 format!(
                     "no manifest at {} and prepare.collectstatic = false: every page will fail",
@@ -416,7 +434,7 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     }
     if let Some(e) = &p.static_error {
         r.warn(
-            Group::App,
+            Rule::AppStaticFiles,
             "static files",
             e.clone(),
             "check STATIC_ROOT and STORAGES",
@@ -424,8 +442,8 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     }
     if cfg.prepare.compilemessages {
         match &p.msgfmt {
-            Some(path) => r.ok(Group::App, "msgfmt", format!("found at {path}")),
-            None => r.error(Group::App, "msgfmt", "GNU gettext's msgfmt is not on the app's PATH, and prepare.compilemessages = true", "install gettext, or compile the catalogs at build time and set compilemessages = false"),
+            Some(path) => r.ok(Rule::AppMsgfmt, "msgfmt", format!("found at {path}")),
+            None => r.error(Rule::AppMsgfmt, "msgfmt", "GNU gettext's msgfmt is not on the app's PATH, and prepare.compilemessages = true", "install gettext, or compile the catalogs at build time and set compilemessages = false"),
         }
     }
 }

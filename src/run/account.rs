@@ -47,7 +47,7 @@ pub(super) fn account(cfg: &Config, start: &Start) -> Result<Account, Exit> {
         let create = matches!(start.account, judge::account::Action::Create { .. });
         let (account, created) =
             launcher_sys::account::ensure(&svc.user, &svc.group, &svc.data_dir, create)
-                .or_exit(exit::SYSTEM)?;
+                .map_err(account_exit)?;
         if created.group {
             info!(phase = "account", group = %account.group, "created system group {} (gid {})", account.group, account.gid);
         }
@@ -57,7 +57,7 @@ pub(super) fn account(cfg: &Config, start: &Start) -> Result<Account, Exit> {
         account
     } else {
         let account =
-            launcher_sys::account::verify_current(&svc.user, &svc.group).or_exit(exit::SYSTEM)?;
+            launcher_sys::account::verify_current(&svc.user, &svc.group).map_err(account_exit)?;
         info!(
             phase = "account",
             "not running as root: using the current user {} as is; creating accounts and changing owners is skipped",
@@ -73,6 +73,19 @@ pub(super) fn account(cfg: &Config, start: &Start) -> Result<Account, Exit> {
         account,
         privileged,
     })
+}
+
+/// A refusal while acting has the rule of the same problem found ahead.
+pub(crate) fn account_exit(e: launcher_sys::account::AccountError) -> Exit {
+    let rule = match &e {
+        launcher_sys::account::AccountError::Refused(p) => Some(p.finding().rule),
+        _ => None,
+    };
+    let exit = Exit::new(exit::SYSTEM, e);
+    match rule {
+        Some(rule) => exit.rule(rule),
+        None => exit,
+    }
 }
 
 /// From here on, root acts as the service user in the user's data directory and towards

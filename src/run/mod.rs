@@ -30,6 +30,8 @@ mod secrets;
 mod server;
 mod tree;
 
+pub(crate) use account::account_exit;
+
 use std::convert::Infallible;
 use std::time::Instant;
 
@@ -244,6 +246,6 @@ impl Drop for Waits {
 fn lock_exit(e: lock::LockError) -> Exit {
     match e.stop_signal() {
         Some(signal) => Exit::stopped(signal, e),
-        None => Exit::new(exit::RUNTIME, e),
+        None => Exit::new(exit::RUNTIME, e).rule(launcher_plan::rule::Rule::PrepareLock),
     }
 }

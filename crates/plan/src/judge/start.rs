@@ -23,9 +23,10 @@ use launcher_config::{Config, GenerateKind};
 
 use crate::env::{self, Purpose};
 use crate::facts::{Facts, Origin, SecretFailure, SecretState};
-use crate::finding::{Finding, Group, Severity};
+use crate::finding::{Finding, Severity};
 use crate::judge::prepare::{self, Backup, Planned};
 use crate::judge::{account, secrets};
+use crate::rule::Rule;
 use crate::secret::SecretValue;
 
 /// The command a judgement is for.
@@ -207,7 +208,7 @@ fn manage_refusal(
     let subject = format!("{} ({})", fact.name, fact.source);
     match (plan, &fact.state) {
         (SecretPlan::Generate { .. }, _) => Some(Finding::error(
-            Group::Secrets,
+            Rule::SecretNeverStarted,
             subject,
             "has not been generated yet: the service has never started",
             "start the service once first",
@@ -219,7 +220,7 @@ fn manage_refusal(
                 ..
             },
         ) => Some(Finding::error(
-            Group::Secrets,
+            Rule::SecretUnitNotRunning,
             subject,
             format!(
                 "is a systemd credential and the unit {} is not running, so it cannot be read here",
@@ -233,7 +234,7 @@ fn manage_refusal(
             if *failure == SecretFailure::PermissionDenied =>
         {
             Some(Finding::error(
-                Group::Secrets,
+                Rule::SecretPermissionDenied,
                 subject,
                 format!("cannot be read here: {message}"),
                 "run manage as root",
@@ -247,7 +248,7 @@ fn manage_refusal(
 fn manage_account(cfg: &Config, action: account::Action) -> Option<Finding> {
     match action {
         account::Action::Create { .. } => Some(Finding::error(
-            Group::Account,
+            Rule::AccountNeverStarted,
             format!("user {}", cfg.service.user),
             format!(
                 "the service account {}:{} does not exist",
