@@ -39,6 +39,9 @@ const GROUPS: &[&str] = &[
     "server", "systemd",
 ];
 
+/// Django's warnings about HTTPS settings, which a test host served over plain HTTP accepts.
+const HTTP_ONLY: &str = "[\"django:security.W004\", \"django:security.W008\", \"django:security.W012\", \"django:security.W016\"]";
+
 /// The finding ids docs/check.md lists (`| `group.name` | ...` rows of its id table).
 fn documented_ids() -> Vec<String> {
     let text = include_str!("../docs/check.md");
@@ -113,6 +116,11 @@ impl Report {
 
     fn code(&self) -> i32 {
         self.out.code
+    }
+
+    /// The findings with this id.
+    fn by_id(&self, id: &str) -> Vec<&Finding> {
+        self.findings.iter().filter(|f| f.id == id).collect()
     }
 
     /// Findings of `group` whose subject contains `subject`.
@@ -599,6 +607,7 @@ fn a_missing_user_is_an_error_without_create_user_and_info_with_it() {
     );
 
     env.config.set("service", "create_user", "true");
+    env.config.set("check", "accept", HTTP_ONLY);
     let r = check_json(&env, &[]);
     r.assert_code(0);
     r.expect_exact(
@@ -686,6 +695,7 @@ fn an_existing_user_with_a_login_shell_and_another_home_is_warned_about() {
 #[test]
 fn data_dir_missing_or_without_parent() {
     let mut env = TestEnv::new("check_data_dir_missing");
+    env.config.set("check", "accept", HTTP_ONLY);
     let r = check_json(&env, &[]);
     r.expect_exact(
         "info",
@@ -761,7 +771,8 @@ fn data_dir_owned_by_another_user_is_an_error_and_not_looked_into() {
 
 #[test]
 fn data_dir_owned_by_root_or_with_a_wrong_mode_is_info_because_run_fixes_it() {
-    let env = TestEnv::new("check_data_dir_root_mode");
+    let mut env = TestEnv::new("check_data_dir_root_mode");
+    env.config.set("check", "accept", HTTP_ONLY);
     mkdir(&env.data, 0o755);
     let r = check_json(&env, &[]);
     r.assert_code(0);
@@ -1417,6 +1428,126 @@ fn a_python_that_is_not_executable_is_an_error_also_before_the_account_exists() 
         &python.display().to_string(),
         "is not an executable file",
     );
+    // What could not be checked without an interpreter is named.
+    let f = r.expect_exact(
+        "info",
+        "app",
+        "probe",
+        "the app was not probed: app.python cannot be run",
+    );
+    assert_eq!(f.id, "app.not_probed");
+    for unchecked in [
+        "Django's start with the settings",
+        "check --deploy",
+        "gunicorn's version",
+    ] {
+        assert!(f.message.contains(unchecked), "{f}");
+    }
+}
+
+/// Before the first start (no account yet) check probes the app all the same: as a
+/// uid/gid no account or process holds, with a throw-away data directory that is gone
+/// afterwards, so Django's start, the settings, check --deploy and gunicorn are judged
+/// before anything is created, and nothing is written anywhere else.
+#[test]
+fn before_the_first_start_the_app_is_probed_as_a_stand_in_and_nothing_is_left() {
+    let env = TestEnv::new("check_first_start");
+    assert!(!env.user_exists());
+    sync_config(&env);
+    let before = snapshot(&env.dir);
+    let r = check_json_run(&env, Run::new(&check_args(&env)));
+    assert_same_tree(&before, &snapshot(&env.dir), "before the first start");
+    assert!(
+        !env.user_exists() && !env.group_exists(),
+        "check created the account"
+    );
+    assert!(!env.data.exists(), "check created the data directory");
+    r.assert_code(1);
+
+    let stand_in = r.by_id("app.stand_in");
+    assert_eq!(stand_in.len(), 1, "{}", r.listing());
+    let message = &stand_in[0].message;
+    assert_eq!(stand_in[0].severity, "info");
+    let id: u32 = message
+        .split("probed as uid and gid ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no uid in {message:?}"));
+    assert!((61184..=65519).contains(&id), "{id}");
+    assert!(nix::unistd::User::from_uid(id.into()).unwrap().is_none());
+    let dir = message
+        .split("throw-away data directory ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no directory in {message:?}"));
+    assert!(dir.starts_with("/tmp/bitpoll-launcher-probe-"), "{dir}");
+    assert!(!Path::new(dir).exists(), "{dir} is left");
+    let left: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("status")).ok())
+        .filter(|status| {
+            status.lines().any(|l| {
+                l.starts_with("Uid:") && l.split_whitespace().skip(1).any(|u| u == id.to_string())
+            })
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes of the stand-in are left: {left:?}"
+    );
+
+    // The app as the first start will meet it.
+    r.expect_exact("ok", "python", PYTHON, "Python 3.");
+    r.expect_exact("ok", "app", "django", "Django 5.");
+    r.expect_exact(
+        "ok",
+        "app",
+        "bitpoll.settings",
+        "imports and Django starts with the app's environment",
+    );
+    for w in ["W004", "W008", "W012", "W016"] {
+        let f = r.expect_exact(
+            "warning",
+            "app",
+            &format!("check --deploy security.{w}"),
+            "",
+        );
+        assert_eq!(f.id, format!("django:security.{w}"));
+    }
+    r.expect_exact("ok", "server", "gunicorn", "version 27.");
+    r.expect_exact("ok", "app", "msgfmt", "found at /usr/bin/msgfmt");
+    r.expect_exact(
+        "info",
+        "app",
+        "static files",
+        &format!(
+            "no manifest at {}/static/current/staticfiles.json yet",
+            env.data.display()
+        ),
+    );
+    r.expect_exact(
+        "info",
+        "database",
+        &format!("sqlite {}/db.sqlite3", env.data.display()),
+        "not probed as Django sees it before the first start",
+    );
+
+    // A broken settings file shows up now, not at the first start.
+    let settings = env.app.join("bitpoll/settings_local.py");
+    let mut text = fs::read_to_string(&settings).unwrap();
+    text.push_str("\nBROKEN = (\n");
+    fs::write(&settings, text).unwrap();
+    let r = check_json(&env, &[]);
+    r.assert_code(2);
+    r.expect(
+        "error",
+        "app",
+        "bitpoll.settings",
+        "the app does not start: SyntaxError",
+    );
+    assert!(!env.user_exists(), "check created the user");
 }
 
 #[test]
@@ -1673,6 +1804,74 @@ fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
         r.out.elapsed < Duration::from_secs(20),
         "check took {:?}",
         r.out.elapsed
+    );
+}
+
+/// Warnings the admin accepts ([check] accept) are info and leave the exit status alone;
+/// an accepted id that does not occur, or names no rule, is a warning of its own.
+#[test]
+fn accepted_warnings_are_info_and_entries_that_do_not_apply_are_warnings() {
+    let mut env = TestEnv::new("check_accept");
+    create_service_account(&env);
+    env.config.set("check", "accept", HTTP_ONLY);
+    let r = check_json(&env, &[]);
+    r.assert_code(0);
+    for w in ["W004", "W008", "W012", "W016"] {
+        let f = r.by_id(&format!("django:security.{w}"));
+        assert_eq!(f.len(), 1, "{}", r.listing());
+        assert_eq!(
+            (f[0].severity.as_str(), f[0].accepted),
+            ("info", true),
+            "{}",
+            f[0]
+        );
+        assert!(f[0].fix.is_some(), "{}", f[0]);
+    }
+    assert!(r.by_id("check.accept").is_empty(), "{}", r.listing());
+    let h = check_human(&env, &[]);
+    assert_eq!(h.code, 0, "{}", h.context());
+    assert!(
+        h.stdout.contains("[django:security.W004, accepted]\n"),
+        "{}",
+        h.context()
+    );
+    assert!(
+        h.stdout
+            .contains(" (4 of the info accepted in check.accept)\n"),
+        "{}",
+        h.context()
+    );
+
+    env.config.set(
+        "check",
+        "accept",
+        &HTTP_ONLY.replace(
+            ']',
+            ", \"server.control_socket\", \"secrets.shared_by_instance\"]",
+        ),
+    );
+    let r = check_json(&env, &[]);
+    r.assert_code(1);
+    let unused = r.by_id("check.accept");
+    assert_eq!(unused.len(), 2, "{}", r.listing());
+    assert!(
+        unused
+            .iter()
+            .all(|f| f.severity == "warning" && f.group == "check")
+    );
+    assert!(
+        unused[0]
+            .message
+            .contains("\"server.control_socket\" did not occur in this check"),
+        "{}",
+        unused[0]
+    );
+    assert!(
+        unused[1]
+            .message
+            .contains("did you mean `secrets.shared_by_instances`?"),
+        "{}",
+        unused[1]
     );
 }
 

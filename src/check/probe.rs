@@ -14,7 +14,6 @@ use launcher_plan::facts::{DirState, Facts};
 use launcher_plan::finding::{Finding, Severity};
 use launcher_plan::rule::Rule;
 
-use super::Viewer;
 use super::report::Report;
 
 const PROBE: &str = include_str!("probe.py");
@@ -38,6 +37,24 @@ pub struct Probe {
     manifest: Option<Manifest>,
     static_error: Option<String>,
     encrypted: Option<Encrypted>,
+}
+
+impl Probe {
+    /// The answer as if the probe had run on `to` instead of the throw-away `from` data
+    /// directory: the paths it names are the deployment's.
+    pub fn relocate(&mut self, from: &std::path::Path, to: &std::path::Path) {
+        let moved = |p: &mut String| {
+            if let Ok(rest) = std::path::Path::new(p.as_str()).strip_prefix(from) {
+                *p = to.join(rest).display().to_string();
+            }
+        };
+        if let Some(m) = &mut self.manifest {
+            moved(&mut m.path);
+        }
+        if let Some(name) = self.db.as_mut().and_then(|d| d.name.as_mut()) {
+            moved(name);
+        }
+    }
 }
 
 /// One stored encrypted value, decrypted (or not) with the configured keys.
@@ -65,7 +82,11 @@ struct DjangoCheck {
 struct DbInfo {
     vendor: String,
     name: Option<String>,
+    #[serde(default)]
     exists: bool,
+    /// Not connected to: the probe was told to leave the database alone.
+    #[serde(default)]
+    skipped: bool,
     error: Option<String>,
 }
 
@@ -75,9 +96,19 @@ struct Manifest {
     exists: bool,
 }
 
+/// Who the probe runs as.
+pub enum As<'a> {
+    /// The service user; `privileged`: check runs as root and drops to the account.
+    Account(&'a launcher_sys::account::Account, bool),
+    /// A uid/gid without an account, before the first start (launcher_sys::stand_in).
+    StandIn(u32),
+    /// The user running check: neither root nor the service user.
+    Caller,
+}
+
 /// Paths the service user must be able to write, limited to what the observer found to
 /// be real directories and regular files: the probe must never look through a link.
-fn writable_paths(cfg: &Config, facts: &Facts) -> Vec<PathBuf> {
+pub fn writable_paths(cfg: &Config, facts: &Facts) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = facts
         .tree
         .dirs
@@ -108,31 +139,25 @@ fn writable_paths(cfg: &Config, facts: &Facts) -> Vec<PathBuf> {
     paths
 }
 
-/// Run the probe as the service user (as this user when check runs as someone else) with
-/// the app's environment `app_env`.
+/// Run the probe as `who` with the app's environment `app_env`: whether each of `paths`
+/// is writable, and with `database` the database as Django sees it.
 pub fn probe_app(
     cfg: &Config,
-    facts: &Facts,
-    account: &launcher_sys::account::Account,
-    viewer: Viewer,
+    who: As<'_>,
     mut app_env: launcher_plan::env::Env,
+    paths: &[PathBuf],
+    database: bool,
     r: &mut Report,
 ) -> Option<Probe> {
     let python = &cfg.app.python;
     app_env.set("PYTHONDONTWRITEBYTECODE".into(), "1".into());
-    // Another user's view of write access says nothing about the service user's.
-    let paths: Vec<String> = if viewer == Viewer::Other {
-        Vec::new()
-    } else {
-        writable_paths(cfg, facts)
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect()
-    };
+    let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let options = serde_json::json!({ "database": database });
     let mut cmd = std::process::Command::new(python);
     cmd.arg("-c")
         .arg(PROBE)
         .arg(serde_json::to_string(&paths).unwrap_or_else(|_| "[]".into()))
+        .arg(options.to_string())
         .current_dir(&cfg.app.source_dir)
         .env_clear()
         .envs(app_env.iter())
@@ -143,13 +168,15 @@ pub fn probe_app(
     // terminal, and nothing the launcher inherited reaches it.
     launcher_sys::session::new_session_in_child(&mut cmd);
     launcher_sys::fds::close_in_child(&mut cmd, 0..0);
-    let drop = match viewer {
-        Viewer::Root => Some(true),
-        Viewer::ServiceUser => Some(false),
-        Viewer::Other => None,
+    let target = match who {
+        As::Account(account, privileged) => Some(launcher_sys::privs::Target::for_account(
+            account, privileged,
+        )),
+        As::StandIn(id) => Some(launcher_sys::privs::Target::stand_in(id)),
+        As::Caller => None,
     };
-    if let Some(privileged) = drop {
-        match launcher_sys::privs::Target::for_account(account, privileged) {
+    if let Some(target) = target {
+        match target {
             Ok(t) => launcher_sys::privs::drop_in_child(&mut cmd, t),
             Err(e) => {
                 r.error(
@@ -367,7 +394,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
             ("sqlite", Some(name)) => format!("sqlite {name}"),
             (vendor, _) => vendor.to_string(),
         };
-        if !db.exists {
+        if db.skipped {
+            r.info(
+                Rule::DatabaseApp,
+                subject,
+                "not probed as Django sees it before the first start: Django's connection depends on the service user",
+            );
+        } else if !db.exists {
             r.info(
                 Rule::DatabaseApp,
                 subject,

@@ -734,6 +734,14 @@ rules! {
         explain: "check could not start the app: what it names (Django's start, the settings, check --deploy, the database as Django sees it, gunicorn) was not checked.",
         fix: "Fix what the message names, then run check again.",
     }
+    AppStandIn {
+        id: "app.stand_in",
+        message_id: "8a03e9b18d754d97a3d5c185fd5356a5",
+        group: App,
+        title: "the app was probed before its account exists",
+        explain: "",
+        fix: "",
+    }
     // --- prepare ----------------------------------------------------------------------
     PrepareStep {
         id: "prepare.step",
