@@ -59,12 +59,15 @@ pub enum Command {
     Sysusers(ConfigArgs),
     /// Print the data directory as a tmpfiles.d entry.
     Tmpfiles(ConfigArgs),
-    /// Install the unit, the account and the data directory on a systemd host (not NixOS).
+    /// Install the unit, the account, the data directory and the journal catalog on a
+    /// systemd host (not NixOS).
     #[command(
         long_about = "Install Bitpoll's unit on a systemd host without NixOS: write what `unit`, \
-`sysusers` and `tmpfiles` print to /etc/systemd/system/bitpoll.service, \
-/etc/sysusers.d/USER.conf and /etc/tmpfiles.d/USER.conf, create the account \
-(systemd-sysusers) and the data directory (systemd-tmpfiles --create), and reload systemd. \
+`sysusers`, `tmpfiles` and `catalog` print to /etc/systemd/system/bitpoll.service, \
+/etc/sysusers.d/USER.conf, /etc/tmpfiles.d/USER.conf and \
+/usr/local/lib/systemd/catalog/bitpoll-launcher.catalog, create the account \
+(systemd-sysusers) and the data directory (systemd-tmpfiles --create), update the journal's \
+catalog database (journalctl --update-catalog), and reload systemd. \
 Each file is replaced atomically and only when its content changes, so running install \
 again after a config change updates exactly what changed. A file install did not write, or \
 one edited since, is left alone unless --force is given: install refuses before changing \
@@ -73,20 +76,21 @@ anything. It does not start the unit.",
     )]
     Install(InstallArgs),
     /// Print the journal catalog: what each MESSAGE_ID of the launcher's records means and
-    /// what to do (systemd's catalog format, for /etc/systemd/catalog/).
+    /// what to do (systemd's catalog format, for /usr/local/lib/systemd/catalog/).
     #[command(
         long_about = "Print the journal catalog of the launcher in systemd's catalog format: one \
 entry per rule that can refuse a start, fail it or warn, under the MESSAGE_ID its journal \
 records carry, with what it means, the documented fix and where the docs say more. \
 `journalctl -x` shows the entry under each such record once the catalog is installed: \
 `bitpoll-launcher install` and the NixOS module do that; by hand, write it to \
-/etc/systemd/catalog/bitpoll-launcher.catalog and run `journalctl --update-catalog`."
+/usr/local/lib/systemd/catalog/bitpoll-launcher.catalog (journalctl reads catalogs there and \
+in /usr/lib/systemd/catalog/, not below /etc) and run `journalctl --update-catalog`."
     )]
     Catalog,
     /// Stop the unit and remove what install wrote; keep the account and the data.
     #[command(
-        long_about = "Stop and disable bitpoll.service and remove the three files install wrote, \
-then reload systemd. Only files install wrote and nobody edited are removed (edited ones \
+        long_about = "Stop and disable bitpoll.service and remove the four files install wrote, \
+then reload systemd and update the journal's catalog database. Only files install wrote and nobody edited are removed (edited ones \
 too with --force; a file install did not write never). The account and the data directory \
 (database, secrets, uploads) are kept.",
         after_help = INSTALL_EXIT_CODES

@@ -118,9 +118,10 @@ impl fmt::Display for Rule {
 /// The prefix of the ids of Django's own findings (`django:security.W004`).
 pub const DJANGO_PREFIX: &str = "django:";
 
-/// Where the catalog is installed on a host with /etc (journalctl reads /etc/systemd/catalog
-/// and /usr/lib/systemd/catalog; `journalctl --update-catalog` rebuilds its database).
-pub const CATALOG_PATH: &str = "/etc/systemd/catalog/bitpoll-launcher.catalog";
+/// Where `install` puts the catalog: journalctl reads catalogs from
+/// /usr/local/lib/systemd/catalog/ and /usr/lib/systemd/catalog/ (the distribution's),
+/// nothing below /etc; `journalctl --update-catalog` rebuilds its database from them.
+pub const CATALOG_PATH: &str = "/usr/local/lib/systemd/catalog/bitpoll-launcher.catalog";
 
 /// The catalog file, in systemd's catalog format (journalctl(1), sd-journal's catalog): one
 /// entry per rule that can be a warning, an error or a failure.
