@@ -7,14 +7,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const RUN_EXIT_CODES: &str = "\
 Exit status (run never returns on success: it becomes the server):
   1    a preparation step failed, the server could not be executed, PostgreSQL did not
-       accept a connection within database.wait_timeout_sec, or a lock's holder hung
-  2    the configuration file is missing or invalid
+       accept a connection within database.wait_timeout_sec, a lock's holder hung, or the
+       launcher itself failed (its runtime, its stop signals, leaving the terminal)
+  2    the configuration file is missing or invalid, or the command line is wrong
   3    the system is not as required (account, data directory, secrets), or PostgreSQL
        refused the login, the database or TLS
-  4    privileges could not be dropped for good
+  4    privileges could not be changed or dropped for good
   128+N  stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT before the exec: the launcher ends
          the wait or step, then dies of the same signal (shells show 128+N; as a
-         container's PID 1, which cannot die of it, it exits 128+N)";
+         container's PID 1, which cannot die of it, it exits 128+N)
+Each failure is logged with the MESSAGE_ID and FINDING_ID of its rule (journalctl -x).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +54,7 @@ pub enum Command {
     /// Run manage.py exactly as the service would: as the service user, with its
     /// environment, secrets and working directory (from a root terminal, on a terminal of
     /// its own).
+    #[command(after_help = MANAGE_EXIT_CODES)]
     Manage(ManageArgs),
     /// Print a hardened systemd unit for this config (hosts without NixOS).
     Unit(UnitArgs),
@@ -146,9 +149,19 @@ pub struct UninstallArgs {
 
 const CHECK_EXIT_CODES: &str = "\
 Exit status:
-  0  no problems (only ok and info findings)
+  0  no problems: only ok and info findings (a warning accepted in check.accept is info)
   1  warnings, no errors
-  2  errors: `run` would fail or the deployment is unsafe";
+  2  errors: `run` would fail or the deployment is unsafe (an invalid config too), or the
+     command line is wrong";
+
+const MANAGE_EXIT_CODES: &str = "\
+Exit status: that of manage.py's command (128+N when signal N ended it). Before the
+command starts, the launcher's own, after its error message on stderr:
+  1  the launcher failed (the terminal relay, the exec)
+  2  the configuration is invalid, an --env is refused, or the command line is wrong
+  3  manage refuses what run would refuse, or what only a start can do (the account does
+     not exist, a secret was never generated, a credential only the running unit has)
+  4  privileges could not be dropped for good";
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
