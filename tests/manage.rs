@@ -103,11 +103,12 @@ fn manage_before_the_first_start_or_without_the_user_refuses() {
     let env = TestEnv::new("manage_refuses");
     let out = manage(&env, &["showmigrations"]);
     assert_eq!(out.code, 3, "missing user\n{}", out.context());
+    // In the words check uses, under the rule's id.
     assert!(
         out.stderr.contains(&format!(
-            "the service account {0}:{0} does not exist; start the service once",
+            "user {0}: the service account {0}:{0} does not exist; fix: start the service once",
             env.user
-        )),
+        )) && out.stderr.contains("finding_id=account.never_started"),
         "{}",
         out.context()
     );
@@ -118,10 +119,10 @@ fn manage_before_the_first_start_or_without_the_user_refuses() {
     assert_eq!(out.code, 3, "secrets not generated\n{}", out.context());
     for name in ["BITPOLL_SECRET_KEY", "BITPOLL_FIELD_ENCRYPTION_KEY"] {
         assert!(
-            out.stderr.contains(&format!("secret {name} (generate "))
-                && out
-                    .stderr
-                    .contains("has not been generated yet: start the service once first"),
+            out.stderr.contains(&format!(
+                "{name} (generate {}): has not been generated yet: the service has never started; fix: start the service once first",
+                if name == "BITPOLL_SECRET_KEY" { "django-secret-key" } else { "fernet-key" }
+            )) && out.stderr.contains("finding_id=secrets.never_started"),
             "{}",
             out.context()
         );

@@ -8,7 +8,8 @@
 //! prints it, `manage` refuses on the errors and starts its command with the secrets.
 //! The commands differ only where they must:
 //!
-//! - `run` also judges who runs the launcher (root, or the service user itself);
+//! - `run` and `manage` also judge who runs the launcher (root, or the service user
+//!   itself);
 //! - `manage` changes nothing the service owns, so what `run` would do first (create the
 //!   account, generate a secret) is a refusal for it, and so is a credential only the
 //!   running unit can read;
@@ -122,7 +123,8 @@ impl Start {
 /// Judge the deployment for `command`; `now` (seconds since the epoch) names a backup.
 pub fn start(cfg: &Config, facts: &Facts, command: Command, now: u64) -> Start {
     let mut findings = Vec::new();
-    if command == Command::Run {
+    // run and manage start the app as the service user: only root or that user can.
+    if command != Command::Check {
         findings.extend(account::launcher_identity(cfg, facts));
     }
     let deployment = super::deployment(cfg, facts);
@@ -319,6 +321,26 @@ mod tests {
                 errors(&s)
                     .iter()
                     .any(|e| e.contains("start the service once")),
+                refused,
+                "{command:?}: {:?}",
+                errors(&s)
+            );
+        }
+    }
+
+    #[test]
+    fn run_and_manage_refuse_a_launcher_that_is_neither_root_nor_the_service_user() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.euid = 4242;
+        for (command, refused) in [
+            (Command::Run, true),
+            (Command::Manage, true),
+            (Command::Check, false),
+        ] {
+            let s = start(&cfg, &facts, command, 0);
+            assert_eq!(
+                errors(&s).iter().any(|e| e.contains("uid 4242")),
                 refused,
                 "{command:?}: {:?}",
                 errors(&s)
