@@ -3,9 +3,10 @@
 //! stops the launcher.
 //!
 //! The text log tells the time in the app's zone, so that its lines and the server's
-//! (gunicorn's, in Django's TIME_ZONE) read on one clock: the zone of `BITPOLL_TIME_ZONE`
-//! in the config's `[environment]` (the variable Bitpoll's settings read), else Bitpoll's
-//! default, Europe/Berlin; every line carries its UTC offset. The journal keeps its own
+//! (gunicorn's, in TZ and then Django's TIME_ZONE) read on one clock: the zone of
+//! `BITPOLL_TIME_ZONE` in the config's `[environment]` (the variable Bitpoll's settings
+//! read), else Bitpoll's default, Europe/Berlin (launcher_plan::env::time_zone, which the
+//! app also gets as TZ); every line carries its UTC offset. The journal keeps its own
 //! timestamps. The `message_id` field (journal MESSAGE_ID) is left out of the text: the
 //! finding id says the same in words.
 //!
@@ -17,6 +18,7 @@
 use std::fmt::Write as _;
 use std::sync::{LazyLock, RwLock};
 
+use launcher_plan::env::DEFAULT_TIME_ZONE;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::field::RecordFields;
@@ -53,11 +55,6 @@ pub fn init(level: crate::cli::LogLevel) {
         .init();
 }
 
-/// Bitpoll's TIME_ZONE when `BITPOLL_TIME_ZONE` does not set one (its settings.py).
-pub const DEFAULT_TIME_ZONE: &str = "Europe/Berlin";
-/// The variable of the app's environment that names its zone.
-pub const TIME_ZONE_VAR: &str = "BITPOLL_TIME_ZONE";
-
 static ZONE: LazyLock<RwLock<jiff::tz::TimeZone>> =
     LazyLock::new(|| RwLock::new(zone_named(DEFAULT_TIME_ZONE)));
 
@@ -69,11 +66,7 @@ fn zone_named(name: &str) -> jiff::tz::TimeZone {
 
 /// The text log's zone from here on: the app's, as `cfg` sets it.
 pub fn use_app_zone(cfg: &launcher_config::Config) {
-    let name = cfg
-        .environment
-        .get(TIME_ZONE_VAR)
-        .map_or(DEFAULT_TIME_ZONE, String::as_str);
-    let zone = zone_named(name);
+    let zone = zone_named(launcher_plan::env::time_zone(cfg));
     if let Ok(mut z) = ZONE.write() {
         *z = zone;
     }
@@ -166,7 +159,12 @@ mod tests {
     fn the_text_clock_is_the_app_zone_with_its_offset() {
         let cfg = |zone: Option<&str>| {
             let env = zone
-                .map(|z| format!("[environment]\n{TIME_ZONE_VAR} = \"{z}\"\n"))
+                .map(|z| {
+                    format!(
+                        "[environment]\n{} = \"{z}\"\n",
+                        launcher_plan::env::TIME_ZONE_VAR
+                    )
+                })
                 .unwrap_or_default();
             launcher_config::parse_str(&format!(
                 "[service]\nuser = \"bitpoll\"\ndata_dir = \"/var/lib/bitpoll\"\n[app]\npython = \"/v/bin/python\"\nsource_dir = \"/s\"\n[secrets]\nBITPOLL_SECRET_KEY = {{ generate = \"django-secret-key\" }}\nBITPOLL_FIELD_ENCRYPTION_KEY = {{ generate = \"fernet-key\" }}\n[server]\ncommand = [\"/v/bin/gunicorn\"]\n{env}"

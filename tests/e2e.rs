@@ -1490,6 +1490,7 @@ fn server_environment_is_built_from_scratch() {
     let required = [
         "PATH",
         "LANG",
+        "TZ",
         "HOME",
         "USER",
         "LOGNAME",

@@ -120,8 +120,24 @@ pub const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub const DEFAULT_LANG: &str = "C.UTF-8";
 /// Variables the launcher sets to fixed values unless `[environment]` sets them; like the
 /// inherited ones, they do not count in a preparation stamp's fingerprint unless
-/// configured (they never vary by themselves).
-pub const DEFAULTS: &[&str] = &["PATH", "LANG"];
+/// configured (they never vary by themselves; TZ follows BITPOLL_TIME_ZONE, which counts).
+pub const DEFAULTS: &[&str] = &["PATH", "LANG", "TZ"];
+
+/// The variable of the app's environment that names its zone (Bitpoll's settings read it
+/// into TIME_ZONE).
+pub const TIME_ZONE_VAR: &str = "BITPOLL_TIME_ZONE";
+/// Bitpoll's TIME_ZONE when `BITPOLL_TIME_ZONE` does not set one (its settings.py).
+pub const DEFAULT_TIME_ZONE: &str = "Europe/Berlin";
+
+/// The app's zone as the config gives it: `BITPOLL_TIME_ZONE` of `[environment]`, else
+/// Bitpoll's default. The launcher's text log tells time in it, and the app gets it as
+/// `TZ`, so that what runs before Django sets its TIME_ZONE (gunicorn's arbiter without
+/// `--preload`) tells time in it too.
+pub fn time_zone(cfg: &Config) -> &str {
+    cfg.environment
+        .get(TIME_ZONE_VAR)
+        .map_or(DEFAULT_TIME_ZONE, String::as_str)
+}
 
 /// Variables that differ on every start without changing what preparation does; left out
 /// of stamp fingerprints.
@@ -170,6 +186,7 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Env {
     }
     env.insert("PATH".into(), app_path(&cfg.app.python));
     env.insert("LANG".into(), DEFAULT_LANG.into());
+    env.insert("TZ".into(), time_zone(cfg).into());
 
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
@@ -404,6 +421,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             ("PYTHONNOUSERSITE", "1"),
             ("PYTHONPATH", "/opt/src"),
             ("PYTHONUNBUFFERED", "1"),
+            ("TZ", "Europe/Berlin"),
             ("USER", "bitpoll"),
         ]
         .into_iter()
@@ -571,6 +589,7 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
                 "{purpose:?}"
             );
             assert_eq!(from_nothing["LANG"], DEFAULT_LANG, "{purpose:?}");
+            assert_eq!(from_nothing["TZ"], DEFAULT_TIME_ZONE, "{purpose:?}");
         }
     }
 
@@ -596,6 +615,29 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
         assert_eq!(env["PATH"], "/opt/tools/bin:/usr/bin");
         assert_eq!(env["LANG"], "de_DE.UTF-8");
         assert_eq!(env["TZ"], "UTC");
+    }
+
+    #[test]
+    fn tz_is_the_apps_zone() {
+        let cfg = launcher_config::parse_str(&config_text().replace(
+            "[environment]\n",
+            "[environment]\nBITPOLL_TIME_ZONE = \"America/Chicago\"\n",
+        ))
+        .unwrap();
+        let env = build(
+            &Inputs {
+                config: &cfg,
+                secrets: &[],
+                inherited: &[("TZ".to_string(), "Asia/Tokyo".to_string())],
+                user: "bitpoll",
+                home: Path::new("/var/lib/bitpoll"),
+                locale_paths: &[],
+            },
+            Purpose::Server,
+        )
+        .to_map();
+        assert_eq!(env["TZ"], "America/Chicago");
+        assert_eq!(env["BITPOLL_TIME_ZONE"], "America/Chicago");
     }
 
     #[test]
