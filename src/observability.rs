@@ -119,17 +119,22 @@ struct TextVisitor {
 }
 
 impl Visit for TextVisitor {
+    /// Every value is outside text (the app's output, a server's errors): its control
+    /// characters, ESC and the C1 controls among them, are escaped here, so the only
+    /// escape sequences the writer lets through are the formatter's own colours.
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let _ = match field.name() {
-            "message" => write!(self.message, "{value:?}"),
-            "message_id" => Ok(()),
+        let text = format!("{value:?}");
+        let text = launcher_plan::text::printable_lines(&text);
+        match field.name() {
+            "message" => self.message.push_str(&text),
+            "message_id" => {}
             name => {
                 if !self.fields.is_empty() {
                     self.fields.push(' ');
                 }
-                write!(self.fields, "{name}={value:?}")
+                let _ = write!(self.fields, "{name}={text}");
             }
-        };
+        }
     }
 }
 
@@ -154,6 +159,35 @@ impl<W: std::io::Write> std::io::Write for Printable<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_is_shown_with_its_control_characters_escaped() {
+        let mut v = TextVisitor::default();
+        let fields = tracing::field::FieldSet::new(
+            &["message", "message_id", "step"],
+            tracing::callsite::Identifier(&CALLSITE),
+        );
+        let mut it = fields.iter();
+        let (m, id, step) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        v.record_debug(
+            &m,
+            &format_args!("migrating\u{1b}]0;pwned\u{7}\u{9b}2J done"),
+        );
+        v.record_debug(&id, &"0123");
+        v.record_str(&step, "a\u{1b}[2Kb");
+        assert_eq!(v.message, "migrating\\x1b]0;pwned\\x07\\u{9b}2J done");
+        // A str's Debug form escapes its controls itself.
+        assert_eq!(v.fields, "step=\"a\\u{1b}[2Kb\"");
+    }
+
+    static CALLSITE: TestCallsite = TestCallsite;
+    struct TestCallsite;
+    impl tracing::callsite::Callsite for TestCallsite {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unreachable!("not registered")
+        }
+    }
 
     #[test]
     fn the_text_clock_is_the_app_zone_with_its_offset() {
