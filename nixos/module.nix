@@ -85,6 +85,10 @@ let
   socketIsUnix = lib.hasPrefix "/" cfg.socket.listen;
   notifyAccess = if (cfg.settings.server.ready or "arbiter") == "worker" then "all" else "main";
 
+  # The launcher's journal catalog and where journalctl looks for catalogs of local software.
+  catalogFile = "${cfg.launcherPackage}/lib/systemd/catalog/bitpoll-launcher.catalog";
+  catalogDir = "/usr/local/lib/systemd/catalog";
+
   nginxTls =
     let
       vhost = config.services.nginx.virtualHosts.${cfg.nginx.hostName} or { };
@@ -538,6 +542,34 @@ in
         else
           { ReadWritePaths = [ (toString cfg.dataDir) ]; }
       );
+    };
+
+    # The journal catalog, so that `journalctl -x -u bitpoll` explains each refusal and
+    # failure of the launcher under its record. NixOS's journalctl reads catalogs from its
+    # own package and /usr/local/lib/systemd/catalog/ (not from /etc); the catalog is
+    # linked there and the database rebuilt whenever the launcher's catalog changes.
+    systemd.services.bitpoll-journal-catalog = {
+      description = "The journal catalog of bitpoll-launcher (journalctl -x)";
+      wantedBy = [ "multi-user.target" ];
+      before = [ "bitpoll.service" ];
+      restartTriggers = [ catalogFile ];
+      path = [
+        config.systemd.package
+        pkgs.coreutils
+      ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+      };
+      script = ''
+        mkdir -p ${catalogDir}
+        ln -sfn ${catalogFile} ${catalogDir}/bitpoll-launcher.catalog
+        journalctl --update-catalog
+      '';
+      preStop = ''
+        rm -f ${catalogDir}/bitpoll-launcher.catalog
+        journalctl --update-catalog
+      '';
     };
 
     systemd.sockets.bitpoll = mkIf cfg.socket.enable {

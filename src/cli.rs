@@ -7,14 +7,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const RUN_EXIT_CODES: &str = "\
 Exit status (run never returns on success: it becomes the server):
   1    a preparation step failed, the server could not be executed, PostgreSQL did not
-       accept a connection within database.wait_timeout_sec, or a lock's holder hung
-  2    the configuration file is missing or invalid
+       accept a connection within database.wait_timeout_sec, a lock's holder hung, or the
+       launcher itself failed (its runtime, its stop signals, leaving the terminal)
+  2    the configuration file is missing or invalid, or the command line is wrong
   3    the system is not as required (account, data directory, secrets), or PostgreSQL
        refused the login, the database or TLS
-  4    privileges could not be dropped for good
+  4    privileges could not be changed or dropped for good
   128+N  stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT before the exec: the launcher ends
          the wait or step, then dies of the same signal (shells show 128+N; as a
-         container's PID 1, which cannot die of it, it exits 128+N)";
+         container's PID 1, which cannot die of it, it exits 128+N)
+Each failure is logged with the MESSAGE_ID and FINDING_ID of its rule (journalctl -x).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +54,7 @@ pub enum Command {
     /// Run manage.py exactly as the service would: as the service user, with its
     /// environment, secrets and working directory (from a root terminal, on a terminal of
     /// its own).
+    #[command(after_help = MANAGE_EXIT_CODES)]
     Manage(ManageArgs),
     /// Print a hardened systemd unit for this config (hosts without NixOS).
     Unit(UnitArgs),
@@ -59,12 +62,15 @@ pub enum Command {
     Sysusers(ConfigArgs),
     /// Print the data directory as a tmpfiles.d entry.
     Tmpfiles(ConfigArgs),
-    /// Install the unit, the account and the data directory on a systemd host (not NixOS).
+    /// Install the unit, the account, the data directory and the journal catalog on a
+    /// systemd host (not NixOS).
     #[command(
         long_about = "Install Bitpoll's unit on a systemd host without NixOS: write what `unit`, \
-`sysusers` and `tmpfiles` print to /etc/systemd/system/bitpoll.service, \
-/etc/sysusers.d/USER.conf and /etc/tmpfiles.d/USER.conf, create the account \
-(systemd-sysusers) and the data directory (systemd-tmpfiles --create), and reload systemd. \
+`sysusers`, `tmpfiles` and `catalog` print to /etc/systemd/system/bitpoll.service, \
+/etc/sysusers.d/USER.conf, /etc/tmpfiles.d/USER.conf and \
+/usr/local/lib/systemd/catalog/bitpoll-launcher.catalog, create the account \
+(systemd-sysusers) and the data directory (systemd-tmpfiles --create), update the journal's \
+catalog database (journalctl --update-catalog), and reload systemd. \
 Each file is replaced atomically and only when its content changes, so running install \
 again after a config change updates exactly what changed. A file install did not write, or \
 one edited since, is left alone unless --force is given: install refuses before changing \
@@ -72,10 +78,22 @@ anything. It does not start the unit.",
         after_help = INSTALL_EXIT_CODES
     )]
     Install(InstallArgs),
+    /// Print the journal catalog: what each MESSAGE_ID of the launcher's records means and
+    /// what to do (systemd's catalog format, for /usr/local/lib/systemd/catalog/).
+    #[command(
+        long_about = "Print the journal catalog of the launcher in systemd's catalog format: one \
+entry per rule that can refuse a start, fail it or warn, under the MESSAGE_ID its journal \
+records carry, with what it means, the documented fix and where the docs say more. \
+`journalctl -x` shows the entry under each such record once the catalog is installed: \
+`bitpoll-launcher install` and the NixOS module do that; by hand, write it to \
+/usr/local/lib/systemd/catalog/bitpoll-launcher.catalog (journalctl reads catalogs there and \
+in /usr/lib/systemd/catalog/, not below /etc) and run `journalctl --update-catalog`."
+    )]
+    Catalog,
     /// Stop the unit and remove what install wrote; keep the account and the data.
     #[command(
-        long_about = "Stop and disable bitpoll.service and remove the three files install wrote, \
-then reload systemd. Only files install wrote and nobody edited are removed (edited ones \
+        long_about = "Stop and disable bitpoll.service and remove the four files install wrote, \
+then reload systemd and update the journal's catalog database. Only files install wrote and nobody edited are removed (edited ones \
 too with --force; a file install did not write never). The account and the data directory \
 (database, secrets, uploads) are kept.",
         after_help = INSTALL_EXIT_CODES
@@ -131,9 +149,19 @@ pub struct UninstallArgs {
 
 const CHECK_EXIT_CODES: &str = "\
 Exit status:
-  0  no problems (only ok and info findings)
+  0  no problems: only ok and info findings (a warning accepted in check.accept is info)
   1  warnings, no errors
-  2  errors: `run` would fail or the deployment is unsafe";
+  2  errors: `run` would fail or the deployment is unsafe (an invalid config too), or the
+     command line is wrong";
+
+const MANAGE_EXIT_CODES: &str = "\
+Exit status: that of manage.py's command (128+N when signal N ended it). Before the
+command starts, the launcher's own, after its error message on stderr:
+  1  the launcher failed (the terminal relay, the exec)
+  2  the configuration is invalid, an --env is refused, or the command line is wrong
+  3  manage refuses what run would refuse, or what only a start can do (the account does
+     not exist, a secret was never generated, a credential only the running unit has)
+  4  privileges could not be dropped for good";
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {

@@ -17,5 +17,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             reason: e.reason(),
             fix: e.fix(),
         })?;
-    launcher_config::from_bytes(path, &file.bytes)
+    let cfg = launcher_config::from_bytes(path, &file.bytes)?;
+    crate::observability::use_app_zone(&cfg);
+    Ok(cfg)
 }

@@ -1,8 +1,8 @@
 //! `bitpoll-launcher install` and `uninstall`: put the unit, the sysusers.d and the
-//! tmpfiles.d entry in place on a systemd host without NixOS, apply them, and take them
-//! away again.
+//! tmpfiles.d entry and the journal catalog in place on a systemd host without NixOS,
+//! apply them, and take them away again.
 //!
-//! The three files are exactly what `unit`, `sysusers` and `tmpfiles` print, each with a
+//! The four files are exactly what `unit`, `sysusers`, `tmpfiles` and `catalog` print, each with a
 //! first line that marks it as written here and carries the sha256 of the rest. That line
 //! is how install and uninstall know a file is theirs and unedited: a file without it (the
 //! admin's own) or whose content no longer matches it (edited since) is never overwritten
@@ -25,12 +25,15 @@ use anyhow::{Context as _, bail};
 use sha2::{Digest as _, Sha256};
 
 use launcher_config::Config;
+use launcher_plan::rule::CATALOG_PATH;
 
 use crate::cli::{InstallArgs, UninstallArgs};
 use crate::exit::{self, Exit, OrExit};
 
 /// The unit's file name: the name admins type with systemctl.
 pub const UNIT_NAME: &str = "bitpoll.service";
+/// The journal catalog's file name.
+pub const CATALOG_NAME: &str = "bitpoll-launcher.catalog";
 
 /// The first line of every file install writes, up to the hash.
 const MARK: &str = "# Written by `bitpoll-launcher install`, sha256=";
@@ -46,6 +49,8 @@ pub struct Targets {
     pub unit_dir: PathBuf,
     pub sysusers_dir: PathBuf,
     pub tmpfiles_dir: PathBuf,
+    /// Where journalctl reads the catalog of locally installed software.
+    pub catalog_dir: PathBuf,
 }
 
 impl Targets {
@@ -56,17 +61,22 @@ impl Targets {
             unit_dir: PathBuf::from("/etc/systemd/system"),
             sysusers_dir: PathBuf::from("/etc/sysusers.d"),
             tmpfiles_dir: PathBuf::from("/etc/tmpfiles.d"),
+            catalog_dir: PathBuf::from(CATALOG_PATH)
+                .parent()
+                .map_or_else(PathBuf::new, Path::to_path_buf),
         }
     }
 
-    /// The three paths for this config: the unit, the sysusers.d and the tmpfiles.d entry
-    /// (the entries are named after the service user, as their own headers say).
-    pub fn paths(&self, cfg: &Config) -> [PathBuf; 3] {
+    /// The four paths for this config: the unit, the sysusers.d and the tmpfiles.d entry
+    /// (the entries are named after the service user, as their own headers say), and the
+    /// journal catalog.
+    pub fn paths(&self, cfg: &Config) -> [PathBuf; 4] {
         let entry = format!("{}.conf", cfg.service.user);
         [
             self.unit_dir.join(UNIT_NAME),
             self.sysusers_dir.join(&entry),
             self.tmpfiles_dir.join(entry),
+            self.catalog_dir.join(CATALOG_NAME),
         ]
     }
 }
@@ -278,10 +288,10 @@ pub fn apply_install(wanted: &[Wanted], steps: &[Step]) -> anyhow::Result<Vec<St
     Ok(lines)
 }
 
-/// The files for this config: the unit as `bitpoll-launcher unit` renders it, and the two
-/// entries as `sysusers` and `tmpfiles` print them, each marked.
+/// The files for this config: the unit as `bitpoll-launcher unit` renders it, the two
+/// entries as `sysusers` and `tmpfiles` print them, and the catalog, each marked.
 pub fn wanted(cfg: &Config, targets: &Targets, unit_text: &str) -> Vec<Wanted> {
-    let [unit, sysusers, tmpfiles] = targets.paths(cfg);
+    let [unit, sysusers, tmpfiles, catalog] = targets.paths(cfg);
     vec![
         Wanted {
             path: unit,
@@ -294,6 +304,10 @@ pub fn wanted(cfg: &Config, targets: &Targets, unit_text: &str) -> Vec<Wanted> {
         Wanted {
             path: tmpfiles,
             text: mark(&crate::tmpfiles::render(cfg)),
+        },
+        Wanted {
+            path: catalog,
+            text: mark(&launcher_plan::rule::catalog()),
         },
     ]
 }
@@ -323,6 +337,11 @@ fn run_command(argv: &[String]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Rebuild the journal's catalog database from the catalog files.
+fn update_catalog() -> Vec<String> {
+    vec!["journalctl".into(), "--update-catalog".into()]
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -361,7 +380,7 @@ pub fn install(args: &InstallArgs) -> Result<u8, Exit> {
     let targets = Targets::system();
     let wanted = wanted(&cfg, &targets, &unit_text);
     let steps = plan_install(&wanted, args.force).or_exit(exit::SYSTEM)?;
-    let [_, sysusers, tmpfiles] = targets.paths(&cfg);
+    let [_, sysusers, tmpfiles, _] = targets.paths(&cfg);
     let mut commands: Vec<Vec<String>> = vec![
         vec!["systemd-sysusers".into(), sysusers.display().to_string()],
         vec![
@@ -369,6 +388,7 @@ pub fn install(args: &InstallArgs) -> Result<u8, Exit> {
             "--create".into(),
             tmpfiles.display().to_string(),
         ],
+        update_catalog(),
     ];
     let reload = systemd_running();
     if reload {
@@ -420,6 +440,7 @@ pub fn uninstall(args: &UninstallArgs) -> Result<u8, Exit> {
     let paths = targets.paths(&cfg);
     let plan = plan_uninstall(&paths, args.force).or_exit(exit::SYSTEM)?;
     let unit_goes = plan.iter().any(|(p, remove)| *remove && *p == paths[0]);
+    let catalog_goes = plan.iter().any(|(p, remove)| *remove && *p == paths[3]);
     let reload = systemd_running();
     let mut commands: Vec<Vec<String>> = Vec::new();
     if unit_goes && reload {
@@ -451,6 +472,9 @@ pub fn uninstall(args: &UninstallArgs) -> Result<u8, Exit> {
         if reload && !plan.is_empty() {
             println!("would run: systemctl daemon-reload");
         }
+        if catalog_goes {
+            println!("would run: {}", update_catalog().join(" "));
+        }
         println!("{kept}");
         return Ok(0);
     }
@@ -474,6 +498,10 @@ pub fn uninstall(args: &UninstallArgs) -> Result<u8, Exit> {
         let c = vec!["systemctl".to_string(), "daemon-reload".to_string()];
         run_command(&c).or_exit(exit::RUNTIME)?;
         println!("ran: systemctl daemon-reload");
+    }
+    if catalog_goes {
+        run_command(&update_catalog()).or_exit(exit::RUNTIME)?;
+        println!("ran: {}", update_catalog().join(" "));
     }
     if plan.is_empty() {
         println!("nothing to remove: none of {} exists", {
@@ -509,6 +537,7 @@ mod tests {
                 unit_dir: self.0.join("systemd/system"),
                 sysusers_dir: self.0.join("sysusers.d"),
                 tmpfiles_dir: self.0.join("tmpfiles.d"),
+                catalog_dir: self.0.join("catalog"),
             }
         }
     }
@@ -571,25 +600,40 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
     }
 
     #[test]
-    fn install_writes_the_three_marked_files_then_finds_them_unchanged() {
+    fn install_writes_the_four_marked_files_then_finds_them_unchanged() {
         let root = Root::new("twice");
         let cfg = cfg("/var/lib/bitpoll");
         let steps = install_into(&root, &cfg, false).unwrap();
-        assert_eq!(steps, [Step::Create, Step::Create, Step::Create]);
-        let [unit, sysusers, tmpfiles] = root.targets().paths(&cfg);
+        assert_eq!(
+            steps,
+            [Step::Create, Step::Create, Step::Create, Step::Create]
+        );
+        let [unit, sysusers, tmpfiles, catalog] = root.targets().paths(&cfg);
         assert!(read(&unit).starts_with(MARK) && read(&unit).ends_with("Description=test\n"));
         assert!(read(&sysusers).contains("u bitpoll - \"Bitpoll service\" /var/lib/bitpoll -\n"));
         assert!(read(&tmpfiles).contains("d /var/lib/bitpoll 0750 bitpoll bitpoll -\n"));
-        for p in [&unit, &sysusers, &tmpfiles] {
+        assert!(read(&catalog).starts_with(MARK));
+        assert!(read(&catalog).ends_with(&launcher_plan::rule::catalog()));
+        for p in [&unit, &sysusers, &tmpfiles, &catalog] {
             let mode = fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o644, "{}", p.display());
         }
         let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
-        let before = [inode(&unit), inode(&sysusers), inode(&tmpfiles)];
+        let before = [
+            inode(&unit),
+            inode(&sysusers),
+            inode(&tmpfiles),
+            inode(&catalog),
+        ];
 
         let steps = install_into(&root, &cfg, false).unwrap();
-        assert_eq!(steps, [Step::Keep, Step::Keep, Step::Keep]);
-        let after = [inode(&unit), inode(&sysusers), inode(&tmpfiles)];
+        assert_eq!(steps, [Step::Keep, Step::Keep, Step::Keep, Step::Keep]);
+        let after = [
+            inode(&unit),
+            inode(&sysusers),
+            inode(&tmpfiles),
+            inode(&catalog),
+        ];
         assert_eq!(before, after, "an unchanged file is not written again");
         let leftovers: Vec<_> = fs::read_dir(root.targets().unit_dir)
             .unwrap()
@@ -606,8 +650,8 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
         install_into(&root, &cfg("/var/lib/bitpoll"), false).unwrap();
         let cfg = cfg("/srv/bitpoll");
         let steps = install_into(&root, &cfg, false).unwrap();
-        assert_eq!(steps, [Step::Keep, Step::Update, Step::Update]);
-        let [_, _, tmpfiles] = root.targets().paths(&cfg);
+        assert_eq!(steps, [Step::Keep, Step::Update, Step::Update, Step::Keep]);
+        let [_, _, tmpfiles, _] = root.targets().paths(&cfg);
         assert!(read(&tmpfiles).contains("d /srv/bitpoll 0750"));
     }
 
@@ -616,7 +660,7 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
         let root = Root::new("edited");
         let cfg1 = cfg("/var/lib/bitpoll");
         install_into(&root, &cfg1, false).unwrap();
-        let [unit, _, tmpfiles] = root.targets().paths(&cfg1);
+        let [unit, _, tmpfiles, _] = root.targets().paths(&cfg1);
         let edited = read(&unit) + "Environment=MINE=1\n";
         fs::write(&unit, &edited).unwrap();
         let tmpfiles_before = read(&tmpfiles);
@@ -635,7 +679,10 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
         assert_eq!(read(&tmpfiles), tmpfiles_before);
 
         let steps = install_into(&root, &cfg("/srv/bitpoll"), true).unwrap();
-        assert_eq!(steps, [Step::Replace, Step::Update, Step::Update]);
+        assert_eq!(
+            steps,
+            [Step::Replace, Step::Update, Step::Update, Step::Keep]
+        );
         assert_eq!(
             existing(&unit, None).unwrap(),
             Existing::Ours { same: false }
@@ -646,7 +693,7 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
     fn a_file_install_did_not_write_is_refused_and_replaced_only_with_force() {
         let root = Root::new("foreign");
         let cfg = cfg("/var/lib/bitpoll");
-        let [unit, sysusers, _] = root.targets().paths(&cfg);
+        let [unit, sysusers, _, _] = root.targets().paths(&cfg);
         write_atomic(&unit, "[Unit]\nDescription=the admin's own\n").unwrap();
         let err = install_into(&root, &cfg, false).unwrap_err();
         assert!(
@@ -657,14 +704,17 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
         assert_eq!(read(&unit), "[Unit]\nDescription=the admin's own\n");
 
         let steps = install_into(&root, &cfg, true).unwrap();
-        assert_eq!(steps, [Step::Replace, Step::Create, Step::Create]);
+        assert_eq!(
+            steps,
+            [Step::Replace, Step::Create, Step::Create, Step::Create]
+        );
     }
 
     #[test]
     fn a_symlink_is_foreign_and_force_replaces_the_link_not_its_target() {
         let root = Root::new("symlink");
         let cfg = cfg("/var/lib/bitpoll");
-        let [unit, _, _] = root.targets().paths(&cfg);
+        let [unit, _, _, _] = root.targets().paths(&cfg);
         let target = root.0.join("elsewhere");
         fs::write(&target, "precious\n").unwrap();
         fs::create_dir_all(unit.parent().unwrap()).unwrap();
@@ -686,7 +736,7 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
         let cfg = cfg("/var/lib/bitpoll");
         install_into(&root, &cfg, false).unwrap();
         let paths = root.targets().paths(&cfg);
-        let [unit, sysusers, tmpfiles] = paths.clone();
+        let [unit, sysusers, tmpfiles, catalog] = paths.clone();
 
         fs::write(&tmpfiles, read(&tmpfiles) + "# mine\n").unwrap();
         let err = plan_uninstall(&paths, false).unwrap_err();
@@ -698,7 +748,8 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             [
                 (unit.clone(), true),
                 (sysusers.clone(), true),
-                (tmpfiles, true)
+                (tmpfiles, true),
+                (catalog, true)
             ]
         );
 

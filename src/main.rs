@@ -50,6 +50,10 @@ fn main() -> std::process::ExitCode {
         Command::Tmpfiles(args) => tmpfiles::run(&args).map(|()| 0),
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
+        Command::Catalog => {
+            print!("{}", launcher_plan::rule::catalog());
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

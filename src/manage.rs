@@ -17,6 +17,7 @@ use anyhow::{Context as _, anyhow};
 use launcher_plan::env::{self, Purpose};
 use launcher_plan::facts::View;
 use launcher_plan::judge::{self, Command};
+use launcher_plan::rule::Rule;
 use launcher_sys::privs::{Identity, Target};
 
 use crate::cli::ManageArgs;
@@ -43,8 +44,8 @@ pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
         },
     );
     let mut start = judge::start(&cfg, &facts, Command::Manage, crate::now());
-    if let Some(text) = start.refusal() {
-        return Err(Exit::new(exit::SYSTEM, anyhow!("{text}")));
+    if let Some(refusal) = Exit::refused(&start.findings) {
+        return Err(refusal);
     }
     let account = if privileged {
         launcher_sys::account::lookup(&cfg.service.user, &cfg.service.group)
@@ -56,10 +57,10 @@ pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
                     cfg.service.group
                 )
             })
-            .or_exit(exit::SYSTEM)?
+            .map_err(|e| Exit::new(exit::SYSTEM, e).rule(Rule::AccountNeverStarted))?
     } else {
         launcher_sys::account::verify_current(&cfg.service.user, &cfg.service.group)
-            .or_exit(exit::SYSTEM)?
+            .map_err(crate::run::account_exit)?
     };
     let values = start.take_values();
     let locale_paths = start.locale_paths();

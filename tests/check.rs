@@ -39,6 +39,20 @@ const GROUPS: &[&str] = &[
     "server", "systemd",
 ];
 
+/// Django's warnings about HTTPS settings, which a test host served over plain HTTP accepts.
+const HTTP_ONLY: &str = "[\"django:security.W004\", \"django:security.W008\", \"django:security.W012\", \"django:security.W016\"]";
+
+/// The finding ids docs/check.md lists (`| `group.name` | ...` rows of its id table).
+fn documented_ids() -> Vec<String> {
+    let text = include_str!("../docs/check.md");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(id, _)| id.to_string())
+        .filter(|id| launcher_config::is_finding_id(id))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------
 // Running check
 // ---------------------------------------------------------------------------------------
@@ -60,7 +74,9 @@ struct Report {
 
 #[derive(Debug, Clone)]
 struct Finding {
+    id: String,
     severity: String,
+    accepted: bool,
     group: String,
     subject: String,
     message: String,
@@ -71,8 +87,13 @@ impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<7} [{}] {}: {}",
-            self.severity, self.group, self.subject, self.message
+            "{:<7} [{}] {}: {} [{}{}]",
+            self.severity,
+            self.group,
+            self.subject,
+            self.message,
+            self.id,
+            if self.accepted { ", accepted" } else { "" }
         )?;
         if let Some(fix) = &self.fix {
             write!(f, " (fix: {fix})")?;
@@ -95,6 +116,11 @@ impl Report {
 
     fn code(&self) -> i32 {
         self.out.code
+    }
+
+    /// The findings with this id.
+    fn by_id(&self, id: &str) -> Vec<&Finding> {
+        self.findings.iter().filter(|f| f.id == id).collect()
     }
 
     /// Findings of `group` whose subject contains `subject`.
@@ -193,7 +219,10 @@ fn check_json_run(env: &TestEnv, run: Run) -> Report {
         let obj = f.as_object().expect("a finding is an object");
         for key in obj.keys() {
             assert!(
-                ["severity", "group", "subject", "message", "fix"].contains(&key.as_str()),
+                [
+                    "id", "severity", "accepted", "group", "subject", "message", "fix"
+                ]
+                .contains(&key.as_str()),
                 "undocumented field {key} in {f}"
             );
         }
@@ -203,7 +232,11 @@ fn check_json_run(env: &TestEnv, run: Run) -> Report {
                 .to_string()
         };
         let finding = Finding {
+            id: s("id"),
             severity: s("severity"),
+            accepted: f["accepted"]
+                .as_bool()
+                .unwrap_or_else(|| panic!("accepted of {f} is not a boolean")),
             group: s("group"),
             subject: s("subject"),
             message: s("message"),
@@ -221,9 +254,17 @@ fn check_json_run(env: &TestEnv, run: Run) -> Report {
         );
         assert_eq!(
             finding.fix.is_some(),
-            finding.severity == "warning" || finding.severity == "error",
-            "`fix` is present exactly on warnings and errors: {finding}"
+            finding.severity == "warning" || finding.severity == "error" || finding.accepted,
+            "`fix` is present exactly on warnings, errors and accepted warnings: {finding}"
         );
+        assert!(
+            !finding.accepted || finding.severity == "info",
+            "an accepted finding is info: {finding}"
+        );
+        // Every id is documented (a Django id under its prefix).
+        let documented =
+            finding.id.starts_with("django:") || documented_ids().contains(&finding.id);
+        assert!(documented, "id not listed in docs/check.md: {finding}");
         assert!(!finding.message.is_empty(), "empty message: {finding}");
         findings.push(finding);
     }
@@ -418,7 +459,8 @@ fn assert_human_well_formed(out: &Output) {
             !line.starts_with(' ') && line.strip_suffix(':').is_some_and(|g| GROUPS.contains(&g));
         let finding = ["ok", "info", "warning", "error"]
             .iter()
-            .any(|sev| line.starts_with(&format!("  {sev:<7} ")));
+            .any(|sev| line.starts_with(&format!("  {sev:<7} ")))
+            && line.ends_with(']');
         let fix = line.starts_with("          fix: ");
         assert!(
             header || finding || fix,
@@ -494,7 +536,7 @@ fn config_problems_are_all_reported_at_once_with_their_key_paths() {
     assert_eq!(h.code, 2, "{}", h.context());
     for needle in [
         "config:\n",
-        "  error   service.create_usr: unknown key\n          fix: did you mean `create_user`?",
+        "  error   service.create_usr: unknown key [config.invalid]\n          fix: did you mean `create_user`?",
         "  error   prepare.migrate: must be true or false",
         "  error   app.python: is missing",
         "  error   secrets.BITPOLL_SECRET_KEY: has 2 sources",
@@ -565,6 +607,7 @@ fn a_missing_user_is_an_error_without_create_user_and_info_with_it() {
     );
 
     env.config.set("service", "create_user", "true");
+    env.config.set("check", "accept", HTTP_ONLY);
     let r = check_json(&env, &[]);
     r.assert_code(0);
     r.expect_exact(
@@ -652,6 +695,7 @@ fn an_existing_user_with_a_login_shell_and_another_home_is_warned_about() {
 #[test]
 fn data_dir_missing_or_without_parent() {
     let mut env = TestEnv::new("check_data_dir_missing");
+    env.config.set("check", "accept", HTTP_ONLY);
     let r = check_json(&env, &[]);
     r.expect_exact(
         "info",
@@ -727,7 +771,8 @@ fn data_dir_owned_by_another_user_is_an_error_and_not_looked_into() {
 
 #[test]
 fn data_dir_owned_by_root_or_with_a_wrong_mode_is_info_because_run_fixes_it() {
-    let env = TestEnv::new("check_data_dir_root_mode");
+    let mut env = TestEnv::new("check_data_dir_root_mode");
+    env.config.set("check", "accept", HTTP_ONLY);
     mkdir(&env.data, 0o755);
     let r = check_json(&env, &[]);
     r.assert_code(0);
@@ -1224,7 +1269,7 @@ fn check_help_documents_the_exit_status() {
     assert!(out.status.success(), "{help}");
     for needle in [
         "Exit status:",
-        "0  no problems (only ok and info findings)",
+        "0  no problems: only ok and info findings (a warning accepted in check.accept is info)",
         "1  warnings, no errors",
         "2  errors",
         "--json",
@@ -1383,6 +1428,126 @@ fn a_python_that_is_not_executable_is_an_error_also_before_the_account_exists() 
         &python.display().to_string(),
         "is not an executable file",
     );
+    // What could not be checked without an interpreter is named.
+    let f = r.expect_exact(
+        "info",
+        "app",
+        "probe",
+        "the app was not probed: app.python cannot be run",
+    );
+    assert_eq!(f.id, "app.not_probed");
+    for unchecked in [
+        "Django's start with the settings",
+        "check --deploy",
+        "gunicorn's version",
+    ] {
+        assert!(f.message.contains(unchecked), "{f}");
+    }
+}
+
+/// Before the first start (no account yet) check probes the app all the same: as a
+/// uid/gid no account or process holds, with a throw-away data directory that is gone
+/// afterwards, so Django's start, the settings, check --deploy and gunicorn are judged
+/// before anything is created, and nothing is written anywhere else.
+#[test]
+fn before_the_first_start_the_app_is_probed_as_a_stand_in_and_nothing_is_left() {
+    let env = TestEnv::new("check_first_start");
+    assert!(!env.user_exists());
+    sync_config(&env);
+    let before = snapshot(&env.dir);
+    let r = check_json_run(&env, Run::new(&check_args(&env)));
+    assert_same_tree(&before, &snapshot(&env.dir), "before the first start");
+    assert!(
+        !env.user_exists() && !env.group_exists(),
+        "check created the account"
+    );
+    assert!(!env.data.exists(), "check created the data directory");
+    r.assert_code(1);
+
+    let stand_in = r.by_id("app.stand_in");
+    assert_eq!(stand_in.len(), 1, "{}", r.listing());
+    let message = &stand_in[0].message;
+    assert_eq!(stand_in[0].severity, "info");
+    let id: u32 = message
+        .split("probed as uid and gid ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no uid in {message:?}"));
+    assert!((61184..=65519).contains(&id), "{id}");
+    assert!(nix::unistd::User::from_uid(id.into()).unwrap().is_none());
+    let dir = message
+        .split("throw-away data directory ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no directory in {message:?}"));
+    assert!(dir.starts_with("/tmp/bitpoll-launcher-probe-"), "{dir}");
+    assert!(!Path::new(dir).exists(), "{dir} is left");
+    let left: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("status")).ok())
+        .filter(|status| {
+            status.lines().any(|l| {
+                l.starts_with("Uid:") && l.split_whitespace().skip(1).any(|u| u == id.to_string())
+            })
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes of the stand-in are left: {left:?}"
+    );
+
+    // The app as the first start will meet it.
+    r.expect_exact("ok", "python", PYTHON, "Python 3.");
+    r.expect_exact("ok", "app", "django", "Django 5.");
+    r.expect_exact(
+        "ok",
+        "app",
+        "bitpoll.settings",
+        "imports and Django starts with the app's environment",
+    );
+    for w in ["W004", "W008", "W012", "W016"] {
+        let f = r.expect_exact(
+            "warning",
+            "app",
+            &format!("check --deploy security.{w}"),
+            "",
+        );
+        assert_eq!(f.id, format!("django:security.{w}"));
+    }
+    r.expect_exact("ok", "server", "gunicorn", "version 27.");
+    r.expect_exact("ok", "app", "msgfmt", "found at /usr/bin/msgfmt");
+    r.expect_exact(
+        "info",
+        "app",
+        "static files",
+        &format!(
+            "no manifest at {}/static/current/staticfiles.json yet",
+            env.data.display()
+        ),
+    );
+    r.expect_exact(
+        "info",
+        "database",
+        &format!("sqlite {}/db.sqlite3", env.data.display()),
+        "not probed as Django sees it before the first start",
+    );
+
+    // A broken settings file shows up now, not at the first start.
+    let settings = env.app.join("bitpoll/settings_local.py");
+    let mut text = fs::read_to_string(&settings).unwrap();
+    text.push_str("\nBROKEN = (\n");
+    fs::write(&settings, text).unwrap();
+    let r = check_json(&env, &[]);
+    r.assert_code(2);
+    r.expect(
+        "error",
+        "app",
+        "bitpoll.settings",
+        "the app does not start: SyntaxError",
+    );
+    assert!(!env.user_exists(), "check created the user");
 }
 
 #[test]
@@ -1642,6 +1807,74 @@ fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
     );
 }
 
+/// Warnings the admin accepts ([check] accept) are info and leave the exit status alone;
+/// an accepted id that does not occur, or names no rule, is a warning of its own.
+#[test]
+fn accepted_warnings_are_info_and_entries_that_do_not_apply_are_warnings() {
+    let mut env = TestEnv::new("check_accept");
+    create_service_account(&env);
+    env.config.set("check", "accept", HTTP_ONLY);
+    let r = check_json(&env, &[]);
+    r.assert_code(0);
+    for w in ["W004", "W008", "W012", "W016"] {
+        let f = r.by_id(&format!("django:security.{w}"));
+        assert_eq!(f.len(), 1, "{}", r.listing());
+        assert_eq!(
+            (f[0].severity.as_str(), f[0].accepted),
+            ("info", true),
+            "{}",
+            f[0]
+        );
+        assert!(f[0].fix.is_some(), "{}", f[0]);
+    }
+    assert!(r.by_id("check.accept").is_empty(), "{}", r.listing());
+    let h = check_human(&env, &[]);
+    assert_eq!(h.code, 0, "{}", h.context());
+    assert!(
+        h.stdout.contains("[django:security.W004, accepted]\n"),
+        "{}",
+        h.context()
+    );
+    assert!(
+        h.stdout
+            .contains(" (4 of the info accepted in check.accept)\n"),
+        "{}",
+        h.context()
+    );
+
+    env.config.set(
+        "check",
+        "accept",
+        &HTTP_ONLY.replace(
+            ']',
+            ", \"server.control_socket\", \"secrets.shared_by_instance\"]",
+        ),
+    );
+    let r = check_json(&env, &[]);
+    r.assert_code(1);
+    let unused = r.by_id("check.accept");
+    assert_eq!(unused.len(), 2, "{}", r.listing());
+    assert!(
+        unused
+            .iter()
+            .all(|f| f.severity == "warning" && f.group == "check")
+    );
+    assert!(
+        unused[0]
+            .message
+            .contains("\"server.control_socket\" did not occur in this check"),
+        "{}",
+        unused[0]
+    );
+    assert!(
+        unused[1]
+            .message
+            .contains("did you mean `secrets.shared_by_instances`?"),
+        "{}",
+        unused[1]
+    );
+}
+
 #[test]
 fn pending_migrations_are_listed() {
     let mut env = TestEnv::new("check_pending");
@@ -1761,10 +1994,19 @@ fn uncompiled_or_stale_catalogs_without_compilemessages_are_a_warning() {
 
 #[test]
 fn msgfmt_missing_from_the_apps_path_with_compilemessages_is_an_error() {
-    // The app's PATH is the launcher's own PATH with the interpreter's directory in
-    // front (launcher_plan::env::build): a launcher PATH without gettext's directory.
-    let env = TestEnv::new("check_msgfmt");
+    // The app's PATH is the interpreter's directory and a fixed system path, whatever
+    // PATH the launcher got (launcher_plan::env::build): msgfmt is found even when the
+    // caller's PATH has nothing; an [environment] PATH without gettext's directory hides it.
+    let mut env = TestEnv::new("check_msgfmt");
     create_service_account(&env);
+    sync_config(&env);
+    let r = check_json_run(&env, Run::new(&check_args(&env)).path("/nonexistent"));
+    r.expect_exact("ok", "app", "msgfmt", "found at /usr/bin/msgfmt");
+    env.config.set_str(
+        "environment",
+        "PATH",
+        &format!("{}/bin:/nonexistent", util::VENV),
+    );
     sync_config(&env);
     let r = check_json_run(&env, Run::new(&check_args(&env)).path("/nonexistent"));
     r.assert_code(2);
@@ -2207,12 +2449,15 @@ fn human_output_is_grouped_plain_off_a_terminal_and_ends_with_a_summary() {
         } else if line.starts_with("  ") {
             let f = ordered[seen];
             assert_eq!(f.group, current, "{line:?} is under its group");
-            let expected = format!("  {:<7} {}: {}", f.severity, f.subject, f.message);
+            let expected = format!(
+                "  {:<7} {}: {} [{}]",
+                f.severity, f.subject, f.message, f.id
+            );
             if f.subject.starts_with("free space at ") {
                 // The two runs are apart in time; other processes use the disk meanwhile.
                 let (head, _) = expected.split_once(": ").unwrap();
                 assert!(
-                    line.starts_with(head) && line.ends_with(" MiB free"),
+                    line.starts_with(head) && line.ends_with(" MiB free [data_dir.free_space]"),
                     "{line:?}"
                 );
             } else {

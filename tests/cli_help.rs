@@ -14,6 +14,7 @@ const SUBCOMMANDS: &[&str] = &[
     "tmpfiles",
     "install",
     "uninstall",
+    "catalog",
 ];
 
 const HEADER: &str = "# Command-line reference

@@ -1833,6 +1833,7 @@ fn server_environment_is_built_from_scratch() {
     let required = [
         "PATH",
         "LANG",
+        "TZ",
         "HOME",
         "USER",
         "LOGNAME",
@@ -2170,6 +2171,70 @@ fn an_upgraded_static_file_with_mtime_1_is_collected_into_a_fresh_tree() {
     assert!(
         !trees.contains(&first.display().to_string()),
         "the oldest tree was kept: {trees:?}"
+    );
+}
+
+/// A start as the service manager makes it and one from an admin's root shell give the
+/// server the same environment, byte for byte (order included), but for the notify socket
+/// the service manager hands to the one start: nothing of the caller's shell (PATH,
+/// locale, TZ, HOME, terminal, agent sockets) reaches the app.
+#[test]
+fn the_server_environment_does_not_depend_on_the_callers_shell() {
+    let mut env = TestEnv::new("caller_env");
+    let environ = |env: &mut TestEnv, launch: Launch| -> Vec<String> {
+        let pid = env.launch_with(launch);
+        env.wait_ready(READY);
+        let raw = fs::read(format!("/proc/{pid}/environ")).unwrap();
+        env.stop();
+        raw.split(|b| *b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| String::from_utf8(e.to_vec()).expect("UTF-8 environment"))
+            .collect()
+    };
+    let service_manager = Launch::default()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin")
+        .env("LANG", "C.UTF-8");
+    let root_shell = Launch::default()
+        .env(
+            "PATH",
+            "/root/.cargo/bin:/root/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "de_DE.UTF-8")
+        .env("LC_ALL", "de_DE.UTF-8")
+        .env("LANGUAGE", "de")
+        .env("TZ", "America/New_York")
+        .env("HOME", "/root")
+        .env("USER", "root")
+        .env("LOGNAME", "root")
+        .env("SHELL", "/bin/bash")
+        .env("TERM", "xterm-256color")
+        .env("PWD", "/root")
+        .env("SSH_AUTH_SOCK", "/tmp/ssh-XXXXabcd/agent.4242")
+        .env("MAIL", "/var/mail/root");
+    let by_service_manager = environ(&mut env, service_manager);
+    let from_root_shell = environ(&mut env, root_shell);
+    let per_start = |e: &[String]| -> Vec<String> {
+        e.iter()
+            .filter(|v| !v.starts_with("NOTIFY_SOCKET="))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        per_start(&by_service_manager),
+        per_start(&from_root_shell),
+        "the server's environment differs between the two callers"
+    );
+    assert_eq!(
+        by_service_manager.len(),
+        per_start(&by_service_manager).len() + 1,
+        "the notify socket is the only per-start variable here: {by_service_manager:?}"
+    );
+    let path = format!("PATH={}/bin:/usr/local/bin:/usr/bin:/bin", util::VENV);
+    assert!(from_root_shell.contains(&path), "{from_root_shell:?}");
+    assert!(from_root_shell.contains(&"LANG=C.UTF-8".to_string()));
+    eprintln!(
+        "server environment: {} variables, identical from both callers but NOTIFY_SOCKET",
+        from_root_shell.len()
     );
 }
 

@@ -19,6 +19,7 @@ use container::{ContainerBuilder, LAUNCHER_PATH};
 const DEMO_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/demo-app");
 const SYSUSERS: &str = "/etc/sysusers.d/bitpoll.conf";
 const TMPFILES: &str = "/etc/tmpfiles.d/bitpoll.conf";
+const CATALOG: &str = "/usr/local/lib/systemd/catalog/bitpoll-launcher.catalog";
 const MARK: &str = "# Written by `bitpoll-launcher install`, sha256=";
 
 /// A booted container with the demo app under APP_DIR and the launcher's config, and
@@ -61,7 +62,7 @@ fn install_on_a_fresh_host_then_start_serves_and_uninstall_keeps_the_data() {
     }
     // The app tree stays root's and read-only to the service, as an admin's would.
     let b = fresh_host("install");
-    let files = [UNIT_PATH, SYSUSERS, TMPFILES];
+    let files = [UNIT_PATH, SYSUSERS, TMPFILES, CATALOG];
 
     // --dry-run shows every file and command, and changes nothing.
     let out = launcher(&b, &["install", "--config", CONFIG_PATH, "--dry-run"]);
@@ -71,6 +72,8 @@ fn install_on_a_fresh_host_then_start_serves_and_uninstall_keeps_the_data() {
         format!("would write {UNIT_PATH} (new):\n{MARK}"),
         format!("would write {SYSUSERS} (new):\n{MARK}"),
         format!("would write {TMPFILES} (new):\n{MARK}"),
+        format!("would write {CATALOG} (new):\n{MARK}"),
+        "would run: journalctl --update-catalog\n".to_owned(),
         format!("ExecStart={LAUNCHER_PATH} run --config {CONFIG_PATH}\n"),
         format!("d {DATA_DIR} 0750 {USER} {USER} -\n"),
         format!("would run: systemd-sysusers {SYSUSERS}\n"),
@@ -108,7 +111,7 @@ fn install_on_a_fresh_host_then_start_serves_and_uninstall_keeps_the_data() {
     let out = launcher(&b, &["install", "--config", CONFIG_PATH]);
     let second = text(&out);
     assert!(out.status.success(), "{second}");
-    assert_eq!(second.matches("(unchanged)").count(), 3, "{second}");
+    assert_eq!(second.matches("(unchanged)").count(), 4, "{second}");
     assert_eq!(sha(&b, &files), before);
 
     // The unit as installed starts and serves.
@@ -117,6 +120,10 @@ fn install_on_a_fresh_host_then_start_serves_and_uninstall_keeps_the_data() {
     assert_eq!((code, body.as_str()), (200, "ok"), "{}", b.diagnose(UNIT));
     let (code, _) = b.http_get("/");
     assert_eq!(code, 200, "the index page\n{}", b.diagnose(UNIT));
+
+    // The journal explains a refused start: the record carries its rule's MESSAGE_ID and
+    // id, and `journalctl -x` shows the catalog entry install put in place.
+    journal_explains_a_refused_start(&b);
 
     // An edited unit is left alone, and install says why and what to do.
     b.exec_ok(&[
@@ -161,6 +168,15 @@ fn install_on_a_fresh_host_then_start_serves_and_uninstall_keeps_the_data() {
     for path in files {
         assert!(!b.exists(path), "{path} is still there:\n{removed}");
     }
+    assert!(
+        removed.contains("ran: journalctl --update-catalog"),
+        "{removed}"
+    );
+    let listed = b.exec_ok(&["journalctl", "--list-catalog"]);
+    assert!(
+        !listed.contains(" bitpoll-launcher: "),
+        "the catalog database still has the launcher's entries"
+    );
     let state = b.wait_for_state(
         &["LoadState", "ActiveState"],
         Duration::from_secs(30),
@@ -180,4 +196,107 @@ fn install_on_a_fresh_host_then_start_serves_and_uninstall_keeps_the_data() {
     let out = launcher(&b, &["uninstall", "--config", CONFIG_PATH]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("nothing to remove"), "{}", text(&out));
+}
+
+/// After install, with the unit running: a data directory given to another user makes the
+/// next start refuse (exit status 3, no restart); its record is found by its MESSAGE_ID,
+/// carries FINDING_ID, and `journalctl -x` shows the catalog's explanation under it. The
+/// directory is given back and the unit started again.
+fn journal_explains_a_refused_start(b: &Bitpoll) {
+    use launcher_plan::rule::Rule;
+    let rule = Rule::DataDirForeignOwner;
+    let listed = b.exec_ok(&["journalctl", "--list-catalog"]);
+    assert!(
+        listed.contains(&format!("{} bitpoll-launcher: ", rule.message_id())),
+        "install did not update the catalog database:\n{listed}"
+    );
+    b.stop_and_reset();
+    // Readable to all: the hardened unit has no CAP_DAC_READ_SEARCH to look into a
+    // directory of another user's that is closed to others.
+    b.exec_ok(&["chown", "nobody", DATA_DIR]);
+    b.exec_ok(&["chmod", "0755", DATA_DIR]);
+    let (out, _) = b.start(Duration::from_secs(60));
+    assert!(
+        !out.status.success(),
+        "the start with a foreign data directory succeeded"
+    );
+    let show = b.show(&["ExecMainStatus"]);
+    assert_eq!(show["ExecMainStatus"], "3", "{}", b.diagnose(UNIT));
+
+    // journald may take the last records a moment after the process exited.
+    b.journal_of_failure(Duration::from_secs(10), |recs| {
+        recs.iter()
+            .any(|r| r.get("FINDING_ID") == Some("data_dir.foreign_owner"))
+    });
+    let by_id = b.exec_ok(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "json",
+        &format!("MESSAGE_ID={}", rule.message_id()),
+    ]);
+    let records: Vec<container::JsonRecord> = by_id
+        .lines()
+        .map(|l| container::JsonRecord::parse(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{by_id}");
+    let r = &records[0];
+    assert_eq!(r.get("FINDING_ID"), Some("data_dir.foreign_owner"), "{r:?}");
+    assert_eq!(
+        r.get("SYSLOG_IDENTIFIER"),
+        Some("bitpoll-launcher"),
+        "{r:?}"
+    );
+    assert_eq!(r.get("PRIORITY"), Some("3"), "{r:?}");
+    // The start's last record says how it ended: under the rule itself when it was the
+    // only problem, else under launcher.refused after each problem's own record.
+    let last = b
+        .launcher_records_of(r.get("_SYSTEMD_INVOCATION_ID").unwrap())
+        .into_iter()
+        .last()
+        .unwrap();
+    eprintln!("the refused start's last record: {:?}", last.get("MESSAGE"));
+    assert_eq!(last.get("EXIT_CODE"), Some("3"), "{last:?}");
+    if last.get("FINDING_ID") != Some("data_dir.foreign_owner") {
+        assert_eq!(last.get("FINDING_ID"), Some("launcher.refused"), "{last:?}");
+        assert_eq!(
+            last.get("MESSAGE_ID"),
+            Some(Rule::LauncherRefused.message_id()),
+            "{last:?}"
+        );
+    }
+    assert!(
+        r.get("MESSAGE")
+            .is_some_and(|m| m.contains("is owned by nobody")),
+        "{r:?}"
+    );
+
+    let explained = b.exec_ok(&["journalctl", "--no-pager", "-x", "-u", UNIT]);
+    eprintln!(
+        "journalctl -x -u {UNIT}, the end:\n{}",
+        tail(&explained, 80)
+    );
+    for want in [
+        "is owned by nobody, not bitpoll; `run` refuses to take it over",
+        "░░ Subject: The data directory belongs to another user",
+        "░░ Defined-By: bitpoll-launcher",
+        "(finding data_dir.foreign_owner)",
+        "░░ A directory of the data directory is owned by a user other than the service",
+        "░░ What to do: If the files really belong to the service, give them to it once:",
+    ] {
+        assert!(
+            explained.contains(want),
+            "journalctl -x lacks {want:?}:\n{explained}"
+        );
+    }
+
+    b.stop_and_reset();
+    b.exec_ok(&["chown", &format!("{USER}:{USER}"), DATA_DIR]);
+    b.exec_ok(&["chmod", "0750", DATA_DIR]);
+    b.start_ok();
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

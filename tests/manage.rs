@@ -103,11 +103,12 @@ fn manage_before_the_first_start_or_without_the_user_refuses() {
     let env = TestEnv::new("manage_refuses");
     let out = manage(&env, &["showmigrations"]);
     assert_eq!(out.code, 3, "missing user\n{}", out.context());
+    // In the words check uses, under the rule's id.
     assert!(
         out.stderr.contains(&format!(
             "the service account {0}:{0} does not exist; fix: start the service once",
             env.user
-        )),
+        )) && out.stderr.contains("finding_id=account.never_started"),
         "{}",
         out.context()
     );
@@ -121,7 +122,8 @@ fn manage_before_the_first_start_or_without_the_user_refuses() {
             out.stderr.contains(&format!("{name} (generate "))
                 && out.stderr.contains(
                     "has not been generated yet: the service has never started; fix: start the service once first"
-                ),
+                )
+                && out.stderr.contains("finding_id=secrets.never_started"),
             "{}",
             out.context()
         );

@@ -882,6 +882,13 @@ fn a_hung_migration_fails_with_the_launchers_message_instead_of_a_timeout() {
     eprintln!("the launcher said: {}", error.get("MESSAGE").unwrap_or(""));
     assert!(message_has(error, "migrate"), "{error:?}");
     assert_eq!(error.get("PRIORITY"), Some("3"), "logged as an error");
+    // Under its rule, which the journal's catalog explains.
+    assert_eq!(error.get("FINDING_ID"), Some("prepare.failed"), "{error:?}");
+    assert_eq!(
+        error.get("MESSAGE_ID"),
+        Some(launcher_plan::rule::Rule::PrepareFailed.message_id()),
+        "{error:?}"
+    );
     assert!(
         !recs.iter().any(|r| message_has(r, "timed out")),
         "systemd's timeout fired:\n{}",
@@ -951,6 +958,12 @@ fn a_broken_configuration_fails_fast_with_the_key_and_a_hint_in_journal_and_stat
         .expect("checked");
     assert!(message_has(error, "did you mean `migrate`"), "{error:?}");
     assert_eq!(error.get("PRIORITY"), Some("3"));
+    assert_eq!(error.get("FINDING_ID"), Some("config.invalid"), "{error:?}");
+    assert_eq!(
+        error.get("MESSAGE_ID"),
+        Some(launcher_plan::rule::Rule::ConfigInvalid.message_id()),
+        "{error:?}"
+    );
     // Stopped for good: no restart pending.
     let show = b.show(&["ActiveState", "NRestarts"]);
     eprintln!("after stop and reset-failed: {show:?}");
@@ -1031,6 +1044,14 @@ fn stopping_during_preparation_stops_the_child_and_leaves_no_stamp() {
                     .is_some_and(|p| p <= 4)),
         "the launcher did not log the interrupted step:\n{}",
         bitpoll::messages(&recs)
+    );
+    // Its last record is the stop, under its rule.
+    let last = recs.last().expect("records");
+    assert_eq!(last.get("FINDING_ID"), Some("launcher.stopped"), "{last:?}");
+    assert_eq!(
+        last.get("MESSAGE_ID"),
+        Some(launcher_plan::rule::Rule::LauncherStopped.message_id()),
+        "{last:?}"
     );
 }
 

@@ -1,9 +1,10 @@
 # bitpoll-launcher: the privileged launcher (this repository's Rust workspace).
 #
 # Installs the binary (which compiles in nixos/hardening.toml for
-# `bitpoll-launcher unit`) and the same file as
+# `bitpoll-launcher unit`), the same file as
 # $out/share/bitpoll-launcher/hardening.toml, for `--hardening` and for
-# anyone rendering a unit by other means.
+# anyone rendering a unit by other means, and the journal catalog
+# (`bitpoll-launcher catalog`) as $out/lib/systemd/catalog/bitpoll-launcher.catalog.
 {
   lib,
   rustPlatform,
@@ -45,8 +46,11 @@ rustPlatform.buildRustPackage {
   # pure crates are tested by the flake's `checks.tests`.
   doCheck = false;
 
+  # The journal catalog, from the same rule table as the binary's records.
   postInstall = ''
     install -Dm0644 nixos/hardening.toml $out/share/bitpoll-launcher/hardening.toml
+    mkdir -p $out/lib/systemd/catalog
+    $out/bin/bitpoll-launcher catalog > $out/lib/systemd/catalog/bitpoll-launcher.catalog
   '';
 
   meta = {

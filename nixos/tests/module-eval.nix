@@ -68,6 +68,13 @@ let
       ok = s.secrets.BITPOLL_FIELD_ENCRYPTION_KEY == { credential = "BITPOLL_FIELD_ENCRYPTION_KEY"; };
     }
     {
+      what = "the launcher's journal catalog is put where journalctl reads it";
+      ok =
+        lib.hasInfix "/usr/local/lib/systemd/catalog/bitpoll-launcher.catalog"
+          c.systemd.services.bitpoll-journal-catalog.script
+        && lib.hasInfix "journalctl --update-catalog" c.systemd.services.bitpoll-journal-catalog.script;
+    }
+    {
       what = "only the credentials still used are loaded";
       ok =
         c.systemd.services.bitpoll.serviceConfig.LoadCredential == [

@@ -103,6 +103,10 @@ pkgs.testers.runNixOSTest {
         assert "step migrate started" in log, log
         assert "step collectstatic started" not in log, log
         assert "step compilemessages started" not in log, log
+        # The journal catalog of the launcher is in journalctl's database.
+        machine.wait_for_unit("bitpoll-journal-catalog.service")
+        catalog = machine.succeed("journalctl --list-catalog")
+        assert "bitpoll-launcher: The data directory belongs to another user" in catalog, catalog
 
     with subtest("admin runs manage.py through the launcher"):
         machine.succeed(

@@ -1,5 +1,5 @@
-# Read-only probes for `bitpoll-launcher check`, run as the service user with the app's
-# environment. Prints one JSON object on the last line of stdout. Never writes: no
+# Read-only probes for `bitpoll-launcher check`, run as the service user (before the first
+# start: as a stand-in uid with a throw-away data directory) with the app's environment. Prints one JSON object on the last line of stdout. Never writes: no
 # bytecode (PYTHONDONTWRITEBYTECODE), no database file is created, no command that
 # changes state is run.
 import json
@@ -76,7 +76,7 @@ def probe_encrypted(db):
     return None
 
 
-def main(paths):
+def main(paths, options):
     res = {"python": sys.version.split()[0], "executable": sys.executable}
     res["access"] = {
         p: {"exists": os.path.exists(p), "writable": os.access(p, os.W_OK)} for p in paths
@@ -113,7 +113,10 @@ def main(paths):
     db = connections["default"]
     name = str(db.settings_dict.get("NAME") or "")
     res["db"] = {"vendor": db.vendor, "name": name if db.vendor == "sqlite" else None}
-    if db.vendor == "sqlite" and not os.path.exists(name):
+    if not options.get("database", True):
+        # Before the first start: the connection depends on the service user.
+        res["db"]["skipped"] = True
+    elif db.vendor == "sqlite" and not os.path.exists(name):
         # Connecting would create the file; check changes nothing.
         res["db"]["exists"] = False
     else:
@@ -149,7 +152,10 @@ def main(paths):
 
 
 if __name__ == "__main__":
-    result = main(json.loads(sys.argv[1]) if len(sys.argv) > 1 else [])
+    result = main(
+        json.loads(sys.argv[1]) if len(sys.argv) > 1 else [],
+        json.loads(sys.argv[2]) if len(sys.argv) > 2 else {},
+    )
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()
     sys.stderr.flush()

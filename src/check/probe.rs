@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use launcher_config::{Config, Database};
 use launcher_plan::facts::{DirState, Facts};
-use launcher_plan::finding::Group;
+use launcher_plan::finding::{Finding, Severity};
+use launcher_plan::rule::Rule;
 
-use super::Viewer;
 use super::report::Report;
 
 const PROBE: &str = include_str!("probe.py");
@@ -37,6 +37,24 @@ pub struct Probe {
     manifest: Option<Manifest>,
     static_error: Option<String>,
     encrypted: Option<Encrypted>,
+}
+
+impl Probe {
+    /// The answer as if the probe had run on `to` instead of the throw-away `from` data
+    /// directory: the paths it names are the deployment's.
+    pub fn relocate(&mut self, from: &std::path::Path, to: &std::path::Path) {
+        let moved = |p: &mut String| {
+            if let Ok(rest) = std::path::Path::new(p.as_str()).strip_prefix(from) {
+                *p = to.join(rest).display().to_string();
+            }
+        };
+        if let Some(m) = &mut self.manifest {
+            moved(&mut m.path);
+        }
+        if let Some(name) = self.db.as_mut().and_then(|d| d.name.as_mut()) {
+            moved(name);
+        }
+    }
 }
 
 /// One stored encrypted value, decrypted (or not) with the configured keys.
@@ -64,7 +82,11 @@ struct DjangoCheck {
 struct DbInfo {
     vendor: String,
     name: Option<String>,
+    #[serde(default)]
     exists: bool,
+    /// Not connected to: the probe was told to leave the database alone.
+    #[serde(default)]
+    skipped: bool,
     error: Option<String>,
 }
 
@@ -74,9 +96,19 @@ struct Manifest {
     exists: bool,
 }
 
+/// Who the probe runs as.
+pub enum As<'a> {
+    /// The service user; `privileged`: check runs as root and drops to the account.
+    Account(&'a launcher_sys::account::Account, bool),
+    /// A uid/gid without an account, before the first start (launcher_sys::stand_in).
+    StandIn(u32),
+    /// The user running check: neither root nor the service user.
+    Caller,
+}
+
 /// Paths the service user must be able to write, limited to what the observer found to
 /// be real directories and regular files: the probe must never look through a link.
-fn writable_paths(cfg: &Config, facts: &Facts) -> Vec<PathBuf> {
+pub fn writable_paths(cfg: &Config, facts: &Facts) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = facts
         .tree
         .dirs
@@ -107,31 +139,25 @@ fn writable_paths(cfg: &Config, facts: &Facts) -> Vec<PathBuf> {
     paths
 }
 
-/// Run the probe as the service user (as this user when check runs as someone else) with
-/// the app's environment `app_env`.
+/// Run the probe as `who` with the app's environment `app_env`: whether each of `paths`
+/// is writable, and with `database` the database as Django sees it.
 pub fn probe_app(
     cfg: &Config,
-    facts: &Facts,
-    account: &launcher_sys::account::Account,
-    viewer: Viewer,
+    who: As<'_>,
     mut app_env: launcher_plan::env::Env,
+    paths: &[PathBuf],
+    database: bool,
     r: &mut Report,
 ) -> Option<Probe> {
     let python = &cfg.app.python;
     app_env.set("PYTHONDONTWRITEBYTECODE".into(), "1".into());
-    // Another user's view of write access says nothing about the service user's.
-    let paths: Vec<String> = if viewer == Viewer::Other {
-        Vec::new()
-    } else {
-        writable_paths(cfg, facts)
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect()
-    };
+    let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let options = serde_json::json!({ "database": database });
     let mut cmd = std::process::Command::new(python);
     cmd.arg("-c")
         .arg(PROBE)
         .arg(serde_json::to_string(&paths).unwrap_or_else(|_| "[]".into()))
+        .arg(options.to_string())
         .current_dir(&cfg.app.source_dir)
         .env_clear()
         .envs(app_env.iter())
@@ -142,17 +168,19 @@ pub fn probe_app(
     // terminal, and nothing the launcher inherited reaches it.
     launcher_sys::session::new_session_in_child(&mut cmd);
     launcher_sys::fds::close_in_child(&mut cmd, 0..0);
-    let drop = match viewer {
-        Viewer::Root => Some(true),
-        Viewer::ServiceUser => Some(false),
-        Viewer::Other => None,
+    let target = match who {
+        As::Account(account, privileged) => Some(launcher_sys::privs::Target::for_account(
+            account, privileged,
+        )),
+        As::StandIn(id) => Some(launcher_sys::privs::Target::stand_in(id)),
+        As::Caller => None,
     };
-    if let Some(privileged) = drop {
-        match launcher_sys::privs::Target::for_account(account, privileged) {
+    if let Some(target) = target {
+        match target {
             Ok(t) => launcher_sys::privs::drop_in_child(&mut cmd, t),
             Err(e) => {
                 r.error(
-                    Group::Python,
+                    Rule::PythonProbeFailed,
                     "probe",
                     format!("cannot prepare the privilege drop: {e}"),
                     "check /proc is mounted",
@@ -165,7 +193,7 @@ pub fn probe_app(
         Ok(o) => o,
         Err(e) => {
             r.error(
-                Group::Python,
+                Rule::PythonProbeFailed,
                 python.display().to_string(),
                 format!("cannot run: {e}"),
                 "check app.python",
@@ -188,7 +216,7 @@ pub fn probe_app(
                 .rev()
                 .collect();
             r.error(
-                Group::Python,
+                Rule::PythonProbeFailed,
                 python.display().to_string(),
                 format!("the probe failed ({}): {}", output.status, tail.join(" | ")),
                 "run the interpreter by hand as the service user to see why",
@@ -258,7 +286,7 @@ fn run_with_timeout(
 pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     let python = cfg.app.python.display().to_string();
     r.ok(
-        Group::Python,
+        Rule::PythonInterpreter,
         python,
         format!("Python {}", p.python.as_deref().unwrap_or("?")),
     );
@@ -269,13 +297,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         }
         if a.writable {
             r.ok(
-                Group::DataDir,
+                Rule::DataDirWriteAccess,
                 format!("write access to {path}"),
                 format!("{who} can write"),
             );
         } else {
             r.error(
-                Group::DataDir,
+                Rule::DataDirWriteAccess,
                 format!("write access to {path}"),
                 format!("{who} cannot write"),
                 format!(
@@ -287,7 +315,7 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     }
     if let Some(e) = &p.django_error {
         r.error(
-            Group::App,
+            Rule::AppDjango,
             "django",
             format!("cannot be imported: {e}"),
             "install Django into the interpreter's environment",
@@ -295,13 +323,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         return;
     }
     r.ok(
-        Group::App,
+        Rule::AppDjango,
         "django",
         format!("Django {}", p.django.as_deref().unwrap_or("?")),
     );
     if let Some(e) = &p.setup_error {
         r.error(
-            Group::App,
+            Rule::AppSettings,
             cfg.app.settings_module.clone(),
             format!("the app does not start: {e}"),
             "fix the settings or the app's environment ([environment], [secrets])",
@@ -309,13 +337,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         return;
     }
     r.ok(
-        Group::App,
+        Rule::AppSettings,
         cfg.app.settings_module.clone(),
         "imports and Django starts with the app's environment",
     );
     if let Some(e) = &p.checks_error {
         r.error(
-            Group::App,
+            Rule::AppDeployCheck,
             "manage.py check --deploy",
             e.clone(),
             "run manage.py check --deploy as the service user",
@@ -323,51 +351,74 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     }
     let checks = p.checks.as_deref().unwrap_or_default();
     if checks.is_empty() && p.checks_error.is_none() {
-        r.ok(Group::App, "manage.py check --deploy", "no issues");
+        r.ok(
+            Rule::AppDeployCheck,
+            "manage.py check --deploy",
+            "no issues",
+        );
     }
     for c in checks {
-        let subject = format!("check --deploy {}", c.id.as_deref().unwrap_or("?"));
         let fix = c
             .hint
             .clone()
             .unwrap_or_else(|| "see Django's deployment checklist".into());
-        // The app's cookie settings come from the environment contract.
-        let fix = match c.id.as_deref() {
-            Some("security.W012" | "security.W016") => format!(
-                "{fix}; when the site is served over HTTPS, set BITPOLL_SECURE_COOKIES = \"true\" in [environment]"
+        // The app's cookie settings come from the environment contract; the HTTPS
+        // settings do not apply to a site served over plain HTTP (a test host) or behind
+        // a TLS proxy that sets them itself.
+        let id = c.id.as_deref().unwrap_or("unnamed");
+        let fix = match id {
+            "security.W012" | "security.W016" => format!(
+                "{fix}; when the site is served over HTTPS, set BITPOLL_SECURE_COOKIES = \"true\" in [environment]; on a site served over plain HTTP, accept it: [check] accept = [\"django:{id}\"]"
+            ),
+            "security.W004" | "security.W008" => format!(
+                "{fix}; where a TLS proxy in front does this, or the site is served over plain HTTP, accept it: [check] accept = [\"django:{id}\"]"
             ),
             _ => fix,
         };
-        match c.level {
-            l if l >= 40 => r.error(Group::App, subject, c.msg.clone(), fix),
-            l if l >= 30 => r.warn(Group::App, subject, c.msg.clone(), fix),
-            _ => r.info(Group::App, subject, c.msg.clone()),
-        }
+        let severity = match c.level {
+            l if l >= 40 => Severity::Error,
+            l if l >= 30 => Severity::Warning,
+            _ => Severity::Info,
+        };
+        let fix = (severity >= Severity::Warning).then_some(fix);
+        r.push(Finding::django(
+            severity,
+            id,
+            format!("check --deploy {id}"),
+            c.msg.clone(),
+            fix,
+        ));
     }
     if let Some(db) = &p.db {
         let subject = match (&db.vendor[..], &db.name) {
             ("sqlite", Some(name)) => format!("sqlite {name}"),
             (vendor, _) => vendor.to_string(),
         };
-        if !db.exists {
+        if db.skipped {
             r.info(
-                Group::Database,
+                Rule::DatabaseApp,
+                subject,
+                "not probed as Django sees it before the first start: Django's connection depends on the service user",
+            );
+        } else if !db.exists {
+            r.info(
+                Rule::DatabaseApp,
                 subject,
                 "does not exist yet; migrate creates it",
             );
         } else if let Some(e) = &db.error {
             r.error(
-                Group::Database,
+                Rule::DatabaseApp,
                 subject,
                 format!("not reachable: {e}"),
                 "check the database settings and that the server is running",
             );
         } else {
-            r.ok(Group::Database, subject.clone(), "reachable");
+            r.ok(Rule::DatabaseApp, subject.clone(), "reachable");
             match p.pending.as_deref() {
-                Some([]) => r.ok(Group::Database, "migrations", "all applied"),
-                Some(pending) if cfg.prepare.migrate => r.info(Group::Database, "migrations", format!("{} pending ({}); `run` applies them", pending.len(), abbreviate(pending))),
-                Some(pending) => r.warn(Group::Database, "migrations", format!("{} pending ({}) and prepare.migrate = false", pending.len(), abbreviate(pending)), "run `bitpoll-launcher manage --config FILE -- migrate` or enable prepare.migrate"),
+                Some([]) => r.ok(Rule::DatabaseMigrations, "migrations", "all applied"),
+                Some(pending) if cfg.prepare.migrate => r.info(Rule::DatabaseMigrations, "migrations", format!("{} pending ({}); `run` applies them", pending.len(), abbreviate(pending))),
+                Some(pending) => r.warn(Rule::DatabaseMigrations, "migrations", format!("{} pending ({}) and prepare.migrate = false", pending.len(), abbreviate(pending)), "run `bitpoll-launcher manage --config FILE -- migrate` or enable prepare.migrate"),
                 None => {}
             }
         }
@@ -376,13 +427,13 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
         let subject = format!("encrypted data ({})", e.field);
         if e.ok {
             r.ok(
-                Group::Database,
+                Rule::DatabaseEncrypted,
                 subject,
                 "a stored value decrypts with the configured FIELD_ENCRYPTION_KEY",
             );
         } else {
             r.error(
-                Group::Database,
+                Rule::DatabaseEncrypted,
                 subject,
                 "a stored value does not decrypt with the configured FIELD_ENCRYPTION_KEY: the app shows ciphertext instead of the data",
                 "configure the key the data was encrypted with (or a rotation list \"NEW,OLD\" holding it)",
@@ -392,19 +443,19 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     if let Some(m) = &p.manifest {
         if m.exists {
             r.ok(
-                Group::App,
+                Rule::AppStaticFiles,
                 "static files",
                 format!("manifest {} present", m.path),
             );
         } else if cfg.prepare.collectstatic {
             r.info(
-                Group::App,
+                Rule::AppStaticFiles,
                 "static files",
                 format!("no manifest at {} yet; `run` collects static files", m.path),
             );
         } else {
             r.error(
-                Group::App,
+                Rule::AppStaticFiles,
                 "static files",
                 format!(
                     "no manifest at {} and prepare.collectstatic = false: every page will fail",
@@ -416,7 +467,7 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     }
     if let Some(e) = &p.static_error {
         r.warn(
-            Group::App,
+            Rule::AppStaticFiles,
             "static files",
             e.clone(),
             "check STATIC_ROOT and STORAGES",
@@ -424,8 +475,8 @@ pub fn report_probe(cfg: &Config, p: &Probe, uid: Option<u32>, r: &mut Report) {
     }
     if cfg.prepare.compilemessages {
         match &p.msgfmt {
-            Some(path) => r.ok(Group::App, "msgfmt", format!("found at {path}")),
-            None => r.error(Group::App, "msgfmt", "GNU gettext's msgfmt is not on the app's PATH, and prepare.compilemessages = true", "install gettext, or compile the catalogs at build time and set compilemessages = false"),
+            Some(path) => r.ok(Rule::AppMsgfmt, "msgfmt", format!("found at {path}")),
+            None => r.error(Rule::AppMsgfmt, "msgfmt", "GNU gettext's msgfmt is not on the app's PATH, and prepare.compilemessages = true", "install gettext, or compile the catalogs at build time and set compilemessages = false"),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::io::{IsTerminal, Write};
 use serde::Serialize;
 
 use launcher_plan::finding::{Finding, Group, Severity};
+use launcher_plan::rule::Rule;
 use launcher_plan::text::printable;
 
 #[derive(Default)]
@@ -33,32 +34,32 @@ impl Report {
         });
     }
 
-    pub fn ok(&mut self, group: Group, subject: impl Into<String>, message: impl Into<String>) {
-        self.push(Finding::ok(group, subject, message));
+    pub fn ok(&mut self, rule: Rule, subject: impl Into<String>, message: impl Into<String>) {
+        self.push(Finding::ok(rule, subject, message));
     }
 
-    pub fn info(&mut self, group: Group, subject: impl Into<String>, message: impl Into<String>) {
-        self.push(Finding::info(group, subject, message));
+    pub fn info(&mut self, rule: Rule, subject: impl Into<String>, message: impl Into<String>) {
+        self.push(Finding::info(rule, subject, message));
     }
 
     pub fn warn(
         &mut self,
-        group: Group,
+        rule: Rule,
         subject: impl Into<String>,
         message: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        self.push(Finding::warning(group, subject, message, fix));
+        self.push(Finding::warning(rule, subject, message, fix));
     }
 
     pub fn error(
         &mut self,
-        group: Group,
+        rule: Rule,
         subject: impl Into<String>,
         message: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        self.push(Finding::error(group, subject, message, fix));
+        self.push(Finding::error(rule, subject, message, fix));
     }
 
     pub fn worst(&self) -> Severity {
@@ -89,7 +90,9 @@ impl Report {
 
 #[derive(Serialize)]
 struct JsonFinding<'a> {
+    id: String,
     severity: &'static str,
+    accepted: bool,
     group: &'static str,
     subject: &'a str,
     message: &'a str,
@@ -130,8 +133,10 @@ pub fn print(report: &Report, config: &std::path::Path, json: bool) {
                 .findings
                 .iter()
                 .map(|f| JsonFinding {
+                    id: f.id(),
                     severity: f.severity.label(),
-                    group: f.group.name(),
+                    accepted: f.accepted,
+                    group: f.group().name(),
                     subject: &f.subject,
                     message: &f.message,
                     fix: f.fix.as_deref(),
@@ -148,10 +153,10 @@ pub fn print(report: &Report, config: &std::path::Path, json: bool) {
     let colour_on = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     for g in Group::ALL
         .into_iter()
-        .filter(|g| report.findings.iter().any(|f| f.group == *g))
+        .filter(|g| report.findings.iter().any(|f| f.group() == *g))
     {
         let _ = writeln!(out, "{g}:");
-        for f in report.findings.iter().filter(|f| f.group == g) {
+        for f in report.findings.iter().filter(|f| f.group() == g) {
             let label = format!("{:<7}", f.severity.label());
             let label = if colour_on {
                 format!("{}{label}\x1b[0m", colour(f.severity))
@@ -166,15 +171,26 @@ pub fn print(report: &Report, config: &std::path::Path, json: bool) {
                 printable(&f.subject),
                 printable(&f.message)
             );
-            if let Some(fix) = &f.fix {
+            let accepted = if f.accepted { ", accepted" } else { "" };
+            let _ = write!(out, " [{}{accepted}]", printable(&f.id()));
+            if let Some(fix) = f.fix.as_ref().filter(|_| !f.accepted) {
                 let _ = write!(out, "\n          fix: {}", printable(fix));
             }
             let _ = writeln!(out);
         }
     }
+    let accepted = report.findings.iter().filter(|f| f.accepted).count();
     let _ = writeln!(
         out,
-        "{} error(s), {} warning(s), {} info, {} ok",
-        counts["error"], counts["warning"], counts["info"], counts["ok"]
+        "{} error(s), {} warning(s), {} info, {} ok{}",
+        counts["error"],
+        counts["warning"],
+        counts["info"],
+        counts["ok"],
+        if accepted > 0 {
+            format!(" ({accepted} of the info accepted in check.accept)")
+        } else {
+            String::new()
+        }
     );
 }

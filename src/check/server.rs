@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use launcher_config::Config;
-use launcher_plan::finding::Group;
+use launcher_plan::rule::Rule;
 use launcher_sys::Uid;
 
 use super::probe::Probe;
@@ -23,7 +23,7 @@ pub fn check_server(cfg: &Config, uid: Option<Uid>, probe: Option<&Probe>, r: &m
         match probe.and_then(|p| p.gunicorn.as_deref()) {
             Some(v) => {
                 r.ok(
-                    Group::Server,
+                    Rule::ServerGunicorn,
                     "gunicorn",
                     format!("version {v} in the app's environment"),
                 );
@@ -36,7 +36,7 @@ pub fn check_server(cfg: &Config, uid: Option<Uid>, probe: Option<&Probe>, r: &m
                     })
                 {
                     r.warn(
-                        Group::Server,
+                        Rule::ServerControlSocket,
                         "gunicorn",
                         "gunicorn 25.1 or newer creates a control socket in the home directory by default",
                         "add \"--no-control-socket\" to server.command",
@@ -44,7 +44,7 @@ pub fn check_server(cfg: &Config, uid: Option<Uid>, probe: Option<&Probe>, r: &m
                 }
             }
             None if probe.is_some() => r.error(
-                Group::Server,
+                Rule::ServerGunicorn,
                 "gunicorn",
                 "not installed in the app's Python environment",
                 "install gunicorn into the virtualenv",
@@ -91,12 +91,12 @@ fn check_port(bind: &str, uid: Option<Uid>, r: &mut Report) {
         match std::net::TcpListener::bind(&addr) {
             Ok(listener) => {
                 drop(listener);
-                r.ok(Group::Server, subject, "the address is free");
+                r.ok(Rule::ServerBind, subject, "the address is free");
                 return;
             }
             Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
                 r.error(
-                    Group::Server,
+                    Rule::ServerBind,
                     subject,
                     format!("cannot be bound: {e}"),
                     "use an address of this host",
@@ -109,32 +109,32 @@ fn check_port(bind: &str, uid: Option<Uid>, r: &mut Report) {
     match holder_of(&inodes) {
         Some((1, _, comm)) => {
             r.ok(
-                Group::Server,
+                Rule::ServerBind,
                 subject,
                 format!("held by the service manager ({comm}, pid 1): a socket unit passes it to the server"),
             );
         }
         Some((pid, puid, comm)) if uid.is_some_and(|u| u.as_raw() == puid) => {
             r.ok(
-                Group::Server,
+                Rule::ServerBind,
                 subject,
                 format!("held by this service ({comm}, pid {pid})"),
             );
         }
         Some((pid, _, comm)) => r.error(
-            Group::Server,
+            Rule::ServerBind,
             subject,
             format!("already in use by {comm} (pid {pid})"),
             "stop that process or bind another port",
         ),
         None if !nix::unistd::geteuid().is_root() => r.warn(
-            Group::Server,
+            Rule::ServerBind,
             subject,
             "already in use; as this user the holder cannot be seen",
             "run check as root to see whether the service itself holds it",
         ),
         None => r.error(
-            Group::Server,
+            Rule::ServerBind,
             subject,
             "already in use by another process",
             "stop it or bind another port",

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use launcher_config::{Config, Ready};
-use launcher_plan::finding::Group;
+use launcher_plan::rule::Rule;
 
 use super::report::Report;
 
@@ -32,7 +32,7 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
         Ok(o) => {
             r.warn(
-                Group::Systemd,
+                Rule::SystemdQuery,
                 unit,
                 format!(
                     "cannot query systemd: {}",
@@ -44,7 +44,7 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
         }
         Err(e) => {
             r.warn(
-                Group::Systemd,
+                Rule::SystemdQuery,
                 unit,
                 format!("cannot run systemctl: {e}"),
                 "run check on the host that runs the unit",
@@ -55,7 +55,7 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
     let props: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
     if props.get("LoadState") != Some(&"loaded") {
         r.error(
-            Group::Systemd,
+            Rule::SystemdNotLoaded,
             unit,
             format!(
                 "is not loaded (LoadState={})",
@@ -67,10 +67,10 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
     }
     match props.get("Type") {
         Some(&"notify") | Some(&"notify-reload") => {
-            r.ok(Group::Systemd, format!("{unit} Type"), "notify")
+            r.ok(Rule::SystemdType, format!("{unit} Type"), "notify")
         }
         other => r.error(
-            Group::Systemd,
+            Rule::SystemdType,
             format!("{unit} Type"),
             format!(
                 "is {}, so systemd does not wait for the server's READY=1",
@@ -82,30 +82,30 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
     let worker = cfg.server.ready.from_worker();
     match (props.get("NotifyAccess"), worker) {
         (Some(&"main"), false) if cfg.server.ready == Ready::Answer => r.ok(
-            Group::Systemd,
+            Rule::SystemdNotifyAccess,
             format!("{unit} NotifyAccess"),
             "main (server.ready = \"answer\": gunicorn's arbiter sends READY=1 once a worker answered its warm-up request)",
         ),
-        (Some(&"main"), false) => r.ok(Group::Systemd, format!("{unit} NotifyAccess"), "main"),
+        (Some(&"main"), false) => r.ok(Rule::SystemdNotifyAccess, format!("{unit} NotifyAccess"), "main"),
         (Some(&"all"), true) => r.ok(
-            Group::Systemd,
+            Rule::SystemdNotifyAccess,
             format!("{unit} NotifyAccess"),
             "all (server.ready = \"worker\": a gunicorn worker sends READY=1)",
         ),
         (Some(&"all") | Some(&"exec"), false) => r.warn(
-            Group::Systemd,
+            Rule::SystemdNotifyAccess,
             format!("{unit} NotifyAccess"),
             "lets processes other than the main one (gunicorn's workers) notify",
             "set NotifyAccess=main",
         ),
         (Some(&"main") | Some(&"exec"), true) => r.error(
-            Group::Systemd,
+            Rule::SystemdNotifyAccess,
             format!("{unit} NotifyAccess"),
             "ignores the READY=1 of gunicorn's worker (server.ready = \"worker\"), so the start times out",
             "set NotifyAccess=all (bitpoll-launcher unit renders it)",
         ),
         (other, _) => r.error(
-            Group::Systemd,
+            Rule::SystemdNotifyAccess,
             format!("{unit} NotifyAccess"),
             format!(
                 "is {}: the launcher's STATUS and gunicorn's READY=1 are ignored",
@@ -131,13 +131,13 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
             .collect();
         if missing.is_empty() {
             r.ok(
-                Group::Systemd,
+                Rule::SystemdCapabilities,
                 format!("{unit} CapabilityBoundingSet"),
                 "allows the privilege drop",
             );
         } else {
             r.error(
-                Group::Systemd,
+                Rule::SystemdCapabilities,
                 format!("{unit} CapabilityBoundingSet"),
                 format!("lacks {}", missing.join(", ")),
                 "use the hardening list of nixos/hardening.toml (bitpoll-launcher unit)",
@@ -146,7 +146,7 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
         let strict = matches!(props.get("ProtectSystem"), Some(&"strict") | Some(&"full"));
         if strict && cfg.service.create_user && !user_exists {
             r.error(
-                Group::Systemd,
+                Rule::SystemdProtectSystem,
                 format!("{unit} ProtectSystem"),
                 "makes /etc read-only, so the missing user cannot be created at start",
                 "declare the user ahead (bitpoll-launcher sysusers) and set create_user = false",
@@ -154,7 +154,7 @@ pub fn check_unit(cfg: &Config, unit: &str, user_exists: bool, r: &mut Report) {
         }
     } else {
         r.info(
-            Group::Systemd,
+            Rule::SystemdUnprivileged,
             unit,
             "runs the launcher unprivileged (User= set): account and directories are only verified",
         );

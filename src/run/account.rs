@@ -50,7 +50,7 @@ pub(super) fn account(waits: &mut Waits, cfg: &Config, start: &Start) -> Result<
         let create = matches!(start.account, judge::account::Action::Create { .. });
         let ensured = launcher_sys::account::ensure(&svc.user, &svc.group, &svc.data_dir, create);
         waits.stopped("creating the account")?;
-        let (account, created) = ensured.or_exit(exit::SYSTEM)?;
+        let (account, created) = ensured.map_err(account_exit)?;
         if created.group {
             info!(phase = "account", group = %account.group, "created system group {} (gid {})", account.group, account.gid);
         }
@@ -60,7 +60,7 @@ pub(super) fn account(waits: &mut Waits, cfg: &Config, start: &Start) -> Result<
         account
     } else {
         let account =
-            launcher_sys::account::verify_current(&svc.user, &svc.group).or_exit(exit::SYSTEM)?;
+            launcher_sys::account::verify_current(&svc.user, &svc.group).map_err(account_exit)?;
         info!(
             phase = "account",
             "not running as root: using the current user {} as is; creating accounts and changing owners is skipped",
@@ -76,6 +76,19 @@ pub(super) fn account(waits: &mut Waits, cfg: &Config, start: &Start) -> Result<
         account,
         privileged,
     })
+}
+
+/// A refusal while acting has the rule of the same problem found ahead.
+pub(crate) fn account_exit(e: launcher_sys::account::AccountError) -> Exit {
+    let rule = match &e {
+        launcher_sys::account::AccountError::Refused(p) => Some(p.finding().rule),
+        _ => None,
+    };
+    let exit = Exit::new(exit::SYSTEM, e);
+    match rule {
+        Some(rule) => exit.rule(rule),
+        None => exit,
+    }
 }
 
 /// From here on, root acts as the service user in the user's data directory and towards

@@ -32,6 +32,8 @@ mod server;
 mod sockets;
 mod tree;
 
+pub(crate) use account::account_exit;
+
 use std::convert::Infallible;
 use std::time::Instant;
 
@@ -248,6 +250,6 @@ impl Drop for Waits {
 fn lock_exit(e: lock::LockError) -> Exit {
     match e.stop_signal() {
         Some(signal) => Exit::stopped(signal, e),
-        None => Exit::new(exit::RUNTIME, e),
+        None => Exit::new(exit::RUNTIME, e).rule(launcher_plan::rule::Rule::PrepareLock),
     }
 }

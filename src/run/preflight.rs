@@ -2,13 +2,13 @@
 //! wait for the server and judge again with what the database holds. An error stops the
 //! start here, before anything is changed, in the words `check` prints.
 
-use anyhow::anyhow;
-use tracing::warn;
+use tracing::{info, warn};
 
 use launcher_config::Config;
 use launcher_plan::facts::{Facts, View};
 use launcher_plan::judge::{self, Command, Start};
 use launcher_plan::postgres::{Server, instance_name};
+use launcher_plan::rule::Rule;
 use launcher_sys::privs::Identity;
 
 use super::{Phase, Waits};
@@ -58,8 +58,12 @@ pub(super) fn preflight(
                 .block_on(|stop| postgres::wait(ids, &server, &login, stop))
                 .map_err(|e| match e {
                     WaitError::Stopped { signal, .. } => Exit::stopped(signal, e),
-                    WaitError::Refused { .. } => Exit::new(exit::SYSTEM, e),
-                    WaitError::TimedOut { .. } => Exit::new(exit::RUNTIME, e),
+                    WaitError::Refused { .. } => {
+                        Exit::new(exit::SYSTEM, e).rule(Rule::DatabaseRefused)
+                    }
+                    WaitError::TimedOut { .. } => {
+                        Exit::new(exit::RUNTIME, e).rule(Rule::DatabaseUnreachable)
+                    }
                 })?;
             let pg = waits.block_on(|_| session.observe());
             db.end(&format!("connected to PostgreSQL ({server})"));
@@ -71,7 +75,12 @@ pub(super) fn preflight(
     };
     // What run itself will create or repair is logged when it does; warnings now.
     for f in start.warnings() {
-        warn!(phase = "preflight", subject = %f.subject, "{f}");
+        let (message_id, id) = (f.rule.message_id(), f.id());
+        if launcher_plan::accept::accepts(&cfg.check.accept, f) {
+            info!(phase = "preflight", subject = %f.subject, message_id, finding_id = %id, "{f} (accepted in check.accept)");
+        } else {
+            warn!(phase = "preflight", subject = %f.subject, message_id, finding_id = %id, "{f}");
+        }
     }
     phase.end("the deployment is usable");
     Ok(Preflight {
@@ -84,8 +93,8 @@ pub(super) fn preflight(
 /// The judgement for `run`, or its refusal.
 fn judged(cfg: &Config, facts: &Facts) -> Result<Start, Exit> {
     let start = judge::start(cfg, facts, Command::Run, crate::now());
-    match start.refusal() {
-        Some(text) => Err(Exit::new(exit::SYSTEM, anyhow!("{text}"))),
+    match Exit::refused(&start.findings) {
+        Some(refusal) => Err(refusal),
         None => Ok(start),
     }
 }

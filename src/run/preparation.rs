@@ -19,6 +19,7 @@ use launcher_plan::layout::{
     sqlite_files_in_data_dir,
 };
 use launcher_plan::postgres::{instance_name, migration_lock_key};
+use launcher_plan::rule::Rule;
 use launcher_plan::secret::SecretValue;
 use launcher_sys::privs::{Switched, Target};
 use launcher_sys::tree::Owner;
@@ -90,7 +91,7 @@ pub(super) fn prepare(
     for p in &plan.planned {
         let f = p.finding();
         match &p.decision {
-            Decision::Refuse(_) => return Err(Exit::new(exit::SYSTEM, anyhow!("{f}"))),
+            Decision::Refuse(_) => return Err(Exit::new(exit::SYSTEM, anyhow!("{f}")).rule(f.rule)),
             Decision::Skip { .. } | Decision::NoWork(_) => {
                 info!(phase = "prepare", step = %p.step, skipped = true, "step {} {}", p.step, f.message)
             }
@@ -150,8 +151,9 @@ pub(super) fn prepare(
             Some(b) => Exit::new(
                 exit::RUNTIME,
                 anyhow::Error::new(e).context(restore_hint(cfg, b)),
-            ),
-            None => Exit::new(exit::RUNTIME, e),
+            )
+            .rule(Rule::PrepareFailed),
+            None => Exit::new(exit::RUNTIME, e).rule(Rule::PrepareFailed),
         },
     })?;
     drop(locks);

@@ -66,7 +66,8 @@ pub(super) fn secrets(
         }
     }
     if !problems.is_empty() {
-        return Err(Exit::new(exit::SYSTEM, anyhow!("{}", problems.join("\n"))));
+        return Err(Exit::new(exit::SYSTEM, anyhow!("{}", problems.join("\n")))
+            .rule(launcher_plan::rule::Rule::SecretGenerateFailed));
     }
     phase.end(&format!(
         "{} secret{} loaded",

@@ -11,6 +11,7 @@ use launcher_config::Config;
 use launcher_plan::env::{self, Purpose};
 use launcher_plan::judge::Start;
 use launcher_plan::layout;
+use launcher_plan::rule::Rule;
 use launcher_sys::exec::ExecError;
 use launcher_sys::privs::{Identity, Switched};
 
@@ -111,6 +112,6 @@ pub(super) fn start(
     info!(phase = "exec", duration_ms = total, program = %server_argv[0], "launcher done in {total} ms, executing {}", server_argv.join(" "));
     match launcher_sys::exec::exec(&server_argv, &server_env) {
         ExecError::Stopped { signal } => Err(Exit::stopped(signal, ExecError::Stopped { signal })),
-        err => Err(Exit::new(exit::RUNTIME, err)),
+        err => Err(Exit::new(exit::RUNTIME, err).rule(Rule::ServerExecFailed)),
     }
 }

@@ -10,7 +10,20 @@ pub(super) use launcher_sys::tree::DataTree;
 
 use super::Phase;
 use super::account::Account;
-use crate::exit::{self, Exit, OrExit};
+use crate::exit::{self, Exit};
+
+/// A refusal while acting has the rule of the same problem found ahead.
+pub(super) fn tree_exit(e: launcher_sys::tree::TreeError) -> Exit {
+    let rule = match &e {
+        launcher_sys::tree::TreeError::Refused(p) => Some(p.finding().rule),
+        _ => None,
+    };
+    let exit = Exit::new(exit::SYSTEM, e);
+    match rule {
+        Some(rule) => exit.rule(rule),
+        None => exit,
+    }
+}
 
 pub(super) fn directories(
     acting: &mut Switched<'_>,
@@ -26,7 +39,7 @@ pub(super) fn directories(
         owner,
         &account.account.user,
     )
-    .or_exit(exit::SYSTEM)?;
+    .map_err(tree_exit)?;
     for change in &changes {
         info!(phase = "directories", path = %change.path.display(), "{}: {}", change.path.display(), change.what);
     }
@@ -38,7 +51,7 @@ pub(super) fn directories(
             owner,
             &account.account.user,
         )
-        .or_exit(exit::SYSTEM)?
+        .map_err(tree_exit)?
         {
             info!(phase = "directories", path = %change.path.display(), "{}: {} (it was left behind by a tool run as root)", change.path.display(), change.what);
         }

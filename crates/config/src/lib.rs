@@ -17,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use reader::{Reader, Table};
+pub use suggest::did_you_mean;
 pub use unit::{Directive, Limit, Section, Unit};
 
 /// A validated launcher configuration.
@@ -33,6 +34,16 @@ pub struct Config {
     pub server: Server,
     /// Limits and restart policy of the unit (rendered by `unit` and the NixOS module).
     pub unit: Unit,
+    /// What `check` reports.
+    pub check: Check,
+}
+
+/// The `[check]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Check {
+    /// Finding ids the admin accepts: such a warning is reported as info and does not
+    /// change `check`'s exit status (the ids are `check`'s, e.g. `django:security.W004`).
+    pub accept: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -509,6 +520,7 @@ const TOP_KEYS: &[&str] = &[
     "environment",
     "server",
     "unit",
+    "check",
 ];
 const SERVICE_KEYS: &[&str] = &[
     "user",
@@ -547,17 +559,19 @@ const PREPARE_KEYS: &[&str] = &[
     "backups",
 ];
 const SERVER_KEYS: &[&str] = &["command", "ready", "ready_path", "ready_timeout_sec"];
+const CHECK_KEYS: &[&str] = &["accept"];
 const SECRET_SOURCE_KEYS: &[&str] = &["file", "credential", "generate"];
 
 /// All keys of all fixed tables, to tell an admin that a key lives in another table.
 fn table_of_key(key: &str) -> Option<&'static str> {
-    let tables: [(&str, &[&str]); 6] = [
+    let tables: [(&str, &[&str]); 7] = [
         ("service", SERVICE_KEYS),
         ("app", APP_KEYS),
         ("database", DATABASE_KEYS),
         ("prepare", PREPARE_KEYS),
         ("server", SERVER_KEYS),
         ("unit", unit::UNIT_KEYS),
+        ("check", CHECK_KEYS),
     ];
     tables
         .iter()
@@ -583,6 +597,8 @@ fn read_config(r: &mut Reader, root: &toml::Table) -> Option<Config> {
     let server = read_server(r, t.as_ref());
     let t = r.table(root, "", "unit", false);
     let unit = unit::read_unit(r, t.as_ref());
+    let t = r.table(root, "", "check", false);
+    let check = read_check(r, t.as_ref());
 
     if let (Some(secrets), Some(environment)) = (&secrets, &environment) {
         for name in secrets.keys() {
@@ -616,7 +632,59 @@ fn read_config(r: &mut Reader, root: &toml::Table) -> Option<Config> {
         environment: environment?,
         server: server?,
         unit: unit?,
+        check: check?,
     })
+}
+
+/// `[check] accept`: finding ids as `check` prints them: a launcher rule's
+/// `<group>.<name>`, or another program's finding as `<program>:<its id>`
+/// (`django:security.W004`). Whether a launcher id names a rule is `check`'s to say (it
+/// reports an accepted id that does not occur, with the closest one), so that an id a
+/// newer launcher dropped never stops a start.
+fn read_check(r: &mut Reader, t: Option<&Table>) -> Option<Check> {
+    let t = t?;
+    r.unknown_keys("check", t, CHECK_KEYS);
+    let accept = if t.contains_key("accept") {
+        r.string_array(t, "check", "accept", false)?
+    } else {
+        Vec::new()
+    };
+    let mut ok = true;
+    for (i, id) in accept.iter().enumerate() {
+        if !is_finding_id(id) {
+            r.problem(
+                format!("check.accept[{i}]"),
+                format!("{id:?} is not a finding id"),
+                Some("use the id `check` prints in brackets after a finding (or its JSON field \"id\"), e.g. \"django:security.W004\" or \"secrets.shared_by_instances\"".into()),
+            );
+            ok = false;
+        } else if accept[..i].contains(id) {
+            r.problem(
+                format!("check.accept[{i}]"),
+                format!("{id:?} is listed twice"),
+                Some("list each id once".into()),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(Check { accept })
+}
+
+/// `group.name` (lowercase letters and `_`), or `program:id` where the id has no spaces
+/// or control characters (Django's are `security.W004`, `fields.E304`, ...).
+pub fn is_finding_id(id: &str) -> bool {
+    let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    match id.split_once(':') {
+        Some((program, rest)) => {
+            word(program)
+                && !rest.is_empty()
+                && rest.len() <= 100
+                && rest.chars().all(|c| c.is_ascii_graphic())
+        }
+        None => id
+            .split_once('.')
+            .is_some_and(|(group, name)| word(group) && word(name)),
+    }
 }
 
 fn read_service(r: &mut Reader, t: Option<&Table>) -> Option<Service> {

@@ -887,3 +887,69 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn check_accept_lists_finding_ids_and_is_empty_by_default() {
+    assert!(parse_str(GOOD).unwrap().check.accept.is_empty());
+    let cfg = parse_str(&format!(
+        "{GOOD}\n[check]\naccept = [\"django:security.W004\", \"secrets.shared_by_instances\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.check.accept,
+        ["django:security.W004", "secrets.shared_by_instances"]
+    );
+}
+
+#[test]
+fn check_accept_refuses_what_is_no_finding_id_and_suggests_the_key() {
+    let out = rendered(&format!(
+        "{GOOD}\n[check]\naccept = [\"W004\", \"data_dir.free_space\", \"django:a b\", \"data_dir.free_space\"]\naccpt = []\n"
+    ));
+    for want in [
+        "check.accpt: unknown key (did you mean `accept`?)",
+        "check.accept[0]: \"W004\" is not a finding id",
+        "check.accept[2]: \"django:a b\" is not a finding id",
+        "check.accept[3]: \"data_dir.free_space\" is listed twice",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    assert!(!out.contains("check.accept[1]"), "{out}");
+    let out = rendered(&format!(
+        "{GOOD}\n[check]\naccept = \"django:security.W004\"\n"
+    ));
+    assert!(
+        out.contains("check.accept: must be an array of strings"),
+        "{out}"
+    );
+    let out = rendered(&GOOD.replace("[service]\n", "[service]\naccept = []\n"));
+    assert!(
+        out.contains("`accept` belongs in the [check] table"),
+        "{out}"
+    );
+}
+
+#[test]
+fn finding_ids_are_rule_ids_or_another_programs() {
+    for ok in [
+        "data_dir.foreign_owner",
+        "django:security.W004",
+        "django:fields.E304",
+        "x.y",
+    ] {
+        assert!(is_finding_id(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "W004",
+        "data_dir.",
+        ".x",
+        "Data.x",
+        "django:",
+        ":x",
+        "django:a b",
+        "a.b.c",
+    ] {
+        assert!(!is_finding_id(bad), "{bad}");
+    }
+}

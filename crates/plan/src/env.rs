@@ -1,8 +1,11 @@
 //! The app's environment, built from scratch.
 //!
-//! Nothing of the launcher's own environment reaches the app unless it is on the short
-//! allowlist below. The inputs are explicit arguments (the inherited environment is a
-//! slice, not read here), so the result is a pure function of them.
+//! Nothing of the caller's environment reaches the app: a start from a root shell and a
+//! start by systemd give it the same variables, byte for byte, but for those the service
+//! manager sets for this one start ([`ALLOWLIST`], [`SERVER_ONLY`]). `PATH` is the
+//! interpreter's directory and a fixed system path, `LANG` a fixed default; `[environment]`
+//! sets either. The inputs are explicit arguments (the inherited environment is a slice,
+//! not read here), so the result is a pure function of them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -88,18 +91,10 @@ pub enum Purpose {
 /// an admin's session.
 pub const ADMIN_HOME: &str = "/nonexistent";
 
-/// Inherited variables that pass through to the app unchanged.
+/// Inherited variables that pass through to the app unchanged: the ones systemd sets for
+/// the unit's process (a shell has none of them). Nothing a shell sets passes: not
+/// `PATH`, the locale (`LANG`, `LC_*`) or `TZ`.
 pub const ALLOWLIST: &[&str] = &[
-    "PATH",
-    "LANG",
-    "LANGUAGE",
-    "LC_ALL",
-    "LC_CTYPE",
-    "LC_MESSAGES",
-    "TZ",
-    "TZDIR",
-    // NixOS: glibc finds its locales through this.
-    "LOCALE_ARCHIVE",
     "INVOCATION_ID",
     "RUNTIME_DIRECTORY",
     "STATE_DIRECTORY",
@@ -120,8 +115,29 @@ const SERVER_ONLY: &[&str] = &[
     "JOURNAL_STREAM",
 ];
 
-pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// The app's `PATH` after the interpreter's directory, whatever `PATH` the launcher got.
+pub const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub const DEFAULT_LANG: &str = "C.UTF-8";
+/// Variables the launcher sets to fixed values unless `[environment]` sets them; like the
+/// inherited ones, they do not count in a preparation stamp's fingerprint unless
+/// configured (they never vary by themselves; TZ follows BITPOLL_TIME_ZONE, which counts).
+pub const DEFAULTS: &[&str] = &["PATH", "LANG", "TZ"];
+
+/// The variable of the app's environment that names its zone (Bitpoll's settings read it
+/// into TIME_ZONE).
+pub const TIME_ZONE_VAR: &str = "BITPOLL_TIME_ZONE";
+/// Bitpoll's TIME_ZONE when `BITPOLL_TIME_ZONE` does not set one (its settings.py).
+pub const DEFAULT_TIME_ZONE: &str = "Europe/Berlin";
+
+/// The app's zone as the config gives it: `BITPOLL_TIME_ZONE` of `[environment]`, else
+/// Bitpoll's default. The launcher's text log tells time in it, and the app gets it as
+/// `TZ`, so that what runs before Django sets its TIME_ZONE (gunicorn's arbiter without
+/// `--preload`) tells time in it too.
+pub fn time_zone(cfg: &Config) -> &str {
+    cfg.environment
+        .get(TIME_ZONE_VAR)
+        .map_or(DEFAULT_TIME_ZONE, String::as_str)
+}
 
 /// Variables that differ on every start without changing what preparation does; left out
 /// of stamp fingerprints.
@@ -168,21 +184,9 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Env {
             env.insert(k.clone(), v.clone());
         }
     }
-    let path = env
-        .get("PATH")
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_PATH.to_string());
-    // The interpreter's directory first, as a virtualenv's activate script would do, so
-    // tools installed beside it are found.
-    let path = match cfg.app.python.parent() {
-        Some(bin) if !path.split(':').any(|p| Path::new(p) == bin) => {
-            format!("{}:{path}", bin.display())
-        }
-        _ => path,
-    };
-    env.insert("PATH".into(), path);
-    env.entry("LANG".into())
-        .or_insert_with(|| DEFAULT_LANG.into());
+    env.insert("PATH".into(), app_path(&cfg.app.python));
+    env.insert("LANG".into(), DEFAULT_LANG.into());
+    env.insert("TZ".into(), time_zone(cfg).into());
 
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
@@ -261,6 +265,17 @@ pub fn build(inputs: &Inputs<'_>, purpose: Purpose) -> Env {
         out.set(k.clone(), v.expose().to_string());
     }
     out
+}
+
+/// The interpreter's directory first, as a virtualenv's activate script would do, so tools
+/// installed beside it are found, then [`SYSTEM_PATH`].
+pub fn app_path(python: &Path) -> String {
+    match python.parent() {
+        Some(bin) if !SYSTEM_PATH.split(':').any(|p| Path::new(p) == bin) => {
+            format!("{}:{SYSTEM_PATH}", bin.display())
+        }
+        _ => SYSTEM_PATH.to_string(),
+    }
 }
 
 /// Variables the caller of `manage` passes through for one command: every
@@ -402,10 +417,11 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
             ("LISTEN_PID", "42"),
             ("LOGNAME", "bitpoll"),
             ("NOTIFY_SOCKET", "/run/systemd/notify"),
-            ("PATH", "/opt/venv/bin:/usr/bin:/bin"),
+            ("PATH", "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"),
             ("PYTHONNOUSERSITE", "1"),
             ("PYTHONPATH", "/opt/src"),
             ("PYTHONUNBUFFERED", "1"),
+            ("TZ", "Europe/Berlin"),
             ("USER", "bitpoll"),
         ]
         .into_iter()
@@ -522,18 +538,115 @@ command = ["/opt/venv/bin/gunicorn", "bitpoll.wsgi:application"]
     }
 
     #[test]
-    fn path_defaults_when_the_launcher_has_none() {
+    fn nothing_of_the_callers_shell_reaches_the_app() {
         let cfg = config();
-        let inputs = Inputs {
-            config: &cfg,
-            secrets: &[],
-            inherited: &[],
-            user: "bitpoll",
-            home: Path::new("/var/lib/bitpoll"),
-            locale_paths: &[],
-        };
-        let env: BTreeMap<_, _> = build(&inputs, Purpose::Server).to_map();
-        assert_eq!(env["PATH"], format!("/opt/venv/bin:{DEFAULT_PATH}"));
+        let shell: Vec<(String, String)> = [
+            ("PATH", "/root/.cargo/bin:/root/bin:/usr/sbin:/usr/bin"),
+            ("LANG", "de_DE.UTF-8"),
+            ("LANGUAGE", "de"),
+            ("LC_ALL", "de_DE.UTF-8"),
+            ("TZ", "America/New_York"),
+            ("TZDIR", "/root/zoneinfo"),
+            ("LOCALE_ARCHIVE", "/root/locale-archive"),
+            ("HOME", "/root"),
+            ("SHELL", "/bin/zsh"),
+            ("TERM", "xterm-256color"),
+            ("SSH_AUTH_SOCK", "/tmp/ssh-x/agent.1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for purpose in [
+            Purpose::Prepare,
+            Purpose::Server,
+            Purpose::Manage,
+            Purpose::Probe,
+        ] {
+            let build_with = |inherited: &[(String, String)]| {
+                build(
+                    &Inputs {
+                        config: &cfg,
+                        secrets: &[],
+                        inherited,
+                        user: "bitpoll",
+                        home: Path::new("/var/lib/bitpoll"),
+                        locale_paths: &[],
+                    },
+                    purpose,
+                )
+                .to_map()
+            };
+            let mut from_shell = build_with(&shell);
+            let from_nothing = build_with(&[]);
+            if purpose == Purpose::Manage {
+                // manage's command runs on the admin's terminal.
+                assert_eq!(from_shell.remove("TERM").as_deref(), Some("xterm-256color"));
+            }
+            assert_eq!(from_shell, from_nothing, "{purpose:?}");
+            assert_eq!(
+                from_nothing["PATH"],
+                format!("/opt/venv/bin:{SYSTEM_PATH}"),
+                "{purpose:?}"
+            );
+            assert_eq!(from_nothing["LANG"], DEFAULT_LANG, "{purpose:?}");
+            assert_eq!(from_nothing["TZ"], DEFAULT_TIME_ZONE, "{purpose:?}");
+        }
+    }
+
+    #[test]
+    fn the_config_sets_path_and_the_locale_explicitly() {
+        let cfg = launcher_config::parse_str(&config_text().replace(
+            "[environment]\n",
+            "[environment]\nPATH = \"/opt/tools/bin:/usr/bin\"\nLANG = \"de_DE.UTF-8\"\nTZ = \"UTC\"\n",
+        ))
+        .unwrap();
+        let env = build(
+            &Inputs {
+                config: &cfg,
+                secrets: &[],
+                inherited: &inherited(),
+                user: "bitpoll",
+                home: Path::new("/var/lib/bitpoll"),
+                locale_paths: &[],
+            },
+            Purpose::Server,
+        )
+        .to_map();
+        assert_eq!(env["PATH"], "/opt/tools/bin:/usr/bin");
+        assert_eq!(env["LANG"], "de_DE.UTF-8");
+        assert_eq!(env["TZ"], "UTC");
+    }
+
+    #[test]
+    fn tz_is_the_apps_zone() {
+        let cfg = launcher_config::parse_str(&config_text().replace(
+            "[environment]\n",
+            "[environment]\nBITPOLL_TIME_ZONE = \"America/Chicago\"\n",
+        ))
+        .unwrap();
+        let env = build(
+            &Inputs {
+                config: &cfg,
+                secrets: &[],
+                inherited: &[("TZ".to_string(), "Asia/Tokyo".to_string())],
+                user: "bitpoll",
+                home: Path::new("/var/lib/bitpoll"),
+                locale_paths: &[],
+            },
+            Purpose::Server,
+        )
+        .to_map();
+        assert_eq!(env["TZ"], "America/Chicago");
+        assert_eq!(env["BITPOLL_TIME_ZONE"], "America/Chicago");
+    }
+
+    #[test]
+    fn an_interpreter_in_a_system_directory_is_not_named_twice() {
+        assert_eq!(app_path(Path::new("/usr/bin/python3")), SYSTEM_PATH);
+        assert_eq!(
+            app_path(Path::new("/opt/venv/bin/python")),
+            format!("/opt/venv/bin:{SYSTEM_PATH}")
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! What a judgement says about one subject: a severity, a message and, for anything short
-//! of ok, a fix sentence. `run` refuses on an [`Severity::Error`] finding and logs the rest;
-//! `check` prints every finding (its JSON form is documented in docs/check.md).
+//! What a judgement says about one subject: the rule that says it (its stable id, see
+//! [`crate::rule`]), a severity, a message and, for anything short of ok, a fix sentence.
+//! `run` refuses on an [`Severity::Error`] finding and logs the rest; `check` prints every
+//! finding (its JSON form is documented in docs/check.md).
 
 use std::fmt;
+
+use crate::rule::Rule;
 
 /// How bad a finding is, from "nothing to do" to "`run` refuses".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -38,11 +41,13 @@ pub enum Group {
     Database,
     Server,
     Systemd,
+    /// The launcher's own failures while acting (never a finding of `check`).
+    Launcher,
 }
 
 impl Group {
     /// In the order `check` prints them.
-    pub const ALL: [Group; 11] = [
+    pub const ALL: [Group; 12] = [
         Group::Config,
         Group::Check,
         Group::Account,
@@ -54,6 +59,7 @@ impl Group {
         Group::Database,
         Group::Server,
         Group::Systemd,
+        Group::Launcher,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +75,7 @@ impl Group {
             Group::Database => "database",
             Group::Server => "server",
             Group::Systemd => "systemd",
+            Group::Launcher => "launcher",
         }
     }
 }
@@ -83,53 +90,93 @@ impl fmt::Display for Group {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub severity: Severity,
-    pub group: Group,
+    pub rule: Rule,
+    /// The id another program gave it, for a rule that passes on that program's findings
+    /// (Django's check ids for [`Rule::DjangoCheck`]).
+    pub external: Option<String>,
     pub subject: String,
     pub message: String,
     pub fix: Option<String>,
+    /// A warning the admin accepted (`[check] accept`): it counts as info.
+    pub accepted: bool,
 }
 
 impl Finding {
-    pub fn ok(group: Group, subject: impl Into<String>, message: impl Into<String>) -> Finding {
-        Finding::new(Severity::Ok, group, subject, message, None)
+    pub fn ok(rule: Rule, subject: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding::new(Severity::Ok, rule, subject, message, None)
     }
 
-    pub fn info(group: Group, subject: impl Into<String>, message: impl Into<String>) -> Finding {
-        Finding::new(Severity::Info, group, subject, message, None)
+    pub fn info(rule: Rule, subject: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding::new(Severity::Info, rule, subject, message, None)
     }
 
     pub fn warning(
-        group: Group,
+        rule: Rule,
         subject: impl Into<String>,
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Finding {
-        Finding::new(Severity::Warning, group, subject, message, Some(fix.into()))
+        Finding::new(Severity::Warning, rule, subject, message, Some(fix.into()))
     }
 
     pub fn error(
-        group: Group,
+        rule: Rule,
         subject: impl Into<String>,
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Finding {
-        Finding::new(Severity::Error, group, subject, message, Some(fix.into()))
+        Finding::new(Severity::Error, rule, subject, message, Some(fix.into()))
     }
 
+    /// A finding of `rule`; one that can make `check` fail must have a catalog entry
+    /// (an explanation and a fix in the rule table).
     pub fn new(
         severity: Severity,
-        group: Group,
+        rule: Rule,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: Option<String>,
+    ) -> Finding {
+        debug_assert!(
+            severity < Severity::Warning || rule.in_catalog(),
+            "{rule}: a warning or error needs an explanation in the rule table"
+        );
+        Finding {
+            severity,
+            rule,
+            external: None,
+            subject: subject.into(),
+            message: message.into(),
+            fix,
+            accepted: false,
+        }
+    }
+
+    /// One of Django's own findings, under its id (`security.W004`).
+    pub fn django(
+        severity: Severity,
+        id: &str,
         subject: impl Into<String>,
         message: impl Into<String>,
         fix: Option<String>,
     ) -> Finding {
         Finding {
-            severity,
-            group,
-            subject: subject.into(),
-            message: message.into(),
-            fix,
+            external: Some(id.to_string()),
+            ..Finding::new(severity, Rule::DjangoCheck, subject, message, fix)
         }
+    }
+
+    /// The stable id: the rule's (`data_dir.foreign_owner`), or for another program's
+    /// finding the rule's prefix and that program's id (`django:security.W004`).
+    pub fn id(&self) -> String {
+        match &self.external {
+            Some(external) => format!("{}:{external}", self.rule.id()),
+            None => self.rule.id().to_string(),
+        }
+    }
+
+    pub fn group(&self) -> Group {
+        self.rule.group()
     }
 
     pub fn is_error(&self) -> bool {
@@ -176,10 +223,35 @@ mod tests {
     }
 
     #[test]
+    fn a_finding_has_its_rules_id_and_group() {
+        let f = Finding::error(Rule::DataDirForeignOwner, "/d", "is alice's", "chown");
+        assert_eq!(
+            (f.id().as_str(), f.group()),
+            ("data_dir.foreign_owner", Group::DataDir)
+        );
+        let d = Finding::django(
+            Severity::Warning,
+            "security.W004",
+            "s",
+            "m",
+            Some("h".into()),
+        );
+        assert_eq!(
+            (d.id().as_str(), d.group()),
+            ("django:security.W004", Group::App)
+        );
+    }
+
+    #[test]
     fn refusal_lists_only_errors() {
         let f = [
-            Finding::ok(Group::Account, "user x", "exists"),
-            Finding::error(Group::DataDir, "/d", "is a symbolic link", "replace it"),
+            Finding::ok(Rule::AccountUser, "user x", "exists"),
+            Finding::error(
+                Rule::DataDirSymlink,
+                "/d",
+                "is a symbolic link",
+                "replace it",
+            ),
         ];
         assert_eq!(
             refusal(&f).unwrap(),

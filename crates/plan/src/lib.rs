@@ -5,6 +5,8 @@
 //! - [`facts`]: what the observer found on the host, as typed values;
 //! - [`judge`]: every rule, from config + facts to decisions and findings;
 //! - [`finding`]: a judgement's words: severity, subject, message, fix;
+//! - [`accept`]: the warnings `[check] accept` names, and the entries that do not apply;
+//! - [`rule`]: every rule's stable id, journal MESSAGE_ID and catalog entry;
 //! - [`keys`]: fingerprints of the keys that protect the data, for key continuity;
 //! - [`env`]: the app's environment, built from scratch from explicit inputs;
 //! - [`secret`]: the rules a secret value must pass, and generation from given random bytes;
@@ -16,6 +18,7 @@
 //!   steps the events prove finished;
 //! - [`text`]: outside text made safe to show on a terminal.
 
+pub mod accept;
 pub mod env;
 pub mod facts;
 pub mod finding;
@@ -24,6 +27,7 @@ pub mod keys;
 pub mod layout;
 pub mod postgres;
 pub mod protocol;
+pub mod rule;
 pub mod secret;
 pub mod stamp;
 pub mod text;

@@ -4,7 +4,7 @@
 //! A stamp is written only after its step finished successfully. It holds:
 //! - the *inputs*: a short hash per input the step reads (interpreter, app source,
 //!   settings module, each variable of the app's environment with secret values left out
-//!   and the caller's own PATH/LANG/... left out), and a fingerprint over all of them,
+//!   and the service manager's and the fixed defaults left out), and a fingerprint over all of them,
 //!   computed before the step ran; when one changes, the log names it;
 //! - the *witness*: a description of the step's output right after success (the database
 //!   file's identity, the static manifest, the compiled catalogs);
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use crate::Step;
-use crate::env::{ALLOWLIST, VOLATILE};
+use crate::env::{ALLOWLIST, DEFAULTS, VOLATILE};
 
 const HEADER: &str = "bitpoll-launcher stamp v2";
 const OLD_HEADER: &str = "bitpoll-launcher stamp v1";
@@ -47,9 +47,10 @@ pub struct Fingerprint {
     pub digest: String,
 }
 
-/// Hash every input. Inherited variables the app gets from the caller (PATH, LANG, the
-/// locale, TZ...) are left out unless the config sets them: a start from a root shell
-/// and a start by systemd must not disagree about what the app sees.
+/// Hash every input. The variables the service manager sets for one start and the fixed
+/// defaults (PATH, which follows the interpreter, and LANG) are left out unless the config
+/// sets them: a start from a root shell and a start by systemd must not disagree, and an
+/// upgrade from a launcher that passed the caller's PATH on keeps its stamps.
 pub fn fingerprint(inputs: &FingerprintInputs<'_>) -> Fingerprint {
     let mut map = BTreeMap::new();
     map.insert("interpreter".to_string(), short(inputs.python));
@@ -60,7 +61,8 @@ pub fn fingerprint(inputs: &FingerprintInputs<'_>) -> Fingerprint {
         map.insert(format!("${k}"), short("<secret>"));
     }
     for (k, v) in inputs.env.iter() {
-        let inherited = ALLOWLIST.contains(&k) && !inputs.configured.contains(&k);
+        let inherited =
+            (ALLOWLIST.contains(&k) || DEFAULTS.contains(&k)) && !inputs.configured.contains(&k);
         if VOLATILE.contains(&k) || inherited || inputs.secret_names.contains(&k) {
             continue;
         }

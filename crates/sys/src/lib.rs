@@ -18,6 +18,7 @@ pub mod privs;
 pub mod pty;
 pub mod session;
 pub mod signals;
+pub mod stand_in;
 pub mod tree;
 pub mod trust;
 

@@ -51,6 +51,17 @@ impl Target {
             privileged,
         })
     }
+
+    /// A number without an account (crate::stand_in): uid and gid `id`, no other group.
+    pub fn stand_in(id: u32) -> io::Result<Target> {
+        Ok(Target {
+            uid: Uid::from_raw(id),
+            gid: Gid::from_raw(id),
+            groups: vec![Gid::from_raw(id)],
+            last_cap: last_cap()?,
+            privileged: true,
+        })
+    }
 }
 
 /// The highest capability number the kernel knows. From /proc/sys when it is visible;

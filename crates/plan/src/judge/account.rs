@@ -3,7 +3,8 @@
 use launcher_config::Config;
 
 use crate::facts::{Facts, Observer};
-use crate::finding::{Finding, Group};
+use crate::finding::Finding;
+use crate::rule::Rule;
 
 /// How to declare the account ahead, for every message that needs it.
 const DECLARE: &str = "it must be declared ahead: on NixOS with users.users/users.groups (the module does), elsewhere with `bitpoll-launcher sysusers --config FILE > /etc/sysusers.d/bitpoll.conf && systemd-sysusers`; then set service.create_user = false";
@@ -82,37 +83,37 @@ impl AccountProblem {
                 name,
                 create_user: true,
             } => Finding::error(
-                Group::Account,
+                Rule::AccountMissing,
                 format!("{what} {name}"),
                 "does not exist, and only root can create it",
                 format!("run the launcher as root once, or {DECLARE}"),
             ),
             AccountProblem::Missing { what, name, .. } => Finding::error(
-                Group::Account,
+                Rule::AccountMissing,
                 format!("{what} {name}"),
                 "does not exist and service.create_user = false",
                 DECLARE,
             ),
             AccountProblem::ReadOnlyEtc { what, name } => Finding::error(
-                Group::Account,
+                Rule::AccountEtcReadOnly,
                 format!("{what} {name}"),
                 "does not exist, and /etc is read-only here (a unit with ProtectSystem=strict or full), so `run` cannot create it",
                 DECLARE,
             ),
             AccountProblem::UserIsRoot { user } => Finding::error(
-                Group::Account,
+                Rule::AccountRootUser,
                 format!("user {user}"),
                 format!("{user} has uid 0"),
                 "the service must run unprivileged: give it its own non-root uid",
             ),
             AccountProblem::GroupIsRoot { group } => Finding::error(
-                Group::Account,
+                Rule::AccountRootGroup,
                 format!("group {group}"),
                 format!("{group} has gid 0"),
                 "use a dedicated non-root group",
             ),
             AccountProblem::WrongUser { uid, user, want } => Finding::error(
-                Group::Account,
+                Rule::AccountWrongUser,
                 format!("uid {uid}"),
                 format!(
                     "the launcher runs as uid {uid}, not as the configured user {user} (uid {want})"
@@ -152,7 +153,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
             .finding(),
         ),
         Some(g) => out.push(Finding::ok(
-            Group::Account,
+            Rule::AccountGroup,
             &group_subject,
             format!("exists (gid {})", g.gid),
         )),
@@ -164,7 +165,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
             .finding(),
         ),
         None if can_create => out.push(Finding::info(
-            Group::Account,
+            Rule::AccountGroup,
             &group_subject,
             "does not exist yet; `run` creates it (create_user = true)",
         )),
@@ -186,13 +187,13 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
         ),
         Some(u) => {
             out.push(Finding::ok(
-                Group::Account,
+                Rule::AccountUser,
                 &user_subject,
                 format!("exists (uid {}, primary gid {})", u.uid, u.gid),
             ));
             if u.home != svc.data_dir {
                 out.push(Finding::warning(
-                    Group::Account,
+                    Rule::AccountHome,
                     &user_subject,
                     format!(
                         "home is {}, not the data directory {}",
@@ -205,7 +206,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
             let shell = u.shell.to_string_lossy();
             if !(shell.ends_with("nologin") || shell.ends_with("false")) {
                 out.push(Finding::warning(
-                    Group::Account,
+                    Rule::AccountLoginShell,
                     &user_subject,
                     format!("has a login shell ({shell})"),
                     format!("usermod -s /usr/sbin/nologin {}", svc.user),
@@ -214,7 +215,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
             if let Some(g) = &acc.group {
                 if u.gid != g.gid && !g.members.contains(&u.name) {
                     out.push(Finding::info(
-                        Group::Account,
+                        Rule::AccountNotMember,
                         &user_subject,
                         format!(
                             "is not a member of {}; the launcher runs the app with gid {} anyway",
@@ -232,7 +233,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> (Action, Vec<Finding>) {
             .finding(),
         ),
         None if can_create => out.push(Finding::info(
-            Group::Account,
+            Rule::AccountUser,
             &user_subject,
             "does not exist yet; `run` creates it as a system user (create_user = true)",
         )),
@@ -301,7 +302,7 @@ fn identity_rules(cfg: &Config, facts: &Facts) -> Vec<Finding> {
             .map(|(_, name)| name.as_str())
             .collect();
         out.push(Finding::error(
-            Group::Account,
+            Rule::AccountPrivilegedGroup,
             &subject,
             format!(
                 "is a member of the privileged group(s) {}, which the app would keep",
@@ -321,7 +322,7 @@ fn identity_rules(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     if let Some(u) = &acc.user {
         if shared(&u.name) || u.uid == 65534 {
             out.push(Finding::error(
-                Group::Account,
+                Rule::AccountShared,
                 &subject,
                 format!(
                     "{} is the shared account of many services: files it owns are theirs too",
@@ -334,7 +335,7 @@ fn identity_rules(cfg: &Config, facts: &Facts) -> Vec<Finding> {
         let login = !(shell.ends_with("nologin") || shell.ends_with("false"));
         if u.uid >= acc.uid_min && u.uid != 65534 && login && !svc.allow_login_account {
             out.push(Finding::error(
-                Group::Account,
+                Rule::AccountPerson,
                 &subject,
                 format!(
                     "looks like a person's account (uid {} >= UID_MIN {}, login shell {shell}): the app would own that person's files and sessions",
@@ -347,7 +348,7 @@ fn identity_rules(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     if let Some(g) = &acc.group {
         if shared(&g.name) || g.gid == 65534 {
             out.push(Finding::error(
-                Group::Account,
+                Rule::AccountShared,
                 format!("group {}", svc.group),
                 format!("{} is the shared group of many services", g.name),
                 "use a dedicated group",
@@ -375,7 +376,7 @@ pub fn launcher_identity(cfg: &Config, facts: &Facts) -> Option<Finding> {
             .finding(),
         ),
         None => Some(Finding::error(
-            Group::Account,
+            Rule::AccountMissing,
             subject,
             format!(
                 "the launcher is not root and the user {} does not exist, so it cannot be created",

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use launcher_config::Config;
 
 use crate::facts::{DirState, Facts, Observer};
-use crate::finding::{Finding, Group};
+use crate::finding::Finding;
+use crate::rule::Rule;
 
 /// What is wrong with a directory on a trusted path, and the fix: the words for every
 /// path rule 1 covers besides files (the data directory's parents, the app source).
@@ -130,8 +131,9 @@ impl DirProblem {
     /// The finding: an error with its fix.
     pub fn finding(&self) -> Finding {
         let at = |p: &Path| p.display().to_string();
-        let (subject, message, fix) = match self {
+        let (rule, subject, message, fix) = match self {
             DirProblem::ParentMissing { data_dir, parent } => (
+                Rule::DataDirParentMissing,
                 at(data_dir),
                 format!("its parent {} does not exist", parent.display()),
                 format!(
@@ -140,17 +142,20 @@ impl DirProblem {
                 ),
             ),
             DirProblem::Symlink { path } => (
+                Rule::DataDirSymlink,
                 at(path),
                 "is a symbolic link; the launcher refuses to follow links here".into(),
                 "replace it with a real directory (or point service.data_dir at the link's target)"
                     .into(),
             ),
             DirProblem::NotADirectory { path } => (
+                Rule::DataDirNotADirectory,
                 at(path),
                 "is not a directory".into(),
                 "move it away so the launcher can create the directory".into(),
             ),
             DirProblem::ForeignOwner { path, owner, user } => (
+                Rule::DataDirForeignOwner,
                 at(path),
                 format!("is owned by {owner}, not {user}; `run` refuses to take it over"),
                 format!(
@@ -164,6 +169,7 @@ impl DirProblem {
                 me,
                 user,
             } => (
+                Rule::DataDirNotOwnedBySelf,
                 at(path),
                 format!(
                     "is owned by uid {uid}, but the launcher runs unprivileged as uid {me}"
@@ -174,6 +180,7 @@ impl DirProblem {
                 ),
             ),
             DirProblem::NoChown { path, user } => (
+                Rule::DataDirNoChown,
                 at(path),
                 format!("belongs to root, and without CAP_CHOWN `run` cannot give it to {user}"),
                 format!(
@@ -182,11 +189,13 @@ impl DirProblem {
                 ),
             ),
             DirProblem::MissingNoChown { path, user } => (
+                Rule::DataDirMissingNoChown,
                 at(path),
                 format!("does not exist, and without CAP_CHOWN `run` cannot create it for {user}"),
                 CREATE_AHEAD.into(),
             ),
             DirProblem::ReadOnly { path } => (
+                Rule::DataDirReadOnly,
                 at(path),
                 "does not exist, and the file system is read-only here (a unit with ProtectSystem=strict)".into(),
                 CREATE_AHEAD.into(),
@@ -198,13 +207,14 @@ impl DirProblem {
                     data_dir,
                     "move service.data_dir below directories only root can change (such as /var/lib)",
                 );
-                (at(data_dir), message, fix)
+                (Rule::DataDirUntrustedParent, at(data_dir), message, fix)
             }
             DirProblem::HardLinked {
                 subject,
                 path,
                 links,
             } => (
+                Rule::DataDirHardLinked,
                 subject.clone(),
                 format!(
                     "has {links} hard links: a file that also exists under another name may be a planted link to a file the service must not get"
@@ -215,7 +225,7 @@ impl DirProblem {
                 ),
             ),
         };
-        Finding::error(Group::DataDir, subject, message, fix)
+        Finding::error(rule, subject, message, fix)
     }
 }
 
@@ -272,7 +282,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                 .finding(),
             ),
             DirState::Missing if d.name.is_empty() || root_usable => out.push(Finding::info(
-                Group::DataDir,
+                Rule::DataDirMissing,
                 subject,
                 format!("does not exist yet; `run` creates it ({:04o})", d.want_mode),
             )),
@@ -292,14 +302,14 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
             DirState::Unreadable { denied, error } => {
                 if facts.observer == Observer::Root || !denied {
                     out.push(Finding::error(
-                        Group::DataDir,
+                        Rule::DataDirUnreadable,
                         subject,
                         format!("cannot be inspected: {error}"),
                         "check the file system",
                     ));
                 } else {
                     out.push(Finding::warning(
-                        Group::DataDir,
+                        Rule::DataDirUnreadable,
                         subject,
                         format!("cannot be inspected as this user: {error}"),
                         format!("run check as root or as {user}"),
@@ -342,7 +352,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                 }
                 if *uid == 0 && d.name.is_empty() && !is_user && !tree.entries.is_empty() {
                     out.push(Finding::error(
-                        Group::DataDir,
+                        Rule::DataDirRootNotEmpty,
                         subject,
                         format!(
                             "belongs to root and is not empty ({}); `run` only takes over an empty directory",
@@ -374,12 +384,16 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                 }
                 if notes.is_empty() {
                     out.push(Finding::ok(
-                        Group::DataDir,
+                        Rule::DataDirOwnerMode,
                         subject,
                         format!("owner {uid}:{gid}, mode {mode:04o}"),
                     ));
                 } else {
-                    out.push(Finding::info(Group::DataDir, subject, notes.join("; ")));
+                    out.push(Finding::info(
+                        Rule::DataDirOwnerMode,
+                        subject,
+                        notes.join("; "),
+                    ));
                 }
             }
         }
@@ -389,20 +403,20 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
         let subject = format!("free space at {}", path.display());
         out.push(if *free < CRITICAL_DISK {
             Finding::error(
-                Group::DataDir,
+                Rule::DataDirFreeSpace,
                 subject,
                 format!("{mib} MiB free"),
                 "free disk space before starting: migrations and collectstatic need room",
             )
         } else if *free < LOW_DISK {
             Finding::warning(
-                Group::DataDir,
+                Rule::DataDirFreeSpace,
                 subject,
                 format!("only {mib} MiB free"),
                 "free some disk space",
             )
         } else {
-            Finding::ok(Group::DataDir, subject, format!("{mib} MiB free"))
+            Finding::ok(Rule::DataDirFreeSpace, subject, format!("{mib} MiB free"))
         });
     }
     out
@@ -427,7 +441,7 @@ fn state_directory(cfg: &Config, facts: &Facts) -> Option<Finding> {
     }
     let first = value.split(':').next().unwrap_or(value);
     Some(Finding::error(
-        Group::DataDir,
+        Rule::DataDirStateDirectory,
         data_dir.display().to_string(),
         format!(
             "is not the directory systemd created for the unit (StateDirectory=, STATE_DIRECTORY={value})"

@@ -6,8 +6,9 @@
 use launcher_config::Config;
 
 use crate::facts::{Facts, PostgresState};
-use crate::finding::{Finding, Group};
+use crate::finding::Finding;
 use crate::postgres::{Failure, Server};
+use crate::rule::Rule;
 
 /// The finding about the PostgreSQL connection; None for SQLite or when not observed.
 pub fn postgresql(cfg: &Config, facts: &Facts) -> Option<Finding> {
@@ -15,9 +16,11 @@ pub fn postgresql(cfg: &Config, facts: &Facts) -> Option<Finding> {
     let pg = facts.database.postgresql.as_ref()?;
     let subject = format!("postgresql {}", pg.server);
     Some(match &pg.state {
-        PostgresState::NotObserved(why) => {
-            Finding::info(Group::Database, subject, format!("not checked: {why}"))
-        }
+        PostgresState::NotObserved(why) => Finding::info(
+            Rule::DatabaseReachable,
+            subject,
+            format!("not checked: {why}"),
+        ),
         PostgresState::Connected {
             version,
             tables,
@@ -29,7 +32,7 @@ pub fn postgresql(cfg: &Config, facts: &Facts) -> Option<Finding> {
                 Err(why) => format!("its applied migrations cannot be read ({why})"),
             };
             Finding::ok(
-                Group::Database,
+                Rule::DatabaseReachable,
                 subject,
                 format!("reachable: PostgreSQL {version}, {tables} table(s), {migrations}"),
             )
@@ -50,7 +53,11 @@ pub fn postgresql(cfg: &Config, facts: &Facts) -> Option<Finding> {
                     format!("cannot be used ({message}); `run` fails at once")
                 }
             };
-            Finding::error(Group::Database, subject, what, failure.fix(&server))
+            let rule = match failure {
+                Failure::Unreachable => Rule::DatabaseUnreachable,
+                _ => Rule::DatabaseRefused,
+            };
+            Finding::error(rule, subject, what, failure.fix(&server))
         }
     })
 }

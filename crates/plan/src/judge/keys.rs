@@ -7,8 +7,9 @@
 use launcher_config::Config;
 
 use crate::facts::{Facts, SecretState};
-use crate::finding::{Finding, Group};
+use crate::finding::Finding;
 use crate::keys::{FIELD_KEY, Record, SECRET_KEY};
+use crate::rule::Rule;
 use crate::stamp::utc;
 
 fn value<'f>(facts: &'f Facts, name: &str) -> Option<&'f str> {
@@ -27,7 +28,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     if let Some(v) = value(facts, FIELD_KEY) {
         if record.field.is_empty() || record.knows_field_key(v) {
             out.push(Finding::ok(
-                Group::Secrets,
+                Rule::FieldKey,
                 FIELD_KEY,
                 format!("a key that encrypted the data (recorded {when})"),
             ));
@@ -46,7 +47,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
             );
             match super::existing_data(cfg, facts) {
                 Some(evidence) => out.push(Finding::error(
-                    Group::Secrets,
+                    Rule::FieldKeyChanged,
                     FIELD_KEY,
                     format!(
                         "none of its keys is the one that encrypted the existing data (recorded {when}; {evidence}): the app would show ciphertext and a later save could store garbage"
@@ -54,7 +55,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
                     &fix,
                 )),
                 None => out.push(Finding::info(
-                    Group::Secrets,
+                    Rule::FieldKey,
                     FIELD_KEY,
                     format!("differs from the key recorded {when}; there is no data it could have encrypted"),
                 )),
@@ -64,7 +65,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     if let Some(v) = value(facts, SECRET_KEY) {
         if record.secret.is_some() && !record.is_secret_key(v) {
             out.push(Finding::warning(
-                Group::Secrets,
+                Rule::SecretKeyChanged,
                 SECRET_KEY,
                 format!("differs from the SECRET_KEY of the start recorded {when}: every session and password-reset link made before is invalid"),
                 "if unintended, restore the old key; to rotate without logging everyone out, keep the old one in BITPOLL_SECRET_KEY_FALLBACKS (Django's SECRET_KEY_FALLBACKS) for a while",

@@ -10,7 +10,8 @@ use launcher_config::{Config, Database};
 
 use crate::Step;
 use crate::facts::{Facts, FileKind};
-use crate::finding::{Finding, Group};
+use crate::finding::Finding;
+use crate::rule::Rule;
 use crate::stamp::{self, Fingerprint, FingerprintInputs, Reason, utc};
 
 /// What happens to a step.
@@ -46,12 +47,12 @@ impl Planned {
         let subject = format!("step {}", self.step);
         match &self.decision {
             Decision::Run(reason) => Finding::info(
-                Group::Prepare,
+                Rule::PrepareStep,
                 subject,
                 format!("runs at the next start: {reason}"),
             ),
             Decision::Skip { finished } => Finding::ok(
-                Group::Prepare,
+                Rule::PrepareStep,
                 subject,
                 format!(
                     "skipped: nothing changed since it succeeded at {}",
@@ -59,7 +60,7 @@ impl Planned {
                 ),
             ),
             Decision::NoWork(why) => {
-                Finding::ok(Group::Prepare, subject, format!("skipped: {why}"))
+                Finding::ok(Rule::PrepareStep, subject, format!("skipped: {why}"))
             }
             Decision::Refuse(f) => f.clone(),
         }
@@ -194,7 +195,7 @@ impl Backup {
         match self {
             Backup::None => None,
             Backup::Take(path) => Some(Finding::info(
-                Group::Prepare,
+                Rule::PrepareBackup,
                 "backup",
                 format!(
                     "the database is backed up to {} before migrate",
@@ -202,7 +203,7 @@ impl Backup {
                 ),
             )),
             Backup::NoRoom { need, free } => Some(Finding::warning(
-                Group::Prepare,
+                Rule::PrepareBackup,
                 "backup",
                 format!(
                     "no backup before migrate: it needs {} MiB, the data directory's file system has {} MiB free",
@@ -292,7 +293,7 @@ pub fn database(cfg: &Config, facts: &Facts) -> Option<Finding> {
         }
     };
     Some(Finding::error(
-        Group::Database,
+        Rule::DatabaseFile,
         subject,
         what,
         format!(
@@ -315,13 +316,13 @@ pub fn catalogs(cfg: &Config, facts: &Facts) -> Option<Finding> {
     let into = cfg.service.data_dir.join(crate::layout::LOCALE_DIR);
     Some(if fresh == po {
         Finding::ok(
-            Group::App,
+            Rule::AppCatalogs,
             subject,
             format!("{po} catalog(s), all compiled and up to date in the app source"),
         )
     } else if !cfg.prepare.compilemessages {
         Finding::warning(
-            Group::App,
+            Rule::AppCatalogs,
             subject,
             format!(
                 "{} of {po} catalog(s) are not compiled (or older than their .po) and prepare.compilemessages = false",
@@ -331,7 +332,7 @@ pub fn catalogs(cfg: &Config, facts: &Facts) -> Option<Finding> {
         )
     } else if source.fresh_in_data_dir == po {
         Finding::ok(
-            Group::App,
+            Rule::AppCatalogs,
             subject,
             format!(
                 "{po} catalog(s), all compiled and up to date in {}",
@@ -340,7 +341,7 @@ pub fn catalogs(cfg: &Config, facts: &Facts) -> Option<Finding> {
         )
     } else {
         Finding::info(
-            Group::App,
+            Rule::AppCatalogs,
             subject,
             format!(
                 "{} of {po} catalog(s) are not compiled yet; `run` compiles them into {}",

@@ -3,7 +3,8 @@
 use launcher_config::Config;
 
 use crate::facts::Facts;
-use crate::finding::{Finding, Group};
+use crate::finding::Finding;
+use crate::rule::Rule;
 
 /// One finding per program that is missing; ok findings for those present.
 pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
@@ -11,7 +12,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     let python = cfg.app.python.display().to_string();
     if !facts.programs.python_executable {
         out.push(Finding::error(
-            Group::Python,
+            Rule::PythonInterpreter,
             python,
             "is not an executable file",
             "point app.python at the virtualenv's bin/python",
@@ -19,15 +20,17 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     }
     let src = cfg.app.source_dir.display().to_string();
     match &facts.source {
-        Ok(s) if s.manage_py => out.push(Finding::ok(Group::App, src.clone(), "holds manage.py")),
+        Ok(s) if s.manage_py => {
+            out.push(Finding::ok(Rule::AppSource, src.clone(), "holds manage.py"))
+        }
         Ok(_) => out.push(Finding::error(
-            Group::App,
+            Rule::AppSource,
             src.clone(),
             "has no manage.py",
             "point app.source_dir at the directory holding the app's manage.py",
         )),
         Err(e) => out.push(Finding::error(
-            Group::App,
+            Rule::AppSource,
             src.clone(),
             format!("cannot be read: {e}"),
             "make the app source readable",
@@ -41,14 +44,14 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Finding> {
             &cfg.app.source_dir,
             "install the app where only root can change it (such as /opt or /nix/store)",
         );
-        out.push(Finding::error(Group::App, src, message, fix));
+        out.push(Finding::error(Rule::AppSourceUntrusted, src, message, fix));
     }
     let server = cfg.server.command[0].clone();
     if facts.programs.server_executable {
-        out.push(Finding::ok(Group::Server, server, "is executable"));
+        out.push(Finding::ok(Rule::ServerExecutable, server, "is executable"));
     } else {
         out.push(Finding::error(
-            Group::Server,
+            Rule::ServerExecutable,
             server,
             "is not an executable file",
             "fix server.command[0]",

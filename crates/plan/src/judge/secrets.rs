@@ -4,7 +4,8 @@
 use launcher_config::{Config, Database, GenerateKind, SecretSource};
 
 use crate::facts::{DirState, Facts, Observer, SecretFailure, SecretState, View};
-use crate::finding::{Finding, Group};
+use crate::finding::Finding;
+use crate::rule::Rule;
 
 /// What `run` does with one secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Verdict> {
                 SecretState::Read { value, origin } => (
                     Action::Use,
                     Finding::ok(
-                        Group::Secrets,
+                        Rule::SecretUsable,
                         subject,
                         format!("usable: {origin}, {} bytes", value.len()),
                     ),
@@ -52,7 +53,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Verdict> {
                     (GenerateKind::FernetKey, Some(evidence)) => (
                         Action::Unavailable,
                         Finding::error(
-                            Group::Secrets,
+                            Rule::SecretFernetOverData,
                             subject,
                             format!(
                                 "no key in {} although the database exists ({evidence}); refusing to generate a new Fernet key because the database already exists: data encrypted with the old key would become unreadable",
@@ -67,7 +68,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Verdict> {
                     _ if hidden => (
                         Action::Unavailable,
                         Finding::warning(
-                            Group::Secrets,
+                            Rule::SecretHidden,
                             subject,
                             "cannot be seen as this user (the data directory is not readable)",
                             "run check as root or as the service user",
@@ -76,7 +77,7 @@ pub fn judge(cfg: &Config, facts: &Facts) -> Vec<Verdict> {
                     (kind, _) => (
                         Action::Generate(*kind),
                         Finding::info(
-                            Group::Secrets,
+                            Rule::SecretToGenerate,
                             subject,
                             "not generated yet; the first `run` generates and keeps it",
                         ),
@@ -107,7 +108,7 @@ pub fn shared_by_instances(cfg: &Config) -> Vec<Finding> {
         .iter()
         .filter_map(|(name, source)| match source {
             SecretSource::Generate(kind) => Some(Finding::warning(
-                Group::Secrets,
+                Rule::SecretSharedByInstances,
                 format!("{name} (generate {kind})"),
                 "is generated and kept by this instance alone; with PostgreSQL, every instance that serves the same database must use the same value",
                 format!(
@@ -134,7 +135,7 @@ fn failed(
     let fix = match failure {
         SecretFailure::NoCredentialsDirectory if facts.view == View::Outside => {
             return Finding::info(
-                Group::Secrets,
+                Rule::SecretNotVisible,
                 subject,
                 format!(
                     "not visible outside the running unit ({message}); make sure the unit has LoadCredential= for it"
@@ -146,7 +147,7 @@ fn failed(
         ),
         SecretFailure::PermissionDenied if facts.observer != Observer::Root => {
             return Finding::warning(
-                Group::Secrets,
+                Rule::SecretPermissionDenied,
                 subject,
                 format!("cannot be read by this user ({message})"),
                 "run check as root: the launcher reads secrets as root",
@@ -163,7 +164,22 @@ fn failed(
         | SecretFailure::Invalid
         | SecretFailure::Io => "fix the secret's file or source (see the message)".into(),
     };
-    Finding::error(Group::Secrets, subject, message, fix)
+    Finding::error(failure_rule(failure), subject, message, fix)
+}
+
+/// The rule of a secret that could not be loaded.
+pub fn failure_rule(failure: SecretFailure) -> Rule {
+    match failure {
+        SecretFailure::NoCredentialsDirectory => Rule::SecretNoCredentials,
+        SecretFailure::PermissionDenied => Rule::SecretPermissionDenied,
+        SecretFailure::Exposed => Rule::SecretExposed,
+        SecretFailure::KnownSample => Rule::SecretKnownSample,
+        SecretFailure::Missing => Rule::SecretMissing,
+        SecretFailure::WrongKind => Rule::SecretWrongKind,
+        SecretFailure::Untrusted => Rule::SecretUntrusted,
+        SecretFailure::Invalid => Rule::SecretInvalid,
+        SecretFailure::Io => Rule::SecretUnreadable,
+    }
 }
 
 #[cfg(test)]

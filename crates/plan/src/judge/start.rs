@@ -23,9 +23,10 @@ use launcher_config::{Config, GenerateKind};
 
 use crate::env::{self, Purpose};
 use crate::facts::{Facts, Origin, SecretFailure, SecretState};
-use crate::finding::{Finding, Group, Severity};
+use crate::finding::{Finding, Severity};
 use crate::judge::prepare::{self, Backup, Planned};
 use crate::judge::{account, secrets};
+use crate::rule::Rule;
 use crate::secret::SecretValue;
 
 /// The command a judgement is for.
@@ -216,7 +217,7 @@ fn manage_refusal(
     let subject = format!("{} ({})", fact.name, fact.source);
     match (plan, &fact.state) {
         (SecretPlan::Generate { .. }, _) => Some(Finding::error(
-            Group::Secrets,
+            Rule::SecretNeverStarted,
             subject,
             "has not been generated yet: the service has never started",
             "start the service once first",
@@ -228,7 +229,7 @@ fn manage_refusal(
                 ..
             },
         ) => Some(Finding::error(
-            Group::Secrets,
+            Rule::SecretUnitNotRunning,
             subject,
             format!(
                 "is a systemd credential and the unit {} is not running, so it cannot be read here",
@@ -242,7 +243,7 @@ fn manage_refusal(
             if *failure == SecretFailure::PermissionDenied =>
         {
             Some(Finding::error(
-                Group::Secrets,
+                Rule::SecretPermissionDenied,
                 subject,
                 format!("cannot be read here: {message}"),
                 "run manage as root",
@@ -256,7 +257,7 @@ fn manage_refusal(
 fn manage_account(cfg: &Config, action: account::Action) -> Option<Finding> {
     match action {
         account::Action::Create { .. } => Some(Finding::error(
-            Group::Account,
+            Rule::AccountNeverStarted,
             format!("user {}", cfg.service.user),
             format!(
                 "the service account {}:{} does not exist",
@@ -327,6 +328,26 @@ mod tests {
                 errors(&s)
                     .iter()
                     .any(|e| e.contains("start the service once")),
+                refused,
+                "{command:?}: {:?}",
+                errors(&s)
+            );
+        }
+    }
+
+    #[test]
+    fn run_and_manage_refuse_a_launcher_that_is_neither_root_nor_the_service_user() {
+        let cfg = fixture::config("");
+        let mut facts = fixture::facts();
+        facts.euid = 4242;
+        for (command, refused) in [
+            (Command::Run, true),
+            (Command::Manage, true),
+            (Command::Check, false),
+        ] {
+            let s = start(&cfg, &facts, command, 0);
+            assert_eq!(
+                errors(&s).iter().any(|e| e.contains("uid 4242")),
                 refused,
                 "{command:?}: {:?}",
                 errors(&s)
