@@ -8,9 +8,9 @@
 //!
 //! Root only, one test at a time (the global lock of tests/util):
 //!
-//!     cargo test --test agree -- --test-threads=1
+//!     cargo test --test suite agree:: -- --test-threads=1
 
-mod util;
+use crate::util;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -149,6 +149,7 @@ fn step_agrees(findings: &[Finding], log: &str, step: &str, check_says: &str, ru
 
 #[test]
 fn a_data_dir_owned_by_another_user_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_foreign");
     let (nu, ng) = util::cli::nobody();
     fs::create_dir(&env.data).unwrap();
@@ -159,6 +160,7 @@ fn a_data_dir_owned_by_another_user_is_refused_by_both() {
 
 #[test]
 fn a_data_dir_below_a_directory_others_can_write_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_pub_parent");
     let public = env.dir.join("pub");
     fs::create_dir(&public).unwrap();
@@ -176,6 +178,7 @@ fn a_data_dir_below_a_directory_others_can_write_is_refused_by_both() {
 
 #[test]
 fn an_app_source_others_can_change_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_pub_source");
     fs::set_permissions(&env.app, fs::Permissions::from_mode(0o777)).unwrap();
     both_refuse(
@@ -187,6 +190,7 @@ fn an_app_source_others_can_change_is_refused_by_both() {
 
 #[test]
 fn a_symlink_in_the_layout_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_symlink");
     let (uid, gid) = create_service_account(&env);
     fs::create_dir(&env.data).unwrap();
@@ -197,6 +201,7 @@ fn a_symlink_in_the_layout_is_refused_by_both() {
 
 #[test]
 fn an_exposed_secret_file_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_secret");
     let key = env.dir.join("secret-key");
     write_file(
@@ -211,6 +216,7 @@ fn an_exposed_secret_file_is_refused_by_both() {
 
 #[test]
 fn a_fernet_key_over_an_existing_database_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_fernet");
     fs::create_dir(&env.data).unwrap();
     fs::set_permissions(&env.data, fs::Permissions::from_mode(0o750)).unwrap();
@@ -228,6 +234,7 @@ fn a_fernet_key_over_an_existing_database_is_refused_by_both() {
 
 #[test]
 fn a_missing_account_that_must_be_declared_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_account");
     env.config.set("service", "create_user", "false");
     both_refuse(
@@ -239,6 +246,7 @@ fn a_missing_account_that_must_be_declared_is_refused_by_both() {
 
 #[test]
 fn an_interpreter_that_is_not_executable_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_python");
     let python = env.dir.join("python");
     write_file(&python, b"#!/bin/sh\n", 0o644);
@@ -249,6 +257,7 @@ fn an_interpreter_that_is_not_executable_is_refused_by_both() {
 
 #[test]
 fn a_database_that_is_a_fifo_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_fifo");
     fs::create_dir(&env.data).unwrap();
     nix::unistd::mkfifo(
@@ -261,6 +270,7 @@ fn a_database_that_is_a_fifo_is_refused_by_both() {
 
 #[test]
 fn catalogs_of_a_read_only_source_are_compiled_into_the_data_dir_by_both_accounts() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_catalogs");
     for d in ["locale", "locale/de_DE", "locale/de_DE/LC_MESSAGES"] {
         fs::set_permissions(env.app.join(d), fs::Permissions::from_mode(0o755)).unwrap();
@@ -307,6 +317,7 @@ fn catalogs_of_a_read_only_source_are_compiled_into_the_data_dir_by_both_account
 
 #[test]
 fn each_step_decision_of_check_is_what_the_next_start_does() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_steps");
     create_service_account(&env);
     // Fresh: every step runs.
@@ -358,6 +369,7 @@ fn each_step_decision_of_check_is_what_the_next_start_does() {
 
 #[test]
 fn a_service_user_in_a_privileged_group_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_group");
     create_service_account(&env);
     let status = std::process::Command::new("/usr/sbin/usermod")
@@ -374,6 +386,7 @@ fn a_service_user_in_a_privileged_group_is_refused_by_both() {
 
 #[test]
 fn a_persons_login_account_is_refused_by_both_unless_the_config_allows_it() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_login");
     // A regular (non-system) account with a login shell, as useradd makes for a person.
     let status = std::process::Command::new("/usr/sbin/useradd")
@@ -390,6 +403,7 @@ fn a_persons_login_account_is_refused_by_both_unless_the_config_allows_it() {
 
 #[test]
 fn a_nearly_full_file_system_is_refused_by_both() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_full");
     let mount = env.dir.join("small");
     fs::create_dir(&mount).unwrap();
@@ -424,6 +438,7 @@ impl Drop for Unmount {
 
 #[test]
 fn a_data_dir_in_a_system_tree_is_refused_by_both_before_anything_is_touched() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_system_dir");
     env.config
         .set_str("service", "data_dir", "/usr/local/bitpoll-launcher-test");
@@ -443,6 +458,7 @@ fn a_data_dir_in_a_system_tree_is_refused_by_both_before_anything_is_touched() {
 
 #[test]
 fn a_changed_field_encryption_key_over_encrypted_data_is_refused_by_both_and_a_rotation_accepted() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_fek");
     let fek = env.dir.join("field-encryption-key");
     let old = fernet_key();
@@ -497,6 +513,7 @@ fn a_changed_field_encryption_key_over_encrypted_data_is_refused_by_both_and_a_r
 /// chain with the store file owned by someone else is refused by both.
 #[test]
 fn a_nixos_shaped_config_chain_is_trusted_by_both_and_a_foreign_store_file_is_not() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("agree_nixos");
     let root = env.dir.join("nixos");
     let store = root.join("nix/store");

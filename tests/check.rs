@@ -7,11 +7,11 @@
 //! They need root (they create users and run check as other users) and run one at a time
 //! (each test takes the global lock of tests/util):
 //!
-//!     cargo test --test check -- --test-threads=1
+//!     cargo test --test suite check:: -- --test-threads=1
 //!
 //! Every test removes the users, groups, processes and files it made, also when it fails.
 
-mod util;
+use crate::util;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -476,6 +476,7 @@ fn assert_human_well_formed(out: &Output) {
 
 #[test]
 fn config_problems_are_all_reported_at_once_with_their_key_paths() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_config");
     env.config
         .set("service", "create_usr", "true") // unknown key
@@ -579,6 +580,7 @@ fn config_problems_are_all_reported_at_once_with_their_key_paths() {
 
 #[test]
 fn a_missing_user_is_an_error_without_create_user_and_info_with_it() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_account_missing");
     env.config.set("service", "create_user", "false");
     let r = check_json(&env, &[]);
@@ -627,6 +629,7 @@ fn a_missing_user_is_an_error_without_create_user_and_info_with_it() {
 
 #[test]
 fn a_missing_user_that_cannot_be_created_because_etc_is_read_only_is_an_error() {
+    crate::util::root_only!();
     let env = TestEnv::new("check_account_ro_etc");
     sync_config(&env);
     let run = Run::new(&check_args(&env)).wrap(util::READ_ONLY_ETC);
@@ -643,6 +646,7 @@ fn a_missing_user_that_cannot_be_created_because_etc_is_read_only_is_an_error() 
 
 #[test]
 fn an_existing_user_with_a_login_shell_and_another_home_is_warned_about() {
+    crate::util::root_only!();
     let env = TestEnv::new("check_account_shell_home");
     let home = env.dir.join("elsewhere");
     let (uid, gid) = create_account(&env, &home, "/bin/bash");
@@ -694,6 +698,7 @@ fn an_existing_user_with_a_login_shell_and_another_home_is_warned_about() {
 
 #[test]
 fn data_dir_missing_or_without_parent() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_data_dir_missing");
     env.config.set("check", "accept", HTTP_ONLY);
     let r = check_json(&env, &[]);
@@ -750,6 +755,7 @@ fn data_dir_missing_or_without_parent() {
 
 #[test]
 fn data_dir_owned_by_another_user_is_an_error_and_not_looked_into() {
+    crate::util::root_only!();
     let env = TestEnv::new("check_data_dir_foreign");
     let (nu, ng) = nobody();
     mkdir(&env.data, 0o750);
@@ -771,6 +777,7 @@ fn data_dir_owned_by_another_user_is_an_error_and_not_looked_into() {
 
 #[test]
 fn data_dir_owned_by_root_or_with_a_wrong_mode_is_info_because_run_fixes_it() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_data_dir_root_mode");
     env.config.set("check", "accept", HTTP_ONLY);
     mkdir(&env.data, 0o755);
@@ -815,6 +822,7 @@ fn data_dir_owned_by_root_or_with_a_wrong_mode_is_info_because_run_fixes_it() {
 
 #[test]
 fn a_symlink_planted_in_the_data_dir_is_an_error_and_never_followed() {
+    crate::util::root_only!();
     let env = TestEnv::new("check_data_dir_symlink");
     let (uid, gid) = create_service_account(&env);
     mkdir(&env.data, 0o750);
@@ -875,6 +883,7 @@ fn snapshot_shallow(dir: &Path) -> BTreeMap<String, (u32, i64, i64)> {
 
 #[test]
 fn little_free_disk_space_is_a_warning_and_almost_none_an_error() {
+    crate::util::root_only!();
     // The data directory's parent on a small tmpfs, mounted in a private mount namespace
     // of the check only.
     let mut env = TestEnv::new("check_disk");
@@ -915,6 +924,7 @@ fn little_free_disk_space_is_a_warning_and_almost_none_an_error() {
 
 #[test]
 fn broken_secret_files_are_errors_and_values_are_never_printed() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_secrets");
     let t = token();
     let keys = env.dir.join("keys");
@@ -1090,6 +1100,7 @@ fn broken_secret_files_are_errors_and_values_are_never_printed() {
 
 #[test]
 fn secret_values_are_never_printed_when_everything_loads_and_the_app_is_probed() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_secrets_values");
     let t = token();
     let keys = env.dir.join("keys");
@@ -1162,6 +1173,7 @@ impl Drop for Planted {
 
 #[test]
 fn credentials_are_read_from_credentials_directory_or_the_running_units_directory() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_credentials");
     let t = token();
     // Inside the unit: $CREDENTIALS_DIRECTORY.
@@ -1284,6 +1296,7 @@ fn check_help_documents_the_exit_status() {
 
 #[test]
 fn generated_secrets_replaced_by_links_are_errors() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_secret_links");
     launch_once(&mut env);
     let t = token();
@@ -1322,6 +1335,7 @@ fn generated_secrets_replaced_by_links_are_errors() {
 
 #[test]
 fn a_fernet_key_to_be_generated_although_the_database_exists_is_an_error() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_fernet_guard");
     create_service_account(&env);
     launch_once(&mut env);
@@ -1362,6 +1376,7 @@ fn a_fernet_key_to_be_generated_although_the_database_exists_is_an_error() {
 
 #[test]
 fn a_fernet_key_to_be_generated_next_to_a_restored_database_without_secrets_dir_is_an_error() {
+    crate::util::root_only!();
     // An admin restores db.sqlite3 from a backup into a fresh data directory (no
     // secrets/ yet) and forgets the key. `run` refuses to start; check must say so.
     let mut env = TestEnv::new("check_fernet_restored_db");
@@ -1394,6 +1409,7 @@ fn a_fernet_key_to_be_generated_next_to_a_restored_database_without_secrets_dir_
 
 #[test]
 fn a_python_that_is_not_executable_is_an_error() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_python_noexec");
     let python = env.dir.join("python3");
     write_file(&python, b"#!/bin/sh\nexit 0\n", 0o644);
@@ -1413,6 +1429,7 @@ fn a_python_that_is_not_executable_is_an_error() {
 
 #[test]
 fn a_python_that_is_not_executable_is_an_error_also_before_the_account_exists() {
+    crate::util::root_only!();
     // First deploy on a fresh host: create_user = true, the user does not exist yet. run
     // would create the user and then fail on the interpreter; check must say so.
     let mut env = TestEnv::new("check_python_noexec_nouser");
@@ -1451,6 +1468,7 @@ fn a_python_that_is_not_executable_is_an_error_also_before_the_account_exists() 
 /// before anything is created, and nothing is written anywhere else.
 #[test]
 fn before_the_first_start_the_app_is_probed_as_a_stand_in_and_nothing_is_left() {
+    crate::util::root_only!();
     let env = TestEnv::new("check_first_start");
     assert!(!env.user_exists());
     sync_config(&env);
@@ -1552,6 +1570,7 @@ fn before_the_first_start_the_app_is_probed_as_a_stand_in_and_nothing_is_left() 
 
 #[test]
 fn an_interpreter_without_django_or_gunicorn_is_an_error() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_no_django");
     // The system's Python: no Django, no gunicorn.
     let python = "/usr/bin/python3";
@@ -1585,6 +1604,7 @@ fn an_interpreter_without_django_or_gunicorn_is_an_error() {
 
 #[test]
 fn a_source_dir_without_manage_py_is_an_error() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_no_manage_py");
     let src = env.dir.join("empty-src");
     mkdir(&src, 0o755);
@@ -1604,6 +1624,7 @@ fn a_source_dir_without_manage_py_is_an_error() {
 #[test]
 fn postgresql_that_is_down_is_an_error_of_the_launcher_and_of_django_and_generated_keys_a_warning()
 {
+    crate::util::root_only!();
     // Nothing listens on the port: the launcher's own connection and Django's both fail,
     // and `run` would wait for it, then fail.
     let mut env = TestEnv::new("check_pg");
@@ -1659,6 +1680,7 @@ fn postgresql_that_is_down_is_an_error_of_the_launcher_and_of_django_and_generat
 
 #[test]
 fn a_corrupt_sqlite_database_is_not_reachable() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_db_corrupt");
     let (uid, gid) = create_service_account(&env);
     mkdir(&env.data, 0o750);
@@ -1698,6 +1720,7 @@ fn a_corrupt_sqlite_database_is_not_reachable() {
 
 #[test]
 fn an_unimportable_settings_module_means_the_app_does_not_start() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_settings");
     env.config
         .set_str("app", "settings_module", "bitpoll.nosuch");
@@ -1722,6 +1745,7 @@ fn an_unimportable_settings_module_means_the_app_does_not_start() {
 
 #[test]
 fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
+    crate::util::root_only!();
     let env = TestEnv::new("check_deploy");
     create_service_account(&env);
     let r = check_json(&env, &[]);
@@ -1811,6 +1835,7 @@ fn a_healthy_app_probe_passes_django_check_deploy_through_and_finds_msgfmt() {
 /// an accepted id that does not occur, or names no rule, is a warning of its own.
 #[test]
 fn accepted_warnings_are_info_and_entries_that_do_not_apply_are_warnings() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_accept");
     create_service_account(&env);
     env.config.set("check", "accept", HTTP_ONLY);
@@ -1877,6 +1902,7 @@ fn accepted_warnings_are_info_and_entries_that_do_not_apply_are_warnings() {
 
 #[test]
 fn pending_migrations_are_listed() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_pending");
     create_service_account(&env);
     launch_once(&mut env);
@@ -1930,6 +1956,7 @@ fn pending_migrations_are_listed() {
 
 #[test]
 fn a_missing_static_manifest_without_collectstatic_is_an_error() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_manifest");
     env.config.set("prepare", "collectstatic", "false");
     create_service_account(&env);
@@ -1949,6 +1976,7 @@ fn a_missing_static_manifest_without_collectstatic_is_an_error() {
 
 #[test]
 fn uncompiled_or_stale_catalogs_without_compilemessages_are_a_warning() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_catalogs");
     env.config.set("prepare", "compilemessages", "false");
     let subject = format!("translations in {}", env.app.display());
@@ -1994,6 +2022,7 @@ fn uncompiled_or_stale_catalogs_without_compilemessages_are_a_warning() {
 
 #[test]
 fn msgfmt_missing_from_the_apps_path_with_compilemessages_is_an_error() {
+    crate::util::root_only!();
     // The app's PATH is the interpreter's directory and a fixed system path, whatever
     // PATH the launcher got (launcher_plan::env::build): msgfmt is found even when the
     // caller's PATH has nothing; an [environment] PATH without gettext's directory hides it.
@@ -2027,6 +2056,7 @@ fn msgfmt_missing_from_the_apps_path_with_compilemessages_is_an_error() {
 
 #[test]
 fn a_server_program_that_is_not_executable_is_an_error() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_server_noexec");
     let program = env.dir.join("server-program");
     write_file(&program, b"#!/bin/sh\n", 0o644);
@@ -2065,6 +2095,7 @@ fn a_server_program_that_is_not_executable_is_an_error() {
 
 #[test]
 fn a_bind_port_held_by_another_process_is_an_error_naming_it() {
+    crate::util::root_only!();
     let env = TestEnv::new("check_port_busy");
     let listener = TcpListener::bind(("127.0.0.1", env.port)).expect("bind the test port");
     let r = check_json(&env, &[]);
@@ -2091,6 +2122,7 @@ fn a_bind_port_held_by_another_process_is_an_error_naming_it() {
 
 #[test]
 fn a_bind_port_held_by_the_running_service_is_ok() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_port_own");
     let pid = env.launch();
     env.wait_ready(READY);
@@ -2124,6 +2156,7 @@ fn a_bind_port_held_by_the_running_service_is_ok() {
 
 #[test]
 fn gunicorn_25_1_or_newer_without_no_control_socket_is_a_warning() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_gunicorn27");
     env.config.set(
         "server",
@@ -2154,6 +2187,7 @@ fn gunicorn_25_1_or_newer_without_no_control_socket_is_a_warning() {
 
 #[test]
 fn a_database_the_service_user_cannot_write_is_an_error() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_db_readonly");
     launch_once(&mut env);
     let (uid, _) = uid_gid(&env);
@@ -2191,6 +2225,7 @@ fn a_database_the_service_user_cannot_write_is_an_error() {
 
 #[test]
 fn a_unit_that_systemd_cannot_be_asked_about_is_a_warning() {
+    crate::util::root_only!();
     // This test host does not run systemd as PID 1, so systemctl cannot answer. (On a
     // host with systemd, `--unit nosuch` gives an error "is not loaded" instead.)
     let env = TestEnv::new("check_unit");
@@ -2224,6 +2259,7 @@ fn a_unit_that_systemd_cannot_be_asked_about_is_a_warning() {
 
 #[test]
 fn check_as_the_service_user_sees_its_own_data() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_as_service_user");
     launch_once(&mut env);
     let (uid, gid) = uid_gid(&env);
@@ -2267,6 +2303,7 @@ fn check_as_the_service_user_sees_its_own_data() {
 
 #[test]
 fn check_as_another_user_says_what_it_could_not_see() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_as_nobody");
     launch_once(&mut env);
     let (nu, ng) = nobody();
@@ -2330,6 +2367,7 @@ fn check_as_another_user_says_what_it_could_not_see() {
 
 #[test]
 fn check_writes_nothing_fresh_after_a_launch_and_broken() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("check_read_only");
     create_service_account(&env);
     sync_config(&env);
@@ -2409,6 +2447,7 @@ fn check_writes_nothing_fresh_after_a_launch_and_broken() {
 
 #[test]
 fn human_output_is_grouped_plain_off_a_terminal_and_ends_with_a_summary() {
+    crate::util::root_only!();
     let env = TestEnv::new("check_human");
     create_service_account(&env);
     let h = check_human(&env, &[]);

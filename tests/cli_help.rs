@@ -21,7 +21,7 @@ const HEADER: &str = "# Command-line reference
 
 Every subcommand's `--help`, verbatim. A test (`tests/cli_help.rs`) keeps this page
 identical to the binary's help texts; regenerate it with
-`BITPOLL_BLESS=1 cargo test --test cli_help`.
+`BITPOLL_BLESS=1 cargo test --test suite cli_help::`.
 
 ";
 
@@ -65,7 +65,7 @@ fn docs_cli_md_matches_every_help_text() {
     let have = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         have == want,
-        "docs/cli.md is out of date with --help; run `BITPOLL_BLESS=1 cargo test --test cli_help` and review the diff"
+        "docs/cli.md is out of date with --help; run `BITPOLL_BLESS=1 cargo test --test suite cli_help::` and review the diff"
     );
 }
 

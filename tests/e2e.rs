@@ -5,11 +5,11 @@
 //! They need root and run one at a time (each test takes a global lock; useradd is not
 //! safe to run concurrently):
 //!
-//!     cargo test --test e2e -- --test-threads=1
+//!     cargo test --test suite e2e:: -- --test-threads=1
 //!
 //! Every test removes the users, groups, processes and files it made, also when it fails.
 
-mod util;
+use crate::util;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -131,6 +131,7 @@ fn set_mtime(path: &Path, t: SystemTime) {
 
 #[test]
 fn serves_the_demo_app_as_the_service_user_without_privileges() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("serves");
     assert!(!env.user_exists());
     let pid = env.launch();
@@ -245,6 +246,7 @@ fn serves_the_demo_app_as_the_service_user_without_privileges() {
 
 #[test]
 fn notify_reports_status_for_every_phase() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("notify");
     let pid = env.launch();
     let ready = env.wait_ready(READY);
@@ -346,6 +348,7 @@ fn notify_reports_status_for_every_phase() {
 /// `ready_timeout_sec` is left behind, and READY=1 comes all the same.
 #[test]
 fn ready_answer_comes_once_a_worker_answered_its_warm_up_request() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("ready_answer");
     env.config.set_str("server", "ready", "answer");
     let pid = env.launch();
@@ -451,6 +454,7 @@ fn ready_answer_comes_once_a_worker_answered_its_warm_up_request() {
 
 #[test]
 fn abstract_notify_socket_works() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("abstract");
     let pid = env.launch_with(Launch::default().notify(NotifyKind::Abstract));
     let ready = env.wait_ready(READY);
@@ -471,6 +475,7 @@ fn abstract_notify_socket_works() {
 
 #[test]
 fn second_start_skips_preparation_and_keeps_the_secret() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("second_start");
     env.config.set_str(
         "environment",
@@ -533,6 +538,7 @@ fn second_start_skips_preparation_and_keeps_the_secret() {
 
 #[test]
 fn changed_source_or_environment_reruns_preparation() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("reruns");
     env.launch();
     env.wait_ready(READY);
@@ -588,6 +594,7 @@ fn changed_source_or_environment_reruns_preparation() {
 
 #[test]
 fn a_failing_migration_stops_the_launch_with_the_step_name_exit_status_and_output_tail() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("failing_migration");
     write_file(
         &env.app.join("bitpoll/poll/migrations/0003_boom.py"),
@@ -648,6 +655,7 @@ fn new_database_leftovers(env: &TestEnv) -> Vec<String> {
 /// output line is logged with its own step, and the start has all three effects.
 #[test]
 fn collectstatic_and_compilemessages_run_beside_migrate_each_with_its_own_stamp() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("side_by_side");
     env.config
         .set_str("environment", "DEMO_MIGRATION_DELAY", "3");
@@ -718,6 +726,7 @@ fn collectstatic_and_compilemessages_run_beside_migrate_each_with_its_own_stamp(
 /// the step that never began; nothing of the preparation is left running.
 #[test]
 fn a_failing_collectstatic_stops_the_migration_beside_it_and_names_its_step() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("side_by_side_fail");
     env.config
         .set_str("environment", "DEMO_MIGRATION_DELAY", "30")
@@ -760,6 +769,7 @@ fn a_failing_collectstatic_stops_the_migration_beside_it_and_names_its_step() {
 /// whole; the interrupted step gets no stamp, and the next start collects again.
 #[test]
 fn a_stop_in_the_middle_of_collectstatic_leaves_the_previous_static_tree_in_place() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("static_stop");
     env.launch();
     env.wait_ready(READY);
@@ -899,6 +909,7 @@ fn a_stop_signal_during_preparation(
 
 #[test]
 fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
+    crate::util::root_only!();
     let (mut env, _) =
         a_stop_signal_during_preparation("sigterm", Signal::SIGTERM, Launch::default());
     // The first migrate was building a new database: nothing of it is in place.
@@ -937,11 +948,13 @@ fn sigterm_during_preparation_stops_the_child_and_writes_no_stamp() {
 
 #[test]
 fn sighup_during_preparation_stops_the_child_and_writes_no_stamp() {
+    crate::util::root_only!();
     a_stop_signal_during_preparation("sighup", Signal::SIGHUP, Launch::default());
 }
 
 #[test]
 fn sigquit_during_preparation_stops_the_child_and_dumps_no_core_of_the_launcher() {
+    crate::util::root_only!();
     // With core dumps allowed, a root process dying of SIGQUIT would leave a core (and
     // the secrets in it) in its working directory, the test directory.
     let (env, status) = a_stop_signal_during_preparation(
@@ -965,6 +978,7 @@ fn sigquit_during_preparation_stops_the_child_and_dumps_no_core_of_the_launcher(
 
 #[test]
 fn output_that_looks_like_an_event_does_not_finish_a_step() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("fake_events");
     // A migration prints what the driver once used as markers, and what its events look
     // like now, on stdout and stderr, has a shell try to write events to fd 3, and fails.
@@ -1037,6 +1051,7 @@ class Migration(migrations.Migration):
 
 #[test]
 fn a_silent_step_is_stopped_as_stalled() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("stalled");
     env.config.set("prepare", "stall_timeout_sec", "2");
     env.config
@@ -1068,6 +1083,7 @@ fn a_silent_step_is_stopped_as_stalled() {
 
 #[test]
 fn sigint_or_a_group_wide_sigterm_during_preparation_stop_cleanly() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("sigint_group");
     env.config
         .set_str("environment", "DEMO_MIGRATION_DELAY", "30");
@@ -1112,6 +1128,7 @@ fn sigint_or_a_group_wide_sigterm_during_preparation_stop_cleanly() {
 
 #[test]
 fn a_broken_settings_module_fails_before_the_first_step() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("broken_settings");
     env.config
         .set_str("app", "settings_module", "bitpoll.no_such_settings");
@@ -1135,6 +1152,7 @@ fn a_broken_settings_module_fails_before_the_first_step() {
 
 #[test]
 fn config_errors_are_all_reported_at_once_with_did_you_mean_and_nothing_is_created() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("config_errors");
     env.raw_config = Some(format!(
         "[service]\nuser = {}\ndata_dir = {}\ncreate_usr = true\n\n[app]\npython = {}\nsource_dir = {}\n\n\
@@ -1177,6 +1195,7 @@ fn config_errors_are_all_reported_at_once_with_did_you_mean_and_nothing_is_creat
 
 #[test]
 fn a_config_someone_else_could_change_or_a_fifo_is_refused_before_anything_is_done() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("config_trust");
     env.write_config();
     let text = fs::read(env.config_path()).unwrap();
@@ -1213,6 +1232,7 @@ fn a_config_someone_else_could_change_or_a_fifo_is_refused_before_anything_is_do
 
 #[test]
 fn a_missing_user_with_create_user_false_must_be_declared_ahead() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("create_user_false");
     env.config.set("service", "create_user", "false");
     env.launch();
@@ -1231,6 +1251,7 @@ fn a_missing_user_with_create_user_false_must_be_declared_ahead() {
 
 #[test]
 fn read_only_etc_explains_protect_system_and_how_to_declare_the_user() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("readonly_etc");
     env.launch_with(Launch::default().wrap(util::READ_ONLY_ETC));
     env.expect_failure(
@@ -1249,6 +1270,7 @@ fn read_only_etc_explains_protect_system_and_how_to_declare_the_user() {
 
 #[test]
 fn a_data_dir_owned_by_another_user_is_refused_and_left_alone() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("foreign_data_dir");
     let nobody = nix::unistd::User::from_name("nobody")
         .unwrap()
@@ -1289,6 +1311,7 @@ fn a_data_dir_owned_by_another_user_is_refused_and_left_alone() {
 
 #[test]
 fn a_symlink_planted_in_the_data_dir_is_refused_and_its_target_untouched() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("symlinks");
     let target_dir = env.dir.join("target-dir");
     fs::create_dir(&target_dir).unwrap();
@@ -1370,6 +1393,7 @@ fn a_symlink_planted_in_the_data_dir_is_refused_and_its_target_untouched() {
 
 #[test]
 fn secret_files_with_problems_are_refused_without_showing_their_content() {
+    crate::util::root_only!();
     enum Content {
         Bytes(Vec<u8>, u32),
         Directory,
@@ -1498,6 +1522,7 @@ fn secret_files_with_problems_are_refused_without_showing_their_content() {
 
 #[test]
 fn one_trailing_newline_is_stripped_from_a_file_secret() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("newline");
     let keys = env.dir.join("keys");
     let fek = fernet_key();
@@ -1553,6 +1578,7 @@ fn one_trailing_newline_is_stripped_from_a_file_secret() {
 
 #[test]
 fn a_credential_is_read_from_credentials_directory() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("credential");
     let creds = env.dir.join("credentials");
     fs::create_dir(&creds).unwrap();
@@ -1587,6 +1613,7 @@ fn a_credential_is_read_from_credentials_directory() {
 
 #[test]
 fn a_credential_without_credentials_directory_is_refused_with_the_load_credential_hint() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("credential_unset");
     env.config.set(
         "secrets",
@@ -1608,6 +1635,7 @@ fn a_credential_without_credentials_directory_is_refused_with_the_load_credentia
 
 #[test]
 fn fernet_key_is_not_generated_when_a_database_exists() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("fernet_guard");
     let key_file = env.dir.join("keys/fek");
     write_file(&key_file, fernet_key().as_bytes(), 0o600);
@@ -1665,6 +1693,7 @@ fn fernet_key_is_not_generated_when_a_database_exists() {
 
 #[test]
 fn not_root_mode_verifies_skips_root_work_and_serves() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("not_root");
     env.launch();
     env.wait_ready(READY);
@@ -1718,6 +1747,7 @@ fn not_root_mode_verifies_skips_root_work_and_serves() {
 
 #[test]
 fn secrets_never_appear_in_argv_or_logs() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("no_leaks");
     let keys = env.dir.join("keys");
     write_file(&keys.join("file"), b"file-secret-value-Zq81\n", 0o600);
@@ -1772,6 +1802,7 @@ fn secrets_never_appear_in_argv_or_logs() {
 
 #[test]
 fn server_environment_is_built_from_scratch() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("clean_env");
     let leaks = [
         "FOO_LEAK",
@@ -1875,6 +1906,7 @@ fn server_environment_is_built_from_scratch() {
 
 #[test]
 fn a_data_dir_whose_parent_is_missing_is_refused() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("parent_missing");
     let data = env.dir.join("missing-parent/data");
     env.config
@@ -1900,6 +1932,7 @@ fn a_data_dir_whose_parent_is_missing_is_refused() {
 /// test as root. The launcher, as root, must not hand that file to the service user.
 #[test]
 fn a_hard_link_planted_as_the_database_does_not_hand_its_target_to_the_service_user() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("hardlink_db");
     let victim = env.dir.join("victim");
     write_file(&victim, b"a root-owned file outside the data dir\n", 0o644);
@@ -1926,6 +1959,7 @@ fn a_hard_link_planted_as_the_database_does_not_hand_its_target_to_the_service_u
 /// not be read as root and handed to the app (the service user would learn its content).
 #[test]
 fn a_hard_link_planted_as_a_generated_secret_is_not_read_as_root() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("hardlink_secret");
     let victim = env.dir.join("victim-key");
     let content = b"root-only-private-key-material-4f9c2e7d";
@@ -1952,6 +1986,7 @@ fn a_hard_link_planted_as_a_generated_secret_is_not_read_as_root() {
 
 #[test]
 fn files_the_app_writes_inside_its_source_do_not_count_as_source_changes() {
+    crate::util::root_only!();
     // Upstream Bitpoll's defaults put collected static files into the source tree
     // (src/_static): those are outputs of collectstatic, not inputs of any step.
     let mut env = TestEnv::new("static_in_source");
@@ -1985,6 +2020,7 @@ fn files_the_app_writes_inside_its_source_do_not_count_as_source_changes() {
 /// close-on-exec) reaches neither the preparation child nor the server.
 #[test]
 fn descriptors_the_caller_left_open_reach_neither_the_preparation_nor_the_server() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("leaked_fd");
     let secret = env.dir.join("root-only");
     write_file(&secret, b"root only\n", 0o600);
@@ -2018,6 +2054,7 @@ fn descriptors_the_caller_left_open_reach_neither_the_preparation_nor_the_server
 /// newest prepare.backups are kept, and a start with nothing to migrate takes none.
 #[test]
 fn the_database_is_backed_up_before_a_migrate_with_work_and_old_backups_are_pruned() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("backup");
     env.config.set("prepare", "backups", "1");
     env.launch();
@@ -2131,6 +2168,7 @@ fn nix_mtimes(root: &Path) {
 /// ones go.
 #[test]
 fn an_upgraded_static_file_with_mtime_1_is_collected_into_a_fresh_tree() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("static_upgrade");
     let css = env.app.join("bitpoll/static/css/demo.css");
     nix_mtimes(&env.app);
@@ -2180,6 +2218,7 @@ fn an_upgraded_static_file_with_mtime_1_is_collected_into_a_fresh_tree() {
 /// locale, TZ, HOME, terminal, agent sockets) reaches the app.
 #[test]
 fn the_server_environment_does_not_depend_on_the_callers_shell() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("caller_env");
     let environ = |env: &mut TestEnv, launch: Launch| -> Vec<String> {
         let pid = env.launch_with(launch);
@@ -2243,6 +2282,7 @@ fn the_server_environment_does_not_depend_on_the_callers_shell() {
 /// and after.
 #[test]
 fn a_start_from_a_root_shell_environment_does_not_rerun_preparation() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("root_shell_env");
     env.launch();
     env.wait_ready(READY);
@@ -2270,6 +2310,7 @@ fn a_start_from_a_root_shell_environment_does_not_rerun_preparation() {
 
 #[test]
 fn a_foreign_host_header_gets_400_and_one_log_line_without_a_traceback() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("foreign_host");
     env.launch();
     env.wait_ready(READY);
@@ -2304,6 +2345,7 @@ fn a_foreign_host_header_gets_400_and_one_log_line_without_a_traceback() {
 
 #[test]
 fn the_documented_tryout_runs_as_an_unprivileged_person_and_serves() {
+    crate::util::root_only!();
     let env = TestEnv::new("tryout");
     // A person's account: a regular uid with a login shell and a group of its own.
     let out = std::process::Command::new("useradd")
@@ -2420,6 +2462,7 @@ fn the_documented_tryout_runs_as_an_unprivileged_person_and_serves() {
 
 #[test]
 fn two_launchers_on_one_data_directory_prepare_one_after_the_other() {
+    crate::util::root_only!();
     // Two starts of one SQLite deployment at once (two units, or a start by hand beside
     // the service): the second waits for the first's data directory lock, names it, then
     // finds every step done.

@@ -58,6 +58,7 @@ fn host_specific(f: &serde_json::Value) -> bool {
 
 #[test]
 fn check_finds_only_host_specific_problems_in_the_example_config() {
+    crate::util::root_only!();
     let (_dir, config) = copy_of_example();
     let out = Command::new(BIN)
         .args(["check", "--json", "--config"])

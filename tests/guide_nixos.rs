@@ -10,7 +10,7 @@
 //!
 //! Needs nix-instantiate (scripts/test.sh installs nix-bin); BITPOLL_SKIP_NIX=1 skips.
 
-mod guide;
+use crate::guide;
 
 use std::fs;
 use std::path::Path;
@@ -20,7 +20,7 @@ const GUIDE: &str = "docs/guides/nixos.md";
 
 fn nix_available() -> bool {
     if std::env::var("BITPOLL_SKIP_NIX").as_deref() == Ok("1") {
-        eprintln!("SKIP: BITPOLL_SKIP_NIX=1");
+        crate::util::skip("BITPOLL_SKIP_NIX=1");
         return false;
     }
     let ok = Command::new("nix-instantiate")

@@ -4,9 +4,9 @@
 //! not, two starts on one data directory under load, root's groups and core dumps while the
 //! launcher acts as the service user.
 //!
-//! Root only, one test at a time (`cargo test --test hostile -- --test-threads=1`).
+//! Root only, one test at a time (`cargo test --test suite hostile:: -- --test-threads=1`).
 
-mod util;
+use crate::util;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -47,6 +47,7 @@ fn until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> 
 
 #[test]
 fn a_stop_while_the_account_is_created_waits_for_the_tool_and_leaves_nothing_running() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("stop_useradd");
     // Every rename of the launcher and its children is held for 2 s: groupadd and useradd
     // write the account database through a rename, so the tools run for seconds.
@@ -109,6 +110,7 @@ fn a_stop_while_the_account_is_created_waits_for_the_tool_and_leaves_nothing_run
 
 #[test]
 fn what_a_killed_start_left_half_written_is_removed_and_nothing_else() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("leftovers");
     launch_once(&mut env);
     let (uid, gid) = uid_gid(&env);
@@ -177,6 +179,7 @@ fn dead_pid() -> u32 {
 
 #[test]
 fn a_stop_during_the_backup_before_migrate_removes_the_partial_copy() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("backup_stop");
     launch_once(&mut env);
     // A database large enough that its backup takes a while: 300 MiB of rows.
@@ -224,6 +227,7 @@ fn a_stop_during_the_backup_before_migrate_removes_the_partial_copy() {
 
 #[test]
 fn backups_named_from_the_future_never_push_out_the_one_just_taken() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("backup_future");
     env.config.set("prepare", "backups", "2");
     launch_once(&mut env);
@@ -260,6 +264,7 @@ fn backups_named_from_the_future_never_push_out_the_one_just_taken() {
 
 #[test]
 fn a_database_name_with_a_nul_byte_is_refused_at_once_naming_the_key() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("db_name_nul");
     env.config
         .set_str("database", "engine", "postgresql")
@@ -289,6 +294,7 @@ fn passing(count: &str, fd3: &str) -> Vec<String> {
 
 #[test]
 fn a_passed_socket_that_is_not_a_listening_socket_is_refused_before_anything_else() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("listen_fds");
     for (count, what) in [
         ("1", "not a socket"),
@@ -306,6 +312,7 @@ fn a_passed_socket_that_is_not_a_listening_socket_is_refused_before_anything_els
 
 #[test]
 fn a_second_start_on_the_same_data_directory_never_disturbs_the_first_under_load() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("two_starts");
     launch_once(&mut env);
     // The same deployment started again by hand on the same data directory and port.
@@ -386,6 +393,7 @@ impl Drop for SuidDumpable {
 
 #[test]
 fn while_acting_as_the_user_root_keeps_none_of_its_groups_and_dumps_no_core() {
+    crate::util::root_only!();
     let _dumpable = SuidDumpable::set("1");
     let mut env = TestEnv::new("acting_groups");
     env.config

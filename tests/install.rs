@@ -5,9 +5,9 @@
 //!
 //! Needs root and systemd-nspawn; elsewhere it prints a SKIP line and passes, unless
 //! BITPOLL_REQUIRE_SYSTEMD_TESTS=1. Run:
-//! `flock /tmp/bitpoll-test.lock cargo test --locked --test install -- --test-threads=1`
+//! `cargo test --test suite install:: -- --test-threads=1`
 
-mod container;
+use crate::container;
 
 use std::time::Duration;
 
@@ -57,9 +57,9 @@ fn sha(b: &Bitpoll, paths: &[&str]) -> Vec<String> {
 
 #[test]
 fn install_on_a_fresh_host_then_start_serves_and_uninstall_keeps_the_data() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     // The app tree stays root's and read-only to the service, as an admin's would.
     let b = fresh_host("install");
     let files = [UNIT_PATH, SYSUSERS, TMPFILES, CATALOG];

@@ -5,11 +5,11 @@
 //! They need root (they create users and run manage as other users) and run one at a time
 //! (each test takes the global lock of tests/util):
 //!
-//!     cargo test --test manage -- --test-threads=1
+//!     cargo test --test suite manage:: -- --test-threads=1
 //!
 //! Every test removes the users, groups, processes and files it made, also when it fails.
 
-mod util;
+use crate::util;
 
 use util::cli::{
     Run, config_arg, create_service_account, generated_value, launch_once, manage, nobody,
@@ -19,6 +19,7 @@ use util::{TestEnv, contains, sha256_hex};
 
 #[test]
 fn manage_runs_a_management_command_as_the_service_user_with_its_secrets() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("manage");
     launch_once(&mut env);
     let (uid, gid) = uid_gid(&env);
@@ -100,6 +101,7 @@ fn manage_runs_a_management_command_as_the_service_user_with_its_secrets() {
 
 #[test]
 fn manage_before_the_first_start_or_without_the_user_refuses() {
+    crate::util::root_only!();
     let env = TestEnv::new("manage_refuses");
     let out = manage(&env, &["showmigrations"]);
     assert_eq!(out.code, 3, "missing user\n{}", out.context());
@@ -151,6 +153,7 @@ fn manage_before_the_first_start_or_without_the_user_refuses() {
 /// run it as root once manage returns.
 #[test]
 fn manage_from_a_root_terminal_cannot_push_input_into_it() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("manage_pty");
     launch_once(&mut env);
     sync_config(&env);
@@ -216,6 +219,7 @@ fn manage_from_a_root_terminal_cannot_push_input_into_it() {
 
 #[test]
 fn manage_passes_django_superuser_variables_and_env_options_for_one_command() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("manage_env");
     launch_once(&mut env);
     sync_config(&env);

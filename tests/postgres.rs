@@ -11,9 +11,9 @@
 //! what STATUS said.
 //!
 //! Run as root, one test at a time, holding the machine-wide test lock:
-//! `flock /tmp/bitpoll-test.lock cargo test --test postgres -- --test-threads=1`.
+//! `cargo test --test suite postgres:: -- --test-threads=1`.
 
-mod util;
+use crate::util;
 
 use std::fs;
 use std::path::Path;
@@ -119,6 +119,7 @@ fn extends_timeout(env: &TestEnv) -> bool {
 
 #[test]
 fn four_launchers_at_once_on_an_empty_database_migrate_it_once_and_all_serve() {
+    crate::util::root_only!();
     let (pg, mut a, _) = deployment("pg_four");
     // A migration that takes a while, so the four meet at the lock.
     a.config.set_str("environment", "DEMO_MIGRATION_DELAY", "3");
@@ -161,6 +162,7 @@ fn four_launchers_at_once_on_an_empty_database_migrate_it_once_and_all_serve() {
 
 #[test]
 fn a_database_down_at_start_is_waited_for_and_used_once_it_is_up() {
+    crate::util::root_only!();
     let (mut pg, mut env, _) = deployment("pg_late");
     pg.stop();
     env.launch();
@@ -192,6 +194,7 @@ fn a_database_down_at_start_is_waited_for_and_used_once_it_is_up() {
 
 #[test]
 fn a_database_that_never_comes_up_fails_after_the_configured_wait_with_the_last_cause() {
+    crate::util::root_only!();
     let (mut pg, mut env, _) = deployment("pg_never");
     pg.stop();
     env.config.set("database", "wait_timeout_sec", "3");
@@ -224,6 +227,7 @@ fn a_database_that_never_comes_up_fails_after_the_configured_wait_with_the_last_
 
 #[test]
 fn a_wrong_password_or_a_missing_database_fails_at_once_naming_role_host_port_and_database() {
+    crate::util::root_only!();
     let (pg, mut env, password) = deployment("pg_refused");
     let wrong = format!("{password}-but-wrong");
     write_file(&env.dir.join("keys/db-password"), wrong.as_bytes(), 0o600);
@@ -282,6 +286,7 @@ fn a_wrong_password_or_a_missing_database_fails_at_once_naming_role_host_port_an
 #[test]
 fn a_second_instance_started_during_a_slow_migration_waits_and_then_skips_it_and_a_third_stops_on_sigterm()
  {
+    crate::util::root_only!();
     let (pg, mut a, _) = deployment("pg_slow");
     a.config.set_str("environment", "DEMO_MIGRATION_DELAY", "4");
     let mut b = a.instance("b");
@@ -365,6 +370,7 @@ class Migration(migrations.Migration):
 
 #[test]
 fn a_rolling_restart_with_a_new_migration_applies_it_once() {
+    crate::util::root_only!();
     let (pg, mut a, _) = deployment("pg_rolling");
     let mut b = a.instance("b");
     a.launch();
@@ -392,6 +398,7 @@ fn a_rolling_restart_with_a_new_migration_applies_it_once() {
 
 #[test]
 fn an_emptied_schema_is_migrated_again_and_check_says_so_first() {
+    crate::util::root_only!();
     let (pg, mut env, _) = deployment("pg_emptied");
     env.launch();
     env.wait_ready(READY);
@@ -462,6 +469,7 @@ fn an_emptied_schema_is_migrated_again_and_check_says_so_first() {
 
 #[test]
 fn killing_the_lock_holder_lets_the_waiting_instance_migrate() {
+    crate::util::root_only!();
     let (pg, mut a, _) = deployment("pg_kill");
     a.config
         .set_str("environment", "DEMO_MIGRATION_DELAY", "60");
@@ -495,6 +503,7 @@ fn killing_the_lock_holder_lets_the_waiting_instance_migrate() {
 #[test]
 fn a_null_row_in_django_migrations_or_a_lock_held_by_a_prepared_transaction_never_panics_the_launcher()
  {
+    crate::util::root_only!();
     let (mut pg, mut env, _) = deployment("pg_hostile_replies");
     env.launch();
     env.wait_ready(READY);
@@ -547,6 +556,7 @@ fn a_null_row_in_django_migrations_or_a_lock_held_by_a_prepared_transaction_neve
 
 #[test]
 fn tls_verify_full_connects_with_the_right_ca_and_fails_at_once_with_another() {
+    crate::util::root_only!();
     let (mut pg, mut env, _) = deployment("pg_tls");
     let certs = env.dir.join("certs");
     make_certs(&certs);
@@ -665,6 +675,7 @@ const AS_PID_1: &[&str] = &["unshare", "--pid", "--fork", "--mount-proc"];
 
 #[test]
 fn as_pid_1_without_systemd_a_stop_ends_the_wait_for_the_database() {
+    crate::util::root_only!();
     let (mut pg, mut env, _) = deployment("pg_pid1_stop");
     pg.stop();
     let unshare = env.launch_with(Launch::default().wrap(AS_PID_1).notify(NotifyKind::None));
@@ -687,6 +698,7 @@ fn as_pid_1_without_systemd_a_stop_ends_the_wait_for_the_database() {
 
 #[test]
 fn as_pid_1_without_systemd_it_reaps_orphans_serves_and_stops_on_sigterm() {
+    crate::util::root_only!();
     let (pg, mut env, _) = deployment("pg_pid1");
     // Orphans of the preparation: one ends while the launcher prepares, one after the
     // server took over PID 1.
@@ -747,6 +759,7 @@ fn as_pid_1_without_systemd_it_reaps_orphans_serves_and_stops_on_sigterm() {
 
 #[test]
 fn a_unix_socket_with_peer_authentication_admits_the_launcher_as_the_service_user() {
+    crate::util::root_only!();
     // The usual local setup (NixOS's ensureDBOwnership): no password, the role named like
     // the user the app runs as. The launcher, root, connects with that user's ids.
     let (pg, mut env, _) = deployment("pg_peer");

@@ -24,10 +24,10 @@
 //! Without ../shared/upstream (BITPOLL_UPSTREAM_DIR names another folder) every test
 //! returns after one line saying so; with CI=true that is a failure. Run as root:
 //!
-//!     cargo test --test real_bitpoll -- --test-threads=1
+//!     cargo test --test suite real_bitpoll:: -- --test-threads=1
 
-mod container;
-mod util;
+use crate::container;
+use crate::util;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -371,6 +371,7 @@ fn service_gid(env: &TestEnv) -> u32 {
 
 #[test]
 fn sqlite_cold_and_warm_start_serves_german_pages_and_assets_and_keeps_a_vote() {
+    crate::util::root_only!();
     let Some((_up, mut env)) = real_env("real_sqlite") else {
         return;
     };
@@ -504,6 +505,7 @@ fn sqlite_cold_and_warm_start_serves_german_pages_and_assets_and_keeps_a_vote() 
 
 #[test]
 fn postgresql_cold_and_warm_start_migrates_once_serves_and_keeps_a_vote() {
+    crate::util::root_only!();
     let Some((_up, mut env)) = real_env("real_pg") else {
         return;
     };
@@ -616,6 +618,7 @@ fn copy_source(up: &Upstream, to: &Path) {
 
 #[test]
 fn a_start_with_the_build_time_assets_runs_migrate_only_and_serves_them() {
+    crate::util::root_only!();
     let Some((up, mut env)) = real_env("real_assets") else {
         return;
     };
@@ -693,6 +696,7 @@ fn a_start_with_the_build_time_assets_runs_migrate_only_and_serves_them() {
 /// has a stamp only if it finished before the failure stopped it.
 #[test]
 fn a_failing_collectstatic_beside_migrate_is_named_and_leaves_no_stamp() {
+    crate::util::root_only!();
     let Some((up, mut env)) = real_env("real_static_fail") else {
         return;
     };
@@ -746,6 +750,7 @@ fn a_failing_collectstatic_beside_migrate_is_named_and_leaves_no_stamp() {
 
 #[test]
 fn build_assets_fails_naming_what_is_wrong() {
+    crate::util::root_only!();
     let Some((up, env)) = real_env("real_assets_fail") else {
         return;
     };
@@ -794,9 +799,9 @@ fn records_with<'a>(recs: &'a [JsonRecord], field: &str, value: &str) -> Vec<&'a
 
 #[test]
 fn under_systemd_the_real_bitpoll_starts_as_the_hardened_unit_and_a_restart_skips_its_steps() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     // Installed on the host before the boot: the container sees it through its overlay.
     let Some(up) = upstream::install() else {
         return;

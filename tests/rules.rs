@@ -2,7 +2,7 @@
 //! lists and of the journal catalog `bitpoll-launcher catalog` prints; this keeps both in
 //! sync with it and has journalctl itself parse the catalog.
 //!
-//! Regenerate the id table of docs/check.md with `BITPOLL_BLESS=1 cargo test --test rules`.
+//! Regenerate the id table of docs/check.md with `BITPOLL_BLESS=1 cargo test --test suite rules::`.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +10,7 @@ use std::process::Command;
 use launcher_plan::rule::{Rule, catalog};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bitpoll-launcher");
-const BEGIN: &str = "<!-- finding ids: generated from the rule table (crates/plan/src/rule.rs) by `BITPOLL_BLESS=1 cargo test --test rules` -->\n";
+const BEGIN: &str = "<!-- finding ids: generated from the rule table (crates/plan/src/rule.rs) by `BITPOLL_BLESS=1 cargo test --test suite rules::` -->\n";
 const END: &str = "<!-- end of finding ids -->\n";
 
 fn id_table() -> String {
@@ -45,7 +45,7 @@ fn docs_check_md_lists_every_finding_id() {
     }
     assert!(
         have == want,
-        "docs/check.md's finding ids are out of date with the rule table; run `BITPOLL_BLESS=1 cargo test --test rules` and review the diff"
+        "docs/check.md's finding ids are out of date with the rule table; run `BITPOLL_BLESS=1 cargo test --test suite rules::` and review the diff"
     );
 }
 
@@ -63,11 +63,7 @@ fn journalctl_reads_every_entry_of_the_catalog() {
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "journalctl is missing, and CI=true forbids skipping"
-        );
-        eprintln!("SKIP: no journalctl here");
+        crate::util::skip("needs journalctl (apt-get install systemd)");
         return;
     };
     let root = std::env::temp_dir().join(format!("blt-catalog-{}", std::process::id()));

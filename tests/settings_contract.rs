@@ -10,9 +10,9 @@
 //! Uses the real Bitpoll (tests/setup-bitpoll.sh); without ../shared/upstream every test
 //! returns after one line saying so, and CI=true makes that a failure. Run as root:
 //!
-//!     cargo test --test settings_contract -- --test-threads=1
+//!     cargo test --test suite settings_contract:: -- --test-threads=1
 
-mod util;
+use crate::util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -93,6 +93,7 @@ fn value<'a>(vals: &'a [(String, String)], name: &str) -> &'a str {
 
 #[test]
 fn every_variable_of_the_contract_reaches_the_app_as_its_setting() {
+    crate::util::root_only!();
     let Some(mut env) = real_env("contract") else {
         return;
     };
@@ -236,6 +237,7 @@ fn every_variable_of_the_contract_reaches_the_app_as_its_setting() {
 
 #[test]
 fn a_malformed_variable_stops_the_start_naming_it() {
+    crate::util::root_only!();
     let Some(mut env) = real_env("contract-bad") else {
         return;
     };
@@ -358,6 +360,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 #[test]
 fn mail_goes_out_through_the_configured_server_with_the_password_secret() {
+    crate::util::root_only!();
     let Some(mut env) = real_env("contract-smtp") else {
         return;
     };
@@ -415,6 +418,7 @@ fn mail_goes_out_through_the_configured_server_with_the_password_secret() {
 
 #[test]
 fn the_ldap_backend_binds_with_the_configured_dn_and_password_secret() {
+    crate::util::root_only!();
     let Some(mut env) = real_env("contract-ldap") else {
         return;
     };
@@ -464,6 +468,7 @@ fn the_ldap_backend_binds_with_the_configured_dn_and_password_secret() {
 
 #[test]
 fn with_registration_off_the_running_server_has_no_registration_page() {
+    crate::util::root_only!();
     let Some(mut env) = real_env("contract-register") else {
         return;
     };

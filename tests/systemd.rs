@@ -9,9 +9,9 @@
 //! the launcher as a real `Type=notify` unit. They need the demo venv (tests/setup-venv.sh,
 //! run on the first use).
 //!
-//! Run: `cargo test --test systemd -- --test-threads=1 --nocapture`
+//! Run: `cargo test --test suite systemd:: -- --test-threads=1 --nocapture`
 
-mod container;
+use crate::container;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -92,9 +92,9 @@ fn assert_gone(name: &str) {
 
 #[test]
 fn container_boots_and_runs_a_notify_unit() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let c = ContainerBuilder::new("notify")
         .with_launcher()
         .file("/usr/local/lib/blt-demo/notify.py", NOTIFY_DEMO, 0o644)
@@ -206,9 +206,9 @@ fn container_boots_and_runs_a_notify_unit() {
 
 #[test]
 fn teardown_happens_when_a_test_panics() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let seen: Mutex<Option<String>> = Mutex::new(None);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let c = ContainerBuilder::new("panic").boot();
@@ -233,9 +233,9 @@ fn teardown_happens_when_a_test_panics() {
 
 #[test]
 fn stale_leftovers_are_cleaned() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     // A container leaked with its nspawn SIGKILLed: as a test process killed mid-run leaves.
     let c = ContainerBuilder::new("leak").boot();
     let name = c.name().to_owned();
@@ -262,9 +262,9 @@ fn stale_leftovers_are_cleaned() {
 
 #[test]
 fn a_failed_boot_is_reported_and_cleaned_up() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let result = std::panic::catch_unwind(|| {
         // nspawn refuses the option and exits before a PID 1 exists.
         ContainerBuilder::new("badboot")
@@ -307,9 +307,9 @@ fn helper_boot_then_wait_to_be_killed() {
 
 #[test]
 fn stale_leftovers_of_a_killed_test_process_are_cleaned() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let ready_file = std::env::temp_dir().join(format!("blt-helper-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready_file);
     let mut helper = Command::new(std::env::current_exe().unwrap())
@@ -417,9 +417,9 @@ fn whoami_json(body: &str) -> serde_json::Value {
 
 #[test]
 fn start_returns_after_ready_and_the_server_keeps_the_launchers_pid_without_privileges() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("ready", Spec::default());
     let took = b.start_ok();
     eprintln!("systemctl start {UNIT} took {:.3}s", took.as_secs_f64());
@@ -533,9 +533,9 @@ fn start_returns_after_ready_and_the_server_keeps_the_launchers_pid_without_priv
 
 #[test]
 fn the_journal_has_the_launchers_structured_records_and_status_follows_the_phases() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("journal", Spec::default().env("DEMO_MIGRATION_DELAY", "3"));
     b.start_no_block();
     // Watch systemd's StatusText while the unit activates.
@@ -661,9 +661,9 @@ fn launcher_total_ms(b: &bitpoll::Bitpoll, inv: &str) -> u64 {
 
 #[test]
 fn a_restart_keeps_data_database_and_secret_and_skips_the_preparation() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("restart", Spec::default());
     b.start_ok();
     let inv1 = b.invocation_id();
@@ -731,9 +731,9 @@ fn a_restart_keeps_data_database_and_secret_and_skips_the_preparation() {
 
 #[test]
 fn a_credential_reaches_the_app_and_is_never_readable_by_the_service_user() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install(
         "credential",
         Spec::default()
@@ -812,9 +812,9 @@ const TIMEOUT_DROP_IN: &str = "[Service]\nTimeoutStartSec=5\n";
 
 #[test]
 fn a_migration_slower_than_timeout_start_sec_succeeds_while_it_makes_progress() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install(
         "slow",
         Spec::default()
@@ -847,9 +847,9 @@ fn a_migration_slower_than_timeout_start_sec_succeeds_while_it_makes_progress() 
 
 #[test]
 fn a_hung_migration_fails_with_the_launchers_message_instead_of_a_timeout() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install(
         "hung",
         Spec::default()
@@ -904,9 +904,9 @@ fn a_hung_migration_fails_with_the_launchers_message_instead_of_a_timeout() {
 
 #[test]
 fn a_broken_configuration_fails_fast_with_the_key_and_a_hint_in_journal_and_status() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("badconfig", Spec::default());
     // The unit was rendered from the good config; now an admin mistypes a key.
     let broken = b
@@ -972,9 +972,9 @@ fn a_broken_configuration_fails_fast_with_the_key_and_a_hint_in_journal_and_stat
 
 #[test]
 fn stopping_during_preparation_stops_the_child_and_leaves_no_stamp() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("stop", Spec::default().env("DEMO_MIGRATION_DELAY", "30"));
     b.start_no_block();
     let recs = b.wait_journal(Duration::from_secs(60), |recs| {
@@ -1057,9 +1057,9 @@ fn stopping_during_preparation_stops_the_child_and_leaves_no_stamp() {
 
 #[test]
 fn the_hardening_holds_for_the_running_service() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("hardening", Spec::default());
     b.start_ok();
     let main = b.main_pid();

@@ -6,9 +6,9 @@
 //! mode (see container/bitpoll.rs). They need root and systemd-nspawn; elsewhere each
 //! prints a SKIP line and passes, unless BITPOLL_REQUIRE_SYSTEMD_TESTS=1.
 //!
-//! Run: `flock /tmp/bitpoll-test.lock cargo test --test systemd_modes -- --test-threads=1`
+//! Run: `cargo test --test suite systemd_modes:: -- --test-threads=1`
 
-mod container;
+use crate::container;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -73,9 +73,9 @@ fn exec_records(b: &Bitpoll) -> Vec<JsonRecord> {
 
 #[test]
 fn the_unprivileged_unit_serves_reads_its_credential_restarts_and_holds_its_hardening() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install(
         "unpriv",
         Spec::default()
@@ -250,9 +250,9 @@ fn the_unprivileged_unit_serves_reads_its_credential_restarts_and_holds_its_hard
 
 #[test]
 fn an_unprivileged_unit_refuses_a_data_dir_that_is_not_its_state_directory() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("statedir", Spec::default().mode(Mode::Unprivileged));
     // The admin moves the data directory in the config but keeps the old unit.
     let moved = b.spec.config().replace(
@@ -534,9 +534,9 @@ fn preparation_holds_no_listening_socket(b: &Bitpoll, old: &str) -> String {
 
 #[test]
 fn socket_activation_refuses_no_connection_across_restarts_and_a_slow_migration() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install(
         "socket",
         Spec::default()
@@ -576,9 +576,9 @@ fn socket_activation_refuses_no_connection_across_restarts_and_a_slow_migration(
 
 #[test]
 fn an_unprivileged_unit_on_a_unix_socket_refuses_no_connection_across_restarts() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install(
         "unixsock",
         Spec::default()
@@ -605,9 +605,9 @@ fn at(r: &JsonRecord) -> u64 {
 
 #[test]
 fn with_ready_worker_systemd_reports_the_start_once_a_worker_has_loaded_the_app() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("ready", Spec::default().server_line("ready = \"worker\""));
     assert_eq!(b.show(&["NotifyAccess"])["NotifyAccess"], "all");
     let took = b.start_ok();
@@ -660,9 +660,9 @@ fn with_ready_worker_systemd_reports_the_start_once_a_worker_has_loaded_the_app(
 
 #[test]
 fn a_unit_that_keeps_failing_is_restarted_as_configured_then_left_failed() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install(
         "backoff",
         Spec::default()
@@ -740,9 +740,9 @@ fn a_unit_that_keeps_failing_is_restarted_as_configured_then_left_failed() {
 
 #[test]
 fn the_hardened_privileged_unit_refuses_a_root_owned_directory_it_cannot_give_to_the_user() {
-    if !container::require_root_and_nspawn() {
+    let Some(_root_slot) = container::require_root_and_nspawn() else {
         return;
-    }
+    };
     let b = bitpoll::install("nochown", Spec::default());
     let show = b.show(&["CapabilityBoundingSet"]);
     eprintln!("{show:?}");

@@ -20,9 +20,9 @@
 //! mirror, PyPI); elsewhere each test prints a SKIP line and passes, unless
 //! BITPOLL_REQUIRE_SYSTEMD_TESTS=1.
 //!
-//! Run: `cargo test --test systemd_trixie -- --test-threads=1`
+//! Run: `cargo test --test suite systemd_trixie:: -- --test-threads=1`
 
-mod container;
+use crate::container;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -35,13 +35,13 @@ use container::bitpoll::{self, Bitpoll, DATA_DIR, IDENT, Spec, UNIT, UNIT_PATH, 
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The trixie root file system with the demo venv, made (or found) once per test process.
-fn trixie() -> Option<PathBuf> {
-    if !container::require_root_and_nspawn() {
-        return None;
-    }
+/// The root slot (container::require_root_and_nspawn) and the trixie root file system with
+/// the demo venv, made (or found) once per test process.
+fn trixie() -> Option<(std::sync::MutexGuard<'static, ()>, PathBuf)> {
+    let slot = container::require_root_and_nspawn()?;
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    Some(
+    Some((
+        slot,
         ROOT.get_or_init(|| {
             let out = Command::new("bash")
                 .arg(Path::new(REPO).join("tests/setup-trixie.sh"))
@@ -56,7 +56,7 @@ fn trixie() -> Option<PathBuf> {
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         })
         .clone(),
-    )
+    ))
 }
 
 fn message_has(r: &JsonRecord, needle: &str) -> bool {
@@ -187,7 +187,9 @@ in "[Unit]\nDescription=Bitpoll (polls and date finding)\n" + lines u.unitConfig
 
 #[test]
 fn systemd_257_runs_the_rendered_unit_and_the_nixos_style_unit() {
-    let Some(root) = trixie() else { return };
+    let Some((_root_slot, root)) = trixie() else {
+        return;
+    };
     let unit_toml = "restart_steps = 3\nrestart_max_delay_sec = 20\n";
     let b = bitpoll::install(
         "t257",
@@ -218,7 +220,7 @@ fn systemd_257_runs_the_rendered_unit_and_the_nixos_style_unit() {
 
     // The unit as NixOS renders it, in place of the other one.
     let Some(unit) = nixos_style_unit(unit_toml) else {
-        eprintln!("SKIP the NixOS-style unit: BITPOLL_SKIP_NIX=1");
+        crate::util::skip("the NixOS-style unit: BITPOLL_SKIP_NIX=1");
         return;
     };
     b.write_file(UNIT_PATH, unit.as_bytes(), 0o644);
@@ -241,7 +243,9 @@ fn systemd_257_runs_the_rendered_unit_and_the_nixos_style_unit() {
 
 #[test]
 fn a_server_that_keeps_failing_is_restarted_after_growing_delays() {
-    let Some(root) = trixie() else { return };
+    let Some((_root_slot, root)) = trixie() else {
+        return;
+    };
     let b = bitpoll::install(
         "steps",
         Spec::default()
@@ -323,7 +327,9 @@ fn now_usec(b: &Bitpoll) -> u64 {
 
 #[test]
 fn memory_and_task_limits_hold_and_nothing_hangs_at_them() {
-    let Some(root) = trixie() else { return };
+    let Some((_root_slot, root)) = trixie() else {
+        return;
+    };
     let b = bitpoll::install(
         "limits",
         Spec::default()

@@ -13,10 +13,10 @@
 //! command start with, the user site directory the app could plant code in, and escaped
 //! text on the terminal.
 //!
-//! Root only, one test at a time (`cargo test --test terminal -- --test-threads=1`); needs
+//! Root only, one test at a time (`cargo test --test suite terminal:: -- --test-threads=1`); needs
 //! tmux and runuser (util-linux).
 
-mod util;
+use crate::util;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -161,6 +161,7 @@ impl Attacked {
 
 #[test]
 fn app_code_run_by_check_manage_or_run_never_reaches_the_admins_root_shell() {
+    crate::util::root_only!();
     let _tiocsti = LegacyTiocsti::on();
     let a = Attacked::new("tty_injection");
     let (uid, gid) = uid_gid(&a.env);
@@ -262,6 +263,7 @@ fn wait_serving(port: u16) {
 
 #[test]
 fn a_usercustomize_planted_in_the_service_home_never_runs() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("usersite");
     launch_once(&mut env);
     let (uid, gid) = uid_gid(&env);
@@ -365,6 +367,7 @@ print("migrating\x1b]0;pwned\x07\r\x05 done", file=_blt_sys.stderr)
 
 #[test]
 fn outside_text_reaches_the_terminal_escaped_and_json_as_it_is() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("escape");
     launch_once(&mut env);
     let settings = env.app.join("bitpoll/settings.py");
@@ -455,6 +458,7 @@ const CARELESS_PARENT: &str = "import os, signal, sys; signal.signal(signal.SIGH
 
 #[test]
 fn the_server_and_manages_command_start_with_default_signals_whatever_the_caller_left() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("signal_state");
     launch_once(&mut env);
     let wrapper = ["/usr/bin/python3", "-c", CARELESS_PARENT];
@@ -591,6 +595,7 @@ impl Both {
 
 #[test]
 fn manage_ends_piped_input_and_returns_when_its_command_exits_as_runuser_pty_does() {
+    crate::util::root_only!();
     let mut b = Both::new("relay_eof");
     let before = b.shell.stty();
 
@@ -650,6 +655,7 @@ fn manage_ends_piped_input_and_returns_when_its_command_exits_as_runuser_pty_doe
 
 #[test]
 fn manage_relays_large_input_without_deadlock_and_restores_the_terminal_on_stop_signals() {
+    crate::util::root_only!();
     let mut b = Both::new("relay_io");
     let before = b.shell.stty();
     // The command puts its terminal in raw mode and echoes every byte it reads: input and
@@ -762,6 +768,7 @@ impl Drop for HeldOutput {
 
 #[test]
 fn manage_ends_on_a_stop_signal_while_the_terminal_takes_no_output() {
+    crate::util::root_only!();
     let mut b = Both::new("relay_held");
     let before = b.shell.stty();
     let flood = "import sys\nwhile True: sys.stdout.write('x' * 80 + chr(10))";
@@ -842,6 +849,7 @@ fn child_of(ppid: u32) -> u32 {
 
 #[test]
 fn a_stop_between_the_end_of_preparation_and_the_exec_stops_the_start() {
+    crate::util::root_only!();
     let mut env = TestEnv::new("stop_window");
     launch_once(&mut env);
     // strace holds the chdir into the app source (after the privilege drop, right before

@@ -197,7 +197,7 @@ fn the_module_renders_the_unit_table_as_the_launcher_does() {
         assert!(module.contains(want), "nixos/module.nix lacks {want:?}");
     }
     let Some(nix) = nix_instantiate() else {
-        eprintln!("SKIP: BITPOLL_SKIP_NIX=1");
+        crate::util::skip("BITPOLL_SKIP_NIX=1");
         return;
     };
     let dir = Dir::new("limits");
@@ -364,7 +364,7 @@ fn nix_instantiate() -> Option<&'static str> {
 #[test]
 fn every_nix_file_parses() {
     let Some(nix) = nix_instantiate() else {
-        eprintln!("SKIP: BITPOLL_SKIP_NIX=1");
+        crate::util::skip("BITPOLL_SKIP_NIX=1");
         return;
     };
     let mut files = Vec::new();

@@ -24,8 +24,6 @@
 //! Needs root and `systemd-nspawn` (Debian: `apt-get install systemd-container`); see
 //! [`require_root_and_nspawn`]. The host's systemd need not run.
 
-#![allow(dead_code)]
-
 pub mod bitpoll;
 
 use std::collections::{BTreeSet, HashMap};
@@ -91,14 +89,11 @@ fn secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
 
-/// True when containers can be booted here: running as root with `systemd-nspawn`,
-/// `nsenter`, `mount` and `umount` available. Otherwise prints a `SKIP` line naming the
-/// current test and returns false, or panics if [`REQUIRE_ENV`] is `1`.
-pub fn require_root_and_nspawn() -> bool {
+/// As root with `systemd-nspawn`, `nsenter`, `mount` and `umount` at hand: the root slot
+/// (crate::util::root). Otherwise the test is skipped (crate::util::skip), or fails if
+/// [`REQUIRE_ENV`] is `1`.
+pub fn require_root_and_nspawn() -> Option<std::sync::MutexGuard<'static, ()>> {
     let mut missing = Vec::new();
-    if effective_uid() != Some(0) {
-        missing.push("root".to_owned());
-    }
     for tool in ["systemd-nspawn", "nsenter", "mount", "umount"] {
         if find_in_path(tool).is_none() {
             missing.push(tool.to_owned());
@@ -108,24 +103,18 @@ pub fn require_root_and_nspawn() -> bool {
         missing.push(CGROUP_ROOT.to_owned());
     }
     if missing.is_empty() {
-        return true;
+        return crate::util::root();
     }
     let test = thread::current().name().unwrap_or("?").to_owned();
     let why = format!(
-        "needs {} (run as root; apt-get install systemd-container)",
+        "needs {} (apt-get install systemd-container)",
         missing.join(", ")
     );
     if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
         panic!("{test}: {why}, and {REQUIRE_ENV}=1 forbids skipping");
     }
-    eprintln!("SKIP {test}: {why}");
-    false
-}
-
-fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
+    crate::util::skip(&why);
+    None
 }
 
 fn find_in_path(tool: &str) -> Option<PathBuf> {
@@ -149,7 +138,6 @@ pub struct ContainerBuilder {
     tag: String,
     binds_ro: Vec<(PathBuf, String)>,
     files: Vec<(String, Vec<u8>, u32)>,
-    masks: Vec<String>,
     nspawn_args: Vec<String>,
     boot_timeout: Duration,
     exec_timeout: Duration,
@@ -165,7 +153,6 @@ impl ContainerBuilder {
             tag: tag.to_owned(),
             binds_ro: Vec::new(),
             files: Vec::new(),
-            masks: Vec::new(),
             nspawn_args: Vec::new(),
             boot_timeout: Duration::from_secs(60),
             exec_timeout: Duration::from_secs(180),
@@ -239,33 +226,9 @@ impl ContainerBuilder {
         self
     }
 
-    /// Masks a unit before boot (besides every unit the host has enabled, always masked).
-    pub fn mask(mut self, unit: &str) -> Self {
-        self.masks.push(unit.to_owned());
-        self
-    }
-
     /// Adds a raw `systemd-nspawn` argument.
     pub fn nspawn_arg(mut self, arg: &str) -> Self {
         self.nspawn_args.push(arg.to_owned());
-        self
-    }
-
-    /// How long to wait for `systemctl is-system-running` to say running/degraded (60 s).
-    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
-        self.boot_timeout = timeout;
-        self
-    }
-
-    /// Default timeout for every command run with [`Container::exec`] and friends (180 s).
-    pub fn exec_timeout(mut self, timeout: Duration) -> Self {
-        self.exec_timeout = timeout;
-        self
-    }
-
-    /// Size limit of the tmpfs that takes every write made inside (`1g`).
-    pub fn upper_size(mut self, size: &str) -> Self {
-        self.upper_size = size.to_owned();
         self
     }
 
@@ -362,17 +325,6 @@ impl Container {
     /// The machine name (also the hostname inside and the name of its cgroup dirs).
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The merged overlay dir on the host: the container's `/`, except what is mounted over
-    /// it inside (`/tmp` and `/run` are fresh tmpfs, `/proc`, `/sys`, `/dev`, bind mounts).
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The host-side work dir (`WORK_ROOT/NAME`).
-    pub fn work_dir(&self) -> &Path {
-        &self.work
     }
 
     /// PID (in the host's namespace) of the container's systemd.
@@ -566,8 +518,7 @@ impl Container {
         );
 
         // Boot none of what the root has enabled (the host's postgres, nix-daemon, timers...).
-        let mut masks: BTreeSet<String> = enabled_units(&lower);
-        masks.extend(spec.masks.iter().cloned());
+        let masks: BTreeSet<String> = enabled_units(&lower);
         for unit in &masks {
             let link = self.host_path(&format!("/etc/systemd/system/{unit}"));
             remove_if_exists(&link);
@@ -1478,11 +1429,6 @@ impl JsonRecord {
     /// True if the record has `field` equal to `value`.
     pub fn is(&self, field: &str, value: &str) -> bool {
         self.get_all(field).iter().any(|v| v == value)
-    }
-
-    /// The field names.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.fields.keys().map(String::as_str)
     }
 
     /// Parses one line of `journalctl -o json`.

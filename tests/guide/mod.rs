@@ -3,8 +3,6 @@
 //! written (`bash -euo pipefail -c TEXT`), or, where it cannot (a download this machine
 //! cannot make), checks what it says and does the same from a local source, saying so.
 
-#![allow(dead_code)]
-
 use std::fs;
 use std::path::Path;
 

@@ -1,7 +1,7 @@
-//! Helpers for the end-to-end tests in tests/e2e.rs, tests/check.rs, tests/manage.rs,
-//! tests/postgres.rs and tests/real_bitpoll.rs ([`cli`] runs the one-shot commands `check`
-//! and `manage`, [`postgres`] starts throw-away servers, [`upstream`] installs the real
-//! Bitpoll, [`http`] drives its forms).
+//! Helpers for the end-to-end tests (e2e, check, manage, postgres, real_bitpoll, ...:
+//! [`cli`] runs the one-shot commands `check` and `manage`, [`postgres`] starts throw-away
+//! servers, [`upstream`] installs the real Bitpoll, [`http`] drives its forms), and what
+//! every test needs from the machine: [`root_only!`] and [`skip`].
 //!
 //! [`TestEnv`] gives each test a fresh directory under /tmp with a copy of the demo app (or,
 //! with [`TestEnv::with_app`], an installed app used in place), a
@@ -10,12 +10,11 @@
 //! listens on). Dropping it stops every process the test started and removes the user, the
 //! group and the directory, also when an assertion failed.
 //!
-//! Tests are serialized by a lock taken in [`TestEnv::new`] (a Mutex for this binary's
-//! threads, and an flock in /run/lock for every other run on the machine): the launcher creates users
+//! Tests are serialized by the root slot ([`root_only!`]) and a lock taken in
+//! [`TestEnv::new`] (a Mutex for this binary's threads, and an flock in /run/lock for every
+//! other run on the machine): the launcher creates users
 //! with useradd, concurrent useradd calls fail on the /etc/passwd lock, and system uids are
 //! handed out again as soon as a test's user is removed.
-
-#![allow(dead_code)] // Not every test uses every helper.
 
 pub mod cli;
 pub mod http;
@@ -73,13 +72,52 @@ static LOCK: Mutex<()> = Mutex::new(());
 static VENV_READY: Once = Once::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-fn require_root() {
-    if !nix::unistd::geteuid().is_root() {
-        panic!(
-            "the end-to-end tests must run as root (they create users and drop privileges); \
-             run `sudo cargo test --test e2e -- --test-threads=1`"
-        );
+/// The one slot of the tests that act on the machine as root: held for a whole test, so
+/// they run one at a time whatever `--test-threads` says.
+static ROOT_SLOT: Mutex<()> = Mutex::new(());
+
+/// Skip the running test: one line on stderr, `SKIP module::test: why`. Under `CI=true`,
+/// where nothing may skip, the test fails instead.
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} cannot run here: {why}; CI=true forbids skipping it");
     }
+    // Straight to the process's stderr, past libtest's capture of eprintln!, so that the
+    // line shows in a plain `cargo test`.
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// As root: the root slot, held until dropped. Otherwise the test is skipped ([`skip`]).
+pub fn root() -> Option<MutexGuard<'static, ()>> {
+    if !nix::unistd::geteuid().is_root() {
+        skip(
+            "needs root (it creates users, boots containers or starts servers); run `sudo bash scripts/test.sh`",
+        );
+        return None;
+    }
+    Some(ROOT_SLOT.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// First line of every test that acts on the machine as root: the test holds the root
+/// slot until it ends, or returns at once as skipped ([`root`]).
+macro_rules! root_only {
+    () => {
+        let Some(_root_slot) = $crate::util::root() else {
+            return;
+        };
+    };
+}
+pub(crate) use root_only;
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests must run as root (they create users and drop privileges): start the test with util::root_only!()"
+    );
 }
 
 fn ensure_venv() {

@@ -10,7 +10,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use super::free_port;
 
@@ -254,25 +253,6 @@ impl PgServer {
             "django_migrations records {dups:?} more than once: {applied:?}"
         );
         applied.len()
-    }
-
-    /// Wait until no session of `role` is left (a launcher's session ends with it).
-    pub fn wait_no_sessions(&self, role: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.psql(
-                "postgres",
-                &format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'"),
-            );
-            if n == "0" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n} session(s) of {role} still open after {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 
