@@ -295,7 +295,13 @@ def _warm_up(worker):
     thread = threading.Thread(
         target=_call_app, args=(worker.wsgi, READY_PATH, outcome), name="warm-up", daemon=True
     )
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError as e:
+        # No thread to be had (TasksMax=, RLIMIT_NPROC): the worker serves without its
+        # warm-up rather than fail to boot over it.
+        outcome = {"ms": 0, "error": "cannot start a thread for it: %s" % e}
+        return _outcome(outcome, False, worker.log, os.getpid(), before_fork=False)
     deadline = time.monotonic() + ANSWER_TIMEOUT
     while thread.is_alive() and time.monotonic() < deadline:
         thread.join(min(1.0, max(0.0, deadline - time.monotonic())))

@@ -79,6 +79,70 @@ mod tests {
         );
     }
 
+    /// Runs `script` with /usr/bin/python3 after the hook text for `cfg` (as gunicorn
+    /// would load it, without gunicorn); its stdout.
+    fn run_hook(server: &str, script: &str) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", "import sys; exec(sys.stdin.read())"])
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run /usr/bin/python3");
+        let text = format!("{}\n{script}", hook_text(&config(server)));
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write the hook to python3");
+        let out = child.wait_with_output().expect("wait for python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_worker_without_a_thread_for_its_warm_up_serves_without_it() {
+        // TasksMax= reached: starting the warm-up thread fails. The worker must not fail
+        // to boot over it (gunicorn would halt the whole server).
+        let out = run_hook(
+            "ready = \"answer\"",
+            r#"
+class Log:
+    def info(self, *a): print("info", a[0] % a[1:])
+    def warning(self, *a): print("warning", a[0] % a[1:])
+
+class Worker:
+    log = Log()
+    def wsgi(self, environ, start_response):
+        raise AssertionError("the app is not called")
+    def notify(self):
+        pass
+
+def refuse(self):
+    raise RuntimeError("can't start new thread")
+
+threading.Thread.start = refuse
+print("status", _warm_up(Worker()))
+"#,
+        );
+        assert!(
+            out.contains("warning bitpoll-launcher warm-up: GET / failed after 0 ms: cannot start a thread for it: can't start new thread"),
+            "{out}"
+        );
+        assert!(
+            out.contains("status Gunicorn worker ")
+                && out.contains("started; its warm-up GET / failed: cannot start a thread"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn the_hook_is_python_that_compiles() {
         use std::io::Write;

@@ -467,13 +467,18 @@ fn memory_and_task_limits_hold_and_nothing_hangs_at_them() {
         |p| p["ActiveState"] == "failed",
     );
     eprintln!("forty workers under TasksMax=24: {p:?}");
-    assert_eq!(p["ExecMainStatus"], "255", "{p:?}");
+    let recs = journal_since(&b, t);
+    assert_eq!(
+        p["ExecMainStatus"],
+        "255",
+        "{p:?}\n{}",
+        bitpoll::messages(&recs)
+    );
     let restarts: u32 = p["NRestarts"].parse().expect("a number");
     assert!(
         restarts >= 2,
         "not restarted until StartLimitBurst=3: {p:?}"
     );
-    let recs = journal_since(&b, t);
     let fork = recs
         .iter()
         .find(|r| message_has(r, "Resource temporarily unavailable"))
