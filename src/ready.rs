@@ -145,28 +145,10 @@ print("status", _warm_up(Worker()))
 
     #[test]
     fn the_hook_is_python_that_compiles() {
-        use std::io::Write;
-        let mut child = std::process::Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                "import sys; compile(sys.stdin.read(), 'gunicorn-ready.py', 'exec')",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run /usr/bin/python3");
-        let text = hook_text(&config("ready = \"answer\"\nready_path = \"/a\\\"b\""));
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write the hook to python3");
-        let out = child.wait_with_output().expect("wait for python3");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_hook(
+            "ready = \"answer\"\nready_path = \"/a\\\"b\"",
+            "print(READY_PATH)",
         );
+        assert_eq!(out, "/a\"b\n");
     }
 }

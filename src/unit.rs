@@ -693,9 +693,14 @@ command = ["/opt/bitpoll/venv/bin/gunicorn", "--bind", "127.0.0.1:3008", "bitpol
     }
 
     #[test]
-    fn ready_worker_lets_the_worker_notify() {
-        let cfg = launcher_config::parse_str(
-            r#"
+    fn notify_access_is_all_only_when_a_worker_sends_ready() {
+        for (ready, access, not) in [
+            ("worker", "NotifyAccess=all", "NotifyAccess=main"),
+            ("answer", "NotifyAccess=main", "NotifyAccess=all"),
+            ("arbiter", "NotifyAccess=main", "NotifyAccess=all"),
+        ] {
+            let cfg = launcher_config::parse_str(&format!(
+                r#"
 [service]
 user = "bitpoll"
 data_dir = "/var/lib/bitpoll"
@@ -703,40 +708,17 @@ data_dir = "/var/lib/bitpoll"
 python = "/v/bin/python"
 source_dir = "/src"
 [secrets]
-BITPOLL_SECRET_KEY = { generate = "django-secret-key" }
-BITPOLL_FIELD_ENCRYPTION_KEY = { credential = "fek" }
+BITPOLL_SECRET_KEY = {{ generate = "django-secret-key" }}
+BITPOLL_FIELD_ENCRYPTION_KEY = {{ credential = "fek" }}
 [server]
 command = ["/v/bin/gunicorn", "app:wsgi"]
-ready = "worker"
-"#,
-        )
-        .unwrap();
-        let unit = render_with(&cfg, Mode::Privileged, None).unwrap();
-        assert!(has(&unit, "NotifyAccess=all"), "{unit}");
-        assert!(!has(&unit, "NotifyAccess=main"), "{unit}");
-    }
-
-    #[test]
-    fn ready_answer_keeps_notify_access_main() {
-        let cfg = launcher_config::parse_str(
-            r#"
-[service]
-user = "bitpoll"
-data_dir = "/var/lib/bitpoll"
-[app]
-python = "/v/bin/python"
-source_dir = "/src"
-[secrets]
-BITPOLL_SECRET_KEY = { generate = "django-secret-key" }
-BITPOLL_FIELD_ENCRYPTION_KEY = { credential = "fek" }
-[server]
-command = ["/v/bin/gunicorn", "app:wsgi"]
-ready = "answer"
-"#,
-        )
-        .unwrap();
-        let unit = render_with(&cfg, Mode::Privileged, None).unwrap();
-        assert!(has(&unit, "NotifyAccess=main"), "{unit}");
-        assert!(!has(&unit, "NotifyAccess=all"), "{unit}");
+ready = "{ready}"
+"#
+            ))
+            .unwrap();
+            let unit = render_with(&cfg, Mode::Privileged, None).unwrap();
+            assert!(has(&unit, access), "ready = {ready}: {unit}");
+            assert!(!has(&unit, not), "ready = {ready}: {unit}");
+        }
     }
 }
