@@ -312,13 +312,11 @@ fn stale_leftovers_of_a_killed_test_process_are_cleaned() {
     };
     let ready_file = std::env::temp_dir().join(format!("blt-helper-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready_file);
+    // libtest names a test by its module path inside the test binary, without the crate.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let helper_name = format!("{module}::helper_boot_then_wait_to_be_killed");
     let mut helper = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_boot_then_wait_to_be_killed",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", helper_name.as_str(), "--ignored", "--nocapture"])
         .env(HELPER_ENV, &ready_file)
         .stdin(Stdio::null())
         .spawn()
