@@ -29,7 +29,10 @@ use launcher_sys::privs::{Identity, Ids, Kernel};
 use crate::notify;
 use crate::signals::StopSignals;
 
-/// The longest one connection attempt (TCP, TLS, authentication) may take.
+/// The longest one connection attempt (name lookup, TCP, TLS, authentication) may take,
+/// for `run`'s attempts and `check`'s and `manage`'s single one alike. Longer than the C
+/// library's resolver timeout (5 s), so one DNS datagram lost on the way (a container
+/// network's DNS server reloading as a container joins) is retried within the attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest one query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -550,7 +553,8 @@ impl Session {
     }
 }
 
-/// `check`: connect once (no waiting) and read the facts, on a runtime of its own.
+/// `check` and `manage`: connect once (no waiting) and read the facts, on a runtime of its
+/// own.
 pub fn observe_once<K: Kernel>(
     ids: &mut Identity<K>,
     server: &Server,
@@ -569,7 +573,7 @@ pub fn observe_once<K: Kernel>(
         }
     };
     rt.block_on(async {
-        match connect(ids, server, login, Duration::from_secs(5)).await {
+        match connect(ids, server, login, CONNECT_TIMEOUT).await {
             Ok(session) => session.observe().await,
             Err(e) => PostgresFacts {
                 server: server.to_string(),
