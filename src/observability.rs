@@ -15,8 +15,9 @@
 //! escapes the other control characters (carriage return, the terminal's answer-back
 //! request), so nothing logged can act on the terminal it is shown on.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::sync::{LazyLock, RwLock};
+use std::sync::Mutex;
 
 use launcher_plan::env::DEFAULT_TIME_ZONE;
 use tracing::field::{Field, Visit};
@@ -55,8 +56,14 @@ pub fn init(level: crate::cli::LogLevel) {
         .init();
 }
 
-static ZONE: LazyLock<RwLock<jiff::tz::TimeZone>> =
-    LazyLock::new(|| RwLock::new(zone_named(DEFAULT_TIME_ZONE)));
+/// The text log's zone: its name until the first line is written, then the zone read
+/// once. Under journald no line is formatted here and no zone is ever read.
+enum Zone {
+    Named(Cow<'static, str>),
+    Loaded(jiff::tz::TimeZone),
+}
+
+static ZONE: Mutex<Zone> = Mutex::new(Zone::Named(Cow::Borrowed(DEFAULT_TIME_ZONE)));
 
 /// Where the system's zone database may be, after `TZDIR`: Debian and most distributions,
 /// then NixOS (whose units also get TZDIR) and older layouts.
@@ -129,18 +136,31 @@ fn read_tzif(path: &std::path::Path) -> Option<Vec<u8>> {
 
 /// The text log's zone from here on: the app's, as `cfg` sets it.
 pub fn use_app_zone(cfg: &launcher_config::Config) {
-    let zone = zone_named(launcher_plan::env::time_zone(cfg));
-    if let Ok(mut z) = ZONE.write() {
-        *z = zone;
+    let name = launcher_plan::env::time_zone(cfg);
+    if let Ok(mut zone) = ZONE.lock() {
+        let same = match &*zone {
+            Zone::Named(n) => n == name,
+            Zone::Loaded(z) => z.iana_name() == Some(name),
+        };
+        if !same {
+            *zone = Zone::Named(Cow::Owned(name.to_owned()));
+        }
     }
 }
 
 /// `2026-01-05T14:03:07.123+01:00`: the time in the app's zone with its offset.
 pub fn app_time(at: jiff::Timestamp) -> String {
-    let zone = ZONE
-        .read()
-        .map(|z| z.clone())
-        .unwrap_or(jiff::tz::TimeZone::UTC);
+    let zone = match ZONE.lock() {
+        Ok(mut zone) => {
+            let loaded = match &*zone {
+                Zone::Loaded(z) => z.clone(),
+                Zone::Named(n) => zone_named(n),
+            };
+            *zone = Zone::Loaded(loaded.clone());
+            loaded
+        }
+        Err(_) => jiff::tz::TimeZone::UTC,
+    };
     at.to_zoned_datetime(zone)
         .strftime("%Y-%m-%dT%H:%M:%S%.3f%:z")
         .to_string()
