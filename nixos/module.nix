@@ -322,7 +322,7 @@ in
           Log in with LDAP accounts besides the database's (BITPOLL_AUTH_LDAP_SERVER_URI).
           Null: no LDAP. Further keys (groups, attribute map, STARTTLS, a CA file) are
           BITPOLL_AUTH_LDAP_* variables in {option}`services.bitpoll.environment`
-          (docs/reference/settings.md).
+          (docs/settings.md).
         '';
       };
       bindDn = mkOption {
@@ -402,7 +402,7 @@ in
       }
     ];
 
-    # Mail, LDAP and registration as the app's variables (docs/reference/settings.md).
+    # Mail, LDAP and registration as the app's variables (docs/settings.md).
     services.bitpoll.secretFiles =
       optionalAttrs (cfg.mail.passwordFile != null) {
         BITPOLL_EMAIL_HOST_PASSWORD = mkDefault cfg.mail.passwordFile;

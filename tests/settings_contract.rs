@@ -1,5 +1,5 @@
 //! The settings contract of the packaged settings_local.py (nixos/pkgs/bitpoll/settings_local.py,
-//! docs/reference/settings.md), read back from the real Bitpoll as the service runs it:
+//! docs/settings.md), read back from the real Bitpoll as the service runs it:
 //! every variable set in the launcher's `[environment]` and `[secrets]` arrives as the
 //! Django setting the reference names (`manage -- shell`), mail goes out through a
 //! throw-away SMTP listener on loopback with the user and the password secret (a real

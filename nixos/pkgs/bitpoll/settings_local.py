@@ -3,7 +3,7 @@
 Bitpoll's settings.py ends with ``from .settings_local import *``. In the Nix
 store nothing can be edited, so everything deployment-specific is read from
 BITPOLL_* environment variables, which bitpoll-launcher sets (it builds the
-server's environment from its TOML config and secrets). docs/reference/settings.md lists
+server's environment from its TOML config and secrets). docs/settings.md lists
 the contract; keep the two in sync.
 
 Required: BITPOLL_DATA_DIR, BITPOLL_SECRET_KEY, BITPOLL_FIELD_ENCRYPTION_KEY.
@@ -34,7 +34,7 @@ def _required(name):
     if not value.strip():
         raise _ImproperlyConfigured(
             f"{name} is not set; bitpoll-launcher sets it from its config "
-            "(see docs/reference/settings.md)"
+            "(see docs/settings.md)"
         )
     return value.strip()
 
