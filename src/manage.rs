@@ -110,15 +110,7 @@ pub fn run(args: &ManageArgs) -> Result<u8, Exit> {
     if !launcher_sys::pty::caller_has_terminal() {
         launcher_sys::session::leave_controlling_terminal().or_exit(exit::RUNTIME)?;
     }
-    launcher_sys::privs::drop_for_good(ids, &target).or_exit(exit::PRIVILEGES)?;
-    std::env::set_current_dir(&cfg.app.source_dir)
-        .with_context(|| {
-            format!(
-                "the service user cannot enter {}",
-                cfg.app.source_dir.display()
-            )
-        })
-        .or_exit(exit::SYSTEM)?;
+    crate::run::become_service_user(ids, &target, &cfg.app.source_dir)?;
     Err(Exit::new(
         exit::RUNTIME,
         launcher_sys::exec::exec(&argv, &app_env.pairs()),

@@ -33,6 +33,7 @@ mod sockets;
 mod tree;
 
 pub(crate) use account::account_exit;
+pub(crate) use server::become_service_user;
 
 use std::convert::Infallible;
 use std::time::Instant;

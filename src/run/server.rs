@@ -13,7 +13,7 @@ use launcher_plan::judge::Start;
 use launcher_plan::layout;
 use launcher_plan::rule::Rule;
 use launcher_sys::exec::ExecError;
-use launcher_sys::privs::{Identity, Switched};
+use launcher_sys::privs::{Identity, Switched, Target};
 
 use super::account::Account;
 use super::secrets::Secrets;
@@ -45,6 +45,24 @@ pub(super) fn ready_hook(
     account: &Account,
 ) -> Result<(), Exit> {
     crate::ready::write_hook(cfg, tree, account.owner()).or_exit(exit::SYSTEM)
+}
+
+/// Drop to the service user for good and enter the app source, where the server and
+/// `manage`'s command start (exit 4 when either fails).
+pub(crate) fn become_service_user(
+    ids: Identity,
+    target: &Target,
+    source_dir: &std::path::Path,
+) -> Result<(), Exit> {
+    launcher_sys::privs::drop_for_good(ids, target).or_exit(exit::PRIVILEGES)?;
+    std::env::set_current_dir(source_dir)
+        .with_context(|| {
+            format!(
+                "the service user cannot enter the app source {}; make it readable (a+rX) for the service user",
+                source_dir.display()
+            )
+        })
+        .or_exit(exit::PRIVILEGES)
 }
 
 /// Drop for good and exec the server. Needs the end of the runtime (`SingleThreaded`) and
@@ -82,15 +100,7 @@ pub(super) fn start(
     }
 
     let phase = Phase::begin("drop", "Dropping privileges");
-    launcher_sys::privs::drop_for_good(ids, &target).or_exit(exit::PRIVILEGES)?;
-    std::env::set_current_dir(&cfg.app.source_dir)
-        .with_context(|| {
-            format!(
-                "the service user cannot enter the app source {}; make it readable (a+rX) for the service user",
-                cfg.app.source_dir.display()
-            )
-        })
-        .or_exit(exit::PRIVILEGES)?;
+    become_service_user(ids, &target, &cfg.app.source_dir)?;
     phase.end(&format!(
         "running as uid {} gid {} with groups {:?}, no capabilities, no_new_privs",
         target.uid,
